@@ -1,0 +1,11 @@
+"""sgm: score-based generative modelling with SDEs and ODEs."""
+from . import samplers
+from .samplers import sample
+from .score import ScoreModel
+from .sde import SDE, VESDE, VPSDE, DiscreteChain, SubVPSDE
+from .targets import GaussianMixture
+
+__version__ = "0.1.0"
+
+__all__ = ["SDE", "VPSDE", "SubVPSDE", "VESDE", "DiscreteChain", "GaussianMixture", "ScoreModel", "sample",
+           "samplers", "__version__"]

@@ -1,0 +1,97 @@
+"""What every sampler shares: the checked, counted score; Tweedie's last step; the step loop.
+
+Noise order: ``sgm.sample`` draws ``x_T`` first (one ``randn`` of the full shape), then each sampler
+draws one ``randn`` of ``x``'s shape per stochastic update, in the order the updates are made.
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..sde import SDE
+from .grid import Node, TimeGrid
+
+__all__ = ["SamplerOutput", "CheckedScore", "tweedie", "run_steps", "check_state", "randn_like"]
+
+ScoreFn = Callable[[Tensor, Tensor], Tensor]
+
+
+class SamplerOutput(NamedTuple):
+    x: Tensor
+    nfe: int  # score evaluations spent
+
+
+class CheckedScore:
+    """``score(x, t)`` called with ``t`` as a ``(batch,)`` tensor; counts calls and checks each output.
+
+    An output that is not a tensor shaped like ``x`` in ``x``'s dtype raises ``TypeError``/``ValueError``;
+    with ``check_finite`` a NaN or inf raises ``ValueError`` naming the time where it appeared.
+    """
+
+    def __init__(self, score: ScoreFn, check_finite: bool = True):
+        if not callable(score):
+            raise TypeError(f"score must be callable as score(x, t), got {type(score).__name__}")
+        self.score, self.check_finite, self.nfe = score, check_finite, 0
+
+    def __call__(self, x: Tensor, t) -> Tensor:
+        tt = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
+        out = self.score(x, tt)
+        self.nfe += 1
+        if not isinstance(out, Tensor):
+            raise TypeError(f"score must return a tensor, got {type(out).__name__}")
+        if out.shape != x.shape:
+            raise ValueError(f"score returned shape {tuple(out.shape)}, expected the shape of x {tuple(x.shape)}")
+        if out.dtype != x.dtype:
+            raise TypeError(f"score returned dtype {out.dtype}, expected the dtype of x {x.dtype}")
+        if self.check_finite and not bool(torch.isfinite(out).all()):
+            raise ValueError(f"score returned a non-finite value (NaN or inf) at t={float(tt[0]):.6g}, "
+                             f"evaluation {self.nfe}")
+        return out
+
+
+def check_state(x) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"x must have a floating dtype, got {x.dtype}")
+    if x.dim() < 1 or x.shape[0] < 1:
+        raise ValueError(f"x must have a non-empty batch dimension, got shape {tuple(x.shape)}")
+    return x
+
+
+def randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+
+
+def tweedie(x: Tensor, s: Tensor, a: Node) -> Tensor:
+    """``E[x_0 | x_{t_a} = x] = (x + std_a² s)/scale_a``."""
+    return (x + a.std**2 * s) / a.scale
+
+
+# A step maps (x, score at (x, t_a), node a, node b, sde, generator) to x at node b.
+StepFn = Callable[[Tensor, Tensor, Node, Node, SDE, "torch.Generator | None"], Tensor]
+
+
+def run_steps(step: StepFn, score: ScoreFn, sde: SDE, x: Tensor, grid: TimeGrid,
+              generator: torch.Generator | None, progress: bool, desc: str,
+              after: Callable[[Tensor, Node, Node, CheckedScore], Tensor] | None = None) -> SamplerOutput:
+    """Walk the grid with one score evaluation per transition; the step into the data node is Tweedie.
+
+    ``after(x, a, b, score)`` (the predictor–corrector's corrector) runs after each step into a noisy node.
+    """
+    x = check_state(x)
+    if not isinstance(grid, TimeGrid):
+        raise TypeError(f"grid must be a TimeGrid, got {type(grid).__name__}")
+    score = score if isinstance(score, CheckedScore) else CheckedScore(score)
+    for a, b in tqdm(grid.steps(), total=len(grid), desc=desc, disable=not progress, leave=False):
+        s = score(x, a.t)
+        if b.is_data:
+            x = tweedie(x, s, a)
+        else:
+            x = step(x, s, a, b, sde, generator)
+            if after is not None:
+                x = after(x, a, b, score)
+    return SamplerOutput(x, score.nfe)

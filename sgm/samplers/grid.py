@@ -1,0 +1,126 @@
+"""Time grids: where a sampler stops on its way from the prior to the data.
+
+A grid is a list of nodes ``t_0 > t_1 > … > t_M``, each with its marginal ``(scale_k, std_k)``
+(``x_{t_k} = scale_k·x_0 + std_k·z``). With ``denoise=True`` the last node is the data itself
+(``scale = 1, std = 0``); the step into it is Tweedie's ``x_0 = (x + std² s)/scale``.
+
+``steps`` is the number of noisy nodes (noise levels); a one-evaluation-per-step sampler with
+``denoise=True`` spends exactly ``steps`` score evaluations.
+
+Spacings:
+- ``uniform``:   ``t_k = T + (eps - T)·k/(steps-1)``;
+- ``quadratic``: ``t_k = eps + (T - eps)·(1 - k/(steps-1))²`` (denser near the data, as in DDIM);
+- ``leading`` / ``trailing``: DDPM timestep sub-sequences of ``sde.discretize(train_steps)``
+  (``i_k = k·⌊N/steps⌋`` and ``i_k = round(N - k·N/steps) - 1``), with the chain's own
+  ``(scale, std)`` so that DDPM and DDIM are reproduced exactly. ``eps`` does not apply to them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, NamedTuple, Sequence
+
+import torch
+
+from ..sde import SDE, DiscreteChain, _check_steps, _real
+
+__all__ = ["Node", "TimeGrid", "time_grid", "SPACINGS"]
+
+SPACINGS = ("uniform", "quadratic", "leading", "trailing")
+
+
+class Node(NamedTuple):
+    t: float
+    scale: float
+    std: float
+
+    @property
+    def is_data(self) -> bool:
+        return self.std == 0.0
+
+
+@dataclass(frozen=True)
+class TimeGrid:
+    """Nodes in sampling order (noise decreasing); ``nodes[-1].is_data`` when it ends with denoising."""
+
+    nodes: tuple[Node, ...]
+
+    def __post_init__(self):
+        if len(self.noisy) < 1:
+            raise ValueError("a time grid needs at least one noisy node")
+        times = [n.t for n in self.noisy]
+        if any(a <= b for a, b in zip(times, times[1:])):
+            raise ValueError(f"grid times must strictly decrease, got {times}")
+        if any(n.is_data for n in self.nodes[:-1]):
+            raise ValueError("only the last node may be the data node (std 0)")
+
+    @property
+    def noisy(self) -> tuple[Node, ...]:
+        return tuple(n for n in self.nodes if not n.is_data)
+
+    @property
+    def denoise(self) -> bool:
+        return self.nodes[-1].is_data
+
+    def steps(self) -> Iterator[tuple[Node, Node]]:
+        """The transitions ``(a, b)`` from node ``a`` to the next, less noisy, node ``b``."""
+        return zip(self.nodes[:-1], self.nodes[1:])
+
+    def __len__(self) -> int:
+        return len(self.nodes) - 1
+
+    @classmethod
+    def from_times(cls, sde: SDE, times: Sequence[float], denoise: bool = True) -> "TimeGrid":
+        """Nodes at the given decreasing continuous times, with the SDE's marginal at each."""
+        t = torch.as_tensor(list(map(float, times)), dtype=torch.float64)
+        if t.dim() != 1 or t.numel() < 1:
+            raise ValueError("times must be a non-empty 1-D sequence")
+        if float(t.max()) > sde.T or float(t.min()) <= 0:
+            raise ValueError(f"times must lie in (0, T={sde.T}], got [{float(t.min())}, {float(t.max())}]")
+        scale, std = sde.marginal(t)
+        nodes = [Node(*v) for v in zip(t.tolist(), scale.tolist(), std.tolist())]
+        return cls(tuple(nodes) + ((Node(0.0, 1.0, 0.0),) if denoise else ()))
+
+    @classmethod
+    def from_chain(cls, chain: DiscreteChain, indices: Sequence[int], denoise: bool = True) -> "TimeGrid":
+        """Nodes at the given decreasing timesteps of a discrete chain, with the chain's ``(scale, std)``."""
+        idx = [int(i) for i in indices]
+        if any(i < 0 or i >= len(chain) for i in idx):
+            raise ValueError(f"indices must lie in [0, {len(chain) - 1}], got {idx}")
+        nodes = [Node(float(chain.t[i]), float(chain.scale[i]), float(chain.std[i])) for i in idx]
+        return cls(tuple(nodes) + ((Node(0.0, 1.0, 0.0),) if denoise else ()))
+
+
+def check_eps(eps, T: float) -> float:
+    eps = _real("eps", eps)
+    if not 0 < eps < T:
+        raise ValueError(f"eps must lie in (0, T={T}), got {eps}")
+    return eps
+
+
+def check_spacing(spacing) -> str:
+    if spacing not in SPACINGS:
+        raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
+    return spacing
+
+
+def time_grid(sde: SDE, steps: int, spacing: str = "uniform", eps: float = 1e-3, denoise: bool = True,
+              train_steps: int = 1000) -> TimeGrid:
+    """The grid of ``steps`` noise levels for ``sde`` (see the module docstring for the spacings)."""
+    steps = _check_steps("steps", steps)
+    eps = check_eps(eps, sde.T)
+    check_spacing(spacing)
+    if not isinstance(denoise, bool):
+        raise TypeError(f"denoise must be a bool, got {denoise!r}")
+    if spacing in ("leading", "trailing"):
+        train_steps = _check_steps("train_steps", train_steps)
+        if steps > train_steps:
+            raise ValueError(f"steps must be <= train_steps={train_steps} for spacing={spacing!r}, got {steps}")
+        if spacing == "leading":
+            idx = [k * (train_steps // steps) for k in range(steps)][::-1]
+        else:
+            idx = [round(train_steps - k * train_steps / steps) - 1 for k in range(steps)]
+        return TimeGrid.from_chain(sde.discretize(train_steps), idx, denoise)
+    u = torch.linspace(1, 0, steps, dtype=torch.float64) if steps > 1 else torch.ones(1, dtype=torch.float64)
+    if spacing == "quadratic":
+        u = u**2
+    return TimeGrid.from_times(sde, (eps + (sde.T - eps) * u).tolist(), denoise)

@@ -1,0 +1,116 @@
+"""One-evaluation-per-step samplers: a transition from node ``a`` to the less noisy node ``b``.
+
+Notation for a transition (``s = s(x, t_a)``, ``h = t_a - t_b``; nodes carry ``(scale, std)``):
+
+    r = scale_a / scale_b,   v = std_a² - r² std_b²
+
+so the forward process moves ``x_b ↦ x_a = r·x_b + √v·z`` (on DDPM's chain ``r = √α_i``, ``v = β_i``;
+on VE ``r = 1``, ``v = σ_a² - σ_b²``). Every sampler's step into the data node is Tweedie's formula.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ..sde import SDE, _real
+from .base import SamplerOutput, randn_like, run_steps
+from .grid import Node, TimeGrid
+
+__all__ = ["euler_maruyama", "reverse_diffusion", "ancestral", "ddim", "PREDICTOR_STEPS", "ANCESTRAL_VARIANCES"]
+
+ANCESTRAL_VARIANCES = ("posterior", "beta")
+
+
+def _transition(a: Node, b: Node) -> tuple[float, float]:
+    r = a.scale / b.scale
+    return r, a.std**2 - r**2 * b.std**2
+
+
+def euler_maruyama_step(x: Tensor, s: Tensor, a: Node, b: Node, sde: SDE, generator) -> Tensor:
+    """Reverse SDE, Euler–Maruyama: ``x_b = x - [f(x, t_a) - g(t_a)² s] h + g(t_a) √h z``."""
+    h = a.t - b.t
+    t = torch.full((x.shape[0],), a.t, dtype=x.dtype, device=x.device)
+    g = float(sde.diffusion(torch.tensor(a.t, dtype=torch.float64)))
+    return x - h * sde.reverse_drift(x, t, s) + g * math.sqrt(h) * randn_like(x, generator)
+
+
+def reverse_diffusion_step(x: Tensor, s: Tensor, a: Node, b: Node, sde: SDE, generator) -> Tensor:
+    """Song et al. (2021)'s reverse diffusion predictor on the chain ``x_a = r x_b + √v z``:
+    ``x_b = x - (r - 1) x + v s + √v z``."""
+    r, v = _transition(a, b)
+    return (2 - r) * x + v * s + math.sqrt(v) * randn_like(x, generator)
+
+
+def ancestral_step(x: Tensor, s: Tensor, a: Node, b: Node, sde: SDE, generator, variance: str = "posterior") -> Tensor:
+    """Ancestral sampling: ``x_b = (x + v s)/r + σ z``, the posterior mean ``E[x_b | x_a, x̂_0]`` plus noise,
+    with ``σ² = std_b² v / std_a²`` (``posterior``: DDPM's β̃, SMLD's) or ``σ² = v`` (``beta``: DDPM's β)."""
+    r, v = _transition(a, b)
+    var = v if variance == "beta" else b.std**2 * v / a.std**2
+    return (x + v * s) / r + math.sqrt(var) * randn_like(x, generator)
+
+
+def ddim_step(x: Tensor, s: Tensor, a: Node, b: Node, sde: SDE, generator, eta: float = 0.0) -> Tensor:
+    """DDIM (Song, Meng & Ermon, 2021): with ``ε̂ = -std_a s`` and ``x̂_0 = (x - std_a ε̂)/scale_a``,
+    ``x_b = scale_b x̂_0 + √(std_b² - c²) ε̂ + c z``,  ``c = η std_b √v / std_a``.
+    ``η = 0`` is the exponential integrator of the probability-flow ODE (exact for constant ε̂)."""
+    eps = -a.std * s
+    x0 = (x - a.std * eps) / a.scale
+    c = eta * b.std * math.sqrt(_transition(a, b)[1]) / a.std
+    x = b.scale * x0 + math.sqrt(max(b.std**2 - c**2, 0.0)) * eps
+    return x + c * randn_like(x, generator) if c > 0 else x
+
+
+PREDICTOR_STEPS = {
+    "euler_maruyama": euler_maruyama_step,
+    "reverse_diffusion": reverse_diffusion_step,
+    "ancestral": ancestral_step,
+    "ddim": ddim_step,
+}
+
+
+def check_variance(variance) -> str:
+    if variance not in ANCESTRAL_VARIANCES:
+        raise ValueError(f"variance must be one of {ANCESTRAL_VARIANCES}, got {variance!r}")
+    return variance
+
+
+def check_eta(eta) -> float:
+    eta = _real("eta", eta)
+    if eta < 0:
+        raise ValueError(f"eta must be >= 0, got {eta}")
+    return eta
+
+
+def euler_maruyama(score, sde: SDE, x: Tensor, grid: TimeGrid, *, generator=None, progress: bool = False) -> SamplerOutput:
+    """Euler–Maruyama on the reverse-time SDE ``dx = [f - g² s] dt + g dW̄``. One evaluation per step."""
+    return run_steps(euler_maruyama_step, score, sde, x, grid, generator, progress, "euler_maruyama")
+
+
+def reverse_diffusion(score, sde: SDE, x: Tensor, grid: TimeGrid, *, generator=None,
+                      progress: bool = False) -> SamplerOutput:
+    """Song et al. (2021)'s reverse diffusion predictor. One evaluation per step."""
+    return run_steps(reverse_diffusion_step, score, sde, x, grid, generator, progress, "reverse_diffusion")
+
+
+def ancestral(score, sde: SDE, x: Tensor, grid: TimeGrid, *, variance: str = "posterior", generator=None,
+              progress: bool = False) -> SamplerOutput:
+    """Ancestral sampling (DDPM on VP, Ho et al. 2020 Alg. 2; SMLD on VE). One evaluation per step."""
+    variance = check_variance(variance)
+
+    def step(x, s, a, b, sde, generator):
+        return ancestral_step(x, s, a, b, sde, generator, variance)
+
+    return run_steps(step, score, sde, x, grid, generator, progress, "ancestral")
+
+
+def ddim(score, sde: SDE, x: Tensor, grid: TimeGrid, *, eta: float = 0.0, generator=None,
+         progress: bool = False) -> SamplerOutput:
+    """DDIM with stochasticity ``eta`` (0: deterministic; 1: DDPM's ancestral step with β̃). One evaluation per step."""
+    eta = check_eta(eta)
+
+    def step(x, s, a, b, sde, generator):
+        return ddim_step(x, s, a, b, sde, generator, eta)
+
+    return run_steps(step, score, sde, x, grid, generator, progress, "ddim")

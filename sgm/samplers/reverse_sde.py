@@ -1,0 +1,70 @@
+"""The reverse-time SDE ``dx = [f(x, t) - g(t)² s(x, t)] dt + g(t) dW̄`` integrated by torchsde.
+
+torchsde integrates forward in time, so it is given ``τ = -t``: ``dx = -[f - g² s](x, -τ) dτ + g(-τ) dW_τ``
+on ``x`` flattened to ``(batch, D)`` with diagonal noise. Its Brownian motion is a
+``torchsde.BrownianInterval`` seeded from ``generator`` (one ``randint`` draw). Steps are of fixed size
+``dt = (t_0 - t_last)/(steps - 1)`` between the grid's first and last noisy node, or adaptive under
+``rtol``/``atol`` with ``adaptive=True``.
+"""
+from __future__ import annotations
+
+import torch
+import torchsde
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..sde import SDE, _positive
+from .base import CheckedScore, SamplerOutput, check_state, tweedie
+from .grid import TimeGrid
+
+__all__ = ["sde", "SDE_METHODS"]
+
+SDE_METHODS = ("euler", "milstein", "srk")
+
+
+class _ReverseInTau(torch.nn.Module):
+    noise_type = "diagonal"
+    sde_type = "ito"
+
+    def __init__(self, forward: SDE, score: CheckedScore, shape: torch.Size, bar):
+        super().__init__()
+        self.forward_sde, self.score, self.shape, self.bar = forward, score, shape, bar
+
+    def f(self, tau: Tensor, y: Tensor) -> Tensor:
+        self.bar.update()
+        x = y.reshape(self.shape)
+        t = (-tau).to(y.dtype).expand(y.shape[0])
+        return -self.forward_sde.reverse_drift(x, t, self.score(x, -tau)).reshape(y.shape)
+
+    def g(self, tau: Tensor, y: Tensor) -> Tensor:
+        return self.forward_sde.diffusion((-tau).to(y.dtype)).expand_as(y)
+
+
+def sde(score, sde: SDE, x: Tensor, grid: TimeGrid, *, method: str = "euler", adaptive: bool = False,
+        rtol: float = 1e-5, atol: float = 1e-4, generator=None, progress: bool = False) -> SamplerOutput:
+    """Solve the reverse SDE with torchsde from the first to the last noisy node, then denoise if the
+    grid ends with the data. Euler is Euler–Maruyama (weak order 1); ``srk`` is strong order 1."""
+    forward = sde
+    x = check_state(x)
+    if method not in SDE_METHODS:
+        raise ValueError(f"method must be one of {SDE_METHODS}, got {method!r}")
+    rtol, atol = _positive("rtol", rtol), _positive("atol", atol)
+    score = score if isinstance(score, CheckedScore) else CheckedScore(score)
+    noisy = grid.noisy
+    t0, t1 = noisy[0].t, noisy[-1].t
+    if len(noisy) > 1:
+        entropy = int(torch.randint(2**62, (1,), generator=generator, device="cpu" if generator is None
+                                    else generator.device))
+        flat = x.reshape(x.shape[0], -1)
+        bm = torchsde.BrownianInterval(t0=-t0, t1=-t1, size=flat.shape, dtype=x.dtype, device=x.device,
+                                       entropy=entropy, levy_area_approximation="space-time" if method == "srk" else "none")
+        bar = tqdm(desc=f"sde ({method})", unit="nfe", disable=not progress, leave=False)
+        ts = torch.tensor([-t0, -t1], dtype=x.dtype, device=x.device)
+        with torch.no_grad():
+            flat = torchsde.sdeint(_ReverseInTau(forward, score, x.shape, bar), flat, ts, bm=bm, method=method,
+                                   dt=(t0 - t1) / (len(noisy) - 1), adaptive=adaptive, rtol=rtol, atol=atol)[-1]
+        bar.close()
+        x = flat.reshape(x.shape)
+    if grid.denoise:
+        x = tweedie(x, score(x, t1), noisy[-1])
+    return SamplerOutput(x, score.nfe)

@@ -1,0 +1,122 @@
+"""Gaussian mixtures: data distributions whose perturbed density and score are exact at every t.
+
+For ``p_0 = Σ_k w_k N(μ_k, diag(σ_k²))`` and an SDE with marginal ``x_t = scale·x_0 + std·z``,
+
+    p_t(x) = Σ_k w_k N(x; scale·μ_k, diag(scale²σ_k² + std²)),
+    ∇ log p_t(x) = Σ_k r_k(x) (scale·μ_k - x) / (scale²σ_k² + std²),   r_k = w_k N_k(x) / p_t(x).
+
+Samples may have any shape ``(batch, *event)`` with ``prod(event) = dim``; they are flattened inside.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .sde import SDE
+
+__all__ = ["GaussianMixture"]
+
+
+class GaussianMixture:
+    """``Σ_k w_k N(μ_k, diag(σ_k²))`` with ``means (K, D)``, ``stds (K,)`` isotropic or ``(K, D)``, ``weights (K,)``."""
+
+    def __init__(self, means, stds, weights=None, dtype: torch.dtype | None = None, device=None):
+        means = torch.as_tensor(means, dtype=dtype, device=device)
+        if not means.is_floating_point():
+            means = means.to(torch.get_default_dtype())
+        if means.dim() != 2 or means.shape[0] < 1 or means.shape[1] < 1:
+            raise ValueError(f"means must have shape (components, dim), got {tuple(means.shape)}")
+        k, d = means.shape
+        stds = torch.as_tensor(stds, dtype=means.dtype, device=means.device)
+        if stds.dim() == 0:
+            stds = stds.expand(k)
+        if stds.shape == (k,):
+            stds = stds[:, None].expand(k, d)
+        if stds.shape != (k, d):
+            raise ValueError(f"stds must have shape ({k},) or ({k}, {d}), got {tuple(stds.shape)}")
+        if not bool((stds > 0).all()):
+            raise ValueError("stds must all be > 0")
+        weights = torch.full((k,), 1.0 / k) if weights is None else weights
+        weights = torch.as_tensor(weights, dtype=means.dtype, device=means.device)
+        if weights.shape != (k,):
+            raise ValueError(f"weights must have shape ({k},), got {tuple(weights.shape)}")
+        if not bool((weights > 0).all()) or abs(float(weights.sum()) - 1) > 1e-6:
+            raise ValueError(f"weights must be positive and sum to 1, got {weights.tolist()}")
+        self.means, self.stds, self.weights = means, stds.contiguous(), weights
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+    @property
+    def n_components(self) -> int:
+        return self.means.shape[0]
+
+    def to(self, dtype: torch.dtype | None = None, device=None) -> "GaussianMixture":
+        return GaussianMixture(self.means.to(dtype=dtype, device=device), self.stds.to(dtype=dtype, device=device),
+                               self.weights.to(dtype=dtype, device=device))
+
+    def sample(self, n: int, generator: torch.Generator | None = None, return_components: bool = False):
+        """Draw ``n`` samples ``(n, D)``: components by ``multinomial`` first, then one ``randn``."""
+        comp = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        z = torch.randn((n, self.dim), generator=generator, dtype=self.means.dtype, device=self.means.device)
+        x = self.means[comp] + self.stds[comp] * z
+        return (x, comp) if return_components else x
+
+    # --- the perturbed mixture p_t ------------------------------------------------------------
+    def _perturbed(self, x: Tensor, t: Tensor | None, sde: SDE | None):
+        """Flattened ``x (B, D)`` and the components of ``p_t``: means ``(B|1, K, D)``, variances likewise."""
+        flat = x.reshape(x.shape[0], -1)
+        if flat.shape[1] != self.dim:
+            raise ValueError(f"x must have {self.dim} features per sample, got shape {tuple(x.shape)}")
+        means, var = self.means.to(x.dtype)[None], (self.stds.to(x.dtype) ** 2)[None]
+        if t is not None:
+            if sde is None:
+                raise ValueError("sde must be given with t")
+            t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
+            scale, std = sde.marginal(t)
+            scale, std = scale[:, None, None], std[:, None, None]
+            means, var = scale * means, scale**2 * var + std**2
+        return flat, means, var
+
+    def _component_log_probs(self, flat: Tensor, means: Tensor, var: Tensor) -> Tensor:
+        """``log w_k + log N(x; m_k, diag v_k)`` as ``(B, K)``."""
+        diff = flat[:, None, :] - means
+        log_n = -0.5 * ((diff**2 / var) + torch.log(2 * math.pi * var)).sum(-1)
+        return torch.log(self.weights.to(flat.dtype)) + log_n
+
+    def log_prob(self, x: Tensor, t: Tensor | None = None, sde: SDE | None = None) -> Tensor:
+        """``log p_t(x)`` per sample (``log p_0`` when ``t`` is None)."""
+        return torch.logsumexp(self._component_log_probs(*self._perturbed(x, t, sde)), dim=1)
+
+    def responsibilities(self, x: Tensor, t: Tensor | None = None, sde: SDE | None = None) -> Tensor:
+        """Posterior component probabilities ``r_k(x)`` under ``p_t``, ``(B, K)``."""
+        return torch.softmax(self._component_log_probs(*self._perturbed(x, t, sde)), dim=1)
+
+    def score(self, x: Tensor, t: Tensor, sde: SDE) -> Tensor:
+        """The exact ``∇_x log p_t(x)``, shaped like ``x``."""
+        flat, means, var = self._perturbed(x, t, sde)
+        r = torch.softmax(self._component_log_probs(flat, means, var), dim=1)
+        return (r[:, :, None] * (means - flat[:, None, :]) / var).sum(1).reshape(x.shape)
+
+    def score_fn(self, sde: SDE):
+        """The score function ``s(x, t) = ∇ log p_t(x)`` of the mixture perturbed by ``sde``."""
+
+        def score(x: Tensor, t: Tensor) -> Tensor:
+            return self.score(x, t, sde)
+
+        return score
+
+    def moments(self, t: Tensor | float | None = None, sde: SDE | None = None) -> tuple[Tensor, Tensor]:
+        """Exact mean ``(D,)`` and covariance ``(D, D)`` of ``p_t``."""
+        means, var = self.means, self.stds**2
+        if t is not None:
+            scale, std = sde.marginal(torch.as_tensor(float(t), dtype=means.dtype))
+            means, var = scale * means, scale**2 * var + std**2
+        w = self.weights
+        mean = (w[:, None] * means).sum(0)
+        centred = means - mean
+        cov = torch.diag((w[:, None] * var).sum(0)) + (w[:, None, None] * centred[:, :, None] * centred[:, None, :]).sum(0)
+        return mean, cov

@@ -29,12 +29,18 @@ class _ReverseInTau(torch.nn.Module):
     def __init__(self, forward: SDE, score: CheckedScore, shape: torch.Size, bar):
         super().__init__()
         self.forward_sde, self.score, self.shape, self.bar = forward, score, shape, bar
+        self._last = None
 
     def f(self, tau: Tensor, y: Tensor) -> Tensor:
+        # sdeint's contract check calls f(t0, y0) before the first step does: answer both with one evaluation.
+        if self._last is not None and self._last[0] is y and bool(self._last[1] == tau):
+            return self._last[2]
         self.bar.update()
         x = y.reshape(self.shape)
         t = (-tau).to(y.dtype).expand(y.shape[0])
-        return -self.forward_sde.reverse_drift(x, t, self.score(x, -tau)).reshape(y.shape)
+        out = -self.forward_sde.reverse_drift(x, t, self.score(x, -tau)).reshape(y.shape)
+        self._last = (y, tau, out)
+        return out
 
     def g(self, tau: Tensor, y: Tensor) -> Tensor:
         return self.forward_sde.diffusion((-tau).to(y.dtype)).expand_as(y)
@@ -59,10 +65,13 @@ def sde(score, sde: SDE, x: Tensor, grid: TimeGrid, *, method: str = "euler", ad
         bm = torchsde.BrownianInterval(t0=-t0, t1=-t1, size=flat.shape, dtype=x.dtype, device=x.device,
                                        entropy=entropy, levy_area_approximation="space-time" if method == "srk" else "none")
         bar = tqdm(desc=f"sde ({method})", unit="nfe", disable=not progress, leave=False)
-        ts = torch.tensor([-t0, -t1], dtype=x.dtype, device=x.device)
+        # Time kept in float64 whatever x's dtype, and dt a hair long, so that rounding in t + k·dt cannot
+        # leave a last step of length ~1e-16 (an extra evaluation).
+        ts = torch.tensor([-t0, -t1], dtype=torch.float64, device=x.device)
+        dt = (t0 - t1) / (len(noisy) - 1) * (1 + 1e-12)
         with torch.no_grad():
             flat = torchsde.sdeint(_ReverseInTau(forward, score, x.shape, bar), flat, ts, bm=bm, method=method,
-                                   dt=(t0 - t1) / (len(noisy) - 1), adaptive=adaptive, rtol=rtol, atol=atol)[-1]
+                                   dt=dt, adaptive=adaptive, rtol=rtol, atol=atol)[-1]
         bar.close()
         x = flat.reshape(x.shape)
     if grid.denoise:

@@ -1,0 +1,26 @@
+import pytest
+import torch
+
+import sgm
+
+
+def mixture(dtype=torch.float64):
+    """Three separated modes of unequal weight and width in 2-D: the exact-score ground truth."""
+    return sgm.GaussianMixture([[-2.0, 0.0], [2.0, 1.0], [0.0, -2.0]], [0.3, 0.5, 0.2], [0.5, 0.3, 0.2], dtype=dtype)
+
+
+SDES = {"vp": sgm.VPSDE, "subvp": sgm.SubVPSDE, "ve": sgm.VESDE}
+
+
+@pytest.fixture
+def gm():
+    return mixture()
+
+
+@pytest.fixture(params=list(SDES))
+def sde(request):
+    return SDES[request.param]()
+
+
+def gen(seed):
+    return torch.Generator().manual_seed(seed)

@@ -114,12 +114,21 @@ class SDE:
         """The ``N``-step discrete chain of this SDE."""
         raise NotImplementedError
 
+    def time_at_noise_level(self, sigma: Tensor) -> Tensor:
+        """The time ``t`` at which ``noise_level(t) = sigma`` (the inverse of ``noise_level``)."""
+        raise NotImplementedError
+
     @property
     def prior_std(self) -> float:
         """Standard deviation of the prior ``N(0, prior_std² I)`` that approximates ``p_T``."""
         raise NotImplementedError
 
     # --- shared -------------------------------------------------------------------------------
+    def noise_level(self, t: Tensor) -> Tensor:
+        """``σ(t) = std(t)/scale(t)``: ``x_t/scale = x_0 + σ z`` is the VE process of the same data (Karras et al., 2022)."""
+        scale, std = self.marginal(t)
+        return std / scale
+
     def perturb(self, x0: Tensor, t: Tensor, noise: Tensor | None = None,
                 generator: torch.Generator | None = None) -> Tensor:
         """Draw ``x_t = scale(t)·x_0 + std(t)·z``; ``noise`` is ``z`` when given."""
@@ -169,6 +178,13 @@ class _LinearBeta(SDE):
     def beta_integral(self, t: Tensor) -> Tensor:
         return self.beta_min * t + (self.beta_max - self.beta_min) * t**2 / (2 * self.T)
 
+    def time_of_beta_integral(self, b: Tensor) -> Tensor:
+        """The ``t`` with ``B(t) = b``: the positive root of ``(β_max - β_min) t²/(2T) + β_min t - b = 0``."""
+        slope = (self.beta_max - self.beta_min) / self.T
+        if slope == 0:
+            return b / self.beta_min
+        return 2 * b / (self.beta_min + torch.sqrt(self.beta_min**2 + 2 * slope * b))
+
     def drift(self, x: Tensor, t: Tensor) -> Tensor:
         """``f(x, t) = -½ β(t) x``."""
         return -0.5 * batch_view(self.beta(t), x) * x
@@ -200,6 +216,10 @@ class VPSDE(_LinearBeta):
         b = self.beta_integral(t)
         return torch.exp(-0.5 * b), torch.sqrt(-torch.expm1(-b))
 
+    def time_at_noise_level(self, sigma: Tensor) -> Tensor:
+        """``σ² = e^{B(t)} - 1``, so ``B = log(1 + σ²)``."""
+        return self.time_of_beta_integral(torch.log1p(sigma**2))
+
     def discretize(self, N: int) -> DiscreteChain:
         N = _check_steps("N", N)
         betas = self._chain_betas(N)
@@ -220,6 +240,10 @@ class SubVPSDE(_LinearBeta):
     def marginal(self, t: Tensor) -> tuple[Tensor, Tensor]:
         b = self.beta_integral(t)
         return torch.exp(-0.5 * b), -torch.expm1(-b)
+
+    def time_at_noise_level(self, sigma: Tensor) -> Tensor:
+        """``σ = (1 - e^{-B})/e^{-B/2} = 2 sinh(B/2)``, so ``B = 2 asinh(σ/2)``."""
+        return self.time_of_beta_integral(2 * torch.asinh(sigma / 2))
 
     def discretize(self, N: int) -> DiscreteChain:
         N = _check_steps("N", N)
@@ -256,6 +280,10 @@ class VESDE(SDE):
 
     def marginal(self, t: Tensor) -> tuple[Tensor, Tensor]:
         return torch.ones_like(t), self.sigma(t)
+
+    def time_at_noise_level(self, sigma: Tensor) -> Tensor:
+        """``t = T log(σ/σ_min)/log(σ_max/σ_min)``."""
+        return self.T * torch.log(sigma / self.sigma_min) / self._log_ratio
 
     @property
     def prior_std(self) -> float:

@@ -10,12 +10,16 @@ A grid is a list of nodes ``t_0 > t_1 > … > t_M``, each with its marginal ``(s
 Spacings:
 - ``uniform``:   ``t_k = T + (eps - T)·k/(steps-1)``;
 - ``quadratic``: ``t_k = eps + (T - eps)·(1 - k/(steps-1))²`` (denser near the data, as in DDIM);
+- ``geometric``: noise levels ``σ_k = σ(t_k)`` (``σ = std/scale``) log-uniform from ``σ(T)`` to ``σ(eps)``
+  (uniform in t on VE; NCSN's levels on every SDE);
+- ``karras``:    ``σ_k = (σ_max^{1/ρ} + k/(steps-1)·(σ_min^{1/ρ} - σ_max^{1/ρ}))^ρ``, ``ρ = 7`` (Karras et al., 2022);
 - ``leading`` / ``trailing``: DDPM timestep sub-sequences of ``sde.discretize(train_steps)``
   (``i_k = k·⌊N/steps⌋`` and ``i_k = round(N - k·N/steps) - 1``), with the chain's own
   ``(scale, std)`` so that DDPM and DDIM are reproduced exactly. ``eps`` does not apply to them.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterator, NamedTuple, Sequence
 
@@ -25,7 +29,8 @@ from ..sde import SDE, DiscreteChain, _check_steps, _real
 
 __all__ = ["Node", "TimeGrid", "time_grid", "SPACINGS"]
 
-SPACINGS = ("uniform", "quadratic", "leading", "trailing")
+KARRAS_RHO = 7.0
+SPACINGS = ("uniform", "quadratic", "geometric", "karras", "leading", "trailing")
 
 
 class Node(NamedTuple):
@@ -121,6 +126,15 @@ def time_grid(sde: SDE, steps: int, spacing: str = "uniform", eps: float = 1e-3,
             idx = [round(train_steps - k * train_steps / steps) - 1 for k in range(steps)]
         return TimeGrid.from_chain(sde.discretize(train_steps), idx, denoise)
     u = torch.linspace(1, 0, steps, dtype=torch.float64) if steps > 1 else torch.ones(1, dtype=torch.float64)
+    if spacing in ("geometric", "karras"):
+        lo, hi = sde.noise_level(torch.tensor([eps, sde.T], dtype=torch.float64)).tolist()
+        if spacing == "geometric":
+            sigmas = torch.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * u)
+        else:
+            sigmas = (lo ** (1 / KARRAS_RHO) + (hi ** (1 / KARRAS_RHO) - lo ** (1 / KARRAS_RHO)) * u) ** KARRAS_RHO
+        t = sde.time_at_noise_level(sigmas).clamp(eps, sde.T)
+        t[0], t[-1] = sde.T, (eps if steps > 1 else sde.T)
+        return TimeGrid.from_times(sde, t.tolist(), denoise)
     if spacing == "quadratic":
         u = u**2
     return TimeGrid.from_times(sde, (eps + (sde.T - eps) * u).tolist(), denoise)

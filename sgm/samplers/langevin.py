@@ -5,6 +5,9 @@ A Langevin step of size ``δ`` at a fixed noise level targets ``p_t``:  ``x ← 
 - Annealed Langevin (Song & Ermon, 2019, Alg. 1): at each noisy node ``i`` run ``n_steps_each`` steps
   with ``δ_i = α_i/2``, ``α_i = ε·std_i²/std_L²`` (``ε = step_size``; ``std_L`` the last noisy node's).
   The default ``ε = 0.2·std_L²`` is NCSN's ``ε = 2e-5`` at its ``σ_L = 0.01``, for any ``σ_L``.
+  Entering node ``i`` the state is rescaled by ``scale_i/scale_{i-1}``: annealed Langevin runs on
+  ``x/scale``, whose levels are the VE noise levels ``σ_i = std_i/scale_i`` of any SDE (an identity on
+  VE, where it is NCSN exactly; on VP it keeps the modes where ``p_{t_i}`` has them).
 - Corrector (Song et al., 2021, Alg. 4/5): ``δ = 2·r²·(snr·‖z‖/‖s‖)²`` with the norms averaged over the
   batch, as published, and ``r² = (scale_a/scale_b)²`` over the predictor's step (1 on VE,
   ``α_i = 1 - β_i`` on DDPM's chain).
@@ -47,7 +50,8 @@ def langevin(score, sde: SDE, x: Tensor, grid: TimeGrid, *, n_steps_each: int = 
     last = noisy[-1]
     step_size = 0.2 * last.std**2 if step_size is None else _positive("step_size", step_size)
     with tqdm(total=len(noisy) * n_steps_each, desc="langevin", disable=not progress, leave=False) as bar:
-        for node in noisy:
+        for prev, node in zip((noisy[0],) + noisy[:-1], noisy):
+            x = x * (node.scale / prev.scale)
             delta = 0.5 * step_size * (node.std / last.std) ** 2
             for _ in range(n_steps_each):
                 x = langevin_step(x, score(x, node.t), delta, randn_like(x, generator))

@@ -1,0 +1,157 @@
+"""Sample-quality metrics: distances between two sample sets, and scores against an exact mixture.
+
+All take samples of shape ``(n, *event)`` (flattened to ``(n, D)``) and return a Python float.
+
+- Sliced Wasserstein-2:  ``SW₂(P, Q)² = E_θ W₂(θ·P, θ·Q)²`` over uniform directions ``θ ∈ S^{D-1}``;
+  each 1-D ``W₂² = ∫₀¹ (F⁻¹_θP(u) - F⁻¹_θQ(u))² du``, from sorted projections.
+- MMD with RBF kernels ``k(x, y) = Σ_h exp(-‖x - y‖²/(2h²))`` (unbiased estimator of ``MMD²``).
+- Energy distance: ``2 E‖X - Y‖ - E‖X - X'‖ - E‖Y - Y'‖`` (V-statistics).
+- Fréchet distance between Gaussians fitted to features:
+  ``‖μ₁ - μ₂‖² + Tr(Σ₁ + Σ₂ - 2 (Σ₁^{½} Σ₂ Σ₁^{½})^{½})`` (W₂² of the two Gaussians; FID on Inception features).
+- Against a ``GaussianMixture``: the negative log-likelihood ``-E log p(x)`` and the mode-weight error
+  ``Σ_k |n_k/n - w_k|`` with each sample given to its most responsible component.
+
+The Monte-Carlo floor of a distance is its value between two independent samples of the target of the
+same sizes: a sampler can be no closer to the target than that, and ``floor`` computes it.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from .targets import GaussianMixture
+
+__all__ = ["sliced_wasserstein", "mmd", "energy_distance", "frechet_distance", "gaussian_frechet",
+           "nll", "mode_weight_error", "floor"]
+
+
+def _flat_pair(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    for name, v in (("x", x), ("y", y)):
+        if not isinstance(v, Tensor):
+            raise TypeError(f"{name} must be a tensor, got {type(v).__name__}")
+        if v.dim() < 1 or v.shape[0] < 2:
+            raise ValueError(f"{name} must hold at least 2 samples, got shape {tuple(v.shape)}")
+    x, y = x.reshape(x.shape[0], -1), y.reshape(y.shape[0], -1)
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"x and y must have the same number of features, got {x.shape[1]} and {y.shape[1]}")
+    dtype = torch.promote_types(x.dtype, y.dtype)
+    if not dtype.is_floating_point:
+        dtype = torch.get_default_dtype()
+    return x.to(dtype), y.to(dtype=dtype, device=x.device)
+
+
+def _quantiles(v: Tensor, n: int) -> Tensor:
+    """The projections' quantile functions at the ``n`` mid-points ``u_j = (j + ½)/n``, per column."""
+    v = v.sort(dim=0).values
+    if v.shape[0] == n:
+        return v
+    u = (torch.arange(n, dtype=v.dtype, device=v.device) + 0.5) / n * v.shape[0] - 0.5
+    lo = u.floor().clamp(0, v.shape[0] - 1).long()
+    hi = (lo + 1).clamp(max=v.shape[0] - 1)
+    w = (u - lo).clamp(0, 1)[:, None]
+    return v[lo] * (1 - w) + v[hi] * w
+
+
+def sliced_wasserstein(x: Tensor, y: Tensor, n_projections: int = 256,
+                       generator: torch.Generator | None = None) -> float:
+    """``SW₂(x, y)`` over ``n_projections`` random directions (drawn from ``generator``)."""
+    x, y = _flat_pair(x, y)
+    if isinstance(n_projections, bool) or not isinstance(n_projections, int) or n_projections < 1:
+        raise ValueError(f"n_projections must be an int >= 1, got {n_projections!r}")
+    theta = torch.randn((x.shape[1], n_projections), generator=generator, dtype=x.dtype,
+                        device="cpu" if generator is None else generator.device).to(x.device)
+    theta = theta / theta.norm(dim=0, keepdim=True)
+    n = max(x.shape[0], y.shape[0])
+    qx, qy = _quantiles(x @ theta, n), _quantiles(y @ theta, n)
+    return float((qx - qy).pow(2).mean().sqrt())
+
+
+def _pairwise_sq(a: Tensor, b: Tensor) -> Tensor:
+    return torch.cdist(a, b).pow(2)
+
+
+def mmd(x: Tensor, y: Tensor, bandwidths=(0.1, 0.2, 0.5, 1.0, 2.0, 5.0)) -> float:
+    """Unbiased ``MMD²`` with the sum of RBF kernels of the given ``bandwidths`` (in data units)."""
+    x, y = _flat_pair(x, y)
+    h = torch.as_tensor(bandwidths, dtype=x.dtype, device=x.device).reshape(-1, 1, 1)
+    if h.numel() < 1 or not bool((h > 0).all()):
+        raise ValueError(f"bandwidths must be positive, got {bandwidths!r}")
+
+    def mean_kernel(a: Tensor, b: Tensor, same: bool) -> Tensor:
+        k = torch.exp(-_pairwise_sq(a, b)[None] / (2 * h**2)).sum(0)
+        if same:
+            n = a.shape[0]
+            return (k.sum() - k.diagonal().sum()) / (n * (n - 1))
+        return k.mean()
+
+    return float(mean_kernel(x, x, True) + mean_kernel(y, y, True) - 2 * mean_kernel(x, y, False))
+
+
+def energy_distance(x: Tensor, y: Tensor) -> float:
+    """``2 E‖X - Y‖ - E‖X - X'‖ - E‖Y - Y'‖`` (zero for identical sets)."""
+    x, y = _flat_pair(x, y)
+    return float(2 * torch.cdist(x, y).mean() - torch.cdist(x, x).mean() - torch.cdist(y, y).mean())
+
+
+def _sqrtm_psd(a: Tensor) -> Tensor:
+    vals, vecs = torch.linalg.eigh(a)
+    return (vecs * vals.clamp_min(0).sqrt()) @ vecs.T
+
+
+def gaussian_frechet(mu1: Tensor, cov1: Tensor, mu2: Tensor, cov2: Tensor) -> float:
+    """``‖μ₁ - μ₂‖² + Tr(Σ₁ + Σ₂ - 2 (Σ₁^{½} Σ₂ Σ₁^{½})^{½})``, computed in float64."""
+    mu1, cov1, mu2, cov2 = (v.to(torch.float64) for v in (mu1, cov1, mu2, cov2))
+    root1 = _sqrtm_psd(cov1)
+    cross = torch.linalg.eigvalsh(root1 @ cov2 @ root1).clamp_min(0).sqrt().sum()
+    return float((mu1 - mu2).pow(2).sum() + cov1.trace() + cov2.trace() - 2 * cross)
+
+
+def frechet_distance(x: Tensor, y: Tensor, features: Callable[[Tensor], Tensor] | None = None,
+                     batch_size: int = 500) -> float:
+    """Fréchet distance between Gaussians fitted to ``features(x)`` and ``features(y)``.
+
+    ``features`` is any callable (a torch module, e.g. ``sgm.nets.DigitsClassifier().features`` or an
+    Inception network loaded from a local file) mapping a batch to ``(batch, F)``; None uses the raw samples.
+    """
+    if features is not None and not callable(features):
+        raise TypeError(f"features must be callable, got {type(features).__name__}")
+
+    def embed(v: Tensor) -> Tensor:
+        if features is None:
+            return v
+        with torch.no_grad():
+            return torch.cat([features(chunk).reshape(chunk.shape[0], -1) for chunk in v.split(batch_size)])
+
+    fx, fy = _flat_pair(embed(x), embed(y))
+    fx, fy = fx.to(torch.float64), fy.to(torch.float64)
+    return gaussian_frechet(fx.mean(0), torch.cov(fx.T).reshape(fx.shape[1], -1),
+                            fy.mean(0), torch.cov(fy.T).reshape(fy.shape[1], -1))
+
+
+def _check_mixture(target) -> GaussianMixture:
+    if not isinstance(target, GaussianMixture):
+        raise TypeError(f"target must be a GaussianMixture, got {type(target).__name__}")
+    return target
+
+
+def nll(x: Tensor, target: GaussianMixture) -> float:
+    """``-E log p(x)`` of the samples under the exact target density (nats per sample)."""
+    target = _check_mixture(target)
+    return float(-target.log_prob(x.to(target.means.dtype)).mean())
+
+
+def mode_weight_error(x: Tensor, target: GaussianMixture) -> float:
+    """``Σ_k |n_k/n - w_k|``: total-variation-like error of the mode weights (each sample to its argmax-``r_k`` mode)."""
+    target = _check_mixture(target)
+    comp = target.responsibilities(x.to(target.means.dtype)).argmax(1)
+    freq = torch.bincount(comp, minlength=target.n_components).to(target.weights.dtype) / x.shape[0]
+    return float((freq - target.weights).abs().sum())
+
+
+def floor(metric: Callable[[Tensor, Tensor], float], target: GaussianMixture, n: int, m: int | None = None,
+          generator: torch.Generator | None = None) -> float:
+    """The Monte-Carlo floor: ``metric`` between two independent target samples of sizes ``n`` and ``m``."""
+    target = _check_mixture(target)
+    return metric(target.sample(n, generator=generator), target.sample(m or n, generator=generator))

@@ -99,7 +99,7 @@ class SDE:
 
     # --- coefficients (subclasses) -------------------------------------------------------------
     def drift(self, x: Tensor, t: Tensor) -> Tensor:
-        """``f(x, t)``, shaped like ``x``; ``t`` has shape ``(batch,)``."""
+        """``f(x, t)``, a new tensor shaped like ``x`` (callers may update it in place); ``t`` has shape ``(batch,)``."""
         raise NotImplementedError
 
     def diffusion(self, t: Tensor) -> Tensor:
@@ -152,11 +152,11 @@ class SDE:
 
     def reverse_drift(self, x: Tensor, t: Tensor, score: Tensor) -> Tensor:
         """Drift of the reverse-time SDE, ``f(x, t) - g(t)² s``, for the score value ``s`` at ``(x, t)``."""
-        return self.drift(x, t) - batch_view(self.diffusion(t) ** 2, x) * score
+        return self.drift(x, t).addcmul_(batch_view(self.diffusion(t) ** 2, x), score, value=-1)
 
     def ode_drift(self, x: Tensor, t: Tensor, score: Tensor) -> Tensor:
         """Drift of the probability-flow ODE, ``f(x, t) - ½ g(t)² s``, for the score value ``s``."""
-        return self.drift(x, t) - 0.5 * batch_view(self.diffusion(t) ** 2, x) * score
+        return self.drift(x, t).addcmul_(batch_view(self.diffusion(t) ** 2, x), score, value=-0.5)
 
     def _chain_times(self, N: int) -> Tensor:
         return self.T * torch.arange(1, N + 1, dtype=torch.float64) / N

@@ -74,3 +74,34 @@ def test_weak_order_one(name, sde_name):
         errors.append(float((x.mean() - mean[0]).abs() + (x.var() - cov[0, 0]).abs()))
     # Measured at n = 1e6 (benchmarks/convergence.py): slopes 0.90–1.07 for every sampler and SDE.
     assert abs(slope(steps, errors) - 1) < 0.25, errors
+
+
+@pytest.mark.parametrize("method", sgm.samplers.probability_flow.FIXED_METHODS)
+def test_fixed_step_methods_are_torchdiffeqs(method):
+    """sgm's Runge–Kutta loop takes the same steps as torchdiffeq's solver of the same name, to rounding."""
+    from torchdiffeq import odeint
+
+    forward, gm = sgm.SubVPSDE(), mixture()
+    score = gm.score_fn(forward)
+    x = forward.prior_sample((50, 2), generator=gen(0), dtype=D)
+    grid = time_grid(forward, 13, spacing="quadratic", denoise=False)
+    times = torch.tensor([n.t for n in grid.noisy], dtype=D)
+
+    def velocity(t, y):
+        tt = t.expand(y.shape[0])
+        return forward.ode_drift(y, tt, score(y, tt))
+
+    expected = odeint(velocity, x, times, method=method)[-1]
+    torch.testing.assert_close(ode(score, forward, x, grid, method=method).x, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("sde_name", list(SDES))
+def test_torchsde_euler_is_euler_maruyama(sde_name):
+    """On a uniform grid, torchsde's Euler step with the generator's increments is sgm's Euler–Maruyama step."""
+    forward, gm = SDES[sde_name](), mixture()
+    x = forward.prior_sample((50, 2), generator=gen(0), dtype=D)
+    grid = time_grid(forward, 30)
+    a = sde(gm.score_fn(forward), forward, x, grid, generator=gen(1))
+    b = euler_maruyama(gm.score_fn(forward), forward, x, grid, generator=gen(1))
+    assert a.nfe == b.nfe == 30
+    torch.testing.assert_close(a.x, b.x, rtol=1e-8, atol=1e-8)

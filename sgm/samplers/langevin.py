@@ -14,6 +14,8 @@ A Langevin step of size ``δ`` at a fixed noise level targets ``p_t``:  ``x ← 
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -26,9 +28,9 @@ from .predictors import PREDICTOR_STEPS, check_eta, check_variance
 __all__ = ["langevin", "pc"]
 
 
-def langevin_step(x: Tensor, s: Tensor, delta, z: Tensor) -> Tensor:
-    """``x + δ s + √(2δ) z`` (``δ`` a float or a per-sample tensor broadcast against ``x``)."""
-    return x + delta * s + (2 * delta) ** 0.5 * z
+def langevin_step(x: Tensor, s: Tensor, delta: float, z: Tensor) -> Tensor:
+    """``x + δ s + √(2δ) z``."""
+    return x.add(s, alpha=delta).add_(z, alpha=math.sqrt(2 * delta))
 
 
 def _count(name: str, n) -> int:
@@ -84,7 +86,7 @@ def pc(score, sde: SDE, x: Tensor, grid: TimeGrid, *, predictor: str = "reverse_
             s = score(x, b.t)
             z = randn_like(x, generator)
             ratio = z.flatten(1).norm(dim=1).mean() / s.flatten(1).norm(dim=1).mean().clamp_min(torch.finfo(x.dtype).tiny)
-            x = langevin_step(x, s, 2 * r2 * (snr * ratio) ** 2, z)
+            x = langevin_step(x, s, float(2 * r2 * (snr * ratio) ** 2), z)
         return x
 
     return run_steps(step, score, sde, x, grid, generator, progress, f"pc ({predictor})", after=correct)

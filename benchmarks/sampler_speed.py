@@ -1,0 +1,129 @@
+"""Per-step cost of each fixed-step sampler against a hand-written loop of the same update.
+
+The score is near free (``s = -x``), so the time is the sampler's own work: the update, its noise draw, and
+sgm's checks (shape, dtype, finiteness of every score output). Each hand-written loop is the update as a
+user would write it in plain torch, with the coefficients computed beforehand. Both run on the same batch
+(default 256×3×32×32, float32) and the same grid; the table gives medians over alternating repeats and the median of the paired ratios.
+
+    python benchmarks/sampler_speed.py [--batch 256] [--steps 50] [--repeats 7]
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+
+import torch
+
+import sgm
+from sgm.samplers import time_grid
+
+
+def near_free_score(x, t):
+    return -x
+
+
+def hand_loops(sde, grid, generator):
+    """The published updates written out directly, one function per sampler."""
+    noisy = grid.noisy
+    pairs = list(zip(noisy[:-1], noisy[1:]))
+
+    def randn(x):
+        return torch.randn(x.shape, generator=generator, dtype=x.dtype)
+
+    def euler_maruyama(x):
+        for a, b in pairs:
+            h = a.t - b.t
+            beta = sde.beta_min + a.t * (sde.beta_max - sde.beta_min)
+            s = near_free_score(x, None)
+            x = x + h * (0.5 * beta * x + beta * s) + math.sqrt(beta * h) * randn(x)
+        return x
+
+    def reverse_diffusion(x):
+        for a, b in pairs:
+            r = a.scale / b.scale
+            v = a.std**2 - r**2 * b.std**2
+            x = (2 - r) * x + v * near_free_score(x, None) + math.sqrt(v) * randn(x)
+        return x
+
+    def ancestral(x):
+        for a, b in pairs:
+            r = a.scale / b.scale
+            v = a.std**2 - r**2 * b.std**2
+            x = (x + v * near_free_score(x, None)) / r + math.sqrt(b.std**2 * v / a.std**2) * randn(x)
+        return x
+
+    def ddim(x):
+        for a, b in pairs:
+            eps = -a.std * near_free_score(x, None)
+            x0 = (x - a.std * eps) / a.scale
+            x = b.scale * x0 + b.std * eps
+        return x
+
+    def ode_euler(x):
+        for a, b in pairs:
+            beta = sde.beta_min + a.t * (sde.beta_max - sde.beta_min)
+            x = x - (a.t - b.t) * (-0.5 * beta * x - 0.5 * beta * near_free_score(x, None))
+        return x
+
+    def langevin(x, n_each=1):
+        last = noisy[-1].std
+        for prev, node in zip((noisy[0],) + noisy[:-1], noisy):
+            x = x * (node.scale / prev.scale)
+            delta = 0.5 * 0.2 * last**2 * (node.std / last) ** 2
+            for _ in range(n_each):
+                x = x + delta * near_free_score(x, None) + math.sqrt(2 * delta) * randn(x)
+        return x
+
+    def pc(x, snr=0.16):
+        for a, b in pairs:
+            r = a.scale / b.scale
+            v = a.std**2 - r**2 * b.std**2
+            x = (2 - r) * x + v * near_free_score(x, None) + math.sqrt(v) * randn(x)
+            s, z = near_free_score(x, None), randn(x)
+            ratio = z.flatten(1).norm(dim=1).mean() / s.flatten(1).norm(dim=1).mean()
+            delta = 2 * r**2 * (snr * ratio) ** 2
+            x = x + delta * s + (2 * delta).sqrt() * z
+        return x
+
+    return {"euler_maruyama": (euler_maruyama, {}), "reverse_diffusion": (reverse_diffusion, {}),
+            "ancestral": (ancestral, {}), "sde": (euler_maruyama, {}), "ddim": (ddim, {}), "ode": (ode_euler, {"method": "euler"}),
+            "langevin": (langevin, {"n_steps_each": 1}), "pc": (pc, {})}
+
+
+def paired_times(fn_a, fn_b, repeats):
+    """Run a and b alternately ``repeats`` times (after one warm-up each); their median times and median ratio."""
+    fn_a(), fn_b()
+    ta, tb = [], []
+    for _ in range(repeats):
+        for fn, out in ((fn_a, ta), (fn_b, tb)):
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+    return statistics.median(ta), statistics.median(tb), statistics.median(a / b for a, b in zip(ta, tb))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args()
+    sde, shape = sgm.VPSDE(), (args.batch, 3, 32, 32)
+    grid = time_grid(sde, args.steps, denoise=False)
+    x_T = torch.randn(shape)
+    print(f"batch {shape}, float32, {args.steps} noise levels, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; medians of {args.repeats} alternating repeats")
+    print(f"{'sampler':<20}{'sgm ms/step':>12}{'hand ms/step':>14}{'ratio':>8}")
+    for name, (hand, options) in hand_loops(sde, grid, torch.Generator().manual_seed(0)).items():
+        fn = sgm.samplers.get(name)
+        gen = torch.Generator().manual_seed(0)
+        t_sgm, t_hand, ratio = paired_times(lambda: fn(near_free_score, sde, x_T, grid, generator=gen, **options),
+                                            lambda: hand(x_T), args.repeats)
+        n = args.steps - 1
+        print(f"{name:<20}{1e3 * t_sgm / n:>12.3f}{1e3 * t_hand / n:>14.3f}{ratio:>8.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

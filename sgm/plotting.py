@@ -1,0 +1,84 @@
+"""Figures written to files (matplotlib's Agg backend): sample scatter panels and image grids."""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+__all__ = ["scatter_panels", "image_grid", "save_image_grid"]
+
+
+def _save(fig, path: str) -> str:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def scatter_panels(panels: Sequence[tuple[str, Tensor]], path: str, density=None, limits: float | None = None,
+                   columns: int = 4, max_points: int = 4000) -> str:
+    """One scatter panel per ``(title, samples (n, 2))``; ``density(x) -> log p`` draws contours behind each."""
+    if not panels:
+        raise ValueError("panels must not be empty")
+    columns = min(columns, len(panels))
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.2 * rows), squeeze=False)
+    if limits is None:
+        limits = float(max(p[1][:, :2].abs().quantile(0.995) for p in panels)) * 1.1
+    grid = None
+    if density is not None:
+        u = torch.linspace(-limits, limits, 200, dtype=torch.float64)
+        gx, gy = torch.meshgrid(u, u, indexing="xy")
+        grid = (gx.numpy(), gy.numpy(), density(torch.stack([gx.ravel(), gy.ravel()], 1)).reshape(200, 200).numpy())
+    for ax, (title, x) in zip(axes.ravel(), panels):
+        x = x.detach().to("cpu", torch.float64)[:max_points].numpy()
+        if grid is not None:
+            ax.contour(grid[0], grid[1], np.exp(grid[2]), levels=6, colors="0.6", linewidths=0.6)
+        ax.scatter(x[:, 0], x[:, 1], s=1.5, alpha=0.5, color="C0", rasterized=True)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlim(-limits, limits)
+        ax.set_ylim(-limits, limits)
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in axes.ravel()[len(panels):]:
+        ax.axis("off")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def image_grid(x: Tensor, nrow: int | None = None, value_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
+    """Tile images ``(n, C, H, W)`` into one ``(rows·(H+1)+1, nrow·(W+1)+1, C)`` array in [0, 1]."""
+    if x.dim() != 4:
+        raise ValueError(f"x must have shape (n, C, H, W), got {tuple(x.shape)}")
+    n, c, h, w = x.shape
+    nrow = nrow or int(np.ceil(np.sqrt(n)))
+    rows = -(-n // nrow)
+    lo, hi = value_range
+    x = ((x.detach().to("cpu", torch.float32) - lo) / (hi - lo)).clamp(0, 1)
+    out = np.ones((rows * (h + 1) + 1, nrow * (w + 1) + 1, c), dtype=np.float32)
+    for i in range(n):
+        r, col = divmod(i, nrow)
+        out[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + col * (w + 1):1 + col * (w + 1) + w] = x[i].permute(1, 2, 0).numpy()
+    return out
+
+
+def save_image_grid(x: Tensor, path: str, nrow: int | None = None, value_range=(-1.0, 1.0),
+                    title: str | None = None) -> str:
+    """Write ``image_grid(x)`` as a PNG (grey for one channel)."""
+    grid = image_grid(x, nrow, value_range)
+    fig, ax = plt.subplots(figsize=(max(2.0, grid.shape[1] / 16), max(2.0, grid.shape[0] / 16)))
+    ax.imshow(grid[..., 0] if grid.shape[2] == 1 else grid, cmap="gray" if grid.shape[2] == 1 else None,
+              vmin=0, vmax=1, interpolation="nearest")
+    ax.axis("off")
+    if title:
+        ax.set_title(title, fontsize=9)
+    return _save(fig, path)

@@ -1,0 +1,123 @@
+"""Denoising score matching: the discrete losses are the continuous one on the chain, and the true score minimises it."""
+import math
+
+import pytest
+import torch
+
+import sgm
+from sgm.losses import ddpm_loss, dsm_loss, ncsn_loss
+from conftest import SDES, gen, mixture
+
+D = torch.float64
+
+
+class TinyNet(torch.nn.Module):
+    """A small nonlinear network of (x, integer timestep or continuous time)."""
+
+    def __init__(self, dim=2):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = torch.nn.Linear(dim + 1, dim).double()
+
+    def forward(self, x, t):
+        return torch.tanh(self.lin(torch.cat([x, t.to(D)[:, None] / 1000], 1)))
+
+
+def test_ddpm_loss_is_l_simple_written_out():
+    net, chain, x0 = TinyNet(), sgm.VPSDE().discretize(1000), mixture().sample(256, generator=gen(0))
+    loss = ddpm_loss(net, x0, chain, generator=gen(1))
+    g = gen(1)  # the same draws: timesteps first, then the noise
+    i = torch.randint(1000, (256,), generator=g)
+    z = torch.randn(x0.shape, generator=g, dtype=D)
+    abar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=D), 0)[i][:, None]
+    expected = (net(abar.sqrt() * x0 + (1 - abar).sqrt() * z, i) - z).pow(2).mean()
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=0)
+
+
+def test_ncsn_loss_is_song_and_ermon_written_out():
+    net, x0, L = TinyNet(), mixture().sample(256, generator=gen(0)), 10
+    chain = sgm.VESDE(sigma_min=0.01, sigma_max=1.0).discretize(L)
+    loss = ncsn_loss(net, x0, chain, generator=gen(1))
+    g = gen(1)
+    i = torch.randint(L, (256,), generator=g)
+    z = torch.randn(x0.shape, generator=g, dtype=D)
+    sigma = torch.exp(torch.linspace(math.log(0.01), 0.0, L, dtype=D))[i][:, None]
+    x_tilde = x0 + sigma * z
+    # ½ σ² ‖s + (x̃ - x)/σ²‖², averaged over the data dimensions and the batch
+    expected = (0.5 * sigma**2 * (net(x_tilde, i) + (x_tilde - x0) / sigma**2) ** 2).mean()
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("sde_name", ["vp", "ve"])
+def test_continuous_loss_on_the_chain_times_is_the_discrete_loss(sde_name):
+    """The continuous DSM loss evaluated at the chain's times with the chain's marginals, timestep by timestep."""
+    forward = SDES[sde_name]()
+    chain = forward.discretize(100)
+    net, x0 = TinyNet(), mixture().sample(64, generator=gen(0))
+    prediction = "eps" if sde_name == "vp" else "score"
+    model = sgm.ScoreModel(net, forward, prediction, chain=chain)
+    for i in (0, 37, 99):
+        z = torch.randn(x0.shape, generator=gen(i), dtype=D)
+        t = chain.t[i].expand(64)
+        per = dsm_loss(model, forward, x0, t=t, noise=z, chain=chain, reduce=False)
+        a, s = chain.scale[i], chain.std[i]
+        idx = torch.full((64,), i)
+        if sde_name == "vp":
+            expected = (net(a * x0 + s * z, idx) - z).pow(2).mean(1)
+        else:
+            expected = (s**2 * (net(x0 + s * z, idx) + z / s) ** 2).mean(1)
+        torch.testing.assert_close(per, expected, rtol=1e-12, atol=0)
+    if sde_name == "ve":  # NCSN's levels lie on the VE marginal: the continuous loss needs no chain at all
+        cont = sgm.ScoreModel(lambda x, t: net(x, chain.index(t)), forward, "score")
+        torch.testing.assert_close(dsm_loss(cont, forward, x0, t=chain.t[5].expand(64), noise=z),
+                                   dsm_loss(model, forward, x0, t=chain.t[5].expand(64), noise=z, chain=chain))
+
+
+def test_likelihood_and_custom_weightings():
+    forward, gm = sgm.SubVPSDE(), mixture()
+    x0, score = gm.sample(128, generator=gen(0)), TinyNet()
+    t = torch.rand(128, generator=gen(1), dtype=D) * 0.9 + 0.05
+    z = torch.randn(x0.shape, generator=gen(2), dtype=D)
+    scale, std = forward.marginal(t)
+    s = score(scale[:, None] * x0 + std[:, None] * z, t)
+    direct = (forward.diffusion(t) ** 2 * ((s + z / std[:, None]) ** 2).mean(1)).mean()
+    torch.testing.assert_close(dsm_loss(score, forward, x0, t=t, noise=z, weighting="likelihood"), direct)
+    torch.testing.assert_close(dsm_loss(score, forward, x0, t=t, noise=z, weighting=lambda t: forward.diffusion(t) ** 2),
+                               direct)
+
+
+@pytest.mark.parametrize("sde_name", list(SDES))
+def test_the_true_score_minimises_dsm(sde_name):
+    """L(s + δ) - L(s*) = E λ‖δ‖² (the cross term has mean 0 exactly when s* is the true score of p_t)."""
+    forward, gm, n = SDES[sde_name](), mixture(), 200_000
+    exact = gm.score_fn(forward)
+    x0 = gm.sample(n, generator=gen(0))
+    t = 0.05 + 0.9 * torch.rand(n, generator=gen(1), dtype=D)
+    z = torch.randn(x0.shape, generator=gen(2), dtype=D)
+
+    def delta(x, t):
+        return 0.3 * torch.sin(x) / forward.marginal(t)[1][:, None]
+
+    base = dsm_loss(exact, forward, x0, t=t, noise=z, reduce=False)
+    worse = dsm_loss(lambda x, t: exact(x, t) + delta(x, t), forward, x0, t=t, noise=z, reduce=False)
+    scale, std = forward.marginal(t)
+    gap = (std**2 * delta(scale[:, None] * x0 + std[:, None] * z, t).pow(2).mean(1))
+    diff = worse - base
+    assert float(diff.mean()) > 0
+    # the cross term 2λ δ·(s* + z/std) has mean 0; 5 standard errors of the per-sample difference
+    assert abs(float((diff - gap).mean())) < 5 * float((diff - gap).std()) / n**0.5
+    assert float(diff.mean()) > 20 * float((diff - gap).std()) / n**0.5
+
+
+def test_bad_arguments():
+    forward, x0 = sgm.VPSDE(), torch.zeros(4, 2)
+    with pytest.raises(ValueError, match="weighting"):
+        dsm_loss(lambda x, t: x, forward, x0, weighting="snr")
+    with pytest.raises(ValueError, match="eps"):
+        dsm_loss(lambda x, t: x, forward, x0, eps=2.0)
+    with pytest.raises(TypeError, match="x0"):
+        dsm_loss(lambda x, t: x, forward, torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match="score must return"):
+        dsm_loss(lambda x, t: x[:, :1], forward, x0)
+    with pytest.raises(ValueError, match="VP-type"):
+        ddpm_loss(lambda x, t: x, x0, sgm.VESDE().discretize(10))

@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-__all__ = ["scatter_panels", "image_grid", "save_image_grid"]
+__all__ = ["scatter_panels", "image_grid", "save_image_grid", "save_samples"]
 
 
 def _save(fig, path: str) -> str:
@@ -82,3 +82,12 @@ def save_image_grid(x: Tensor, path: str, nrow: int | None = None, value_range=(
     if title:
         ax.set_title(title, fontsize=9)
     return _save(fig, path)
+
+
+def save_samples(x: Tensor, path: str, title: str | None = None) -> str:
+    """A scatter plot of 2-D samples ``(n, 2)`` or an image grid of ``(n, C, H, W)`` in [-1, 1]."""
+    if x.dim() == 2 and x.shape[1] == 2:
+        return scatter_panels([(title or "samples", x)], path, columns=1)
+    if x.dim() == 4:
+        return save_image_grid(x, path, title=title)
+    raise ValueError(f"samples must have shape (n, 2) or (n, C, H, W), got {tuple(x.shape)}")

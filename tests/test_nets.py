@@ -1,0 +1,90 @@
+"""Score networks and the parameterisations that turn them into scores."""
+import math
+
+import pytest
+import torch
+
+import sgm
+from sgm.cli import main
+from sgm.nets import MLP, SinusoidalEmbedding, UNet
+from conftest import SDES, gen, mixture
+
+D = torch.float64
+
+
+@pytest.mark.parametrize("channels,size,mult,attn", [
+    (1, (8, 8), (1, 2), (1,)), (3, (32, 32), (1, 2, 2), (1,)), (5, (12, 20), (1, 2, 2), (0, 2)), (2, (7, 9), (1,), ()),
+])
+def test_unet_shapes(channels, size, mult, attn):
+    net = UNet(channels, 16, mult, num_res_blocks=1, attn_levels=attn, dropout=0.0)
+    x = torch.randn(3, channels, *size)
+    out = net(x, torch.rand(3))
+    assert out.shape == x.shape
+    assert torch.equal(out, torch.zeros_like(out))  # zero-initialised output layer
+    with torch.no_grad():
+        net.out[-1].weight.normal_()
+    out = net(x, torch.rand(3))
+    out.square().mean().backward()
+    assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
+
+
+def test_unet_attention_and_time_matter():
+    torch.manual_seed(0)
+    net = UNet(1, 16, (1, 2), num_res_blocks=1, attn_levels=(1,), dropout=0.0)
+    for p in net.parameters():  # undo the zero initialisations so that every path contributes
+        if p.dim() > 1 and p.abs().sum() == 0:
+            torch.nn.init.normal_(p, std=0.05)
+    x = torch.randn(2, 1, 8, 8)
+    assert not torch.allclose(net(x, torch.tensor([0.1, 0.1])), net(x, torch.tensor([0.9, 0.9])))
+    assert sum(isinstance(m, sgm.nets.unet.AttnBlock) for m in net.modules()) == 1 + 1 + 2  # down, mid, up
+
+
+def test_unet_bad_input():
+    net = UNet(3, 16, (1, 2, 2), num_res_blocks=1)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        net(torch.randn(1, 3, 10, 10), torch.rand(1))
+    with pytest.raises(ValueError, match="attn_levels"):
+        UNet(3, 16, (1, 2), attn_levels=(2,))
+    with pytest.raises(ValueError, match="channels"):
+        UNet(3, 0)
+
+
+def test_mlp_and_embedding():
+    net = MLP(3, width=32, depth=2)
+    assert net(torch.randn(4, 3), torch.rand(4)).shape == (4, 3)
+    with pytest.raises(ValueError, match=r"\(batch, 3\)"):
+        net(torch.randn(4, 2), torch.rand(4))
+    e = SinusoidalEmbedding(4, time_scale=1000.0)(torch.tensor([0.001]))
+    torch.testing.assert_close(e, torch.tensor([[math.sin(1.0), math.sin(0.01), math.cos(1.0), math.cos(0.01)]]))
+
+
+@pytest.mark.parametrize("prediction", sgm.score.PREDICTIONS)
+@pytest.mark.parametrize("sde_name", list(SDES))
+def test_every_parameterisation_gives_the_exact_score(prediction, sde_name):
+    """Networks predicting ε, x₀, v or the score from the exact mixture score all give back that score."""
+    forward, gm = SDES[sde_name](), mixture()
+    exact = gm.score_fn(forward)
+
+    def net(x, t):
+        scale, std = (v[:, None] for v in forward.marginal(t))
+        s = exact(x, t)
+        eps, x0 = -std * s, (x + std**2 * s) / scale
+        return {"score": s, "eps": eps, "x0": x0, "v": scale * eps - std * x0}[prediction]
+
+    model = sgm.ScoreModel(net, forward, prediction)
+    x, t = torch.randn(64, 2, generator=gen(0), dtype=D), torch.linspace(0.01, 1, 64, dtype=D)
+    torch.testing.assert_close(model(x, t), exact(x, t), rtol=1e-9, atol=1e-9)
+    scale, std = (v[:, None] for v in forward.marginal(t))
+    torch.testing.assert_close(model.denoise(x, t), (x + std**2 * exact(x, t)) / scale, rtol=1e-9, atol=1e-9)
+
+
+def test_cli_train_then_sample(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--data", "8gaussians", "--steps", "6", "--width", "16", "--depth", "1", "--batch-size", "32",
+                 "--out-dir", str(run), "--sample-steps", "3", "--no-progress"]) == 0
+    out = tmp_path / "s.png"
+    assert main(["sample", str(run / "checkpoint.pt"), "--sampler", "pc", "--steps", "4", "--n", "20",
+                 "--option", "snr=0.1", "--out", str(out), "--no-progress"]) == 0
+    assert out.exists() and torch.load(tmp_path / "s.pt").shape == (20, 2)
+    with pytest.raises(SystemExit):
+        main(["sample", str(run / "checkpoint.pt"), "--sampler", "heun"])

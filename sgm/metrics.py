@@ -4,7 +4,8 @@ All take samples of shape ``(n, *event)`` (flattened to ``(n, D)``) and return a
 
 - Sliced Wasserstein-2:  ``SW₂(P, Q)² = E_θ W₂(θ·P, θ·Q)²`` over uniform directions ``θ ∈ S^{D-1}``;
   each 1-D ``W₂² = ∫₀¹ (F⁻¹_θP(u) - F⁻¹_θQ(u))² du``, from sorted projections.
-- MMD with RBF kernels ``k(x, y) = Σ_h exp(-‖x - y‖²/(2h²))`` (unbiased estimator of ``MMD²``).
+- MMD with RBF kernels ``k(x, y) = Σ_h exp(-‖x - y‖²/(2h²))``:
+  ``MMD² = E k(X, X') + E k(Y, Y') - 2 E k(X, Y)``.
 - Energy distance: ``2 E‖X - Y‖ - E‖X - X'‖ - E‖Y - Y'‖`` (V-statistics).
 - Fréchet distance between Gaussians fitted to features:
   ``‖μ₁ - μ₂‖² + Tr(Σ₁ + Σ₂ - 2 (Σ₁^{½} Σ₂ Σ₁^{½})^{½})`` (W₂² of the two Gaussians; FID on Inception features).
@@ -72,8 +73,9 @@ def _pairwise_sq(a: Tensor, b: Tensor) -> Tensor:
     return torch.cdist(a, b).pow(2)
 
 
-def mmd(x: Tensor, y: Tensor, bandwidths=(0.1, 0.2, 0.5, 1.0, 2.0, 5.0)) -> float:
-    """Unbiased ``MMD²`` with the sum of RBF kernels of the given ``bandwidths`` (in data units)."""
+def mmd(x: Tensor, y: Tensor, bandwidths=(0.1, 0.2, 0.5, 1.0, 2.0, 5.0), unbiased: bool = True) -> float:
+    """``MMD²`` with the sum of RBF kernels of the given ``bandwidths`` (in data units): the unbiased U-statistic
+    (mean 0 for samples of one distribution), or the V-statistic (0 for identical sets) with ``unbiased=False``."""
     x, y = _flat_pair(x, y)
     h = torch.as_tensor(bandwidths, dtype=x.dtype, device=x.device).reshape(-1, 1, 1)
     if h.numel() < 1 or not bool((h > 0).all()):
@@ -81,7 +83,7 @@ def mmd(x: Tensor, y: Tensor, bandwidths=(0.1, 0.2, 0.5, 1.0, 2.0, 5.0)) -> floa
 
     def mean_kernel(a: Tensor, b: Tensor, same: bool) -> Tensor:
         k = torch.exp(-_pairwise_sq(a, b)[None] / (2 * h**2)).sum(0)
-        if same:
+        if same and unbiased:
             n = a.shape[0]
             return (k.sum() - k.diagonal().sum()) / (n * (n - 1))
         return k.mean()

@@ -3,11 +3,11 @@
 - ``sgm demo``: every sampler on a 2-D ring mixture with its exact score, one panel each, to a PNG.
 - ``sgm train``: denoising score matching on a dataset; restarting the same command resumes.
 - ``sgm sample``: any sampler on a trained checkpoint; writes a scatter plot or image grid and the samples.
+- ``sgm bench``: the step-count-vs-quality sweep (``sgm.bench``).
 """
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 
@@ -17,9 +17,9 @@ from . import metrics
 from .plotting import scatter_panels
 from .samplers import available, sample
 from .sde import SDE, SubVPSDE, VESDE, VPSDE
-from .targets import GaussianMixture
+from .targets import ring_mixture
 
-__all__ = ["main", "ring_mixture", "make_sde"]
+__all__ = ["main", "make_sde"]
 
 SDE_NAMES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
 
@@ -35,12 +35,6 @@ DEMO_RUNS = (
     ("pc", 100, {}),
     ("langevin", 100, {"n_steps_each": 5, "spacing": "geometric"}),
 )
-
-
-def ring_mixture(k: int = 8, radius: float = 4.0, std: float = 0.3, dtype=torch.float64) -> GaussianMixture:
-    """``k`` equal Gaussians of width ``std`` on a circle of the given radius."""
-    angle = torch.arange(k, dtype=dtype) * (2 * math.pi / k)
-    return GaussianMixture(radius * torch.stack([angle.cos(), angle.sin()], 1), std, dtype=dtype)
 
 
 def make_sde(name: str) -> SDE:
@@ -181,6 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw-weights", action="store_true", help="the raw weights instead of the EMA")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=sample_checkpoint)
+
+    from . import bench
+
+    p = sub.add_parser("bench", help="sweep every sampler over NFE on exact-score mixtures (and peers, a checkpoint)")
+    bench.add_arguments(p)
+    p.set_defaults(func=bench.run_from_args)
     return parser
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .targets import GaussianMixture
+from .targets import ring_mixture
 
 __all__ = ["TOY_SETS", "toy_2d", "load_digits", "load_mnist", "load_cifar10", "load_image_folder", "load_dataset",
            "DATASETS"]
@@ -30,7 +30,7 @@ def toy_2d(name: str, n: int, generator: torch.Generator | None = None) -> Tenso
 
     - ``moons``: two interleaved half circles with N(0, 0.1²) noise, scaled by 2 about their centre;
     - ``swiss_roll``: ``(φ cos φ, φ sin φ)/5``, ``φ ~ U(1.5π, 4.5π)``, plus N(0, 0.1²);
-    - ``8gaussians``: 8 equal Gaussians of std 0.3 on a circle of radius 2 (``sgm.cli.ring_mixture``);
+    - ``8gaussians``: 8 equal Gaussians of std 0.3 on a circle of radius 2 (``sgm.targets.ring_mixture``);
     - ``checkerboard``: uniform on the black squares of a 4×4 board on [-2, 2]².
     """
     if name not in TOY_SETS:
@@ -54,9 +54,7 @@ def toy_2d(name: str, n: int, generator: torch.Generator | None = None) -> Tenso
         phi = math.pi * (1.5 + 3 * rand(n))
         return torch.stack([phi * phi.cos(), phi * phi.sin()], 1) / 5 + 0.1 * randn(n, 2)
     if name == "8gaussians":
-        angle = torch.arange(8) * (2 * math.pi / 8)
-        mixture = GaussianMixture(2 * torch.stack([angle.cos(), angle.sin()], 1), 0.3, dtype=torch.float32)
-        return mixture.sample(n, generator=generator)
+        return ring_mixture(8, 2.0, 0.3, dtype=torch.float32).sample(n, generator=generator)
     # checkerboard: a cell (i, j) of the 4×4 board with i + j even, then a uniform point inside it
     cell = torch.randint(8, (n,), generator=generator)
     row = cell // 2

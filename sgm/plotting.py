@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-__all__ = ["scatter_panels", "image_grid", "save_image_grid", "save_samples"]
+__all__ = ["scatter_panels", "image_grid", "save_image_grid", "save_samples", "nfe_curves"]
 
 
 def _save(fig, path: str) -> str:
@@ -91,3 +91,28 @@ def save_samples(x: Tensor, path: str, title: str | None = None) -> str:
     if x.dim() == 4:
         return save_image_grid(x, path, title=title)
     raise ValueError(f"samples must have shape (n, 2) or (n, C, H, W), got {tuple(x.shape)}")
+
+
+def nfe_curves(rows: list[dict], metric: str, path: str, title: str = "", floor: float | None = None) -> str:
+    """``metric`` against the NFE spent, log-log, one line per ``row["sampler"]``; ``floor`` as a dashed line."""
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    samplers = list(dict.fromkeys(r["sampler"] for r in rows))
+    markers = "os^vDPX*<>"
+    for k, name in enumerate(samplers):
+        pts = sorted((r["nfe"], r[metric]) for r in rows if r["sampler"] == name
+                     and r.get(metric) is not None and np.isfinite(r[metric]) and r[metric] > 0)
+        if pts:
+            peer = name.startswith("diffusers")
+            ax.plot(*zip(*pts), marker=markers[k % len(markers)], ms=4, lw=1.2, label=name,
+                    color=f"C{k % 10}", alpha=0.6 if peer else 0.9, linestyle="--" if peer else "-")
+    if floor is not None and floor > 0:
+        ax.axhline(floor, color="k", ls=":", lw=1, label="Monte-Carlo floor (target vs target)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("score evaluations (NFE)")
+    ax.set_ylabel(metric)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="best", ncol=2)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .sde import SDE
 
-__all__ = ["GaussianMixture"]
+__all__ = ["GaussianMixture", "ring_mixture", "random_mixture"]
 
 
 class GaussianMixture:
@@ -66,8 +66,9 @@ class GaussianMixture:
         return (x, comp) if return_components else x
 
     # --- the perturbed mixture p_t ------------------------------------------------------------
-    def _perturbed(self, x: Tensor, t: Tensor | None, sde: SDE | None):
-        """Flattened ``x (B, D)`` and the components of ``p_t``: means ``(B|1, K, D)``, variances likewise."""
+    def _perturbed(self, x: Tensor, t: Tensor | None, sde: SDE | None, scale_std: tuple | None = None):
+        """Flattened ``x (B, D)`` and the components of ``p_t``: means ``(B|1, K, D)``, variances likewise.
+        ``p_t`` is given by ``t`` and ``sde``, or directly by per-sample ``(scale, std)``."""
         flat = x.reshape(x.shape[0], -1)
         if flat.shape[1] != self.dim:
             raise ValueError(f"x must have {self.dim} features per sample, got shape {tuple(x.shape)}")
@@ -76,8 +77,10 @@ class GaussianMixture:
             if sde is None:
                 raise ValueError("sde must be given with t")
             t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
-            scale, std = sde.marginal(t)
-            scale, std = scale[:, None, None], std[:, None, None]
+            scale_std = sde.marginal(t)
+        if scale_std is not None:
+            scale, std = (torch.as_tensor(v, dtype=x.dtype, device=x.device).expand(x.shape[0])[:, None, None]
+                          for v in scale_std)
             means, var = scale * means, scale**2 * var + std**2
         return flat, means, var
 
@@ -97,7 +100,14 @@ class GaussianMixture:
 
     def score(self, x: Tensor, t: Tensor, sde: SDE) -> Tensor:
         """The exact ``∇_x log p_t(x)``, shaped like ``x``."""
-        flat, means, var = self._perturbed(x, t, sde)
+        return self._score(x, *self._perturbed(x, t, sde))
+
+    def perturbed_score(self, x: Tensor, scale: Tensor | float, std: Tensor | float) -> Tensor:
+        """The exact score of the mixture seen through ``x = scale·x_0 + std·z`` (per-sample or scalar
+        ``scale, std``): for discrete chains, whose marginals need no SDE."""
+        return self._score(x, *self._perturbed(x, None, None, (scale, std)))
+
+    def _score(self, x: Tensor, flat: Tensor, means: Tensor, var: Tensor) -> Tensor:
         r = torch.softmax(self._component_log_probs(flat, means, var), dim=1)
         return (r[:, :, None] * (means - flat[:, None, :]) / var).sum(1).reshape(x.shape)
 
@@ -120,3 +130,19 @@ class GaussianMixture:
         centred = means - mean
         cov = torch.diag((w[:, None] * var).sum(0)) + (w[:, None, None] * centred[:, :, None] * centred[:, None, :]).sum(0)
         return mean, cov
+
+
+def ring_mixture(k: int = 8, radius: float = 4.0, std: float = 0.3, dtype=torch.float64) -> GaussianMixture:
+    """``k`` equal Gaussians of width ``std`` on a circle of the given radius in 2-D."""
+    angle = torch.arange(k, dtype=dtype) * (2 * math.pi / k)
+    return GaussianMixture(radius * torch.stack([angle.cos(), angle.sin()], 1), std, dtype=dtype)
+
+
+def random_mixture(dim: int, k: int = 5, spread: float = 2.0, seed: int = 0, dtype=torch.float64) -> GaussianMixture:
+    """``k`` components in ``dim`` dimensions: means ``spread·N(0, I)``, diagonal stds ``U(0.3, 0.8)``, weights
+    ``∝ 1 … k`` — a fixed, reproducible high-dimensional target for a given ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    means = spread * torch.randn(k, dim, generator=g, dtype=dtype)
+    stds = 0.3 + 0.5 * torch.rand(k, dim, generator=g, dtype=dtype)
+    weights = torch.arange(1, k + 1, dtype=dtype)
+    return GaussianMixture(means, stds, weights / weights.sum())

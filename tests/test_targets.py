@@ -79,3 +79,10 @@ def test_invalid_mixture(kwargs, err, match):
 def test_wrong_feature_count(gm):
     with pytest.raises(ValueError, match="features"):
         gm.log_prob(torch.zeros(3, 5, dtype=torch.float64))
+
+
+def test_perturbed_score_is_the_score_at_the_marginal(gm):
+    sde, t = sgm.SubVPSDE(), torch.linspace(0.01, 1, 40, dtype=torch.float64)
+    x = torch.randn(40, 2, generator=gen(0), dtype=torch.float64)
+    scale, std = sde.marginal(t)
+    torch.testing.assert_close(gm.perturbed_score(x, scale, std), gm.score(x, t, sde), rtol=1e-13, atol=1e-13)

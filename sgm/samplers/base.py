@@ -1,5 +1,7 @@
 """What every sampler shares: the checked, counted score; Tweedie's last step; the step loop.
 
+Samplers run under ``torch.no_grad()``: a network score builds no autograd graph.
+
 Noise order: ``sgm.sample`` draws ``x_T`` first (one ``randn`` of the full shape), then each sampler
 draws one ``randn`` of ``x``'s shape per stochastic update, in the order the updates are made.
 """
@@ -76,6 +78,7 @@ def tweedie(x: Tensor, s: Tensor, a: Node) -> Tensor:
 StepFn = Callable[[Tensor, Tensor, Node, Node, SDE, "torch.Generator | None"], Tensor]
 
 
+@torch.no_grad()
 def run_steps(step: StepFn, score: ScoreFn, sde: SDE, x: Tensor, grid: TimeGrid,
               generator: torch.Generator | None, progress: bool, desc: str,
               after: Callable[[Tensor, Node, Node, CheckedScore], Tensor] | None = None) -> SamplerOutput:

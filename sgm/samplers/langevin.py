@@ -41,6 +41,7 @@ def _count(name: str, n) -> int:
     return n
 
 
+@torch.no_grad()
 def langevin(score, sde: SDE, x: Tensor, grid: TimeGrid, *, n_steps_each: int = 5, step_size: float | None = None,
              generator=None, progress: bool = False) -> SamplerOutput:
     """Annealed Langevin dynamics over the grid's noise levels; ``n_steps_each`` evaluations per level,

@@ -55,6 +55,7 @@ def check_method(method) -> str:
     return method
 
 
+@torch.no_grad()
 def ode(score, sde: SDE, x: Tensor, grid: TimeGrid, *, method: str = "dopri5", rtol: float = 1e-5,
         atol: float = 1e-5, generator=None, progress: bool = False) -> SamplerOutput:
     """Solve the probability-flow ODE from the grid's first to its last noisy node, then denoise if the

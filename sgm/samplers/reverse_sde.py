@@ -76,6 +76,7 @@ class _StepBrownian(torchsde.BaseBrownian):
     levy_area_approximation = property(lambda self: "none")
 
 
+@torch.no_grad()
 def sde(score, sde: SDE, x: Tensor, grid: TimeGrid, *, method: str = "euler", adaptive: bool = False,
         rtol: float = 1e-5, atol: float = 1e-4, generator=None, progress: bool = False) -> SamplerOutput:
     """Solve the reverse SDE with torchsde from the first to the last noisy node, then denoise if the

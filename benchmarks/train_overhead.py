@@ -19,6 +19,7 @@ from sgm.train import TrainConfig, Trainer
 
 CASES = {
     "mlp (2-D toy, batch 256)": dict(data="moons", n_data=10_000),
+    "mlp (2-D toy, batch 512)": dict(data="moons", n_data=10_000, batch_size=512),
     "unet (digits 8×8, batch 128)": dict(data="digits", batch_size=128, channels=32, channel_mult=(1, 2),
                                          num_res_blocks=1, attn_levels=(1,), dropout=0.1),
 }

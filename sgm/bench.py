@@ -79,6 +79,15 @@ def steps_for_nfe(run: Run, nfe: int) -> int | None:
     return steps if steps >= (1 if run.per_step > 1 and run.extra > 0 else 2) else None
 
 
+def _budgeted(nfes):
+    """``(run, nfe, steps)`` for every sampler run and every budget it can spend."""
+    for run in RUNS:
+        for nfe in nfes:
+            steps = steps_for_nfe(run, nfe)
+            if steps is not None:
+                yield run, nfe, steps
+
+
 def _metrics(x: Tensor, reference: Tensor, target: GaussianMixture, generator: torch.Generator) -> dict:
     x = x.reshape(x.shape[0], -1)
     return {"sw2": metrics.sliced_wasserstein(x, reference, 256, generator),
@@ -116,18 +125,14 @@ def run_sweep(out_dir: str, quick: bool = False, n: int | None = None, seed: int
             x_T = sde.prior_sample((n, target.dim), torch.Generator().manual_seed(seed), dtype=torch.float64)
             x_ref = ode(score, sde, x_T, time_grid(sde, 2), rtol=1e-9, atol=1e-9).x
             scatter = []
-            for run in RUNS:
-                for nfe in nfes:
-                    steps = steps_for_nfe(run, nfe)
-                    if steps is None:
-                        continue
-                    x, row = _one_run(score, sde, x_T, run.sampler, steps, dict(run.options), seed, progress)
-                    row.update(target=target_name, sde=sde_name, sampler=run.label, nfe_budget=nfe, steps=steps)
-                    row.update(_metrics(x, reference, target, torch.Generator().manual_seed(seed + 3)))
-                    row["map_error"] = float((x - x_ref).norm(dim=1).mean()) if run.deterministic else float("nan")
-                    if target.dim == 2 and nfe in (10, 50, 200):
-                        scatter.append((f"{run.label}\nNFE {row['nfe']}", x))
-                    rows.append(row)
+            for run, nfe, steps in _budgeted(nfes):
+                x, row = _one_run(score, sde, x_T, run.sampler, steps, dict(run.options), seed, progress)
+                row.update(target=target_name, sde=sde_name, sampler=run.label, nfe_budget=nfe, steps=steps)
+                row.update(_metrics(x, reference, target, torch.Generator().manual_seed(seed + 3)))
+                row["map_error"] = float((x - x_ref).norm(dim=1).mean()) if run.deterministic else float("nan")
+                if target.dim == 2 and nfe in (10, 50, 200):
+                    scatter.append((f"{run.label}\nNFE {row['nfe']}", x))
+                rows.append(row)
             for tol in tolerances:
                 x, row = _one_run(score, sde, x_T, "ode", 2, {"method": "dopri5", "rtol": tol, "atol": tol}, seed,
                                   progress)
@@ -248,22 +253,18 @@ def checkpoint_rows(path: str, nfes, seed: int, progress: bool, n: int = 1000) -
     images, labels = load_digits()
     classifier = train_digits_classifier(images, labels, seed=seed)
     rows = []
-    for run in RUNS:
-        for nfe in nfes:
-            steps = steps_for_nfe(run, nfe)
-            if steps is None:
-                continue
-            g = torch.Generator().manual_seed(seed + 10)
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                out = sample(model, model.sde, (n,) + shape, sampler=run.sampler, steps=steps, generator=g,
-                             dtype=torch.float32, progress=progress, **run.options)
-                x = out.x.clamp(-1, 1)
-                confident = float((classifier(x).softmax(1).max(1).values > 0.9).float().mean())
-            rows.append({"target": f"digits model ({path})", "sde": config.sde, "sampler": run.label, "nfe_budget": nfe,
-                         "steps": steps, "nfe": out.nfe, "seconds": time.perf_counter() - t0,
-                         "frechet_classifier": metrics.frechet_distance(x, images, features=classifier.features),
-                         "confident": confident})
+    for run, nfe, steps in _budgeted(nfes):
+        g = torch.Generator().manual_seed(seed + 10)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            out = sample(model, model.sde, (n,) + shape, sampler=run.sampler, steps=steps, generator=g,
+                         dtype=torch.float32, progress=progress, **run.options)
+            x = out.x.clamp(-1, 1)
+            confident = float((classifier(x).softmax(1).max(1).values > 0.9).float().mean())
+        rows.append({"target": f"digits model ({path})", "sde": config.sde, "sampler": run.label, "nfe_budget": nfe,
+                     "steps": steps, "nfe": out.nfe, "seconds": time.perf_counter() - t0,
+                     "frechet_classifier": metrics.frechet_distance(x, images, features=classifier.features),
+                     "confident": confident})
     return rows
 
 
@@ -304,11 +305,10 @@ def _write(out_dir: str, rows: list[dict], meta: dict) -> None:
         for metric in ("sw2", "map_error"):
             nfe_curves(group, metric, os.path.join(out_dir, f"{metric}_{_slug(target_name)}_{sde_name}.png"),
                        title=f"{target_name}, {sde_name.upper()}: {metric} against NFE", floor=floor.get(metric))
-    for r in rows:
-        if "frechet_classifier" in r:
-            nfe_curves([r for r in rows if "frechet_classifier" in r], "frechet_classifier",
-                       os.path.join(out_dir, "digits_frechet.png"), title="digits model: Fréchet (classifier features)")
-            break
+    digits = [r for r in rows if "frechet_classifier" in r]
+    if digits:
+        nfe_curves(digits, "frechet_classifier", os.path.join(out_dir, "digits_frechet.png"),
+                   title="digits model: Fréchet (classifier features)")
 
 
 def main(argv: list[str] | None = None) -> int:

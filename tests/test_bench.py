@@ -51,3 +51,13 @@ def test_summary_table():
     rows = [{"target": "t", "sde": "vp", "sampler": "ddim", "nfe_budget": b, "sw2": 0.1 * b} for b in (10, 20)]
     table = bench.summary_table(rows, (10, 20))
     assert "| t | vp | ddim | 1.000 | 2.000 |" in table
+
+
+def test_checkpoint_sweep_judges_a_trained_digits_model(tmp_path):
+    from sgm.train import TrainConfig, Trainer
+
+    Trainer(TrainConfig(data="digits", steps=2, batch_size=8, channels=8, channel_mult=(1, 2), num_res_blocks=1,
+                        attn_levels=(), out_dir=str(tmp_path), sample_steps=2, n_samples=4, progress=False)).fit()
+    rows = bench.checkpoint_rows(str(tmp_path / "checkpoint.pt"), (5,), seed=0, progress=False, n=16)
+    assert {r["sampler"] for r in rows} == {r.label for r, _, _ in bench._budgeted((5,))}
+    assert all(r["nfe"] <= 5 and r["frechet_classifier"] > 0 and 0 <= r["confident"] <= 1 for r in rows)

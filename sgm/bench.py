@@ -30,7 +30,7 @@ from torch import Tensor
 
 from . import __version__, metrics
 from .plotting import nfe_curves, scatter_panels
-from .samplers import sample
+from .samplers import SamplerDiverged, sample
 from .samplers.grid import time_grid
 from .samplers.probability_flow import ode
 from .score import ScoreModel
@@ -88,14 +88,32 @@ def _budgeted(nfes):
                 yield run, nfe, steps
 
 
+PAIRWISE_N = 1000  # MMD² and the energy distance cost O(n²): they use the first PAIRWISE_N samples of each set
+
+
 def _metrics(x: Tensor, reference: Tensor, target: GaussianMixture, generator: torch.Generator) -> dict:
     x = x.reshape(x.shape[0], -1)
+    x_pairs, reference_pairs = x[:PAIRWISE_N], reference[:PAIRWISE_N]
     return {"sw2": metrics.sliced_wasserstein(x, reference, 256, generator),
-            "mmd2": metrics.mmd(x, reference),
-            "energy": metrics.energy_distance(x, reference),
+            "mmd2": metrics.mmd(x_pairs, reference_pairs),
+            "energy": metrics.energy_distance(x_pairs, reference_pairs),
             "frechet": metrics.frechet_distance(x, reference),
             "nll": metrics.nll(x, target),
             "mode_error": metrics.mode_weight_error(x, target)}
+
+
+METRICS = ("sw2", "mmd2", "energy", "frechet", "nll", "mode_error", "map_error")
+
+
+def _judge(x: Tensor | None, reference: Tensor, target: GaussianMixture, seed: int,
+           x_ref: Tensor | None = None) -> dict:
+    """A run's metrics (the map error only with the reference map ``x_ref``). A run that diverged (``x`` None:
+    the score went non-finite; or a NaN/inf among the samples) gets NaN for every metric and ``diverged``."""
+    if x is None or not bool(torch.isfinite(x).all()):
+        return {**dict.fromkeys(METRICS, float("nan")), "diverged": True}
+    row = _metrics(x, reference, target, torch.Generator().manual_seed(seed + 3))
+    row["map_error"] = float((x - x_ref).norm(dim=1).mean()) if x_ref is not None else float("nan")
+    return {**row, "diverged": False}
 
 
 def _floors(target: GaussianMixture, n: int, seed: int) -> dict:
@@ -128,9 +146,8 @@ def run_sweep(out_dir: str, quick: bool = False, n: int | None = None, seed: int
             for run, nfe, steps in _budgeted(nfes):
                 x, row = _one_run(score, sde, x_T, run.sampler, steps, dict(run.options), seed, progress)
                 row.update(target=target_name, sde=sde_name, sampler=run.label, nfe_budget=nfe, steps=steps)
-                row.update(_metrics(x, reference, target, torch.Generator().manual_seed(seed + 3)))
-                row["map_error"] = float((x - x_ref).norm(dim=1).mean()) if run.deterministic else float("nan")
-                if target.dim == 2 and nfe in (10, 50, 200):
+                row.update(_judge(x, reference, target, seed, x_ref if run.deterministic else None))
+                if target.dim == 2 and nfe in (10, 50, 200) and not row["diverged"]:
                     scatter.append((f"{run.label}\nNFE {row['nfe']}", x))
                 rows.append(row)
             for tol in tolerances:
@@ -138,8 +155,7 @@ def run_sweep(out_dir: str, quick: bool = False, n: int | None = None, seed: int
                                   progress)
                 row.update(target=target_name, sde=sde_name, sampler="ode dopri5 (adaptive)", nfe_budget=None,
                            steps=None, tolerance=tol)
-                row.update(_metrics(x, reference, target, torch.Generator().manual_seed(seed + 3)))
-                row["map_error"] = float((x - x_ref).norm(dim=1).mean())
+                row.update(_judge(x, reference, target, seed, x_ref))
                 rows.append(row)
             if scatter:
                 scatter_panels(scatter, os.path.join(out_dir, f"scatter_{_slug(key)}.png"), target.log_prob, limits=6.0,
@@ -157,21 +173,26 @@ def run_sweep(out_dir: str, quick: bool = False, n: int | None = None, seed: int
 
 
 def _one_run(score, sde: SDE, x_T: Tensor, sampler: str, steps: int, options: dict, seed: int,
-             progress: bool) -> tuple[Tensor, dict]:
-    """The samples of one timed run from ``x_T``, and its row's NFE and seconds."""
+             progress: bool) -> tuple[Tensor | None, dict]:
+    """The samples of one timed run from ``x_T`` (None if it diverged), and its row's NFE and seconds."""
     g = torch.Generator().manual_seed(seed + 10)
     t0 = time.perf_counter()
-    out = sample(score, sde, tuple(x_T.shape), sampler=sampler, steps=steps, generator=g, x_init=x_T,
-                 progress=progress, **options)
+    try:
+        out = sample(score, sde, tuple(x_T.shape), sampler=sampler, steps=steps, generator=g, x_init=x_T,
+                     progress=progress, **options)
+    except SamplerDiverged:
+        return None, {"nfe": None, "seconds": time.perf_counter() - t0}
     return out.x, {"nfe": out.nfe, "seconds": time.perf_counter() - t0}
 
 
 # --- diffusers on the DDPM chain --------------------------------------------------------------------
+# Every scheduler takes trailing timesteps (999, … down to 0), as sgm's chain samplers here do; diffusers' default
+# "linspace" spacing repeats a timestep at 1000 steps, which gives the multistep solvers a zero step and NaN.
 PEER_SCHEDULERS = {
     "diffusers DDPM": ("DDPMScheduler", {"clip_sample": False}),
-    "diffusers DDIM": ("DDIMScheduler", {"timestep_spacing": "trailing", "clip_sample": False}),
-    "diffusers Euler": ("EulerDiscreteScheduler", {"timestep_spacing": "trailing"}),
-    "diffusers Heun": ("HeunDiscreteScheduler", {"timestep_spacing": "trailing"}),
+    "diffusers DDIM": ("DDIMScheduler", {"clip_sample": False}),
+    "diffusers Euler": ("EulerDiscreteScheduler", {}),
+    "diffusers Heun": ("HeunDiscreteScheduler", {}),
     "diffusers DPM-Solver++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
     "diffusers UniPC": ("UniPCMultistepScheduler", {}),
 }
@@ -205,7 +226,7 @@ def peer_rows(target, target_name, n, nfes, reference, seed, progress) -> list[d
         cls = getattr(diffusers, cls_name)
         for nfe in nfes:
             scheduler = cls(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
-                            prediction_type="epsilon", **kwargs)
+                            prediction_type="epsilon", timestep_spacing="trailing", **kwargs)
             steps = (nfe + 1) // 2 if cls_name == "HeunDiscreteScheduler" else nfe
             if steps > 1000 or (cls_name == "HeunDiscreteScheduler" and steps < 2):
                 continue
@@ -236,9 +257,8 @@ def peer_rows(target, target_name, n, nfes, reference, seed, progress) -> list[d
 
 def _peer_row(x, target, target_name, label, nfe, calls, seconds, reference, seed) -> dict:
     row = {"target": target_name, "sde": "vp (DDPM chain)", "sampler": label, "nfe_budget": nfe, "steps": None,
-           "nfe": calls, "seconds": seconds, "map_error": float("nan")}
-    row.update(_metrics(x, reference, target, torch.Generator().manual_seed(seed + 3)))
-    return row
+           "nfe": calls, "seconds": seconds}
+    return {**row, **_judge(x, reference, target, seed)}
 
 
 # --- a trained digits model ------------------------------------------------------------------------
@@ -291,7 +311,7 @@ def _versions() -> dict:
 
 def _write(out_dir: str, rows: list[dict], meta: dict) -> None:
     keys = ["target", "sde", "sampler", "nfe_budget", "steps", "tolerance", "nfe", "seconds", "sw2", "mmd2", "energy",
-            "frechet", "nll", "mode_error", "map_error", "frechet_classifier", "confident"]
+            "frechet", "nll", "mode_error", "map_error", "diverged", "frechet_classifier", "confident"]
     with open(os.path.join(out_dir, "results.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, keys, extrasaction="ignore")
         writer.writeheader()

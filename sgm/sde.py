@@ -88,8 +88,11 @@ class DiscreteChain:
 
     def index(self, t: Tensor) -> Tensor:
         """The timestep whose time ``t[i]`` is nearest to each entry of ``t`` (a ``long`` tensor)."""
-        times = self.t.to(device=t.device, dtype=torch.float64)
-        return (t.to(torch.float64).reshape(-1, 1) - times).abs().argmin(dim=1).reshape(t.shape)
+        times = self.t.to(device=t.device, dtype=torch.float64)  # ascending
+        t = t.to(torch.float64)
+        hi = torch.searchsorted(times, t.contiguous()).clamp_(min(1, len(self) - 1), len(self) - 1)
+        lo = (hi - 1).clamp_(min=0)
+        return torch.where(t - times[lo] <= times[hi] - t, lo, hi)  # a tie goes to the lower timestep
 
 
 class SDE:

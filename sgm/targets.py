@@ -67,8 +67,10 @@ class GaussianMixture:
 
     # --- the perturbed mixture p_t ------------------------------------------------------------
     def _perturbed(self, x: Tensor, t: Tensor | None, sde: SDE | None, scale_std: tuple | None = None):
-        """Flattened ``x (B, D)`` and the components of ``p_t``: means ``(B|1, K, D)``, variances likewise.
-        ``p_t`` is given by ``t`` and ``sde``, or directly by per-sample ``(scale, std)``."""
+        """Flattened ``x (B, D)`` and the components of ``p_t``: means and variances ``(B|1, K, D)``.
+        ``p_t`` is given by ``t`` and ``sde``, or directly by per-sample or scalar ``(scale, std)``. A batch at
+        one time (a scalar ``t``, or one expanded to the batch as the samplers pass it) keeps a single
+        ``(1, K, D)`` set of components."""
         flat = x.reshape(x.shape[0], -1)
         if flat.shape[1] != self.dim:
             raise ValueError(f"x must have {self.dim} features per sample, got shape {tuple(x.shape)}")
@@ -76,27 +78,34 @@ class GaussianMixture:
         if t is not None:
             if sde is None:
                 raise ValueError("sde must be given with t")
-            t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
-            scale_std = sde.marginal(t)
+            t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+            shared = t.numel() == 1 or (t.dim() == 1 and t.stride(0) == 0)
+            scale_std = sde.marginal(t.reshape(-1)[:1] if shared else t.expand(x.shape[0]))
         if scale_std is not None:
-            scale, std = (torch.as_tensor(v, dtype=x.dtype, device=x.device).expand(x.shape[0])[:, None, None]
-                          for v in scale_std)
+            scale, std = (torch.as_tensor(v, dtype=x.dtype, device=x.device).reshape(-1, 1, 1) for v in scale_std)
             means, var = scale * means, scale**2 * var + std**2
         return flat, means, var
 
-    def _component_log_probs(self, flat: Tensor, means: Tensor, var: Tensor) -> Tensor:
-        """``log w_k + log N(x; m_k, diag v_k)`` as ``(B, K)``."""
-        diff = flat[:, None, :] - means
-        log_n = -0.5 * ((diff**2 / var) + torch.log(2 * math.pi * var)).sum(-1)
-        return torch.log(self.weights.to(flat.dtype)) + log_n
+    def _components(self, flat: Tensor, means: Tensor, var: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``log w_k + log N(x; m_k, diag v_k)`` as ``(B, K)``, with the precisions ``1/v_k`` and ``m_k/v_k``.
+
+        The quadratic form is expanded, ``Σ_d (x_d - m_kd)²/v_kd = x²·(1/v_k) - 2 x·(m_k/v_k) + m_k·(m_k/v_k)``,
+        so that it is two matrix products instead of reductions over a short feature axis.
+        """
+        prec = var.reciprocal()
+        mean_prec = means * prec
+        quad = _contract_features(flat**2, prec) - 2 * _contract_features(flat, mean_prec) \
+            + (means * mean_prec).sum(-1)
+        log_n = -0.5 * (quad + torch.log(var).sum(-1) + self.dim * math.log(2 * math.pi))
+        return torch.log(self.weights.to(flat.dtype)) + log_n, prec, mean_prec
 
     def log_prob(self, x: Tensor, t: Tensor | None = None, sde: SDE | None = None) -> Tensor:
         """``log p_t(x)`` per sample (``log p_0`` when ``t`` is None)."""
-        return torch.logsumexp(self._component_log_probs(*self._perturbed(x, t, sde)), dim=1)
+        return torch.logsumexp(self._components(*self._perturbed(x, t, sde))[0], dim=1)
 
     def responsibilities(self, x: Tensor, t: Tensor | None = None, sde: SDE | None = None) -> Tensor:
         """Posterior component probabilities ``r_k(x)`` under ``p_t``, ``(B, K)``."""
-        return torch.softmax(self._component_log_probs(*self._perturbed(x, t, sde)), dim=1)
+        return torch.softmax(self._components(*self._perturbed(x, t, sde))[0], dim=1)
 
     def score(self, x: Tensor, t: Tensor, sde: SDE) -> Tensor:
         """The exact ``∇_x log p_t(x)``, shaped like ``x``."""
@@ -108,8 +117,10 @@ class GaussianMixture:
         return self._score(x, *self._perturbed(x, None, None, (scale, std)))
 
     def _score(self, x: Tensor, flat: Tensor, means: Tensor, var: Tensor) -> Tensor:
-        r = torch.softmax(self._component_log_probs(flat, means, var), dim=1)
-        return (r[:, :, None] * (means - flat[:, None, :]) / var).sum(1).reshape(x.shape)
+        """``Σ_k r_k (m_k - x)/v_k = Σ_k r_k m_k/v_k - x Σ_k r_k/v_k``."""
+        log_p, prec, mean_prec = self._components(flat, means, var)
+        r = torch.softmax(log_p, dim=1)
+        return (_contract_components(r, mean_prec) - flat * _contract_components(r, prec)).reshape(x.shape)
 
     def score_fn(self, sde: SDE):
         """The score function ``s(x, t) = ∇ log p_t(x)`` of the mixture perturbed by ``sde``."""
@@ -130,6 +141,16 @@ class GaussianMixture:
         centred = means - mean
         cov = torch.diag((w[:, None] * var).sum(0)) + (w[:, None, None] * centred[:, :, None] * centred[:, None, :]).sum(0)
         return mean, cov
+
+
+def _contract_features(a: Tensor, c: Tensor) -> Tensor:
+    """``Σ_d a_bd c_bkd`` as ``(B, K)`` for ``c`` of shape ``(B, K, D)`` or ``(1, K, D)`` (one matrix product)."""
+    return a @ c[0].T if c.shape[0] == 1 else torch.bmm(c, a[:, :, None])[..., 0]
+
+
+def _contract_components(r: Tensor, c: Tensor) -> Tensor:
+    """``Σ_k r_bk c_bkd`` as ``(B, D)`` for ``c`` of shape ``(B, K, D)`` or ``(1, K, D)``."""
+    return r @ c[0] if c.shape[0] == 1 else torch.bmm(r[:, None, :], c)[:, 0]
 
 
 def ring_mixture(k: int = 8, radius: float = 4.0, std: float = 0.3, dtype=torch.float64) -> GaussianMixture:

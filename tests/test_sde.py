@@ -73,6 +73,17 @@ def test_subvp_chain_is_a_valid_forward_chain():
     assert bool((v > 0).all())
 
 
+@pytest.mark.parametrize("sde, N", [(sgm.VPSDE(), 1000), (sgm.SubVPSDE(), 7), (sgm.VESDE(), 10), (sgm.VESDE(), 1)])
+def test_chain_index_is_the_nearest_timestep(sde, N):
+    chain = sde.discretize(N)
+    g = torch.Generator().manual_seed(0)
+    t = torch.cat([torch.rand(500, generator=g, dtype=torch.float64) * 1.2 - 0.1, chain.t,
+                   (chain.t[1:] + chain.t[:-1]) / 2])  # out of range, on the timesteps, on the ties
+    brute = (t[:, None] - chain.t).abs().argmin(dim=1)  # argmin takes the first, i.e. lower, of a tie
+    assert torch.equal(chain.index(t), brute)
+    assert torch.equal(chain.index(t[:500].reshape(20, 25)), brute[:500].reshape(20, 25))
+
+
 def test_perturb_uses_the_marginal():
     sde, x0, z = sgm.VPSDE(), torch.randn(4, 2, 3, dtype=torch.float64), torch.randn(4, 2, 3, dtype=torch.float64)
     t = torch.full((4,), 0.4, dtype=torch.float64)

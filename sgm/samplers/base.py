@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from ..sde import SDE
 from .grid import Node, TimeGrid
 
-__all__ = ["SamplerOutput", "CheckedScore", "tweedie", "run_steps", "check_state", "randn_like"]
+__all__ = ["SamplerOutput", "SamplerDiverged", "CheckedScore", "tweedie", "run_steps", "check_state", "randn_like"]
 
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -26,11 +26,15 @@ class SamplerOutput(NamedTuple):
     nfe: int  # score evaluations spent
 
 
+class SamplerDiverged(ValueError):
+    """The score returned a NaN or inf: the sampler's state left the region where the score is finite."""
+
+
 class CheckedScore:
     """``score(x, t)`` called with ``t`` as a ``(batch,)`` tensor; counts calls and checks each output.
 
     An output that is not a tensor shaped like ``x`` in ``x``'s dtype raises ``TypeError``/``ValueError``;
-    with ``check_finite`` a NaN or inf raises ``ValueError`` naming the time where it appeared.
+    with ``check_finite`` a NaN or inf raises ``SamplerDiverged`` (a ``ValueError``) naming the time where it appeared.
     """
 
     def __init__(self, score: ScoreFn, check_finite: bool = True):
@@ -50,7 +54,7 @@ class CheckedScore:
             raise TypeError(f"score returned dtype {out.dtype}, expected the dtype of x {x.dtype}")
         # One reduction: a NaN or inf anywhere makes the sum non-finite (isfinite(out).all() costs 30× more).
         if self.check_finite and not bool(torch.isfinite(out.sum())):
-            raise ValueError(f"score returned a non-finite value (NaN or inf) at t={float(tt[0]):.6g}, "
+            raise SamplerDiverged(f"score returned a non-finite value (NaN or inf) at t={float(tt[0]):.6g}, "
                              f"evaluation {self.nfe}")
         return out
 

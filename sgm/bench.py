@@ -5,7 +5,9 @@ runs at each NFE in ``NFE_GRID`` (its steps chosen to spend that budget) and the
 ``TOLERANCES``, all from the same ``x_T`` and seeds. Each run records NFE, wall time, SW₂, MMD², energy
 distance, Fréchet distance (raw coordinates), the exact NLL and the mode-weight error against a fresh target
 sample, and for deterministic samplers the map error ``mean ‖x - x_ref‖`` against dopri5 at rtol = atol = 1e-9.
-The Monte-Carlo floor of each metric (target against target, same sizes) is recorded and drawn on every figure.
+The Monte-Carlo floor of each metric (target against target, same sizes) is recorded and drawn on every figure,
+and so is the value of the exact flow map of this ``x_T`` (the dopri5 reference): the limit the deterministic
+samplers converge to, one draw away from the floor.
 
 With a checkpoint of a digits model, the same sweep runs on it, judged by a classifier trained on the real
 digits (Fréchet distance in its features, confident fraction). With diffusers installed, its DDPM, DDIM, Euler,
@@ -133,7 +135,7 @@ def run_sweep(out_dir: str, quick: bool = False, n: int | None = None, seed: int
     os.makedirs(out_dir, exist_ok=True)
     n = n or (1000 if quick else 4000)
     nfes, tolerances = (QUICK_NFE, QUICK_TOLERANCES) if quick else (NFE_GRID, TOLERANCES)
-    rows, floors, t_start = [], {}, time.perf_counter()
+    rows, floors, flow_maps, t_start = [], {}, {}, time.perf_counter()
     for target_name, target in _targets(quick).items():
         for sde_name, sde in (("vp", VPSDE()), ("ve", VESDE())):
             key = f"{target_name} / {sde_name}"
@@ -142,6 +144,7 @@ def run_sweep(out_dir: str, quick: bool = False, n: int | None = None, seed: int
             score = target.score_fn(sde)
             x_T = sde.prior_sample((n, target.dim), torch.Generator().manual_seed(seed), dtype=torch.float64)
             x_ref = ode(score, sde, x_T, time_grid(sde, 2), rtol=1e-9, atol=1e-9).x
+            flow_maps[key] = _metrics(x_ref, reference, target, torch.Generator().manual_seed(seed + 3))
             scatter = []
             for run, nfe, steps in _budgeted(nfes):
                 x, row = _one_run(score, sde, x_T, run.sampler, steps, dict(run.options), seed, progress)
@@ -167,7 +170,7 @@ def run_sweep(out_dir: str, quick: bool = False, n: int | None = None, seed: int
     if checkpoint:
         rows.extend(checkpoint_rows(checkpoint, nfes, seed, progress))
     meta = {"seed": seed, "n": n, "quick": quick, "nfe_grid": list(nfes), "tolerances": list(tolerances),
-            "floors": floors, "seconds": time.perf_counter() - t_start, "versions": _versions()}
+            "floors": floors, "flow_map": flow_maps, "seconds": time.perf_counter() - t_start, "versions": _versions()}
     _write(out_dir, rows, meta)
     return rows
 
@@ -189,12 +192,13 @@ def _one_run(score, sde: SDE, x_T: Tensor, sampler: str, steps: int, options: di
 # Every scheduler takes trailing timesteps (999, … down to 0), as sgm's chain samplers here do; diffusers' default
 # "linspace" spacing repeats a timestep at 1000 steps, which gives the multistep solvers a zero step and NaN.
 PEER_SCHEDULERS = {
-    "diffusers DDPM": ("DDPMScheduler", {"clip_sample": False}),
-    "diffusers DDIM": ("DDIMScheduler", {"clip_sample": False}),
-    "diffusers Euler": ("EulerDiscreteScheduler", {}),
-    "diffusers Heun": ("HeunDiscreteScheduler", {}),
-    "diffusers DPM-Solver++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
-    "diffusers UniPC": ("UniPCMultistepScheduler", {}),
+# Values: (class name, options, deterministic).
+    "diffusers DDPM": ("DDPMScheduler", {"clip_sample": False}, False),
+    "diffusers DDIM": ("DDIMScheduler", {"clip_sample": False}, True),
+    "diffusers Euler": ("EulerDiscreteScheduler", {}, True),
+    "diffusers Heun": ("HeunDiscreteScheduler", {}, True),
+    "diffusers DPM-Solver++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}, True),
+    "diffusers UniPC": ("UniPCMultistepScheduler", {}, True),
 }
 
 
@@ -212,6 +216,15 @@ def chain_eps_model(target: GaussianMixture, chain) -> callable:
     return eps
 
 
+def chain_flow_map(target: GaussianMixture, chain, x_T: Tensor) -> Tensor:
+    """The map the deterministic schedulers approximate on ``chain``: ``x̄ = x/scale`` follows the probability
+    flow ``dx̄/dσ = ε(x̄, σ) = -σ ∇ log p_σ(x̄)`` (Karras et al., 2022) from ``σ_{N-1}`` (``x̄ = x_T/scale_{N-1}``)
+    down to ``σ = 0``. Solved as sgm's VE flow by dopri5 at rtol = atol = 1e-9 down to ``σ = 1e-4`` (Tweedie's last
+    step then leaves an error of order ``σ²``)."""
+    ve = VESDE(sigma_min=1e-4, sigma_max=float(chain.sigmas[-1]))
+    return ode(target.score_fn(ve), ve, x_T / chain.scale[-1], time_grid(ve, 2, eps=1e-9), rtol=1e-9, atol=1e-9).x
+
+
 def peer_rows(target, target_name, n, nfes, reference, seed, progress) -> list[dict]:
     """diffusers' schedulers and sgm's chain samplers on ``VPSDE().discretize(1000)``, same ``x_T``; [] without diffusers."""
     try:
@@ -221,8 +234,9 @@ def peer_rows(target, target_name, n, nfes, reference, seed, progress) -> list[d
     sde, chain = VPSDE(), VPSDE().discretize(1000)
     eps = chain_eps_model(target, chain)
     x_T = torch.randn((n, target.dim), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    x_ref = chain_flow_map(target, chain, x_T)
     rows = []
-    for label, (cls_name, kwargs) in PEER_SCHEDULERS.items():
+    for label, (cls_name, kwargs, deterministic) in PEER_SCHEDULERS.items():
         cls = getattr(diffusers, cls_name)
         for nfe in nfes:
             scheduler = cls(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
@@ -240,25 +254,25 @@ def peer_rows(target, target_name, n, nfes, reference, seed, progress) -> list[d
                 calls += 1
                 step_kwargs = {"generator": g} if cls_name in ("DDPMScheduler",) else {}
                 x = scheduler.step(e.to(x.dtype), t, x, **step_kwargs).prev_sample
-            rows.append(_peer_row(x, target, target_name, label, nfe, calls, time.perf_counter() - t0, reference, seed))
+            rows.append(_peer_row(x, target, target_name, label, nfe, calls, time.perf_counter() - t0, reference, seed,
+                                  x_ref if deterministic else None))
     score = ScoreModel(lambda x, i: eps(x, int(i[0])), sde, "eps", chain=chain)
-    for label, sampler, options in (("sgm ddim (chain, trailing)", "ddim", {}),
-                                    ("sgm ancestral (chain, trailing)", "ancestral", {})):
+    for label, sampler in (("sgm ddim (chain, trailing)", "ddim"), ("sgm ancestral (chain, trailing)", "ancestral")):
         for nfe in nfes:
             if nfe > 1000:
                 continue
             t0 = time.perf_counter()
             out = sample(score, sde, (n, target.dim), sampler=sampler, steps=nfe, spacing="trailing", x_init=x_T,
-                         generator=torch.Generator().manual_seed(seed + 10), progress=progress, **options)
+                         generator=torch.Generator().manual_seed(seed + 10), progress=progress)
             rows.append(_peer_row(out.x, target, target_name, label, nfe, out.nfe, time.perf_counter() - t0,
-                                  reference, seed))
+                                  reference, seed, x_ref if sampler == "ddim" else None))
     return rows
 
 
-def _peer_row(x, target, target_name, label, nfe, calls, seconds, reference, seed) -> dict:
+def _peer_row(x, target, target_name, label, nfe, calls, seconds, reference, seed, x_ref) -> dict:
     row = {"target": target_name, "sde": "vp (DDPM chain)", "sampler": label, "nfe_budget": nfe, "steps": None,
            "nfe": calls, "seconds": seconds}
-    return {**row, **_judge(x, reference, target, seed)}
+    return {**row, **_judge(x, reference, target, seed, x_ref)}
 
 
 # --- a trained digits model ------------------------------------------------------------------------
@@ -322,9 +336,11 @@ def _write(out_dir: str, rows: list[dict], meta: dict) -> None:
     for target_name, sde_name in groups:
         group = [r for r in rows if r["target"] == target_name and r["sde"].split(" ")[0] == sde_name and "sw2" in r]
         floor = meta["floors"].get(f"{target_name} / {sde_name}", {})
-        for metric in ("sw2", "map_error"):
+        flow_map = meta["flow_map"].get(f"{target_name} / {sde_name}", {})
+        for metric in ("sw2", "frechet", "map_error"):
             nfe_curves(group, metric, os.path.join(out_dir, f"{metric}_{_slug(target_name)}_{sde_name}.png"),
-                       title=f"{target_name}, {sde_name.upper()}: {metric} against NFE", floor=floor.get(metric))
+                       title=f"{target_name}, {sde_name.upper()}: {metric} against NFE", floor=floor.get(metric),
+                       limit=flow_map.get(metric))
     digits = [r for r in rows if "frechet_classifier" in r]
     if digits:
         nfe_curves(digits, "frechet_classifier", os.path.join(out_dir, "digits_frechet.png"),

@@ -93,8 +93,10 @@ def save_samples(x: Tensor, path: str, title: str | None = None) -> str:
     raise ValueError(f"samples must have shape (n, 2) or (n, C, H, W), got {tuple(x.shape)}")
 
 
-def nfe_curves(rows: list[dict], metric: str, path: str, title: str = "", floor: float | None = None) -> str:
-    """``metric`` against the NFE spent, log-log, one line per ``row["sampler"]``; ``floor`` as a dashed line."""
+def nfe_curves(rows: list[dict], metric: str, path: str, title: str = "", floor: float | None = None,
+               limit: float | None = None) -> str:
+    """``metric`` against the NFE spent, log-log, one line per ``row["sampler"]``; ``floor`` (the Monte-Carlo
+    floor) dotted and ``limit`` (the exact flow map's value) dash-dotted."""
     fig, ax = plt.subplots(figsize=(7.5, 5))
     samplers = list(dict.fromkeys(r["sampler"] for r in rows))
     markers = "os^vDPX*<>"
@@ -107,6 +109,8 @@ def nfe_curves(rows: list[dict], metric: str, path: str, title: str = "", floor:
                     color=f"C{k % 10}", alpha=0.6 if peer else 0.9, linestyle="--" if peer else "-")
     if floor is not None and floor > 0:
         ax.axhline(floor, color="k", ls=":", lw=1, label="Monte-Carlo floor (target vs target)")
+    if limit is not None and limit > 0:
+        ax.axhline(limit, color="0.4", ls="-.", lw=1, label="exact flow map of this x_T")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("score evaluations (NFE)")

@@ -61,3 +61,46 @@ def test_checkpoint_sweep_judges_a_trained_digits_model(tmp_path):
     rows = bench.checkpoint_rows(str(tmp_path / "checkpoint.pt"), (5,), seed=0, progress=False, n=16)
     assert {r["sampler"] for r in rows} == {r.label for r, _, _ in bench._budgeted((5,))}
     assert all(r["nfe"] <= 5 and r["frechet_classifier"] > 0 and 0 <= r["confident"] <= 1 for r in rows)
+
+
+def test_chain_flow_map_is_the_limit_of_ddim_on_the_chain():
+    """The peers' map-error reference: DDIM on the chain converges to it at first order (error ∝ 1/steps). The
+    median, because a sample that starts on the boundary between two modes' basins may land in either."""
+    gm, sde, chain = mixture(), sgm.VPSDE(), sgm.VPSDE().discretize(1000)
+    eps = bench.chain_eps_model(gm, chain)
+    x_T = torch.randn(200, 2, generator=gen(0), dtype=D)
+    ref = bench.chain_flow_map(gm, chain, x_T)
+    score = sgm.ScoreModel(lambda y, i: eps(y, int(i[0])), sde, "eps", chain=chain)
+    err = {n: float((sgm.sample(score, sde, (200, 2), sampler="ddim", steps=n, spacing="trailing", x_init=x_T).x
+                     - ref).norm(dim=1).median()) for n in (100, 1000)}
+    assert err[1000] < 5e-3
+    assert 7 < err[100] / err[1000] < 13
+
+
+def test_a_diverged_run_is_a_row_of_nans():
+    gm, sde = mixture(), sgm.VPSDE()
+    x_T = torch.randn(50, 2, generator=gen(0), dtype=D)
+    x, row = bench._one_run(lambda x, t: x * float("nan"), sde, x_T, "ddim", 5, {}, 0, False)
+    assert x is None and row["nfe"] is None
+    reference = gm.sample(50, generator=gen(1))
+    for bad in (None, torch.full_like(x_T, float("inf"))):
+        judged = bench._judge(bad, reference, gm, 0, x_T)
+        assert judged["diverged"] and all(judged[m] != judged[m] for m in bench.METRICS)  # NaN
+    judged = bench._judge(x_T, reference, gm, 0, x_T)
+    assert not judged["diverged"] and judged["map_error"] == 0 and judged["sw2"] > 0
+
+
+def test_quick_sweep_writes_every_run_and_figure(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "QUICK_NFE", (5, 10))
+    monkeypatch.setattr(bench, "QUICK_TOLERANCES", (1e-2,))
+    rows = bench.run_sweep(str(tmp_path), quick=True, n=200, peers=False, progress=False)
+    per_sde = len(list(bench._budgeted((5, 10)))) + 1
+    assert len(rows) == 2 * per_sde
+    assert not any(r["diverged"] for r in rows if r["nfe_budget"] == 10)
+    deterministic = {r.label for r in bench.RUNS if r.deterministic} | {"ode dopri5 (adaptive)"}
+    assert all((r["map_error"] == r["map_error"]) == (r["sampler"] in deterministic) for r in rows)
+    meta = __import__("json").loads((tmp_path / "results.json").read_text())["meta"]
+    assert set(meta["floors"]) == set(meta["flow_map"]) == {"2d ring / vp", "2d ring / ve"}
+    for name in ("results.csv", "sw2_2d_ring_vp.png", "frechet_2d_ring_ve.png", "map_error_2d_ring_vp.png",
+                 "scatter_2d_ring___vp.png"):
+        assert (tmp_path / name).stat().st_size > 0

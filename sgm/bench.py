@@ -11,8 +11,9 @@ samplers converge to, one draw away from the floor.
 
 With a checkpoint of a digits model, the same sweep runs on it, judged by a classifier trained on the real
 digits (Fréchet distance in its features, confident fraction). With diffusers installed, its DDPM, DDIM, Euler,
-Heun, DPM-Solver++ and UniPC schedulers run on the same DDPM chain, driven by the exact noise predictor
-``ε(x, i) = -std_i·∇ log p_i(x)`` from the same ``x_T``, beside sgm's samplers on that chain.
+Heun, DPM-Solver++ and UniPC schedulers run on the same DDPM chain (trailing timesteps), driven by the exact noise
+predictor ``ε(x, i) = -std_i·∇ log p_i(x)`` from the same ``x_T``, beside sgm's samplers on that chain; the
+deterministic ones get a map error against the chain's exact flow map (``chain_flow_map``).
 
 Writes ``results.csv``, ``results.json`` (rows, floors, seeds, versions) and figures to ``out_dir``.
 """
@@ -374,16 +375,17 @@ def run_from_args(args) -> int:
     return 0
 
 
-def summary_table(rows: list[dict], budgets) -> str:
-    """A markdown table of SW₂ at the given NFE budgets, per target, SDE and sampler."""
-    lines = ["| target | SDE | sampler | " + " | ".join(f"SW₂ @ {b} NFE" for b in budgets) + " |",
-             "|---|---|---|" + "---|" * len(budgets)]
-    keys = sorted({(r["target"], r["sde"], r["sampler"]) for r in rows if r.get("nfe_budget") and "sw2" in r})
-    for target, sde, sampler in keys:
+def summary_table(rows: list[dict], budgets, metrics_shown=("sw2", "map_error")) -> str:
+    """A markdown table of the given metrics at the given NFE budgets, one line per target, SDE and sampler
+    (— where a sampler cannot spend that budget or has no such metric, e.g. a stochastic sampler's map error)."""
+    head = [f"{m} @ {b}" for m in metrics_shown for b in budgets]
+    lines = ["| target | SDE | sampler | " + " | ".join(head) + " |", "|---|---|---|" + "---|" * len(head)]
+    keys = list(dict.fromkeys((r["target"], r["sde"], r["sampler"]) for r in rows if r.get("nfe_budget")))
+    for key in keys:
         values = []
-        for b in budgets:
-            hit = [r["sw2"] for r in rows if (r["target"], r["sde"], r["sampler"]) == (target, sde, sampler)
-                   and r.get("nfe_budget") == b]
-            values.append(f"{hit[0]:.3f}" if hit else "—")
-        lines.append(f"| {target} | {sde} | {sampler} | " + " | ".join(values) + " |")
+        for m in metrics_shown:
+            for b in budgets:
+                hit = [r.get(m) for r in rows if (r["target"], r["sde"], r["sampler"]) == key and r.get("nfe_budget") == b]
+                values.append(f"{hit[0]:.3g}" if hit and hit[0] is not None and math.isfinite(hit[0]) else "—")
+        lines.append("| " + " | ".join(key) + " | " + " | ".join(values) + " |")
     return "\n".join(lines)

@@ -100,13 +100,18 @@ def nfe_curves(rows: list[dict], metric: str, path: str, title: str = "", floor:
     fig, ax = plt.subplots(figsize=(7.5, 5))
     samplers = list(dict.fromkeys(r["sampler"] for r in rows))
     markers = "os^vDPX*<>"
-    for k, name in enumerate(samplers):
+    palette = plt.get_cmap("tab20")
+    dark, light = [palette(i) for i in range(0, 20, 2)], [palette(i) for i in range(1, 20, 2)]
+    drawn = {True: 0, False: 0}  # lines drawn so far, peers (diffusers: light, dashed) and sgm's (dark, solid)
+    for name in samplers:
         pts = sorted((r["nfe"], r[metric]) for r in rows if r["sampler"] == name
                      and r.get(metric) is not None and np.isfinite(r[metric]) and r[metric] > 0)
         if pts:
             peer = name.startswith("diffusers")
-            ax.plot(*zip(*pts), marker=markers[k % len(markers)], ms=4, lw=1.2, label=name,
-                    color=f"C{k % 10}", alpha=0.6 if peer else 0.9, linestyle="--" if peer else "-")
+            ax.plot(*zip(*pts), marker=markers[drawn[peer] % len(markers)], ms=4, lw=1.3, label=name,
+                    color=(light if peer else dark + light)[drawn[peer] % (10 if peer else 20)],
+                    linestyle="--" if peer else "-")
+            drawn[peer] += 1
     if floor is not None and floor > 0:
         ax.axhline(floor, color="k", ls=":", lw=1, label="Monte-Carlo floor (target vs target)")
     if limit is not None and limit > 0:

@@ -48,9 +48,12 @@ def test_diffusers_ddim_equals_sgm_ddim_on_the_chain():
 
 
 def test_summary_table():
-    rows = [{"target": "t", "sde": "vp", "sampler": "ddim", "nfe_budget": b, "sw2": 0.1 * b} for b in (10, 20)]
-    table = bench.summary_table(rows, (10, 20))
-    assert "| t | vp | ddim | 1.000 | 2.000 |" in table
+    rows = [{"target": "t", "sde": "vp", "sampler": "ddim", "nfe_budget": b, "sw2": 0.1 * b, "map_error": 1e-3 / b}
+            for b in (10, 20)] + [{"target": "t", "sde": "vp", "sampler": "ddpm", "nfe_budget": 10, "sw2": 0.5,
+                                   "map_error": float("nan")}]
+    table = bench.summary_table(rows, (10, 20)).splitlines()
+    assert table[0] == "| target | SDE | sampler | sw2 @ 10 | sw2 @ 20 | map_error @ 10 | map_error @ 20 |"
+    assert table[2:] == ["| t | vp | ddim | 1 | 2 | 0.0001 | 5e-05 |", "| t | vp | ddpm | 0.5 | — | — | — |"]
 
 
 def test_checkpoint_sweep_judges_a_trained_digits_model(tmp_path):

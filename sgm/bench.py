@@ -300,6 +300,8 @@ def checkpoint_rows(path: str, nfes, seed: int, progress: bool, n: int = 1000) -
                      "steps": steps, "nfe": out.nfe, "seconds": time.perf_counter() - t0,
                      "frechet_classifier": metrics.frechet_distance(x, images, features=classifier.features),
                      "confident": confident})
+        print(f"digits model, {run.label} at NFE {out.nfe}: Fréchet {rows[-1]['frechet_classifier']:.1f}, "
+              f"confident {confident:.3f} ({rows[-1]['seconds']:.0f}s)", flush=True)  # a network sweep takes minutes
     return rows
 
 

@@ -19,6 +19,9 @@ def test_score_is_autograd_of_log_prob(sde, t):
     tt = torch.full((64,), t, dtype=torch.float64)
     (grad,) = torch.autograd.grad(gm.log_prob(x, tt, sde).sum(), x)
     torch.testing.assert_close(gm.score_fn(sde)(x.detach(), tt), grad, rtol=1e-10, atol=1e-10)
+    # One time expanded over the batch (as the samplers pass it) takes the shared-marginal path: same score.
+    shared = torch.tensor(t, dtype=torch.float64).expand(64)
+    torch.testing.assert_close(gm.score_fn(sde)(x.detach(), shared), grad, rtol=1e-10, atol=1e-10)
 
 
 def test_log_prob_matches_scipy(gm):
@@ -34,8 +37,8 @@ def test_perturbed_log_prob_matches_scipy(gm):
     x = torch.randn(50, 2, dtype=torch.float64)
     expected = np.log(sum(w * multivariate_normal(scale * m, np.diag(scale**2 * s**2 + std**2)).pdf(x.numpy())
                           for w, m, s in zip(gm.weights.numpy(), gm.means.numpy(), gm.stds.numpy())))
-    np.testing.assert_allclose(gm.log_prob(x, torch.full((50,), t, dtype=torch.float64), sde).numpy(), expected,
-                               rtol=1e-12)
+    for tt in (torch.full((50,), t, dtype=torch.float64), torch.tensor(t, dtype=torch.float64).expand(50), t):
+        np.testing.assert_allclose(gm.log_prob(x, tt, sde).numpy(), expected, rtol=1e-12)  # per-sample and shared
 
 
 def test_sample_matches_weights_and_moments(gm):

@@ -8,7 +8,7 @@ import torch
 import sgm
 from sgm import bench
 from sgm.samplers import TimeGrid, ddim, dpm_solver, time_grid, unipc
-from sgm.samplers.dpm_solver import singlestep_orders
+from sgm.samplers.dpm import singlestep_orders
 from sgm.samplers.exponential import phi
 from conftest import SDES, gen, mixture
 

@@ -27,8 +27,8 @@ def slope(steps, errors):
 STEPS = [16, 32, 64, 128, 256]
 # The exponential integrators step in λ: their order shows on grids uniform in λ (logsnr); uniform in t the VP grid's
 # last λ-steps stay too long for the asymptotic regime at these step counts. Some of higher order need more steps
-# before their order shows (LOGSNR_FINE); DPM-Solver++-3 singlestep (2.66 on VP and VE at 48–768 steps) and
-# UniPC-3 on sub-VP (3.56 at 16–256) are slower still and left to benchmarks/convergence.py.
+# before their order shows (LOGSNR_FINE); DPM-Solver++-3 singlestep (2.56–2.69 at 64–512 steps) is slower still and
+# left to benchmarks/convergence.py (docs/samplers.md has every measured slope).
 LOGSNR = {"spacing": "logsnr"}
 LOGSNR_FINE = {"spacing": "logsnr", "steps": [64, 128, 256, 512]}
 EXP = {"lower_order_final": False}  # lower_order_final=False: no first-order last step (there is no denoising here)

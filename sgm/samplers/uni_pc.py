@@ -16,7 +16,8 @@ from the corrected state and uses ``m_t`` as evaluated at the uncorrected one. T
 not needed: the final denoising step takes ``x̂_0`` there, as UniPC's last first-order step into σ = 0 does.
 
 Warm-up and ``lower_order_final`` as in multistep DPM-Solver; the corrector at node ``b`` has the order of the
-predictor that reached ``b``.
+predictor that reached ``b``. The correction is added to the state as ``x^c - x̃ = B Σ_j (w^c_j - w^p_j) m_j``
+(predictor and corrector share the linear part from ``s_0``), so a per-step callback's change to ``x̃`` is kept.
 """
 from __future__ import annotations
 
@@ -70,21 +71,23 @@ class UniPC(Solver):
         self.name = f"unipc ({variant}, order {order}{', no corrector' if not corrector else ''})"
 
     def init(self, x, grid: TimeGrid):
-        """The transitions in the grid, the history of (node, prediction) and the previous state and order."""
+        """The transitions in the grid, the history of (node, prediction), the last predictor's order and weights."""
         return {"transitions": len(grid), "index": 0, "history": [], "previous": None}
 
     def step(self, model: Model, x, a, b, state, noise):
         m = output(model(x, a), self.prediction)
         i, history = state["index"], state["history"]
         if self.corrector and state["previous"] is not None:
-            x0, p = state["previous"]
+            p, predictor = state["previous"]
             (s0, _), past = history[0], history[:p]
             lin = linear(s0, a, self.prediction)
             weights = unipc_weights(lin, [n.lam for n, _ in past], p, self.variant, corrector=True)
-            x = combine(x0, lin.A, lin.B, weights, [q for _, q in past] + [m])
+            # x^c - x̃ = B Σ_j (w^c_j - w^p_j) m_j (the same linear part from s_0 cancels): added to the state
+            delta = [c - q for c, q in zip(weights, predictor + [0.0])]
+            x = combine(x, 1.0, lin.B, delta, [q for _, q in past] + [m])
         history = ([(a, m)] + history)[:self.predictor_order]
         k = lower_order(self.predictor_order, i, state["transitions"], self.lower_order_final)
         lin = linear(a, b, self.prediction)
         weights = unipc_weights(lin, [n.lam for n, _ in history], k, self.variant, corrector=False)
-        state.update(index=i + 1, history=history, previous=(x, k))
+        state.update(index=i + 1, history=history, previous=(k, weights))
         return combine(x, lin.A, lin.B, weights, [q for _, q in history]), state

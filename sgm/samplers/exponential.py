@@ -27,7 +27,7 @@ from ..sde import _check_steps
 from .grid import Node
 from .solver import Prediction
 
-__all__ = ["PREDICTIONS", "phi", "Linear", "linear", "combine", "check_order", "check_choice", "check_flag",
+__all__ = ["PREDICTIONS", "phi", "Linear", "linear", "combine", "output", "check_order", "check_choice", "check_flag",
            "lower_order"]
 
 PREDICTIONS = ("x0", "eps")

@@ -50,8 +50,9 @@ def unipc_weights(lin, lams: list[float], p: int, variant: str, corrector: bool)
         rhs = torch.tensor([math.factorial(i) * h * phi(i + 1, lin.z) / bh for i in range(1, n + 1)],
                            dtype=torch.float64)
         rho = torch.linalg.solve(R, rhs).tolist()
-    weights = [p1 - bh * sum(r / k for r, k in zip(rho, rks))] + [bh * r / k for r, k in zip(rho, rks)]
-    return weights
+    # h φ_1 m_0 + B(h) Σ_k ρ_k (m_k - m_0)/r_k, as weights on m_0, m_1, … (and m_t)
+    per_node = [bh * rho_k / r_k for rho_k, r_k in zip(rho, rks)]
+    return [p1 - sum(per_node)] + per_node
 
 
 class UniPC(Solver):

@@ -92,6 +92,12 @@ def _check_vp_chain(chain) -> DiscreteChain:
                          "got a chain without betas (VE)")
     if len(chain) < 2:
         raise ValueError(f"chain must have at least 2 timesteps, got {len(chain)}")
+    scale, std = chain.scale, chain.std
+    v = std[1:] ** 2 - (scale[1:] / scale[:-1]) ** 2 * std[:-1] ** 2
+    if not (bool(torch.isfinite(scale).all()) and bool((scale > 0).all()) and bool((std > 0).all())
+            and bool((v > 0).all())):
+        raise ValueError("chain must have 0 < scale and noise that grows at every step (all β_i < 1); got an "
+                         f"invalid chain of {len(chain)} timesteps (too few steps for its β_max?)")
     return chain
 
 
@@ -253,7 +259,7 @@ def _steps(chain: DiscreteChain, idx: list[int], variance: str, gamma: GammaEsti
         else:
             var.append(v if variance == "beta" else std_b**2 * v / std_a**2)
     if not all(s > 0 for s in var):
-        raise ValueError(f"gamma gives a reverse variance <= 0 (Γ_i >= 1 at timestep {idx[0]}); estimate it on "
+        raise ValueError(f"gamma gives a decoder variance <= 0 (Γ >= 1 at timestep {idx[0]}); estimate it on "
                          "more data")
     f = lambda vals: torch.tensor(vals, dtype=torch.float64)
     return _Steps(torch.tensor(idx), f([s for _, s, _ in a]), f([d for _, _, d in a]), f([s for s, _ in b]),
@@ -333,6 +339,13 @@ def elbo(model: ScoreFn, chain: DiscreteChain, x0: Tensor, *, variance: str = "p
                             f"{type(gamma).__name__}")
         gamma.check_chain(chain)
     idx = _check_indices(indices, chain)
+    if proposal is not None and n_timesteps is None:
+        raise ValueError("proposal applies to sampled timesteps only: give n_timesteps too")
+    if n_timesteps is not None:
+        n_timesteps = _check_steps("n_timesteps", n_timesteps)
+        if n_timesteps < 2:
+            raise ValueError(f"n_timesteps must be >= 2 for a standard error, got {n_timesteps}")
+        p = _check_proposal(proposal, len(idx), x0)
     steps = _steps(chain, idx, variance, gamma, data_range)
     prior = prior_kl(x0, float(chain.scale[idx[-1]]), float(chain.std[idx[-1]]))
     K, B, d = len(idx), x0.shape[0], x0[0].numel()
@@ -347,10 +360,6 @@ def elbo(model: ScoreFn, chain: DiscreteChain, x0: Tensor, *, variance: str = "p
             terms.append(_terms(model, chain, steps, j.repeat_interleave(B), rows, z, decoder, levels).reshape(-1, B))
         terms = torch.cat(terms + [prior[None]]).T
         return Bound(terms.sum(1), None, terms, K * B, d)
-    n_timesteps = _check_steps("n_timesteps", n_timesteps)
-    if n_timesteps < 2:
-        raise ValueError(f"n_timesteps must be >= 2 for a standard error, got {n_timesteps}")
-    p = _check_proposal(proposal, K, x0)
     j = torch.multinomial(p, B * n_timesteps, replacement=True, generator=generator).reshape(B, n_timesteps)
     weighted = torch.empty(B, n_timesteps, dtype=x0.dtype, device=x0.device)
     for k in range(n_timesteps):

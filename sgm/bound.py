@@ -156,6 +156,16 @@ class GammaEstimate:
                              f"must include every timestep the sampler or bound visits")
         return float(self.gamma[pos])
 
+    def timestep(self, scale: float, std: float, name: str = "gamma") -> int:
+        """The chain timestep whose ``(scale, std)`` these are (a sampler's node on ``leading``/``trailing``
+        spacing); ``ValueError`` naming ``name`` if there is none."""
+        i = int(torch.searchsorted(self.std, torch.tensor(float(std), dtype=torch.float64)))
+        if i >= self.std.numel() or float(self.std[i]) != float(std) or float(self.scale[i]) != float(scale):
+            raise ValueError(f"{name} was estimated on a chain without a timestep at (scale={scale:.6g}, std={std:.6g}); "
+                             f"use that chain's timesteps (spacing 'leading' or 'trailing' with train_steps="
+                             f"{self.std.numel()} and the same SDE)")
+        return i
+
     def x0_variance(self, i: int, data_range: tuple[float, float] | None = None) -> float:
         """``Var[x_0|x_i]`` per dimension, ``(std_i/scale_i)²(1 - Γ_i)``, clipped to ``[0, ((hi-lo)/2)²]``."""
         var = max(float((self.std[i] / self.scale[i]) ** 2) * (1.0 - self.at(i)), 0.0)
@@ -163,15 +173,17 @@ class GammaEstimate:
             var = min(var, ((data_range[1] - data_range[0]) / 2) ** 2)
         return var
 
-    def reverse_variance(self, a: tuple[float, float, int], b: tuple[float, float],
+    def reverse_variance(self, a: tuple[float, float], b: tuple[float, float], lam2: float | None = None,
                          data_range: tuple[float, float] | None = None) -> float:
-        """Bao et al.'s ``σ*² = β̃ + c₀² Var[x_0|x_a]`` for the step from node ``a = (scale, std, timestep)``
-        to the node ``b = (scale, std)`` (``std = 0``: the data; then ``σ*² = Var[x_0|x_a]``)."""
-        scale_a, std_a, i = a
-        scale_b, std_b = b
-        r = scale_a / scale_b
-        v = std_a**2 - r**2 * std_b**2
-        return std_b**2 * v / std_a**2 + (scale_b * v / std_a**2) ** 2 * self.x0_variance(i, data_range)
+        """Bao et al.'s optimal variance ``σ*² = λ² + c² Var[x_0|x_a]`` of the step from the chain node
+        ``a = (scale, std)`` to ``b = (scale, std)`` (``std = 0``: the data) whose mean is
+        ``scale_b x̂_0 + √(std_b² - λ²) ε̂``; ``c = scale_b - √(std_b² - λ²) scale_a/std_a``. ``λ²`` defaults to
+        DDPM's ``β̃ = std_b² v/std_a²`` (then ``c = scale_b v/std_a²``); DDIM's is ``η² β̃``."""
+        (scale_a, std_a), (scale_b, std_b) = a, b
+        if lam2 is None:
+            lam2 = std_b**2 * (std_a**2 - (scale_a / scale_b) ** 2 * std_b**2) / std_a**2
+        c = scale_b - math.sqrt(max(std_b**2 - lam2, 0.0)) * scale_a / std_a
+        return lam2 + c**2 * self.x0_variance(self.timestep(scale_a, std_a), data_range)
 
 
 @torch.no_grad()
@@ -252,7 +264,7 @@ def _steps(chain: DiscreteChain, idx: list[int], variance: str, gamma: GammaEsti
         r = scale_a / scale_b
         v = std_a**2 - r**2 * std_b**2
         if variance == "analytic":
-            var.append(gamma.reverse_variance((scale_a, std_a, i), (scale_b, std_b), data_range))
+            var.append(gamma.reverse_variance((scale_a, std_a), (scale_b, std_b), data_range=data_range))
         elif std_b == 0:  # Ho et al.'s decoder: β̃ of the chain's step 1 → 0
             s0, s1, r1 = float(chain.std[0]), float(chain.std[1]), float(chain.scale[1] / chain.scale[0])
             var.append(s0**2 * (s1**2 - r1**2 * s0**2) / s1**2)

@@ -193,6 +193,8 @@ def estimate_gamma(model: ScoreFn, chain: DiscreteChain, x0: Tensor, *, indices:
     per data point and timestep, one ``randn`` per timestep in increasing order), with its standard error."""
     if not isinstance(chain, DiscreteChain):
         raise TypeError(f"chain must be a DiscreteChain (sde.discretize(N)), got {type(chain).__name__}")
+    if not callable(model):
+        raise TypeError(f"model must be a score function model(x, t), got {type(model).__name__}")
     x0 = _check_data(x0)
     if x0.shape[0] < 2:
         raise ValueError(f"x0 must hold at least 2 data points for a standard error, got {x0.shape[0]}")

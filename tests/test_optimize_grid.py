@@ -25,8 +25,7 @@ def held_out_errors(sde, name, options, steps, grid):
 
 
 # Held-out ratio optimised / best fixed spacing, as measured (n = 128): vp ddim 0.79, vp heun2 0.49,
-# ve ddim 0.60, ve heun2 0.54 (benchmarks/optimize_grid.py: the same direction on other targets). The margin is
-# 10–50 %, far above the batch-to-batch spread of a ratio on 500 held-out draws (a few %).
+# ve ddim 0.60, ve heun2 0.54 (benchmarks/optimize_grid.py: the same direction on other targets).
 @pytest.mark.parametrize("sde_name, name, options, steps", [
     ("vp", "ddim", {}, 8), ("vp", "ode", {"method": "heun2"}, 5),
     ("ve", "ddim", {}, 8), ("ve", "ode", {"method": "heun2"}, 5)])

@@ -21,8 +21,8 @@ solvers alike:
    (or the one named by ``start``);
 2. descent: coordinate pattern search on ``E`` — each interior node in turn is moved by ``±h_k`` in ``u``
    (kept inside its neighbours), a move is kept if it lowers ``E`` (and ``h_k`` grows ×1.5), otherwise ``h_k``
-   halves; sweeps stop when two in a row each improve ``E`` by less than ``tol`` (relative), when every
-   ``h_k`` is below ``MIN_MOVE``, or after ``sweeps``.
+   halves; sweeps stop when two that moved a node each improved ``E`` by less than ``tol`` (relative), when
+   every ``h_k`` is below ``MIN_MOVE``, or after ``sweeps``.
 
 Every evaluation is a full run of the sampler on the batch, so the cost is the reference (a few hundred
 evaluations) plus about ``(1 + 2·m·sweeps)`` runs of ``sampler.nfe(steps)`` evaluations each, all counted
@@ -184,7 +184,7 @@ def _descend(objective: _Objective, u: list[float], grid: TimeGrid, error: float
     h = [0.25 * (hi - lo) for lo, hi in map(bounds, range(m))]
     direction, stalled = [1.0] * m, 0
     for _ in range(sweeps):
-        before = error
+        before, moved = error, False
         for k in range(m):
             lo, hi = bounds(k)
             margin = 0.02 * (hi - lo)
@@ -196,13 +196,14 @@ def _descend(objective: _Objective, u: list[float], grid: TimeGrid, error: float
                 trial_grid = objective.grid(candidate)
                 trial_error = objective(trial_grid)
                 if trial_error < error:
-                    u, grid, error, direction[k] = candidate, trial_grid, trial_error, d
+                    u, grid, error, direction[k], moved = candidate, trial_grid, trial_error, d, True
                     h[k] *= 1.5
                     break
             else:
                 h[k] *= 0.5
         history.append((objective.nfe + reference_nfe, error))
-        stalled = stalled + 1 if before - error <= tol * before else 0
+        if moved:
+            stalled = stalled + 1 if before - error <= tol * before else 0
         if stalled == 2 or max(h) < MIN_MOVE:
             break
     return u, grid, error

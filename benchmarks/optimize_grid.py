@@ -7,7 +7,9 @@ draws, another seed than the calibration batch; ``Φ`` is dopri5 at 1e-9 to eps,
 spacing and of the grid ``optimize_grid`` finds on ``n`` calibration draws, their ratio (optimised / best fixed),
 and the optimisation's cost in evaluations (of a batch of ``n``) and seconds.
 
-    python benchmarks/optimize_grid.py [--n 256] [--n-test 2000] [--nfe 5 10 20] [--json out.json]
+    python benchmarks/optimize_grid.py [--n 256] [--n-test 2000] [--nfe 5 10 20] [--dp] [--json out.json]
+
+``--dp`` adds the second descent from the dynamic-programming surrogate (``optimize_grid(..., dp=True)``).
 """
 from __future__ import annotations
 
@@ -50,6 +52,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--n", type=int, default=256, help="calibration draws")
     parser.add_argument("--n-test", type=int, default=2000, help="held-out draws")
     parser.add_argument("--nfe", type=int, nargs="+", default=[5, 10, 20])
+    parser.add_argument("--dp", action="store_true", help="optimize_grid(..., dp=True)")
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args(argv)
     rows = []
@@ -71,7 +74,7 @@ def main(argv=None) -> list[dict]:
                              for s in FIXED_SPACINGS}
                     t0 = time.perf_counter()
                     grid = optimize_grid(score, sde, steps, name, shape=(target.dim,), n=args.n,
-                                         generator=torch.Generator().manual_seed(0), **opts)
+                                         generator=torch.Generator().manual_seed(0), dp=args.dp, **opts)
                     seconds = time.perf_counter() - t0
                     optimised = map_error(integrate(method, score, sde, x, grid).x, reference)
                     row = {"target": target_name, "sde": sde_name, "sampler": label(name, opts), "nfe": method.nfe(steps),

@@ -1,12 +1,14 @@
 """Optimised time grids (``sgm.samplers.optimize_grid``) on the exact 2-D mixture, and saving/loading grids."""
+import itertools
 import json
+import math
 
 import pytest
 import torch
 
 import sgm
 from sgm.samplers import TimeGrid, integrate, optimize_grid, solver, time_grid
-from sgm.samplers.optimize import FIXED_SPACINGS, flow_map, map_error
+from sgm.samplers.optimize import FIXED_SPACINGS, cheapest_path, flow_map, map_error
 from conftest import SDES, gen, mixture
 
 D = torch.float64
@@ -54,6 +56,30 @@ def test_grid_shape_identity_and_cost_record():
     assert info["runs"] >= len(FIXED_SPACINGS) + 1 and info["reference_nfe"] > 50
     assert info["history"][-1] == [info["nfe"], info["error"]]
     assert info["sampler"] == "ode" and info["options"] == {"method": "heun2"}
+
+
+def test_cheapest_path_is_the_brute_force_minimum():
+    g = gen(4)
+    for K, nodes in [(6, 3), (8, 4), (9, 6), (7, 7)]:
+        cost = torch.rand(K, K, generator=g, dtype=D).tolist()
+        cost[0][K - 1] = math.inf  # an unreachable edge is never taken
+        paths = [(0, *mid, K - 1) for mid in itertools.combinations(range(1, K - 1), nodes - 2)]
+        total = lambda p: sum(cost[a][b] for a, b in zip(p, p[1:]))  # noqa: E731
+        best = min(paths, key=total)
+        assert tuple(cheapest_path(cost, nodes)) == best
+    assert cheapest_path([[math.inf] * 4 for _ in range(4)], 3) is None
+
+
+def test_the_dp_start_only_adds_a_second_descent():
+    """With ``dp=True`` the descent from the best fixed spacing runs as before, and a second one from the DP
+    surrogate's grid: the kept calibration error can only be lower or equal (the runs are deterministic)."""
+    sde, score = sgm.VESDE(), mixture().score_fn(sgm.VESDE())
+    kwargs = dict(shape=(2,), n=64, generator=None, sweeps=2)
+    plain = optimize_grid(score, sde, 6, "ddim", **{**kwargs, "generator": gen(0)})
+    with_dp = optimize_grid(score, sde, 6, "ddim", dp=True, candidates=18, **{**kwargs, "generator": gen(0)})
+    assert with_dp.info["error"] <= plain.info["error"] and with_dp.info["nfe"] > plain.info["nfe"]
+    assert math.isfinite(with_dp.info["dp_error"]) and with_dp.info["dp_nfe"] > 0 and plain.info["dp_error"] is None
+    assert len(with_dp.noisy) == 6 and with_dp.noisy[0].t == sde.T
 
 
 def test_two_steps_leave_nothing_to_move():
@@ -121,6 +147,8 @@ def test_load_rejects_bad_files(tmp_path, content, match):
     ({"shape": 2}, TypeError, "shape"),
     ({"start": "trailing"}, ValueError, "start"),
     ({"sweeps": -1}, ValueError, "sweeps"),
+    ({"dp": 1}, TypeError, "dp"),
+    ({"candidates": 3}, ValueError, "candidates"),
     ({"tol": -1.0}, ValueError, "tol"),
     ({"reference_tol": 0.0}, ValueError, "reference_tol"),
     ({"eps": 2.0}, ValueError, "eps"),

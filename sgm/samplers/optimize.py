@@ -24,9 +24,15 @@ solvers alike:
    halves; sweeps stop when two that moved a node each improved ``E`` by less than ``tol`` (relative), when
    every ``h_k`` is below ``MIN_MOVE``, or after ``sweeps``.
 
+With ``dp=True`` a second descent starts from the optimum of a surrogate found by dynamic programming over
+``candidates`` nodes uniform in λ (Analytic-DPM's trajectory search, Bao et al. 2022, with local map errors for
+costs: see ``_Objective.dp``), and the better of the two results is kept. The surrogate sums local errors, and
+a multistep solver's first step is its lower-order warm-up, so it is a start, never the answer.
+
 Every evaluation is a full run of the sampler on the batch, so the cost is the reference (a few hundred
-evaluations) plus about ``(1 + 2·m·sweeps)`` runs of ``sampler.nfe(steps)`` evaluations each, all counted
-(``grid.info["nfe"]``).
+evaluations) plus about ``(4 + 2·m·sweeps)`` runs of ``sampler.nfe(steps)`` evaluations each, all counted
+(``grid.info["nfe"]``); ``dp=True`` adds the surrogate's edges (``evals_per_step + 1`` evaluations each) and
+a second descent.
 """
 from __future__ import annotations
 
@@ -35,15 +41,16 @@ import time
 
 import torch
 from torch import Tensor
+from torchdiffeq import odeint
 
 from ..sde import SDE, _check_steps, _real
 from .base import CheckedScore, SamplerDiverged, check_state
 from .grid import TimeGrid, check_eps, time_grid
-from .probability_flow import AdaptiveODE
+from .probability_flow import AdaptiveODE, _velocity
 from .registry import _check_shape, solver as make_solver
-from .solver import Solver, integrate
+from .solver import Model, Solver, integrate
 
-__all__ = ["optimize_grid", "flow_map", "map_error", "FIXED_SPACINGS"]
+__all__ = ["optimize_grid", "flow_map", "map_error", "cheapest_path", "FIXED_SPACINGS"]
 
 FIXED_SPACINGS = ("uniform", "quadratic", "logsnr", "karras")
 MIN_MOVE = 1e-3  # the descent stops when every node's step in u = (λ - λ(T))/(λ(eps) - λ(T)) is below this
@@ -54,6 +61,15 @@ def flow_map(score, sde: SDE, x_T: Tensor, eps: float = 1e-3, tol: float = 1e-8)
     denoising at ``eps``. Returns ``(x_0, nfe)``."""
     out = integrate(AdaptiveODE("dopri5", tol, tol), score, sde, check_state(x_T), time_grid(sde, 2, eps=eps))
     return out.x, out.nfe
+
+
+def _trajectory(model: Model, x_T: Tensor, grid: TimeGrid, tol: float) -> list[Tensor]:
+    """The probability-flow states at every noisy node of ``grid``: one dopri5 run at ``rtol = atol = tol`` that
+    lands on each node (``step_t``), so the last state is ``flow_map``'s before its Tweedie step."""
+    velocity = _velocity(model, grid.noisy[0])
+    ts = torch.tensor([n.t for n in grid.noisy], dtype=x_T.dtype, device=x_T.device)
+    return list(odeint(lambda t, y: velocity(y, float(t)), x_T, ts, method="dopri5", rtol=tol, atol=tol,
+                       options={"step_t": ts}))
 
 
 def map_error(x: Tensor, reference: Tensor) -> float:
@@ -99,6 +115,34 @@ class _Objective:
         t = self.sde.time_at_noise_level(torch.exp(-lam)).clamp(self.eps, self.sde.T).tolist()
         return TimeGrid.from_times(self.sde, [self.sde.T, *t, self.eps])
 
+    def dp(self, steps: int, candidates: int, tol: float) -> tuple[TimeGrid | None, int]:
+        """The surrogate optimum: the path of ``steps`` nodes among ``candidates`` nodes uniform in λ (ends
+        included) minimising the sum of the edges' local errors ``c(i, j) = mean ‖D_j(S_{i→j}(X_i)) - D_j(X_j)‖``:
+        one sampler step from the exact state ``X_i`` (dopri5) at node ``i`` to node ``j``, compared with the
+        exact state at ``j`` through Tweedie's denoiser ``D_j`` there (data units: an error at high noise
+        counts as much as it moves the predicted data). The last edge's cost is exactly its share of the final
+        error. A multistep solver takes its first, lower-order, step here, so for it this is a rougher surrogate.
+        Returns the grid (``None`` if the sampler diverged on every path) and the evaluations spent."""
+        K = candidates
+        fine = self.grid([k / (K - 1) for k in range(1, K - 1)])
+        model = Model(self.score, self.sde)
+        states = _trajectory(model, self.x_T, fine, tol)
+        denoised = [model(x, node).x0 for x, node in zip(states, fine.noisy)]
+        span = max(2, math.ceil(4 * (K - 1) / (steps - 1)))
+        cost = [[math.inf] * K for _ in range(K)]
+        for i in range(K - 1):
+            for j in range(i + 1, min(K, i + span + 1)):
+                a, b = fine.noisy[i], fine.noisy[j]
+                try:
+                    y = integrate(self.method, model.score, self.sde, states[i], TimeGrid((a, b), fine.sde)).x
+                    cost[i][j] = map_error(model(y, b).x0, denoised[j])
+                except SamplerDiverged:
+                    pass
+        path = cheapest_path(cost, steps)
+        if path is None:
+            return None, model.nfe
+        return TimeGrid((*(fine.noisy[k] for k in path), *fine.nodes[len(fine.noisy):]), fine.sde), model.nfe
+
     def __call__(self, grid: TimeGrid) -> float:
         self.runs += 1
         score = CheckedScore(self.score)
@@ -111,10 +155,31 @@ class _Objective:
         return map_error(x, self.reference)
 
 
+def cheapest_path(cost: list[list[float]], nodes: int) -> list[int] | None:
+    """The increasing path ``0 = k_1 < … < k_nodes = K-1`` minimising ``Σ cost[k_i][k_{i+1}]`` (``K = len(cost)``),
+    by dynamic programming over the number of edges: ``best_e(j) = min_i best_{e-1}(i) + cost[i][j]``;
+    ``None`` when every such path has an infinite cost."""
+    K = len(cost)
+    best, back = [[math.inf] * K for _ in range(nodes)], [[-1] * K for _ in range(nodes)]
+    best[0][0] = 0.0
+    for e in range(1, nodes):
+        for j in range(1, K):
+            for i in range(j):
+                c = best[e - 1][i] + cost[i][j]
+                if c < best[e][j]:
+                    best[e][j], back[e][j] = c, i
+    if not math.isfinite(best[nodes - 1][K - 1]):
+        return None
+    path = [K - 1]
+    for e in range(nodes - 1, 0, -1):
+        path.append(back[e][path[-1]])
+    return path[::-1]
+
+
 def optimize_grid(score, sde: SDE, steps: int, sampler: str = "ddim", *, shape, n: int = 256,
                   generator: torch.Generator | None = None, eps: float = 1e-3, start: str | None = None,
-                  sweeps: int = 6, tol: float = 1e-3, reference_tol: float = 1e-8, dtype: torch.dtype = torch.float64,
-                  device=None, **options) -> TimeGrid:
+                  dp: bool = False, candidates: int | None = None, sweeps: int = 6, tol: float = 1e-3,
+                  reference_tol: float = 1e-8, dtype: torch.dtype = torch.float64, device=None, **options) -> TimeGrid:
     """The grid of ``steps`` noisy nodes from ``T`` to ``eps`` (plus the data node) on which the deterministic
     ``sampler`` (with ``options``) has the least map error against the probability-flow map on ``n`` prior draws
     of per-sample ``shape`` from ``generator`` (see the module docstring for the objective and the search).
@@ -140,6 +205,11 @@ def optimize_grid(score, sde: SDE, steps: int, sampler: str = "ddim", *, shape, 
     eps = check_eps(eps, sde.T)
     if start is not None and start not in FIXED_SPACINGS:
         raise ValueError(f"start must be None (the best of {FIXED_SPACINGS}) or one of them, got {start!r}")
+    if not isinstance(dp, bool):
+        raise TypeError(f"dp must be a bool, got {dp!r}")
+    if candidates is None:
+        candidates = min(max(3 * steps, 24), 64)
+    candidates = _count("candidates", candidates, max(steps, 3))
     sweeps = _count("sweeps", sweeps, 0)
     tol = _real("tol", tol)
     if tol < 0:
@@ -157,20 +227,34 @@ def optimize_grid(score, sde: SDE, steps: int, sampler: str = "ddim", *, shape, 
     objective = _Objective(method, score, sde, x_T, reference, eps)
 
     starts = (start,) if start is not None else FIXED_SPACINGS
-    fixed = {name: objective(time_grid(sde, steps, name, eps)) for name in starts}
-    best_start = min(fixed, key=fixed.get)
-    grid, error = time_grid(sde, steps, best_start, eps), fixed[best_start]
-    if not math.isfinite(error):
+    grids = {name: time_grid(sde, steps, name, eps) for name in starts}
+    fixed = {name: objective(g) for name, g in grids.items()}
+    best_fixed = min(fixed, key=fixed.get)
+    if not math.isfinite(fixed[best_fixed]):
         raise SamplerDiverged(f"sampler {sampler!r} diverged on every starting grid ({', '.join(starts)})")
-    history = [(objective.nfe + reference_nfe, error)]
-    u = objective.positions(grid)
-    if u and sweeps:
-        u, grid, error = _descend(objective, u, grid, error, sweeps, tol, history, reference_nfe)
+    descents = {best_fixed: (grids[best_fixed], fixed[best_fixed])}
+    dp_error = dp_nfe = None
+    if dp and steps > 2:
+        dp_grid, dp_nfe = objective.dp(steps, candidates, reference_tol)
+        objective.nfe += dp_nfe
+        if dp_grid is not None:
+            dp_error = objective(dp_grid)
+            descents["dp"] = (dp_grid, dp_error)
+    history, results = [], {}
+    for name, (grid, error) in descents.items():
+        history.append((objective.nfe + reference_nfe, error))
+        u = objective.positions(grid)
+        if u and sweeps and math.isfinite(error):
+            u, grid, error = _descend(objective, u, grid, error, sweeps, tol, history, reference_nfe)
+        results[name] = (grid, error)
+    best_start = min(results, key=lambda name: results[name][1])
+    grid, error = results[best_start]
 
-    info = {"method": "coordinate descent in λ from the best fixed spacing", "sampler": sampler,
+    info = {"method": "coordinate descent in λ from the best fixed spacing" + (" and from the DP surrogate" if dp else ""),
+            "sampler": sampler,
             "options": dict(options), "steps": steps, "eps": eps, "n": n, "shape": list(shape),
             "reference": f"dopri5 rtol=atol={reference_tol:g} to eps, then Tweedie", "start": best_start,
-            "fixed_errors": fixed, "error": error, "history": [list(h) for h in history],
+            "fixed_errors": fixed, "dp_error": dp_error, "dp_nfe": dp_nfe, "error": error, "history": [list(h) for h in history],
             "nfe": objective.nfe + reference_nfe, "reference_nfe": reference_nfe, "runs": objective.runs,
             "seconds": time.perf_counter() - t_start}
     return TimeGrid(grid.nodes, grid.sde, info)

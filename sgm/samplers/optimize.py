@@ -182,7 +182,9 @@ def optimize_grid(score, sde: SDE, steps: int, sampler: str = "ddim", *, shape, 
                   reference_tol: float = 1e-8, dtype: torch.dtype = torch.float64, device=None, **options) -> TimeGrid:
     """The grid of ``steps`` noisy nodes from ``T`` to ``eps`` (plus the data node) on which the deterministic
     ``sampler`` (with ``options``) has the least map error against the probability-flow map on ``n`` prior draws
-    of per-sample ``shape`` from ``generator`` (see the module docstring for the objective and the search).
+    of per-sample ``shape`` from ``generator``, in ``dtype`` (a network's own dtype; float64 by default) on
+    ``device`` (see the module docstring for the objective and the search; ``dp``, ``candidates``: the optional
+    dynamic-programming start; ``sweeps``, ``tol``: the descent; ``reference_tol``: dopri5's tolerance for ``Φ``).
 
     Returns a ``TimeGrid`` for ``sde``; ``grid.info`` records the sampler and options, the calibration errors of
     the fixed spacings and of the result, the ``history`` of ``(nfe, error)`` after each sweep, and the cost:

@@ -3,6 +3,7 @@
 - ``sgm demo``: every sampler on a 2-D ring mixture with its exact score, one panel each, to a PNG.
 - ``sgm train``: denoising score matching on a dataset; restarting the same command resumes.
 - ``sgm sample``: any sampler on a trained checkpoint; writes a scatter plot or image grid and the samples.
+- ``sgm export``: a checkpoint's EMA weights and config as a ``.safetensors`` file (no pickle) to share.
 - ``sgm bench``: the step-count-vs-quality sweep (``sgm.bench``).
 """
 from __future__ import annotations
@@ -89,10 +90,13 @@ def sample_checkpoint(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .plotting import save_samples
-    from .train import model_from_checkpoint, resolve_device
+    from .train import resolve_device
 
     device = resolve_device(args.device)
-    model, config, shape = model_from_checkpoint(args.checkpoint, ema=not args.raw_weights, device=device)
+    loaded = _load_model(args.checkpoint, not args.raw_weights, device)
+    if isinstance(loaded, int):
+        return loaded
+    model, config, shape = loaded
     options = dict(kv.split("=", 1) for kv in args.option)
     options = {k: _parse_value(v) for k, v in options.items()}
     g = torch.Generator(device).manual_seed(args.seed)
@@ -108,6 +112,33 @@ def sample_checkpoint(args: argparse.Namespace) -> int:
     save_samples(x[: args.show], args.out, f"{args.sampler}, {out.nfe} NFE")
     print(f"{args.n} samples with {args.sampler} ({out.nfe} NFE) in {seconds:.2f}s; wrote {args.out}, "
           f"{stem}.pt and {stem}.npz")
+    return 0
+
+
+def _fail(command: str, err: Exception) -> int:
+    """An expected failure as one line on stderr, exit code 2."""
+    print(f"sgm {command}: error: {err}", file=sys.stderr)
+    return 2
+
+
+def _load_model(path: str, ema: bool, device):
+    """``model_from_checkpoint``, or exit code 2 with a one-line error for a missing, corrupt or unsafe file."""
+    from .checkpoint import CheckpointError, model_from_checkpoint
+
+    try:
+        return model_from_checkpoint(path, ema=ema, device=device)
+    except (CheckpointError, FileNotFoundError) as err:
+        return _fail("sample", err)
+
+
+def export_checkpoint(args: argparse.Namespace) -> int:
+    from .checkpoint import CheckpointError, export
+
+    try:
+        out = export(args.checkpoint, args.out)
+    except (CheckpointError, FileNotFoundError, ValueError) as err:
+        return _fail("export", err)
+    print(f"wrote {out} (EMA weights and config of {args.checkpoint})")
     return 0
 
 
@@ -162,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=train)
 
     p = sub.add_parser("sample", help="sample a trained checkpoint with any sampler")
-    p.add_argument("checkpoint", help="a checkpoint.pt written by sgm train")
+    p.add_argument("checkpoint", help="a checkpoint.pt written by sgm train, or a .safetensors from sgm export")
     p.add_argument("--sampler", default="ode", choices=available())
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--n", type=int, default=64)
@@ -175,6 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw-weights", action="store_true", help="the raw weights instead of the EMA")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=sample_checkpoint)
+
+    p = sub.add_parser("export", help="write a checkpoint's EMA weights and config to a .safetensors file to share")
+    p.add_argument("checkpoint", help="a checkpoint.pt written by sgm train")
+    p.add_argument("out", help="the .safetensors file to write")
+    p.set_defaults(func=export_checkpoint)
 
     from . import bench
 

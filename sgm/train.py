@@ -1,6 +1,6 @@
 """Training a score network by denoising score matching: config, trainer, EMA, atomic checkpoints, exact resume.
 
-A run lives in ``config.out_dir``: ``checkpoint.pt`` (model, EMA, optimizer, scheduler, step, RNG states and
+A run lives in ``config.out_dir``: ``checkpoint.pt`` (``sgm.checkpoint``: safe to load) (model, EMA, optimizer, scheduler, step, RNG states and
 the full config), ``loss.csv`` (step, loss, learning rate, gradient norm, seconds), and ``samples/`` (a PNG
 grid or scatter every ``sample_every`` steps). Starting the same run again resumes from the checkpoint; on
 CPU the resumed run's losses equal the uninterrupted run's, because every random draw (batch indices,
@@ -25,6 +25,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import data as datasets
+from .checkpoint import (CHECKPOINT, FORMAT_VERSION, CheckpointError, load_checkpoint, model_from_checkpoint,
+                         save_checkpoint)
 from .losses import WEIGHTINGS, dsm_loss
 from .nets import MLP, UNet
 from .score import PREDICTIONS, ScoreModel
@@ -34,16 +36,10 @@ __all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "CheckpointError", "loa
            "build_sde", "build_net", "model_from_checkpoint"]
 
 SDE_CLASSES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
-CHECKPOINT = "checkpoint.pt"
-FORMAT_VERSION = 1
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or inf; the last good checkpoint is kept."""
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is corrupt, or does not match the run that tries to load it."""
 
 
 @dataclass
@@ -156,52 +152,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} asked for, but CUDA is not available")
     return device
-
-
-def save_checkpoint(path: str, state: dict) -> None:
-    """Write ``state`` atomically: to a temporary file in the same folder, flushed to disk, then renamed."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def load_checkpoint(path: str, map_location="cpu") -> dict:
-    """Read a checkpoint, raising ``CheckpointError`` naming the file if it is not a whole sgm checkpoint."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no checkpoint at {path!r}")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from err
-    needed = {"format", "step", "config", "model", "ema", "optimizer", "scheduler", "rng", "data_shape"}
-    if not isinstance(state, dict) or not needed <= set(state):
-        raise CheckpointError(f"{path}: not an sgm checkpoint (missing {sorted(needed - set(state or {}))})")
-    if state["format"] != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint format {state['format']}, expected {FORMAT_VERSION}")
-    return state
-
-
-def model_from_checkpoint(path: str, ema: bool = True, device="cpu") -> tuple[ScoreModel, TrainConfig, tuple]:
-    """The score function of a saved run (EMA weights by default), its config and the data shape."""
-    state = load_checkpoint(path, map_location=device)
-    config = TrainConfig.from_dict(state["config"])
-    shape = tuple(state["data_shape"])
-    net = build_net(config, shape).to(device)
-    try:
-        net.load_state_dict(state["ema" if ema else "model"])
-    except RuntimeError as err:
-        raise CheckpointError(f"{path}: weights do not fit the network its config builds ({err})") from err
-    net.eval()
-    return ScoreModel(net, build_sde(config), config.prediction), config, shape
 
 
 class EMA:

@@ -4,7 +4,8 @@ Two formats:
 
 - ``checkpoint.pt`` (written by training): a ``torch.save`` of plain containers — ``dict``/``list``/``tuple`` of
   tensors, numbers, strings, booleans and ``None`` — with keys ``format``, ``step``, ``config``, ``data_shape``,
-  ``model``, ``ema``, ``optimizer``, ``scheduler``, ``rng`` (RNG states as byte tensors). It is read with ``torch.load(..., weights_only=True)``:
+  ``model``, ``ema``, ``optimizer``, ``scheduler`` (no RNG state: training draws from streams seeded by
+  seed, step and rank, see ``sgm.distributed``). It is read with ``torch.load(..., weights_only=True)``:
   PyTorch's restricted unpickler builds only those types, so a file whose pickle names any other callable
   (an object whose ``__reduce__`` would run a shell command, say) is refused before anything in it runs.
 - ``*.safetensors`` (written by ``export``): the EMA weights as raw tensors, with the run's config and data
@@ -26,9 +27,9 @@ __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "export", "r
            "model_from_checkpoint", "FORMAT_VERSION", "CHECKPOINT"]
 
 CHECKPOINT = "checkpoint.pt"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1 held pickled RNG states; 2 none (training draws from streams seeded by seed, step, rank)
 SAFETENSORS_FORMAT = "sgm-ema-1"
-NEEDED = ("format", "step", "config", "model", "ema", "optimizer", "scheduler", "rng", "data_shape")
+NEEDED = ("format", "step", "config", "model", "ema", "optimizer", "scheduler", "data_shape")
 
 
 class CheckpointError(ValueError):

@@ -1,7 +1,8 @@
 """The ``sgm`` command (also ``python -m sgm``).
 
 - ``sgm demo``: every sampler on a 2-D ring mixture with its exact score, one panel each, to a PNG.
-- ``sgm train``: denoising score matching on a dataset; restarting the same command resumes.
+- ``sgm train``: denoising score matching on a dataset; restarting the same command resumes; under
+  ``torchrun --nproc_per_node N -m sgm train ...`` it trains with DDP over N processes.
 - ``sgm sample``: any sampler on a trained checkpoint; writes a scatter plot or image grid and the samples.
 - ``sgm export``: a checkpoint's EMA weights and config as a ``.safetensors`` file (no pickle) to share.
 - ``sgm bench``: the step-count-vs-quality sweep (``sgm.bench``).
@@ -14,7 +15,7 @@ import time
 
 import torch
 
-from . import metrics
+from . import distributed, metrics
 from .plotting import scatter_panels
 from .samplers import available, sample
 from .sde import SDE, SubVPSDE, VESDE, VPSDE
@@ -71,16 +72,20 @@ def train(args: argparse.Namespace) -> int:
     fields = {f: getattr(args, f) for f in TRAIN_OPTIONS if getattr(args, f) is not None}
     fields["progress"] = not args.no_progress
     config = TrainConfig(**fields)
-    try:
-        trainer = Trainer(config)
-        resumed = trainer.resume()
-        print(f"{'resuming' if resumed else 'starting'} {config.out_dir} at step {trainer.step} of {config.steps} "
-              f"on {trainer.device}; {sum(p.numel() for p in trainer.net.parameters()):,} parameters")
-        trainer.fit(resume=False)
-    except TrainingDiverged as err:
-        print(f"training stopped: {err}", file=sys.stderr)
-        return 1
-    print(f"wrote {trainer.path} and {trainer.log_path}")
+    with distributed.session(config.device) as (rank, world_size):  # under torchrun: one of world_size processes
+        try:
+            trainer = Trainer(config)
+            resumed = trainer.resume()
+            if rank == 0:
+                print(f"{'resuming' if resumed else 'starting'} {config.out_dir} at step {trainer.step} of "
+                      f"{config.steps} on {trainer.device} ×{world_size}; "
+                      f"{sum(p.numel() for p in trainer.net.parameters()):,} parameters")
+            trainer.fit(resume=False)
+        except TrainingDiverged as err:
+            print(f"training stopped: {err}", file=sys.stderr)
+            return 1
+    if rank == 0:
+        print(f"wrote {trainer.path} and {trainer.log_path}")
     return 0
 
 
@@ -163,7 +168,8 @@ TRAIN_OPTIONS = {
     "width": (int, "MLP width"), "depth": (int, "MLP residual blocks"),
     "channels": (int, "U-Net base channels"), "num_res_blocks": (int, "U-Net blocks per level"),
     "dropout": (float, "dropout"),
-    "steps": (int, "training steps"), "batch_size": (int, "batch size"), "lr": (float, "learning rate"),
+    "steps": (int, "training steps"), "batch_size": (int, "global batch size (split over torchrun's processes)"),
+    "lr": (float, "learning rate"),
     "warmup": (int, "warm-up steps"), "grad_clip": (float, "gradient-norm clip"), "ema_decay": (float, "EMA decay"),
     "seed": (int, "seed"), "device": (str, "auto, cpu or cuda"), "out_dir": (str, "the run's folder"),
     "checkpoint_every": (int, "steps between checkpoints"), "sample_every": (int, "steps between sample grids"),

@@ -1,10 +1,16 @@
 """Training a score network by denoising score matching: config, trainer, EMA, atomic checkpoints, exact resume.
 
-A run lives in ``config.out_dir``: ``checkpoint.pt`` (``sgm.checkpoint``: safe to load) (model, EMA, optimizer, scheduler, step, RNG states and
-the full config), ``loss.csv`` (step, loss, learning rate, gradient norm, seconds), and ``samples/`` (a PNG
-grid or scatter every ``sample_every`` steps). Starting the same run again resumes from the checkpoint; on
-CPU the resumed run's losses equal the uninterrupted run's, because every random draw (batch indices,
-times, noise, dropout) comes from RNG states the checkpoint holds.
+A run lives in ``config.out_dir``: ``checkpoint.pt`` (model, EMA, optimizer, scheduler, step and the full
+config; written and read by ``sgm.checkpoint``, safe to load), ``loss.csv`` (step, loss, learning rate,
+gradient norm, seconds), and ``samples/`` (a PNG grid or scatter every ``sample_every`` steps). Starting the
+same run again resumes from the checkpoint; on CPU the resumed run's losses equal the uninterrupted run's,
+because every random draw of step ``s`` (batch indices, times, noise, dropout) comes from streams seeded by
+``(seed, s, rank)`` (``sgm.distributed.stream_seed``), so no RNG state needs saving.
+
+Under ``torchrun --nproc_per_node N`` the network is wrapped in DistributedDataParallel: each process draws
+``batch_size / N`` samples of the global batch from its own streams, DDP averages the gradients (so the step
+equals one process's step on the whole global batch), and process 0 alone writes the checkpoint, the log
+and the sample grids. A checkpoint resumes under any number of processes.
 
 The optimiser is AdamW with linear warm-up over ``warmup`` steps, gradients clipped to ``grad_clip`` in
 norm, and the EMA ``θ̄ ← d θ̄ + (1 - d) θ`` with ``d = ema_decay``. On CUDA the forward pass runs under bf16
@@ -25,9 +31,10 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import data as datasets
+from . import distributed
 from .checkpoint import (CHECKPOINT, FORMAT_VERSION, CheckpointError, load_checkpoint, model_from_checkpoint,
                          save_checkpoint)
-from .losses import WEIGHTINGS, dsm_loss
+from .losses import WEIGHTINGS, dsm_loss, sample_times
 from .nets import MLP, UNet
 from .score import PREDICTIONS, ScoreModel
 from .sde import SDE, SubVPSDE, VESDE, VPSDE
@@ -175,7 +182,14 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, data: Tensor | None = None):
         self.config = config.validate()
+        self.rank, self.world_size = distributed.world()
+        if config.batch_size % self.world_size:
+            raise ValueError(f"batch_size (the global batch) must be a multiple of the {self.world_size} processes, "
+                             f"got {config.batch_size}")
+        self.local_batch = config.batch_size // self.world_size
         self.device = resolve_device(config.device)
+        if self.world_size > 1 and self.device.type == "cuda":
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.manual_seed(config.seed)
         self.data = (data if data is not None else datasets.load_dataset(
             config.data, config.data_path, config.n_data, config.seed, config.image_size)).to(self.device)
@@ -183,14 +197,17 @@ class Trainer:
             raise ValueError(f"data must hold at least 2 samples of shape (N, ...), got {tuple(self.data.shape)}")
         self.data_shape = tuple(self.data.shape[1:])
         self.sde = build_sde(config)
-        self.net = build_net(config, self.data_shape).to(self.device)
-        self.model = ScoreModel(self.net, self.sde, config.prediction)
+        self.net = build_net(config, self.data_shape).to(self.device, self.data.dtype)
+        # Under torchrun the forward pass goes through DDP, which averages the gradients over the processes.
+        self.ddp = self.net if self.world_size == 1 else nn.parallel.DistributedDataParallel(
+            self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.model = ScoreModel(self.ddp, self.sde, config.prediction)
         self.ema = EMA(self.net, config.ema_decay)
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         warmup = config.warmup
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0)
-        self.generator = torch.Generator(self.device).manual_seed(config.seed)
+        self.generator = torch.Generator(self.device)
         self.step = 0
         self.autocast = self.device.type == "cuda"
         self.path = os.path.join(config.out_dir, CHECKPOINT)
@@ -198,13 +215,10 @@ class Trainer:
 
     # --- state ----------------------------------------------------------------------------------
     def state(self) -> dict:
-        rng = {"torch": torch.get_rng_state(), "generator": self.generator.get_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
         return {"format": FORMAT_VERSION, "step": self.step, "config": self.config.to_dict(),
                 "data_shape": list(self.data_shape), "model": self.net.state_dict(),
                 "ema": self.ema.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "rng": rng}
+                "scheduler": self.scheduler.state_dict()}
 
     def resume(self) -> bool:
         """Load ``out_dir/checkpoint.pt`` if there is one; ``CheckpointError`` if it belongs to another run."""
@@ -225,11 +239,8 @@ class Trainer:
             raise CheckpointError(f"{self.path}: weights do not fit this run's network ({err})") from err
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
-        torch.set_rng_state(state["rng"]["torch"])
-        self.generator.set_state(state["rng"]["generator"].to("cpu"))
-        if "cuda" in state["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        self._truncate_log(self.step)
+        if self.rank == 0:
+            self._truncate_log(self.step)
         return True
 
     def _truncate_log(self, step: int) -> None:
@@ -243,19 +254,31 @@ class Trainer:
             csv.writer(f).writerows(kept)
 
     def save(self) -> None:
-        save_checkpoint(self.path, self.state())
+        """Write the checkpoint (process 0 alone: every process holds the same weights and optimiser state)."""
+        if self.rank == 0:
+            save_checkpoint(self.path, self.state())
 
     # --- training -------------------------------------------------------------------------------
+    def batch(self) -> tuple[Tensor, Tensor, Tensor]:
+        """This process's part of the next step's global batch, ``(x0, t, noise)``: ``batch_size / world_size``
+        data indices, then times, then noise, from ``self.generator`` seeded by ``(seed, step, rank)``."""
+        g = self.generator.manual_seed(distributed.stream_seed(self.config.seed, self.step, self.rank))
+        x0 = self.data[torch.randint(len(self.data), (self.local_batch,), generator=g, device=self.device)]
+        t = sample_times(self.sde, self.local_batch, self.config.eps, generator=g, device=self.device,
+                         dtype=x0.dtype)[0]
+        return x0, t, torch.randn(x0.shape, generator=g, device=self.device, dtype=x0.dtype)
+
     def train_step(self) -> tuple[float, float]:
-        """One optimiser step on a batch drawn from ``self.generator``; returns ``(loss, gradient norm)``."""
+        """One optimiser step on ``self.batch()`` (dropout seeded by ``(seed, step, rank, 1)``); returns the loss
+        averaged over the processes and the gradient norm before clipping."""
         self.net.train()
-        idx = torch.randint(len(self.data), (self.config.batch_size,), generator=self.generator, device=self.device)
-        x0 = self.data[idx]
+        torch.manual_seed(distributed.stream_seed(self.config.seed, self.step, self.rank, 1))
+        x0, t, noise = self.batch()
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
-            loss = dsm_loss(self.model, self.sde, x0, weighting=self.config.weighting, eps=self.config.eps,
-                            generator=self.generator)
-        if not bool(torch.isfinite(loss)):
-            raise TrainingDiverged(f"loss became {loss.item()} at step {self.step + 1}; the last good checkpoint "
+            loss = dsm_loss(self.model, self.sde, x0, t=t, noise=noise, weighting=self.config.weighting)
+        mean_loss = distributed.mean_over_ranks(loss.detach())  # every process takes the same decision below
+        if not bool(torch.isfinite(mean_loss)):
+            raise TrainingDiverged(f"loss became {mean_loss.item()} at step {self.step + 1}; the last good checkpoint "
                                    f"is {self.path if os.path.exists(self.path) else 'none (none was written yet)'}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -264,7 +287,7 @@ class Trainer:
         self.scheduler.step()
         self.ema.update(self.net)
         self.step += 1
-        return loss.item(), grad_norm.item()
+        return mean_loss.item(), grad_norm.item()
 
     def fit(self, resume: bool = True) -> list[float]:
         """Train from the current step (after resuming, if ``resume``) to ``config.steps``; returns the losses."""
@@ -273,10 +296,11 @@ class Trainer:
         if resume:
             self.resume()
         os.makedirs(self.config.out_dir, exist_ok=True)
+        main = self.rank == 0  # process 0 alone writes the log and the sample grids
         new_log = not os.path.exists(self.log_path)
         losses: list[float] = []
-        with open(self.log_path, "a", newline="") as log, tqdm(
-                total=self.config.steps, initial=self.step, desc="train", disable=not self.config.progress,
+        with open(self.log_path if main else os.devnull, "a", newline="") as log, tqdm(
+                total=self.config.steps, initial=self.step, desc="train", disable=not (self.config.progress and main),
                 unit="step") as bar:
             writer = csv.writer(log)
             if new_log:
@@ -294,9 +318,10 @@ class Trainer:
                 if self.step % self.config.checkpoint_every == 0 or last:
                     log.flush()
                     self.save()
-                if self.step % self.config.sample_every == 0 or last:
+                if main and (self.step % self.config.sample_every == 0 or last):
                     save_samples(self.sample(), os.path.join(self.config.out_dir, "samples",
                                                              f"step_{self.step:07d}.png"), f"step {self.step}")
+        distributed.barrier()  # the last checkpoint is on disk before any process goes on
         return losses
 
     @torch.no_grad()
@@ -310,4 +335,4 @@ class Trainer:
         model = ScoreModel(self.ema.model, self.sde, self.config.prediction)
         g = torch.Generator(self.device).manual_seed(self.config.seed + 1)
         return draw(model, self.sde, (n,) + self.data_shape, sampler=sampler, steps=steps or self.config.sample_steps,
-                    generator=g, device=self.device, dtype=torch.float32, **options).x
+                    generator=g, device=self.device, dtype=self.data.dtype, **options).x

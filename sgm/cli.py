@@ -5,6 +5,7 @@
   ``torchrun --nproc_per_node N -m sgm train ...`` it trains with DDP over N processes.
 - ``sgm sample``: any sampler on a trained checkpoint; writes a scatter plot or image grid and the samples.
 - ``sgm export``: a checkpoint's EMA weights and config as a ``.safetensors`` file (no pickle) to share.
+- ``sgm eval``: FID, KID and Inception Score of samples against a reference (Inception weights from a local file).
 - ``sgm bench``: the step-count-vs-quality sweep (``sgm.bench``).
 """
 from __future__ import annotations
@@ -147,6 +148,30 @@ def export_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
+def eval_samples(args: argparse.Namespace) -> int:
+    from .checkpoint import CheckpointError
+    from .evaluate import evaluate, load_input
+    from .nets.inception import load_inception
+    from .train import resolve_device
+
+    try:
+        device = resolve_device(args.device)
+        net = load_inception(args.inception, device)
+        samples, reference = (load_input(p, net, args.batch_size, device) for p in (args.samples, args.reference))
+        if args.save_reference_stats:
+            reference.save(args.save_reference_stats)
+        scores = evaluate(samples, reference, kid_subset_size=args.kid_subset_size)
+    except (CheckpointError, FileNotFoundError, ValueError) as err:
+        return _fail("eval", err)
+    text = f"FID {scores['fid']:.4f}"
+    if "kid" in scores:
+        text += f"  KID {scores['kid']:.6f} ± {scores['kid_std']:.6f}"
+    if "is" in scores:
+        text += f"  IS {scores['is']:.4f} ± {scores['is_std']:.4f}"
+    print(text)
+    return 0
+
+
 def _parse_value(text: str):
     for kind in (int, float):
         try:
@@ -217,6 +242,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="a checkpoint.pt written by sgm train")
     p.add_argument("out", help="the .safetensors file to write")
     p.set_defaults(func=export_checkpoint)
+
+    p = sub.add_parser("eval", help="FID, KID and Inception Score of samples against a reference set")
+    p.add_argument("samples", help="a folder of images or .npz shards, an .npz of images, or an .npz of mu/sigma")
+    p.add_argument("reference", help="the same kinds of input as samples")
+    p.add_argument("--inception", default=None,
+                   help="the FID Inception weights (pt_inception-2015-12-05-6726825d.pth); default "
+                        "$SGM_INCEPTION_WEIGHTS or ~/.cache/torch/hub/checkpoints/; nothing is downloaded")
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--kid-subset-size", type=int, default=1000)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--save-reference-stats", default=None, metavar="NPZ",
+                   help="write the reference's mu and sigma here, to pass as REFERENCE next time")
+    p.set_defaults(func=eval_samples)
 
     from . import bench
 

@@ -3,7 +3,8 @@
 - ``sgm demo``: every sampler on a 2-D ring mixture with its exact score, one panel each, to a PNG.
 - ``sgm train``: denoising score matching on a dataset; restarting the same command resumes; under
   ``torchrun --nproc_per_node N -m sgm train ...`` it trains with DDP over N processes.
-- ``sgm sample``: any sampler on a trained checkpoint; writes a scatter plot or image grid and the samples.
+- ``sgm sample``: any sampler on a trained checkpoint; writes a scatter plot or image grid and the samples
+  (many samples: ``.npz`` shards as they are drawn, resumable, shared by torchrun's processes).
 - ``sgm export``: a checkpoint's EMA weights and config as a ``.safetensors`` file (no pickle) to share.
 - ``sgm eval``: FID, KID and Inception Score of samples against a reference (Inception weights from a local file).
 - ``sgm bench``: the step-count-vs-quality sweep (``sgm.bench``).
@@ -98,13 +99,15 @@ def sample_checkpoint(args: argparse.Namespace) -> int:
     from .plotting import save_samples
     from .train import resolve_device
 
-    device = resolve_device(args.device)
+    device = distributed.local_device(resolve_device(args.device))
     loaded = _load_model(args.checkpoint, not args.raw_weights, device)
     if isinstance(loaded, int):
         return loaded
     model, config, shape = loaded
     options = dict(kv.split("=", 1) for kv in args.option)
     options = {k: _parse_value(v) for k, v in options.items()}
+    if args.shard_dir or args.n > args.shard_size:
+        return _sample_shards(args, model, shape, device, options)
     g = torch.Generator(device).manual_seed(args.seed)
     t0 = time.perf_counter()
     with torch.no_grad():
@@ -118,6 +121,52 @@ def sample_checkpoint(args: argparse.Namespace) -> int:
     save_samples(x[: args.show], args.out, f"{args.sampler}, {out.nfe} NFE")
     print(f"{args.n} samples with {args.sampler} ({out.nfe} NFE) in {seconds:.2f}s; wrote {args.out}, "
           f"{stem}.pt and {stem}.npz")
+    return 0
+
+
+def sample_command(args: argparse.Namespace) -> int:
+    """``sgm sample``: under torchrun, every process draws its share of the shards."""
+    with distributed.session(args.device) as (_, world_size):
+        if world_size > 1 and not args.shard_dir:
+            args.shard_dir = _default_shard_dir(args.out)
+        return sample_checkpoint(args)
+
+
+def _default_shard_dir(out: str) -> str:
+    import os
+
+    return os.path.splitext(out)[0] + "_shards"
+
+
+def _sample_shards(args: argparse.Namespace, model, shape: tuple, device, options: dict) -> int:
+    """``args.n`` samples into ``.npz`` shards (resumable); process 0 then draws the figure of the first ones."""
+    import os
+
+    import numpy as np
+
+    from .plotting import save_samples
+    from .shards import sample_shards
+
+    out_dir = args.shard_dir or _default_shard_dir(args.out)
+    t0 = time.perf_counter()
+    try:
+        paths = sample_shards(model, model.sde, shape, args.n, out_dir, args.shard_size, args.seed, args.sampler,
+                              args.steps, device, progress=not args.no_progress,
+                              record={"checkpoint": os.path.abspath(args.checkpoint), "raw_weights": args.raw_weights},
+                              **options)
+    except ValueError as err:
+        return _fail("sample", err)
+    if distributed.is_main():
+        shown, left = [], args.show
+        for path in paths:
+            if left <= 0:
+                break
+            with np.load(path, allow_pickle=False) as f:
+                shown.append(torch.from_numpy(f["samples"][:left]))
+            left -= len(shown[-1])
+        save_samples(torch.cat(shown), args.out, f"{args.sampler}, {args.steps} steps")
+        print(f"{args.n} samples with {args.sampler} in {len(paths)} shards in {out_dir} "
+              f"({time.perf_counter() - t0:.2f}s); wrote {args.out}")
     return 0
 
 
@@ -227,7 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="a checkpoint.pt written by sgm train, or a .safetensors from sgm export")
     p.add_argument("--sampler", default="ode", choices=available())
     p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--n", type=int, default=64)
+    p.add_argument("--n", "--num-samples", dest="n", type=int, default=64,
+                   help="samples to draw (under torchrun write --num-samples: torchrun takes --n for its own)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
@@ -235,8 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="outputs/samples.png", help="the figure; samples go beside it as .pt and .npz")
     p.add_argument("--show", type=int, default=2000, help="at most this many samples in the figure")
     p.add_argument("--raw-weights", action="store_true", help="the raw weights instead of the EMA")
+    p.add_argument("--shard-dir", default=None,
+                   help="write .npz shards here (resumable; default OUT_shards/ when --n exceeds --shard-size "
+                        "or under torchrun, where the processes share the shards)")
+    p.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=sample_checkpoint)
+    p.set_defaults(func=sample_command)
 
     p = sub.add_parser("export", help="write a checkpoint's EMA weights and config to a .safetensors file to share")
     p.add_argument("checkpoint", help="a checkpoint.pt written by sgm train")

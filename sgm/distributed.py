@@ -19,7 +19,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["world", "is_main", "setup", "teardown", "session", "barrier", "mean_over_ranks", "stream_seed"]
+__all__ = ["world", "is_main", "setup", "teardown", "session", "barrier", "mean_over_ranks", "stream_seed",
+           "local_device"]
 
 
 def world() -> tuple[int, int]:
@@ -43,6 +44,13 @@ def setup(device: str = "auto") -> bool:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group("nccl" if cuda else "gloo")
     return True
+
+
+def local_device(device: torch.device) -> torch.device:
+    """This process's GPU (``cuda:LOCAL_RANK``) when several processes share a CUDA machine; else ``device``."""
+    if world()[1] > 1 and device.type == "cuda":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
 
 
 def teardown() -> None:

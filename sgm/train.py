@@ -187,9 +187,7 @@ class Trainer:
             raise ValueError(f"batch_size (the global batch) must be a multiple of the {self.world_size} processes, "
                              f"got {config.batch_size}")
         self.local_batch = config.batch_size // self.world_size
-        self.device = resolve_device(config.device)
-        if self.world_size > 1 and self.device.type == "cuda":
-            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        self.device = distributed.local_device(resolve_device(config.device))
         torch.manual_seed(config.seed)
         self.data = (data if data is not None else datasets.load_dataset(
             config.data, config.data_path, config.n_data, config.seed, config.image_size)).to(self.device)

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -13,6 +14,7 @@ import torch.multiprocessing as mp
 
 import sgm
 from sgm.checkpoint import load_checkpoint
+from sgm.cli import main
 from sgm.distributed import stream_seed
 from sgm.losses import dsm_loss
 from sgm.train import TrainConfig, Trainer
@@ -132,16 +134,29 @@ def test_streams_and_batch_checks():
         stream_seed(0, -1)
 
 
-def test_torchrun_trains_one_run(tmp_path):
-    """The user's command: two processes, one log of 4 rows and one checkpoint (not 8 rows from 2 runs)."""
-    out = tmp_path / "run"
+def torchrun(*args):
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "sgm", "train", "--data", "moons", "--width", "16", "--depth", "1",
-                           "--batch-size", "8", "--steps", "4", "--sample-every", "1000", "--n-samples", "8",
-                           "--sample-steps", "2", "--device", "cpu", "--out-dir", str(out), "--no-progress"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+                           "-m", "sgm", *args, "--device", "cpu", "--no-progress"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.count("starting") == 1 and "×2" in done.stdout
+    return done.stdout
+
+
+def test_torchrun_trains_one_run_and_shares_the_sample_shards(tmp_path):
+    """The user's commands: two processes train one run (one log of 4 rows, one checkpoint, not 8 rows from
+    2 runs), then share the sample shards, which equal the ones one process draws."""
+    out = tmp_path / "run"
+    stdout = torchrun("train", "--data", "moons", "--width", "16", "--depth", "1", "--batch-size", "8", "--steps",
+                      "4", "--sample-every", "1000", "--n-samples", "8", "--sample-steps", "2", "--out-dir", str(out))
+    assert stdout.count("starting") == 1 and "×2" in stdout
     assert [s for s, _ in rows(out)] == ["1", "2", "3", "4"]
     assert load_checkpoint(str(out / "checkpoint.pt"))["step"] == 4
+    sampling = ["sample", str(out / "checkpoint.pt"), "--sampler", "euler_maruyama", "--steps", "3", "--num-samples", "20",
+                "--shard-size", "6"]
+    stdout = torchrun(*sampling, "--out", str(tmp_path / "two.png"))
+    assert stdout.count("20 samples") == 1
+    assert main([*sampling, "--out", str(tmp_path / "one.png"), "--device", "cpu", "--no-progress"]) == 0
+    for k in range(4):
+        name = f"shard_{k:05d}.npz"
+        with np.load(tmp_path / "two_shards" / name) as a, np.load(tmp_path / "one_shards" / name) as b:
+            np.testing.assert_array_equal(a["samples"], b["samples"])

@@ -97,6 +97,7 @@ def sample_checkpoint(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .plotting import save_samples
+    from .shards import sample_seeds
     from .train import resolve_device
 
     device = distributed.local_device(resolve_device(args.device))
@@ -108,10 +109,10 @@ def sample_checkpoint(args: argparse.Namespace) -> int:
     options = {k: _parse_value(v) for k, v in options.items()}
     if args.shard_dir or args.n > args.shard_size:
         return _sample_shards(args, model, shape, device, options)
-    g = torch.Generator(device).manual_seed(args.seed)
     t0 = time.perf_counter()
     with torch.no_grad():
-        out = sample(model, model.sde, (args.n,) + shape, sampler=args.sampler, steps=args.steps, generator=g,
+        out = sample(model, model.sde, (args.n,) + shape, sampler=args.sampler, steps=args.steps,
+                     seeds=sample_seeds(args.seed, 0, args.n),
                      device=device, dtype=torch.float32, progress=not args.no_progress, **options)
     seconds = time.perf_counter() - t0
     x = out.x.cpu()
@@ -278,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--n", "--num-samples", dest="n", type=int, default=64,
                    help="samples to draw (under torchrun write --num-samples: torchrun takes --n for its own)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="sample i is drawn from its own stream seeded by (seed, i): the same in any batch or shard")
     p.add_argument("--device", default="auto")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a sampler option, e.g. --option method=heun2 (repeatable)")

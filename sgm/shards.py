@@ -1,10 +1,10 @@
 """Many samples in ``.npz`` shards, written as they are drawn, resumable, and split over ``torchrun``'s processes.
 
 ``n`` samples are cut into ``ceil(n / shard_size)`` shards; shard ``k`` holds samples ``k·shard_size`` onwards
-(``samples``: float32 ``(size, *shape)``, as ``sgm sample`` writes them) and is drawn with a generator seeded
-by ``stream_seed(seed, k)``, so its contents depend on ``(seed, k, shard_size)`` and the sampler only — not on
-the number of processes, nor on which process drew it. Process ``r`` of ``N`` draws the shards ``k ≡ r (mod
-N)``. Each shard is written to a temporary file and renamed, so a crash leaves only whole shards; running the
+(``samples``: float32 ``(size, *shape)``, as ``sgm sample`` writes them). Sample ``i`` is drawn from its own
+stream, seeded ``stream_seed(seed, i)`` (``sgm.sample(..., seeds=...)``), so it is the same whatever the shard
+size, the batch, the number of processes or which process drew it (for samplers that act sample by sample;
+see ``sgm.samplers.solver``). Process ``r`` of ``N`` draws the shards ``k ≡ r (mod N)``. Each shard is written to a temporary file and renamed, so a crash leaves only whole shards; running the
 same command again skips them. ``shards.json`` records the settings and a run with other settings is refused.
 """
 from __future__ import annotations
@@ -23,13 +23,18 @@ from . import distributed
 from .samplers import sample
 from .sde import SDE
 
-__all__ = ["sample_shards", "shard_path", "MANIFEST"]
+__all__ = ["sample_shards", "sample_seeds", "shard_path", "MANIFEST"]
 
 MANIFEST = "shards.json"
 
 
 def shard_path(out_dir: str, k: int) -> str:
     return os.path.join(out_dir, f"shard_{k:05d}.npz")
+
+
+def sample_seeds(seed: int, first: int, count: int) -> list[int]:
+    """The per-sample seeds of samples ``first … first + count - 1`` of a run seeded ``seed``."""
+    return [distributed.stream_seed(seed, i) for i in range(first, first + count)]
 
 
 def _write_atomic(path: str, write: Callable) -> None:
@@ -77,11 +82,10 @@ def sample_shards(score: Callable[[Tensor, Tensor], Tensor], sde: SDE, shape: tu
     count = math.ceil(n / shard_size)
     todo = [k for k in range(rank, count, world_size) if not os.path.exists(shard_path(out_dir, k))]
     for k in tqdm(todo, desc=f"shards (process {rank})", disable=not (progress and rank == 0), unit="shard"):
-        size = min(shard_size, n - k * shard_size)
-        g = torch.Generator(device).manual_seed(distributed.stream_seed(seed, k))
+        first, size = k * shard_size, min(shard_size, n - k * shard_size)
         with torch.no_grad():
-            x = sample(score, sde, (size,) + tuple(shape), sampler=sampler, steps=steps, generator=g, device=device,
-                       dtype=dtype, **options).x
+            x = sample(score, sde, (size,) + tuple(shape), sampler=sampler, steps=steps,
+                       seeds=sample_seeds(seed, first, size), device=device, dtype=dtype, **options).x
         array = x.detach().cpu().numpy()
         _write_atomic(shard_path(out_dir, k), lambda f: np.savez(f, samples=array))
     distributed.barrier()

@@ -19,11 +19,12 @@ from __future__ import annotations
 import json
 import os
 import pickle
+from typing import BinaryIO, Callable
 
 import torch
 from torch import Tensor
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "export", "read_weights",
+__all__ = ["CheckpointError", "write_atomic", "save_checkpoint", "load_checkpoint", "export", "read_weights",
            "model_from_checkpoint", "FORMAT_VERSION", "CHECKPOINT"]
 
 CHECKPOINT = "checkpoint.pt"
@@ -36,20 +37,25 @@ class CheckpointError(ValueError):
     """A checkpoint file is corrupt, foreign, unsafe to load, or does not match the run that tries to load it."""
 
 
-def save_checkpoint(path: str, state: dict) -> None:
-    """Write ``state`` atomically: to a temporary file in the same folder, flushed to disk, then renamed."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
+def write_atomic(path: str, write: Callable[[BinaryIO], object]) -> None:
+    """``write(f)`` to a temporary file in ``path``'s folder, flushed to disk, then renamed to ``path``: a crash
+    leaves the old file or the new one, never half of one."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
         with open(tmp, "wb") as f:
-            torch.save(state, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def save_checkpoint(path: str, state: dict) -> None:
+    """Write ``state`` atomically (``write_atomic``)."""
+    write_atomic(path, lambda f: torch.save(state, f))
 
 
 def _is_safetensors(path: str) -> bool:
@@ -85,7 +91,7 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
 
 def export(checkpoint: str, out: str) -> str:
     """Write a training checkpoint's EMA weights, config and data shape to the safetensors file ``out``."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     state = load_checkpoint(checkpoint)
     if not out.endswith(".safetensors"):
@@ -93,14 +99,7 @@ def export(checkpoint: str, out: str) -> str:
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state["ema"].items()}
     metadata = {"format": SAFETENSORS_FORMAT, "config": json.dumps(state["config"]),
                 "data_shape": json.dumps(list(state["data_shape"])), "step": str(int(state["step"]))}
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    tmp = f"{out}.tmp-{os.getpid()}"
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_atomic(out, lambda f: f.write(save(tensors, metadata=metadata)))
     return out
 
 

@@ -20,6 +20,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from . import distributed
+from .checkpoint import write_atomic
 from .samplers import sample
 from .sde import SDE
 
@@ -37,19 +38,6 @@ def sample_seeds(seed: int, first: int, count: int) -> list[int]:
     return [distributed.stream_seed(seed, i) for i in range(first, first + count)]
 
 
-def _write_atomic(path: str, write: Callable) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def _check_manifest(out_dir: str, manifest: dict) -> None:
     """Refuse a folder whose shards were drawn with other settings; process 0 writes the record."""
     path = os.path.join(out_dir, MANIFEST)
@@ -61,7 +49,7 @@ def _check_manifest(out_dir: str, manifest: dict) -> None:
             raise ValueError(f"{out_dir} holds shards drawn with other settings (differs in {differ}: "
                              f"{ {k: saved.get(k) for k in differ} }); use another folder or remove it")
     elif distributed.is_main():
-        _write_atomic(path, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
+        write_atomic(path, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
 
 
 def sample_shards(score: Callable[[Tensor, Tensor], Tensor], sde: SDE, shape: tuple[int, ...], n: int, out_dir: str,
@@ -87,6 +75,6 @@ def sample_shards(score: Callable[[Tensor, Tensor], Tensor], sde: SDE, shape: tu
             x = sample(score, sde, (size,) + tuple(shape), sampler=sampler, steps=steps,
                        seeds=sample_seeds(seed, first, size), device=device, dtype=dtype, **options).x
         array = x.detach().cpu().numpy()
-        _write_atomic(shard_path(out_dir, k), lambda f: np.savez(f, samples=array))
+        write_atomic(shard_path(out_dir, k), lambda f: np.savez(f, samples=array))
     distributed.barrier()
     return [shard_path(out_dir, k) for k in range(count)]

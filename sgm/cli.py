@@ -73,6 +73,7 @@ def train(args: argparse.Namespace) -> int:
 
     fields = {f: getattr(args, f) for f in TRAIN_OPTIONS if getattr(args, f) is not None}
     fields["progress"] = not args.no_progress
+    fields["tensorboard"] = args.tensorboard
     config = TrainConfig(**fields)
     with distributed.session(config.device) as (rank, world_size):  # under torchrun: one of world_size processes
         try:
@@ -271,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attn-levels", dest="attn_levels", type=lambda v: tuple(int(c) for c in v.split(",") if c),
                    default=None, help="U-Net levels with self-attention, e.g. 1")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also log the scalars and sample figures to OUT_DIR/tensorboard")
     p.set_defaults(func=train)
 
     p = sub.add_parser("sample", help="sample a trained checkpoint with any sampler")

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from . import data as datasets
 from . import distributed
+from .board import Board
 from .checkpoint import (CHECKPOINT, FORMAT_VERSION, CheckpointError, load_checkpoint, model_from_checkpoint,
                          save_checkpoint)
 from .losses import WEIGHTINGS, dsm_loss, sample_times
@@ -87,6 +88,7 @@ class TrainConfig:
     n_samples: int = 64
     sample_steps: int = 50
     progress: bool = True
+    tensorboard: bool = False  # also log to out_dir/tensorboard (pip install 'sgm[tensorboard]')
 
     def validate(self) -> "TrainConfig":
         if self.data not in datasets.DATASETS:
@@ -299,7 +301,8 @@ class Trainer:
         losses: list[float] = []
         with open(self.log_path if main else os.devnull, "a", newline="") as log, tqdm(
                 total=self.config.steps, initial=self.step, desc="train", disable=not (self.config.progress and main),
-                unit="step") as bar:
+                unit="step") as bar, Board(os.path.join(self.config.out_dir, "tensorboard"),
+                                           self.config.tensorboard and main, self.step) as board:
             writer = csv.writer(log)
             if new_log:
                 writer.writerow(["step", "loss", "lr", "grad_norm", "seconds"])
@@ -310,6 +313,7 @@ class Trainer:
                 losses.append(loss)
                 writer.writerow([self.step, f"{loss:.8g}", f"{lr:.6g}", f"{grad_norm:.6g}",
                                  f"{time.perf_counter() - t0:.3f}"])
+                board.scalars(self.step, loss=loss, lr=lr, grad_norm=grad_norm)
                 bar.update()
                 bar.set_postfix(loss=f"{loss:.4f}")
                 last = self.step == self.config.steps
@@ -317,8 +321,9 @@ class Trainer:
                     log.flush()
                     self.save()
                 if main and (self.step % self.config.sample_every == 0 or last):
-                    save_samples(self.sample(), os.path.join(self.config.out_dir, "samples",
-                                                             f"step_{self.step:07d}.png"), f"step {self.step}")
+                    png = os.path.join(self.config.out_dir, "samples", f"step_{self.step:07d}.png")
+                    save_samples(self.sample(), png, f"step {self.step}")
+                    board.image(self.step, png)
         distributed.barrier()  # the last checkpoint is on disk before any process goes on
         return losses
 

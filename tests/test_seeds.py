@@ -43,5 +43,11 @@ def test_bad_seeds():
         sgm.sample(SCORE, SDE, (2, 2), "ddim", 3, seeds=[0, -1])
     with pytest.raises(ValueError, match="not both"):
         sgm.sample(SCORE, SDE, (2, 2), "ddim", 3, seeds=[0, 1], generator=torch.Generator())
-    with pytest.raises(ValueError, match="batch-wide Brownian"):
-        sgm.sample(SCORE, SDE, (2, 2), "sde", 3, seeds=[0, 1], method="srk")
+
+
+
+def test_batch_wide_brownian_paths_still_run_reproducibly():
+    """``sde`` with srk draws one Brownian path for the batch: from a generator seeded by all the seeds."""
+    run = lambda seeds: sgm.sample(SCORE, SDE, (len(seeds), 2), "sde", 3, seeds=seeds, method="srk").x
+    assert torch.equal(run([0, 1]), run([0, 1]))
+    assert not torch.equal(run([0, 1])[0], run([0, 2])[0])  # the path depends on the whole batch

@@ -27,6 +27,7 @@ updates act sample by sample: not the PC corrector's batch-averaged step size, n
 """
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Callable, Optional
 
 import torch
@@ -112,16 +113,22 @@ class SeededNoise(Noise):
         if len(seeds) != x.shape[0]:
             raise ValueError(f"seeds must hold one seed per sample ({x.shape[0]}), got {len(seeds)}")
         super().__init__(None, x)
+        self.seeds = seeds
         self.generators = [torch.Generator(x.device).manual_seed(s) for s in seeds]
 
     @property
-    def generator(self):
-        raise ValueError("per-sample seeds need noise drawn through noise(); this sampler draws a batch-wide "
-                         "Brownian path (sampler 'sde' with method 'srk' or adaptive steps): use a generator")
+    def generator(self) -> torch.Generator:
+        """A batch-wide generator, for solvers that draw a batch-wide Brownian path (``sde`` with ``srk`` or
+        adaptive steps): seeded by a hash of all the seeds, so such samples depend on their batch."""
+        if self._batch_generator is None:
+            digest = hashlib.sha256(repr(self.seeds).encode()).digest()
+            seed = int.from_bytes(digest[:8], "little") >> 1
+            self._batch_generator = torch.Generator(self.device).manual_seed(seed)
+        return self._batch_generator
 
     @generator.setter
     def generator(self, value):
-        pass  # Noise.__init__ sets it; the streams are self.generators
+        self._batch_generator = value  # None from Noise.__init__: made on first use
 
     def __call__(self, like: Tensor | None = None) -> Tensor:
         shape = self.shape if like is None else like.shape

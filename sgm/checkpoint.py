@@ -28,7 +28,8 @@ __all__ = ["CheckpointError", "write_atomic", "save_checkpoint", "load_checkpoin
            "model_from_checkpoint", "FORMAT_VERSION", "CHECKPOINT"]
 
 CHECKPOINT = "checkpoint.pt"
-FORMAT_VERSION = 2  # 1 held pickled RNG states; 2 none (training draws from streams seeded by seed, step, rank)
+FORMAT_VERSION = 2  # 1 also held RNG states (byte tensors), which are now ignored: training draws from streams
+READABLE_FORMATS = (1, 2)  # seeded by (seed, step, rank), so a format-1 run resumes, with new draws from then on
 SAFETENSORS_FORMAT = "sgm-ema-1"
 NEEDED = ("format", "step", "config", "model", "ema", "optimizer", "scheduler", "data_shape")
 
@@ -84,8 +85,8 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
     if not isinstance(state, dict) or not set(NEEDED) <= set(state):
         missing = sorted(set(NEEDED) - set(state if isinstance(state, dict) else ()))
         raise CheckpointError(f"{path}: not an sgm checkpoint (missing {missing})")
-    if state["format"] != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint format {state['format']}, expected {FORMAT_VERSION}")
+    if state["format"] not in READABLE_FORMATS:
+        raise CheckpointError(f"{path}: checkpoint format {state['format']}, expected one of {READABLE_FORMATS}")
     return state
 
 

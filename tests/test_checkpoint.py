@@ -110,3 +110,14 @@ def test_checkpoint_is_plain_tensors(run):
     assert state["step"] == 4 and state["optimizer"]["state"]
     model, _, _ = model_from_checkpoint(str(run / "checkpoint.pt"))
     assert isinstance(model, sgm.ScoreModel)
+
+
+def test_format_1_checkpoints_still_load_and_unknown_formats_are_named(run, tmp_path):
+    state = load_checkpoint(str(run / "checkpoint.pt"))
+    old = {**state, "format": 1, "rng": {"torch": torch.get_rng_state()}}  # what format 1 held besides
+    torch.save(old, tmp_path / "old.pt")
+    model, _, _ = model_from_checkpoint(str(tmp_path / "old.pt"))
+    assert isinstance(model, sgm.ScoreModel)
+    torch.save({**state, "format": 3}, tmp_path / "new.pt")
+    with pytest.raises(CheckpointError, match="new.pt: checkpoint format 3"):
+        load_checkpoint(str(tmp_path / "new.pt"))

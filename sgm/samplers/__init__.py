@@ -14,10 +14,13 @@ ode = get("ode")
 sde = get("sde")
 langevin = get("langevin")
 pc = get("pc")
+deis = get("deis")
+ipndm = get("ipndm")
+heun = get("heun")
 
 __all__ = [
     "CheckedScore", "SamplerDiverged", "SamplerOutput", "SPACINGS", "Node", "TimeGrid", "time_grid",
     "Model", "Noise", "Prediction", "Solver", "integrate",
-    "euler_maruyama", "reverse_diffusion", "ancestral", "ddim", "ode", "sde", "langevin", "pc",
+    "euler_maruyama", "reverse_diffusion", "ancestral", "ddim", "ode", "sde", "langevin", "pc", "deis", "ipndm", "heun",
     "SAMPLERS", "available", "get", "options", "solver", "sample",
 ]

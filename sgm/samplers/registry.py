@@ -13,6 +13,8 @@ import torch
 from ..sde import SDE, _check_steps
 from .base import SamplerOutput, check_state
 from .grid import KARRAS_RHO, TimeGrid, check_eps, check_spacing, time_grid
+from .deis import DEIS, IPNDM
+from .edm import Heun
 from .langevin import AnnealedLangevin, PredictorCorrector
 from .predictors import DDIM, Ancestral, EulerMaruyama, ReverseDiffusion
 from .probability_flow import ode_solver
@@ -30,6 +32,9 @@ SAMPLERS: dict[str, Callable[..., Solver]] = {
     "sde": TorchSDE,
     "langevin": AnnealedLangevin,
     "pc": PredictorCorrector,
+    "deis": DEIS,
+    "ipndm": IPNDM,
+    "heun": Heun,
 }
 
 

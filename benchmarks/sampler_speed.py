@@ -5,7 +5,7 @@ sgm's checks (shape, dtype, finiteness of every score output). Each hand-written
 user would write it in plain torch, with the coefficients computed beforehand. Both run on the same batch
 (default 256×3×32×32, float32) and the same grid; the table gives medians over alternating repeats and the median of the paired ratios.
 
-    python benchmarks/sampler_speed.py [--batch 256] [--steps 50] [--repeats 7]
+    python benchmarks/sampler_speed.py [--batch 256] [--steps 50] [--repeats 7] [--samplers heun deis ...]
 """
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ import torch
 
 import sgm
 from sgm.samplers import time_grid
+from sgm.samplers.deis import deis_coefficients
+from sgm.samplers.langevin import ncsnv2_step
 
 
 def near_free_score(x, t):
@@ -67,11 +69,13 @@ def hand_loops(sde, grid, generator):
             x = x - (a.t - b.t) * (-0.5 * beta * x - 0.5 * beta * near_free_score(x, None))
         return x
 
+    # annealed Langevin's default steps (NCSNv2's rule per level), computed beforehand
+    gammas = [a.sigma / b.sigma for a, b in pairs]
+    deltas = [ncsnv2_step(g, 1) * node.std**2 for g, node in zip(gammas[:1] + gammas, noisy)]
+
     def langevin(x, n_each=1):
-        last = noisy[-1].std
-        for prev, node in zip((noisy[0],) + noisy[:-1], noisy):
+        for prev, node, delta in zip((noisy[0],) + noisy[:-1], noisy, deltas):
             x = x * (node.scale / prev.scale)
-            delta = 0.5 * 0.2 * last**2 * (node.std / last) ** 2
             for _ in range(n_each):
                 x = x + delta * near_free_score(x, None) + math.sqrt(2 * delta) * randn(x)
         return x
@@ -87,9 +91,32 @@ def hand_loops(sde, grid, generator):
             x = x + delta * s + (2 * delta).sqrt() * z
         return x
 
+    def heun(x):  # EDM's Algorithm 2 in σ on x/scale (no churn)
+        for a, b in pairs:
+            h = b.sigma - a.sigma
+            d = -a.std * near_free_score(x, None)
+            y = x / a.scale
+            d2 = -b.std * near_free_score(b.scale * (y + h * d), None)
+            x = b.scale * (y + 0.5 * h * (d + d2))
+        return x
+
+    def multistep(coefficients):  # x_b = (scale_b/scale_a) x + scale_b Σ_j c_j ε̂_j over the last ε̂'s
+        def run(x):
+            history = []
+            for (a, b), c in zip(pairs, coefficients):
+                history = [-a.std * near_free_score(x, None)] + history[: len(c) - 1]
+                x = (b.scale / a.scale) * x + sum(b.scale * cj * e for cj, e in zip(c, history))
+            return x
+        return run
+
+    deis_c = [deis_coefficients(tuple(noisy[max(k - 2, 0):k + 1][::-1]), b) for k, (a, b) in enumerate(pairs)]
+    ab = [[1.0], [1.5, -0.5], [23 / 12, -16 / 12, 5 / 12], [55 / 24, -59 / 24, 37 / 24, -9 / 24]]
+    ipndm_c = [[(b.sigma - a.sigma) * w for w in ab[min(k, 3)]] for k, (a, b) in enumerate(pairs)]
+
     return {"euler_maruyama": (euler_maruyama, {}), "reverse_diffusion": (reverse_diffusion, {}),
             "ancestral": (ancestral, {}), "sde": (euler_maruyama, {}), "ddim": (ddim, {}), "ode": (ode_euler, {"method": "euler"}),
-            "langevin": (langevin, {"n_steps_each": 1}), "pc": (pc, {})}
+            "langevin": (langevin, {"n_steps_each": 1}), "pc": (pc, {}),
+            "heun": (heun, {}), "deis": (multistep(deis_c), {}), "ipndm": (multistep(ipndm_c), {})}
 
 
 def paired_times(fn_a, fn_b, repeats):
@@ -109,6 +136,7 @@ def main():
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--samplers", nargs="*", help="only these samplers (default: all)")
     args = parser.parse_args()
     sde, shape = sgm.VPSDE(), (args.batch, 3, 32, 32)
     grid = time_grid(sde, args.steps, denoise=False)
@@ -117,6 +145,8 @@ def main():
           f"{torch.get_num_threads()} threads; medians of {args.repeats} alternating repeats")
     print(f"{'sampler':<20}{'sgm ms/step':>12}{'hand ms/step':>14}{'ratio':>8}")
     for name, (hand, options) in hand_loops(sde, grid, torch.Generator().manual_seed(0)).items():
+        if args.samplers and name not in args.samplers:
+            continue
         fn = sgm.samplers.get(name)
         gen = torch.Generator().manual_seed(0)
         t_sgm, t_hand, ratio = paired_times(lambda: fn(near_free_score, sde, x_T, grid, generator=gen, **options),

@@ -2,11 +2,10 @@
 
 For each SDE: ``n`` samples from ``sgm.sample(..., sampler="langevin", steps=levels)`` (default spacing, 5 steps
 per level), their ``SW₂`` to a fresh target sample of the same size, divided by the floor: the median ``SW₂``
-between two independent target samples of size ``n`` over 5 pairs. Rules: ``ncsnv2`` (the default: NCSNv2's
-technique 4 per level) and ``ncsn`` (the rule before it: ``u = δ_i/std_i² = 0.1`` at every level, i.e.
-``step_size = 0.2·std_L²``).
+between two independent target samples of size ``n`` over 5 pairs. Rules: ``ncsn`` (the default,
+``u = δ_i/std_i² = 0.1`` at every level) and ``ncsnv2`` (``step_size="ncsnv2"``, NCSNv2's technique 4).
 
-    python benchmarks/langevin_step_size.py [--n 10000] [--levels 400] [--mixtures wide narrow] [--rules ncsnv2 ncsn]
+    python benchmarks/langevin_step_size.py [--n 10000] [--levels 400] [--mixtures wide narrow] [--rules ncsn ncsnv2]
 """
 from __future__ import annotations
 
@@ -48,7 +47,7 @@ def floor(gm: sgm.GaussianMixture, n: int) -> float:
 def sw_ratio(gm: sgm.GaussianMixture, sde, n: int, levels: int, rule: str, seed: int = 1) -> float:
     """SW₂(annealed Langevin samples, target sample) / floor."""
     grid = sgm.samplers.time_grid(sde, levels)
-    options = {"step_size": 0.2 * grid.noisy[-1].std ** 2} if rule == "ncsn" else {}
+    options = {"step_size": "ncsnv2"} if rule == "ncsnv2" else {}
     x = sgm.sample(gm.score_fn(sde), sde, (n, gm.dim), sampler="langevin", grid=grid, generator=gen(seed), dtype=D,
                    **options).x
     return metrics.sliced_wasserstein(x, gm.sample(n, generator=gen(2)), n_projections=200,
@@ -60,7 +59,7 @@ def main():
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--levels", type=int, default=400)
     parser.add_argument("--mixtures", nargs="*", default=list(mixtures()))
-    parser.add_argument("--rules", nargs="*", default=["ncsnv2", "ncsn"])
+    parser.add_argument("--rules", nargs="*", default=["ncsn", "ncsnv2"])
     args = parser.parse_args()
     print(f"SW₂ / floor, n = {args.n}, {args.levels} levels, 5 steps each, default (uniform) spacing")
     print(f"{'mixture':<8}{'sde':<7}" + "".join(f"{r:>10}" for r in args.rules) + "   seconds")

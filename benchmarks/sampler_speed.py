@@ -19,7 +19,6 @@ import torch
 import sgm
 from sgm.samplers import time_grid
 from sgm.samplers.deis import deis_coefficients
-from sgm.samplers.langevin import ncsnv2_step
 
 
 def near_free_score(x, t):
@@ -69,13 +68,11 @@ def hand_loops(sde, grid, generator):
             x = x - (a.t - b.t) * (-0.5 * beta * x - 0.5 * beta * near_free_score(x, None))
         return x
 
-    # annealed Langevin's default steps (NCSNv2's rule per level), computed beforehand
-    gammas = [a.sigma / b.sigma for a, b in pairs]
-    deltas = [ncsnv2_step(g, 1) * node.std**2 for g, node in zip(gammas[:1] + gammas, noisy)]
-
     def langevin(x, n_each=1):
-        for prev, node, delta in zip((noisy[0],) + noisy[:-1], noisy, deltas):
+        last = noisy[-1].std
+        for prev, node in zip((noisy[0],) + noisy[:-1], noisy):
             x = x * (node.scale / prev.scale)
+            delta = 0.5 * 0.2 * last**2 * (node.std / last) ** 2
             for _ in range(n_each):
                 x = x + delta * near_free_score(x, None) + math.sqrt(2 * delta) * randn(x)
         return x

@@ -152,7 +152,7 @@ def test_bad_options_are_named(name, options, match):
         sgm.samplers.solver(name, **options)
 
 
-# --- annealed Langevin's default step size (NCSNv2's technique 4) ------------------------------------------
+# --- annealed Langevin's step size ------------------------------------------------------------------------
 def test_ncsnv2_step_minimises_the_variance_recursion():
     """``u`` minimises ``f(u) = (1-u)^{2T}(γ² - c) + c``, ``c = 2/(2-u)``: checked against a brute-force grid."""
     from sgm.samplers.langevin import ncsnv2_step
@@ -165,12 +165,26 @@ def test_ncsnv2_step_minimises_the_variance_recursion():
         assert ncsnv2_step(gamma, n_steps) == pytest.approx(brute, abs=2e-5)
 
 
+def test_langevin_step_rules():
+    """Default ``δ_i = 0.1 std_i²``; ``"ncsnv2"``: ``u`` of the grid's mean level ratio; a number: NCSN's rule."""
+    from sgm.samplers.langevin import AnnealedLangevin, ncsnv2_step
+
+    grid = time_grid(sgm.VESDE(), 400)
+    u = ncsnv2_step((grid.noisy[0].sigma / grid.noisy[-1].sigma) ** (1 / 399), 5)
+    assert u == pytest.approx(0.0385, abs=1e-3)
+    for options, expected in [({}, 0.1), ({"step_size": "ncsnv2"}, u), ({"step_size": 2e-5}, 1e-5 / grid.noisy[-1].std ** 2)]:
+        deltas = AnnealedLangevin(**options).init(None, grid)
+        assert all(deltas[n] == pytest.approx(expected * n.std**2, rel=1e-9) for n in grid.noisy), options
+    with pytest.raises(ValueError, match="step_size"):
+        AnnealedLangevin(step_size="ncsn3")
+
+
 @pytest.mark.parametrize("sde_name", list(SDES))
 def test_annealed_langevin_defaults_sample_within_3x_the_floor(sde_name):
-    """With its defaults (5 steps per level, uniform grid) at the issue's 400 levels, annealed Langevin's SW₂ to the
+    """With its defaults (5 steps per level, uniform grid) at the issue's 400 levels, annealed Langevin's SW₂ to a
     3-D mixture is under 3× the Monte-Carlo floor (SW₂ between two target samples of the same size, median of 3).
-    n = 3000 keeps it to seconds; benchmarks/langevin_step_size.py measures n = 10⁴ (1.2–1.9× the floor, and
-    ~5× with steps 10× too small, u = 0.004, or 4× too large, u = 0.4 — so this test can fail)."""
+    n = 3000 keeps it to seconds (measured ratios 0.96–1.22; with steps 10× too small, u = 0.01 or 0.004, 1.4–12×,
+    and u = 1, ~5×); benchmarks/langevin_step_size.py measures n = 10⁴ (1.25–2.3×)."""
     import statistics
 
     from sgm import metrics

@@ -6,15 +6,17 @@ A Langevin step of size ``δ`` at a fixed noise level targets ``p_t``:  ``x ← 
   of size ``δ_i = u·std_i²``. Entering node ``i`` the state is rescaled by ``scale_i/scale_{i-1}``:
   annealed Langevin runs on ``x/scale``, whose levels are the VE noise levels ``σ_i = std_i/scale_i`` of any
   SDE (an identity on VE, where it is NCSN exactly; on VP it keeps the modes where ``p_{t_i}`` has them).
-  Step size, by default (Song & Ermon 2020, NCSNv2's technique 4): for data at a point, ``p_{t_i}`` is
-  ``N(0, σ_i²)`` on ``x/scale``; a state entering level ``i`` from the level above has variance ``γ² σ_i²``
-  and ``T`` steps ``x ← (1 - u)x + √(2u)σ_i z`` leave the variance ratio
+  Step size: ``u = 0.1`` by default (NCSN's ``ε = 2e-5`` at ``σ_L = 0.01``, for any ``σ_L``). With
+  ``step_size="ncsnv2"``, Song & Ermon 2020's technique 4: for data at a point, ``p_{t_i}`` is ``N(0, σ_i²)`` on
+  ``x/scale``; a state entering level ``i`` has variance ``γ² σ_i²`` and ``T`` steps
+  ``x ← (1 - u)x + √(2u)σ_i z`` leave the variance ratio
 
       f(u) = (1 - u)^{2T} (γ² - c) + c,     c = 2/(2 - u)   (the discretised chain's stationary ratio),
 
   which is > 1 for every ``u``; ``u`` minimises it (golden-section search on (0, 1]), with the grid's mean
   ratio ``γ = (σ_0/σ_{L-1})^{1/(L-1)}`` (NCSN's geometric levels: their ``γ``; NCSNv2's ``ε = u σ_L²``).
-  A one-level grid has no ``γ``: ``u = 0.1``. With ``step_size = ε`` given, NCSN's rule instead:
+  It steps less than the default (``u = 0.0385`` for 400 levels, 5 steps each) and measures worse on
+  mixtures whose modes have a width (docs/samplers.md). With a number ``step_size = ε``, NCSN's rule:
   ``δ_i = α_i/2``, ``α_i = ε·std_i²/std_L²`` (``std_L`` the last noisy node's; NCSN: ``ε = 2e-5``).
 - Corrector (Song et al., 2021, Alg. 4/5): ``δ = 2·r²·(snr·‖z‖/‖s‖)²`` with the norms averaged over the
   batch, as published, and ``r² = (scale_a/scale_b)²`` over the predictor's step (1 on VE,
@@ -34,7 +36,7 @@ from .solver import Model, Noise, Solver
 
 __all__ = ["AnnealedLangevin", "PredictorCorrector", "ncsnv2_step"]
 
-NCSN_U = 0.1  # δ/std² of NCSN's ε = 2e-5 at σ_L = 0.01: the step of a one-level grid, where γ is undefined
+NCSN_U = 0.1  # the default δ/std²: NCSN's ε = 2e-5 at σ_L = 0.01 (also NCSNv2's rule on a one-level grid, no γ)
 
 
 def langevin_step(x: Tensor, s: Tensor, delta: float, z: Tensor) -> Tensor:
@@ -68,23 +70,27 @@ def ncsnv2_step(gamma: float, n_steps: int) -> float:
 class AnnealedLangevin(Solver):
     """Annealed Langevin dynamics over the grid's noise levels: ``n_steps_each`` evaluations at each noisy
     node (the step from ``a`` to ``b`` runs node ``a``'s, ``finish`` the last node's), plus one for the final
-    Tweedie step when the grid ends with the data. Step sizes ``δ_i``: NCSNv2's rule by default,
-    NCSN's ``δ_i = ½ step_size·std_i²/std_L²`` when ``step_size`` is given. State: ``{node: δ}``."""
+    Tweedie step when the grid ends with the data. Step sizes ``δ_i = u·std_i²``: ``u = 0.1`` by default
+    (NCSN's ``ε = 2e-5`` at ``σ_L = 0.01``), NCSNv2's ``u`` with ``step_size="ncsnv2"``, NCSN's
+    ``δ_i = ½ step_size·std_i²/std_L²`` for a number ``step_size``. State: ``{node: δ}``."""
 
     name, order, stochastic = "langevin", 1, True
 
-    def __init__(self, n_steps_each: int = 5, step_size: float | None = None):
+    def __init__(self, n_steps_each: int = 5, step_size: float | str | None = None):
         self.n_steps_each = _check_steps("n_steps_each", n_steps_each)
-        self.step_size = None if step_size is None else _positive("step_size", step_size)
+        if isinstance(step_size, str) and step_size != "ncsnv2":
+            raise ValueError(f"step_size must be a positive number, None or 'ncsnv2', got {step_size!r}")
+        self.step_size = step_size if step_size in (None, "ncsnv2") else _positive("step_size", step_size)
         self.evals_per_step = self.final_evals = self.n_steps_each
 
     def init(self, x: Tensor, grid: TimeGrid) -> dict[Node, float]:
         noisy = grid.noisy
-        if self.step_size is not None:
+        if self.step_size is None or (self.step_size == "ncsnv2" and len(noisy) == 1):
+            u = NCSN_U
+        elif self.step_size == "ncsnv2":
+            u = ncsnv2_step((noisy[0].sigma / noisy[-1].sigma) ** (1 / (len(noisy) - 1)), self.n_steps_each)
+        else:
             return {n: 0.5 * self.step_size * (n.std / noisy[-1].std) ** 2 for n in noisy}
-        if len(noisy) == 1:
-            return {noisy[0]: NCSN_U * noisy[0].std ** 2}
-        u = ncsnv2_step((noisy[0].sigma / noisy[-1].sigma) ** (1 / (len(noisy) - 1)), self.n_steps_each)
         return {n: u * n.std**2 for n in noisy}
 
     def _level(self, model: Model, x: Tensor, node: Node, deltas: dict[Node, float], noise: Noise) -> Tensor:

@@ -5,7 +5,7 @@ sgm's checks (shape, dtype, finiteness of every score output). Each hand-written
 user would write it in plain torch, with the coefficients computed beforehand. Both run on the same batch
 (default 256×3×32×32, float32) and the same grid; the table gives medians over alternating repeats and the median of the paired ratios.
 
-    python benchmarks/sampler_speed.py [--batch 256] [--steps 50] [--repeats 7] [--samplers ddim dpm_solver ...]
+    python benchmarks/sampler_speed.py [--batch 256] [--steps 50] [--repeats 7] [--samplers ddim dpm_solver heun ...]
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import torch
 
 import sgm
 from sgm.samplers import time_grid
+from sgm.samplers.deis import deis_coefficients
 
 
 def near_free_score(x, t):
@@ -129,12 +130,34 @@ def hand_loops(sde, grid, generator):
             last = (x, a, order)
             x = (b.std / a.std) * x + b.scale * pred
         return x
+    def heun(x):  # EDM's Algorithm 2 in σ on x/scale (no churn)
+        for a, b in pairs:
+            h = b.sigma - a.sigma
+            d = -a.std * near_free_score(x, None)
+            y = x / a.scale
+            d2 = -b.std * near_free_score(b.scale * (y + h * d), None)
+            x = b.scale * (y + 0.5 * h * (d + d2))
+        return x
+
+    def multistep(coefficients):  # x_b = (scale_b/scale_a) x + scale_b Σ_j c_j ε̂_j over the last ε̂'s
+        def run(x):
+            history = []
+            for (a, b), c in zip(pairs, coefficients):
+                history = [-a.std * near_free_score(x, None)] + history[: len(c) - 1]
+                x = (b.scale / a.scale) * x + sum(b.scale * cj * e for cj, e in zip(c, history))
+            return x
+        return run
+
+    deis_c = [deis_coefficients(tuple(noisy[max(k - 2, 0):k + 1][::-1]), b) for k, (a, b) in enumerate(pairs)]
+    ab = [[1.0], [1.5, -0.5], [23 / 12, -16 / 12, 5 / 12], [55 / 24, -59 / 24, 37 / 24, -9 / 24]]
+    ipndm_c = [[(b.sigma - a.sigma) * w for w in ab[min(k, 3)]] for k, (a, b) in enumerate(pairs)]
 
     return {"euler_maruyama": (euler_maruyama, {}), "reverse_diffusion": (reverse_diffusion, {}),
             "ancestral": (ancestral, {}), "sde": (euler_maruyama, {}), "ddim": (ddim, {}), "ode": (ode_euler, {"method": "euler"}),
             "langevin": (langevin, {"n_steps_each": 1}), "pc": (pc, {}),
             "dpm_solver": (dpm_solver, {"order": 2, "lower_order_final": False}),
-            "unipc": (unipc, {"order": 2, "variant": "bh2", "lower_order_final": False})}
+            "unipc": (unipc, {"order": 2, "variant": "bh2", "lower_order_final": False}),
+            "heun": (heun, {}), "deis": (multistep(deis_c), {}), "ipndm": (multistep(ipndm_c), {})}
 
 
 def paired_times(fn_a, fn_b, repeats):

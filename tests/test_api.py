@@ -14,7 +14,7 @@ NAMES = sgm.samplers.available()
 
 def test_available_lists_every_sampler():
     assert NAMES == sorted(["euler_maruyama", "reverse_diffusion", "ancestral", "ddim", "ode", "sde", "langevin",
-                            "pc", "dpm_solver", "unipc"])
+                            "pc", "dpm_solver", "unipc", "deis", "ipndm", "heun"])
     for name in NAMES:
         assert callable(getattr(sgm.samplers, name))
 
@@ -24,6 +24,7 @@ def test_available_lists_every_sampler():
     ("sde", {}, 12), ("ode", {"method": "euler"}, 12), ("ode", {"method": "rk4"}, 4 * 11 + 1),
     ("pc", {"n_corrector": 2}, 3 * 11 + 1), ("langevin", {"n_steps_each": 3}, 3 * 12 + 1),
     ("dpm_solver", {"order": 3, "method": "singlestep"}, 12), ("unipc", {"order": 3}, 12),
+    ("heun", {}, 2 * 12 - 1), ("heun", {"churn": 1.0}, 2 * 12 - 1), ("deis", {}, 12), ("ipndm", {}, 12),
 ])
 def test_nfe_is_the_number_of_score_calls(name, options, expected):
     """Each sampler reports exactly the evaluations it made; the closed-form count for `steps` = 12."""
@@ -105,7 +106,7 @@ def good(**kw):
 
 
 @pytest.mark.parametrize("kwargs,err,match", [
-    ({"sampler": "heun"}, ValueError, "available: ancestral, ddim"),
+    ({"sampler": "rk45"}, ValueError, "available: ancestral, ddim"),
     ({"steps": 0}, ValueError, "steps must be >= 1"),
     ({"steps": 2.5}, TypeError, "steps"),
     ({"eps": 0.0}, ValueError, "eps must lie in"),

@@ -3,9 +3,9 @@ from . import samplers
 from .samplers import sample
 from .score import ScoreModel
 from .sde import SDE, VESDE, VPSDE, DiscreteChain, SubVPSDE
-from .targets import GaussianMixture, random_mixture, ring_mixture
+from .targets import FullGaussianMixture, GaussianMixture, random_mixture, ring_mixture
 
 __version__ = "0.1.0"
 
-__all__ = ["SDE", "VPSDE", "SubVPSDE", "VESDE", "DiscreteChain", "GaussianMixture", "ring_mixture", "random_mixture", "ScoreModel", "sample",
+__all__ = ["SDE", "VPSDE", "SubVPSDE", "VESDE", "DiscreteChain", "GaussianMixture", "FullGaussianMixture", "ring_mixture", "random_mixture", "ScoreModel", "sample",
            "samplers", "__version__"]

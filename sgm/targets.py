@@ -129,6 +129,15 @@ class GaussianMixture:
         score.n_classes = self.n_classes
         return score
 
+    def classifier_fn(self, sde: SDE):
+        """The exact noisy classifier ``(x, t) -> log p_t(y | x)`` ``(B, n_classes)`` (logits for ``sgm.guidance``)."""
+
+        def classifier(x: Tensor, t: Tensor) -> Tensor:
+            return self.class_log_posterior(x, t, sde)
+
+        classifier.n_classes = self.n_classes
+        return classifier
+
     # --- linear Gaussian observations -----------------------------------------------------------
     def linear_posterior(self, A, y, sigma_y: float) -> "FullGaussianMixture":
         """The exact posterior ``p(x_0 | y)`` for ``y = A x_0 + σ_y n`` (``A (m, D)``, ``y (m,)``, ``σ_y > 0``):

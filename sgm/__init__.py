@@ -1,5 +1,5 @@
 """sgm: score-based generative modelling with SDEs and ODEs."""
-from . import samplers
+from . import guidance, inverse, samplers
 from .samplers import sample
 from .score import ScoreModel
 from .sde import SDE, VESDE, VPSDE, DiscreteChain, SubVPSDE
@@ -8,4 +8,4 @@ from .targets import FullGaussianMixture, GaussianMixture, random_mixture, ring_
 __version__ = "0.1.0"
 
 __all__ = ["SDE", "VPSDE", "SubVPSDE", "VESDE", "DiscreteChain", "GaussianMixture", "FullGaussianMixture", "ring_mixture", "random_mixture", "ScoreModel", "sample",
-           "samplers", "__version__"]
+           "samplers", "guidance", "inverse", "__version__"]

@@ -69,6 +69,8 @@ def train(args: argparse.Namespace) -> int:
 
     fields = {f: getattr(args, f) for f in TRAIN_OPTIONS if getattr(args, f) is not None}
     fields["progress"] = not args.no_progress
+    if args.conditional:
+        fields["conditional"] = True
     config = TrainConfig(**fields)
     try:
         trainer = Trainer(config)
@@ -95,10 +97,15 @@ def sample_checkpoint(args: argparse.Namespace) -> int:
     model, config, shape = model_from_checkpoint(args.checkpoint, ema=not args.raw_weights, device=device)
     options = dict(kv.split("=", 1) for kv in args.option)
     options = {k: _parse_value(v) for k, v in options.items()}
+    try:
+        score = _conditioned(model, args.label, args.guidance)
+    except ValueError as err:
+        print(f"sgm sample: error: {err}", file=sys.stderr)
+        return 2
     g = torch.Generator(device).manual_seed(args.seed)
     t0 = time.perf_counter()
     with torch.no_grad():
-        out = sample(model, model.sde, (args.n,) + shape, sampler=args.sampler, steps=args.steps, generator=g,
+        out = sample(score, model.sde, (args.n,) + shape, sampler=args.sampler, steps=args.steps, generator=g,
                      device=device, dtype=torch.float32, progress=not args.no_progress, **options)
     seconds = time.perf_counter() - t0
     x = out.x.cpu()
@@ -109,6 +116,22 @@ def sample_checkpoint(args: argparse.Namespace) -> int:
     print(f"{args.n} samples with {args.sampler} ({out.nfe} NFE) in {seconds:.2f}s; wrote {args.out}, "
           f"{stem}.pt and {stem}.npz")
     return 0
+
+
+def _conditioned(model, label: int | None, guidance: float | None):
+    """The score to sample: the model itself, its class ``label``, or classifier-free guidance at ``guidance``."""
+    from .guidance import classifier_free
+
+    if label is None:
+        if guidance is not None:
+            raise ValueError("--guidance needs --label (the class to guide towards)")
+        return model
+    if model.n_classes is None:
+        raise ValueError(f"--label {label} given, but the checkpoint's model is unconditional (trained without "
+                         f"--conditional)")
+    if not 0 <= label < model.n_classes:
+        raise ValueError(f"--label must lie in [0, {model.n_classes - 1}], got {label}")
+    return model.conditional(label) if not guidance else classifier_free(model, label, guidance)
 
 
 def _parse_value(text: str):
@@ -132,6 +155,7 @@ TRAIN_OPTIONS = {
     "width": (int, "MLP width"), "depth": (int, "MLP residual blocks"),
     "channels": (int, "U-Net base channels"), "num_res_blocks": (int, "U-Net blocks per level"),
     "dropout": (float, "dropout"),
+    "label_dropout": (float, "rate of training without the label (for classifier-free guidance), default 0.1"),
     "steps": (int, "training steps"), "batch_size": (int, "batch size"), "lr": (float, "learning rate"),
     "warmup": (int, "warm-up steps"), "grad_clip": (float, "gradient-norm clip"), "ema_decay": (float, "EMA decay"),
     "seed": (int, "seed"), "device": (str, "auto, cpu or cuda"), "out_dir": (str, "the run's folder"),
@@ -158,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
                    default=None, help="U-Net channel multipliers, e.g. 1,2,2")
     p.add_argument("--attn-levels", dest="attn_levels", type=lambda v: tuple(int(c) for c in v.split(",") if c),
                    default=None, help="U-Net levels with self-attention, e.g. 1")
+    p.add_argument("--conditional", action="store_true", default=None,
+                   help="class-conditional training on the dataset's labels")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=train)
 
@@ -173,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="outputs/samples.png", help="the figure; samples go beside it as .pt and .npz")
     p.add_argument("--show", type=int, default=2000, help="at most this many samples in the figure")
     p.add_argument("--raw-weights", action="store_true", help="the raw weights instead of the EMA")
+    p.add_argument("--label", type=int, default=None, help="sample this class (a conditional checkpoint)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale w: (1+w)·s(x|y) - w·s(x); with --label")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=sample_checkpoint)
 

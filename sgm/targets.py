@@ -33,7 +33,33 @@ from .sde import SDE
 __all__ = ["GaussianMixture", "FullGaussianMixture", "ring_mixture", "random_mixture"]
 
 
-class GaussianMixture:
+class _Mixture:
+    """What both mixtures share: ``means (K, D)``, ``weights (K,)`` and sampling (components by ``multinomial``
+    first, then one ``randn``, placed by ``_place``)."""
+
+    means: Tensor
+    weights: Tensor
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+    @property
+    def n_components(self) -> int:
+        return self.means.shape[0]
+
+    def _place(self, comp: Tensor, z: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def sample(self, n: int, generator: torch.Generator | None = None, return_components: bool = False):
+        """Draw ``n`` samples ``(n, D)``: components by ``multinomial`` first, then one ``randn``."""
+        comp = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        z = torch.randn((n, self.dim), generator=generator, dtype=self.means.dtype, device=self.means.device)
+        x = self._place(comp, z)
+        return (x, comp) if return_components else x
+
+
+class GaussianMixture(_Mixture):
     """``Σ_k w_k N(μ_k, diag(σ_k²))`` with ``means (K, D)``, ``stds (K,)`` isotropic or ``(K, D)``, ``weights (K,)``
     and ``labels (K,)``: each component's class in ``0 … n_classes - 1`` (every class used; default ``0 … K-1``)."""
 
@@ -61,14 +87,6 @@ class GaussianMixture:
             raise ValueError(f"weights must be positive and sum to 1, got {weights.tolist()}")
         self.means, self.stds, self.weights = means, stds.contiguous(), weights
         self.labels = torch.arange(k, device=means.device) if labels is None else _check_labels(labels, k, means.device)
-
-    @property
-    def dim(self) -> int:
-        return self.means.shape[1]
-
-    @property
-    def n_components(self) -> int:
-        return self.means.shape[0]
 
     @property
     def n_classes(self) -> int:
@@ -160,12 +178,8 @@ class GaussianMixture:
         weights = torch.softmax(torch.log(self.weights) + log_ev, 0)
         return FullGaussianMixture(means, 0.5 * (covs + covs.transpose(1, 2)), weights)
 
-    def sample(self, n: int, generator: torch.Generator | None = None, return_components: bool = False):
-        """Draw ``n`` samples ``(n, D)``: components by ``multinomial`` first, then one ``randn``."""
-        comp = torch.multinomial(self.weights, n, replacement=True, generator=generator)
-        z = torch.randn((n, self.dim), generator=generator, dtype=self.means.dtype, device=self.means.device)
-        x = self.means[comp] + self.stds[comp] * z
-        return (x, comp) if return_components else x
+    def _place(self, comp: Tensor, z: Tensor) -> Tensor:
+        return self.means[comp] + self.stds[comp] * z
 
     # --- the perturbed mixture p_t ------------------------------------------------------------
     def _perturbed(self, x: Tensor, t: Tensor | None, sde: SDE | None, scale_std: tuple | None = None):
@@ -245,7 +259,7 @@ class GaussianMixture:
         return mean, cov
 
 
-class FullGaussianMixture:
+class FullGaussianMixture(_Mixture):
     """``Σ_k w_k N(μ_k, C_k)`` with full covariances ``covs (K, D, D)``: the posterior of a ``GaussianMixture``
     under a linear Gaussian observation. Perturbed by an SDE it stays one, ``N(scale·μ_k, scale² C_k + std² I)``,
     so its density and score are exact at every ``t`` too."""
@@ -258,20 +272,8 @@ class FullGaussianMixture:
         self.means, self.covs, self.weights = means, covs, weights
         self._chol = torch.linalg.cholesky(covs)
 
-    @property
-    def dim(self) -> int:
-        return self.means.shape[1]
-
-    @property
-    def n_components(self) -> int:
-        return self.means.shape[0]
-
-    def sample(self, n: int, generator: torch.Generator | None = None, return_components: bool = False):
-        """Draw ``n`` samples ``(n, D)``: components by ``multinomial`` first, then one ``randn``."""
-        comp = torch.multinomial(self.weights, n, replacement=True, generator=generator)
-        z = torch.randn((n, self.dim), generator=generator, dtype=self.means.dtype, device=self.means.device)
-        x = self.means[comp] + (self._chol[comp] @ z[..., None])[..., 0]
-        return (x, comp) if return_components else x
+    def _place(self, comp: Tensor, z: Tensor) -> Tensor:
+        return self.means[comp] + (self._chol[comp] @ z[..., None])[..., 0]
 
     def _log_components(self, x: Tensor, t, sde: SDE | None):
         """``log w_k + log N(x; m_k, V_k)`` ``(B, K)`` and ``V_k⁻¹(m_k - x)`` ``(B, K, D)``."""

@@ -24,6 +24,8 @@ Two ways to condition a sampler:
   ``N(·, v I)`` prior (``data_var = v``; ΠGDM's ``r_t² = σ²/(1 + σ²)`` at ``v = 1``); DPS is ``r_t = 0``.
   It is an approximation of the exact posterior score ``∇ log p_t(x | y)`` (the likelihood ``p(y | x_t)``
   is not Gaussian under a multimodal prior); docs/inverse.md reports the bias measured on exact posteriors.
+- ``RePaint`` (Lugmayr et al., 2022): a solver wrapper that repeats each step with replacement and re-noising
+  (``integrate(RePaint(solver, obs, resample), ...)``).
 """
 from __future__ import annotations
 
@@ -32,10 +34,11 @@ import math
 import torch
 from torch import Tensor
 
+from .samplers.solver import Solver
 from .sde import SDE, _real
 
 __all__ = ["LinearObservation", "inpainting", "colourisation", "super_resolution", "denoising", "replacement",
-           "posterior_score", "PosteriorScore", "Replacement"]
+           "posterior_score", "PosteriorScore", "Replacement", "RePaint"]
 
 
 def _event_shape(shape) -> tuple[int, ...]:
@@ -192,3 +195,37 @@ def posterior_score(score, sde: SDE, observation: LinearObservation, method: str
                     data_var: float = 1.0) -> PosteriorScore:
     """The ΠGDM / DPS posterior score function (see the module docstring)."""
     return PosteriorScore(score, sde, observation, method, data_var)
+
+
+class RePaint(Solver):
+    """RePaint's resampling (Lugmayr et al., 2022) around any one-step ``solver``: each transition ``a → b`` is
+    made ``resample`` times; after each, the observed part is replaced (``Replacement``), and all but the last
+    are sent back to ``a`` by the forward transition ``x_a = r·x_b + √v·z`` (``r = scale_a/scale_b``,
+    ``v = std_a² - r² std_b²``), so that the unknown part is harmonised with the known one.
+    ``evals_per_step = resample × solver.evals_per_step``. Noise: the solver's, then the re-noising ``z``."""
+
+    def __init__(self, solver: Solver, observation: LinearObservation, resample: int = 10,
+                 generator: torch.Generator | None = None):
+        if not isinstance(solver, Solver) or solver.evals_per_step is None:
+            raise TypeError(f"solver must be a fixed-step sgm Solver, got {solver!r}")
+        if isinstance(resample, bool) or not isinstance(resample, int) or resample < 1:
+            raise ValueError(f"resample must be an int >= 1, got {resample!r}")
+        self.solver, self.resample, self.replace = solver, resample, Replacement(observation, generator)
+        self.name, self.order, self.stochastic = f"repaint({solver.name})", solver.order, True
+        self.evals_per_step, self.final_evals = resample * solver.evals_per_step, solver.final_evals
+
+    def init(self, x: Tensor, grid):
+        return self.solver.init(x, grid)
+
+    def step(self, model, x, a, b, state, noise):
+        r = a.scale / b.scale
+        v = max(a.std**2 - r**2 * b.std**2, 0.0)
+        for k in range(self.resample):
+            x, state = self.solver.step(model, x, a, b, state, noise)
+            x = self.replace(x, b, None)
+            if k < self.resample - 1:
+                x = x.mul(r).add_(noise(), alpha=math.sqrt(v))
+        return x, state
+
+    def finish(self, model, x, node, state, noise):
+        return self.solver.finish(model, x, node, state, noise)

@@ -5,7 +5,7 @@ sgm's checks (shape, dtype, finiteness of every score output). Each hand-written
 user would write it in plain torch, with the coefficients computed beforehand. Both run on the same batch
 (default 256×3×32×32, float32) and the same grid; the table gives medians over alternating repeats and the median of the paired ratios.
 
-    python benchmarks/sampler_speed.py [--batch 256] [--steps 50] [--repeats 7]
+    python benchmarks/sampler_speed.py [--batch 256] [--steps 50] [--repeats 7] [--samplers ddim dpm_solver ...]
 """
 from __future__ import annotations
 
@@ -87,9 +87,54 @@ def hand_loops(sde, grid, generator):
             x = x + delta * s + (2 * delta).sqrt() * z
         return x
 
+    def x0(x, a):
+        return (x + a.std**2 * near_free_score(x, None)) / a.scale
+
+    def dpm_solver(x):
+        """DPM-Solver++(2M): x_b = (σ_b/σ_a) x - α_b (e^{-h} - 1)(x̂_0 + (x̂_0 - x̂_0')/(2r))."""
+        prev = None
+        for a, b in pairs:
+            m, h = x0(x, a), b.lam - a.lam
+            d = m if prev is None else m + (m - prev[1]) * (h / (2 * (a.lam - prev[0])))
+            x = (b.std / a.std) * x - (b.scale * math.expm1(-h)) * d
+            prev = (a.lam, m)
+        return x
+
+    def unipc(x):
+        """UniPC-2, B(h) = 1 - e^{-h}, x̂_0 prediction: UniP-2 (ρ = 1/2) and UniC (ρ from its order conditions)."""
+        def phis(h):  # h φ_1(-h), h φ_2(-h), h φ_3(-h) in closed form
+            p1 = -math.expm1(-h)
+            p2 = (math.exp(-h) - 1 + h) / h
+            return p1, p2, 1 / 2 - p2 / h
+        hist, last = [], None  # hist: (λ, x̂_0) newest first; last: (corrected x, node, order) of the previous step
+        for a, b in pairs:
+            m = x0(x, a)
+            if last is not None:
+                xs, s, p = last
+                h = a.lam - s.lam
+                p1, p2, p3 = phis(h)
+                if p == 1:
+                    corr = 0.5 * (m - hist[0][1])
+                else:
+                    r1 = (hist[1][0] - s.lam) / h  # rows: ρ1 + ρ2 = p2/p1, r1 ρ1 + ρ2 = 2 p3/p1
+                    rho1 = (p2 - 2 * p3) / p1 / (1 - r1)
+                    rho2 = p2 / p1 - rho1
+                    corr = rho1 * (hist[1][1] - hist[0][1]) / r1 + rho2 * (m - hist[0][1])
+                x = (a.std / s.std) * xs + a.scale * (p1 * hist[0][1] + p1 * corr)
+            hist = [(a.lam, m)] + hist[:1]
+            h = b.lam - a.lam
+            p1 = -math.expm1(-h)
+            order = min(2, len(hist))
+            pred = p1 * m if order == 1 else p1 * m + p1 * 0.5 * (hist[1][1] - m) * (h / (hist[1][0] - a.lam))
+            last = (x, a, order)
+            x = (b.std / a.std) * x + b.scale * pred
+        return x
+
     return {"euler_maruyama": (euler_maruyama, {}), "reverse_diffusion": (reverse_diffusion, {}),
             "ancestral": (ancestral, {}), "sde": (euler_maruyama, {}), "ddim": (ddim, {}), "ode": (ode_euler, {"method": "euler"}),
-            "langevin": (langevin, {"n_steps_each": 1}), "pc": (pc, {})}
+            "langevin": (langevin, {"n_steps_each": 1}), "pc": (pc, {}),
+            "dpm_solver": (dpm_solver, {"order": 2, "lower_order_final": False}),
+            "unipc": (unipc, {"order": 2, "variant": "bh2", "lower_order_final": False})}
 
 
 def paired_times(fn_a, fn_b, repeats):
@@ -109,6 +154,7 @@ def main():
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--samplers", nargs="*", default=None, help="names to time (default: all)")
     args = parser.parse_args()
     sde, shape = sgm.VPSDE(), (args.batch, 3, 32, 32)
     grid = time_grid(sde, args.steps, denoise=False)
@@ -117,6 +163,8 @@ def main():
           f"{torch.get_num_threads()} threads; medians of {args.repeats} alternating repeats")
     print(f"{'sampler':<20}{'sgm ms/step':>12}{'hand ms/step':>14}{'ratio':>8}")
     for name, (hand, options) in hand_loops(sde, grid, torch.Generator().manual_seed(0)).items():
+        if args.samplers and name not in args.samplers:
+            continue
         fn = sgm.samplers.get(name)
         gen = torch.Generator().manual_seed(0)
         t_sgm, t_hand, ratio = paired_times(lambda: fn(near_free_score, sde, x_T, grid, generator=gen, **options),

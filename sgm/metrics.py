@@ -9,6 +9,9 @@ All take samples of shape ``(n, *event)`` (flattened to ``(n, D)``) and return a
 - Energy distance: ``2 E‖X - Y‖ - E‖X - X'‖ - E‖Y - Y'‖`` (V-statistics).
 - Fréchet distance between Gaussians fitted to features:
   ``‖μ₁ - μ₂‖² + Tr(Σ₁ + Σ₂ - 2 (Σ₁^{½} Σ₂ Σ₁^{½})^{½})`` (W₂² of the two Gaussians; FID on Inception features).
+- KID (Bińkowski et al., 2018): the unbiased ``MMD²`` with the cubic kernel ``k(x, y) = (x·y/d + 1)³`` on
+  features, averaged over random subsets: ``(1/(m(m-1))) Σ_{i≠j} [k(x_i,x_j) + k(y_i,y_j)] - (2/m²) Σ_{i,j} k(x_i,y_j)``.
+- Inception Score (Salimans et al., 2016): ``exp(E_x KL(p(y|x) ‖ p(y)))`` with ``p(y) = E_x p(y|x)``, over splits.
 - Against a ``GaussianMixture``: the negative log-likelihood ``-E log p(x)`` and the mode-weight error
   ``Σ_k |n_k/n - w_k|`` with each sample given to its most responsible component.
 
@@ -17,6 +20,7 @@ same sizes: a sampler can be no closer to the target than that, and ``floor`` co
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -24,8 +28,9 @@ from torch import Tensor
 
 from .targets import GaussianMixture
 
-__all__ = ["sliced_wasserstein", "mmd", "energy_distance", "frechet_distance", "gaussian_frechet",
-           "nll", "mode_weight_error", "floor"]
+__all__ = ["sliced_wasserstein", "mmd", "energy_distance", "frechet_distance", "frechet_of_features", "frechet_to_gaussian",
+           "gaussian_frechet",
+           "kid", "inception_score", "nll", "mode_weight_error", "floor"]
 
 
 def _flat_pair(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -127,10 +132,78 @@ def frechet_distance(x: Tensor, y: Tensor, features: Callable[[Tensor], Tensor] 
         with torch.no_grad():
             return torch.cat([features(chunk).reshape(chunk.shape[0], -1) for chunk in v.split(batch_size)])
 
-    fx, fy = _flat_pair(embed(x), embed(y))
+    return frechet_of_features(embed(x), embed(y))
+
+
+def frechet_to_gaussian(fx: Tensor, mu: Tensor, cov: Tensor) -> float:
+    """The Fréchet distance between the Gaussian fitted to features ``fx`` ``(n, d)`` and ``N(mu, cov)``.
+
+    With ``Σ₁ = AᵀA`` (``A``: the centred features over ``√(n-1)``, ``n × d``), the non-zero eigenvalues of
+    ``Σ₁^{½} Σ Σ₁^{½}`` are those of ``A Σ Aᵀ``: an ``n × n`` problem instead of ``d × d`` when ``n < d``.
+    """
+    fx = fx.reshape(fx.shape[0], -1).to(torch.float64)
+    mu, cov = mu.to(torch.float64), cov.to(torch.float64)
+    n, d = fx.shape
+    if mu.shape != (d,) or cov.shape != (d, d):
+        raise ValueError(f"mu and cov must have shapes ({d},) and ({d}, {d}), got {tuple(mu.shape)}, {tuple(cov.shape)}")
+    if n >= d:
+        return gaussian_frechet(fx.mean(0), torch.cov(fx.T).reshape(d, d), mu, cov)
+    a = (fx - fx.mean(0)) / math.sqrt(n - 1)
+    cross = torch.linalg.eigvalsh(a @ cov @ a.T).clamp_min(0).sqrt().sum()
+    return float((fx.mean(0) - mu).pow(2).sum() + a.pow(2).sum() + cov.trace() - 2 * cross)
+
+
+def frechet_of_features(fx: Tensor, fy: Tensor) -> float:
+    """The Fréchet distance of Gaussians fitted to feature sets ``(n, d)`` and ``(m, d)``, in float64.
+
+    With ``Σ₁ = A Aᵀ``, ``Σ₂ = B Bᵀ`` (``A``: the centred features over ``√(n-1)``, ``d × n``), the non-zero
+    eigenvalues of ``Σ₁^{½} Σ₂ Σ₁^{½}`` are those of ``(BᵀA)ᵀ(BᵀA)``, so ``Tr (Σ₁^{½} Σ₂ Σ₁^{½})^{½} = ‖BᵀA‖_*``
+    (the nuclear norm): an ``m × n`` problem instead of ``d × d`` when there are fewer samples than features.
+    """
+    fx, fy = _flat_pair(fx, fy)
     fx, fy = fx.to(torch.float64), fy.to(torch.float64)
-    return gaussian_frechet(fx.mean(0), torch.cov(fx.T).reshape(fx.shape[1], -1),
-                            fy.mean(0), torch.cov(fy.T).reshape(fy.shape[1], -1))
+    n, m, d = len(fx), len(fy), fx.shape[1]
+    if min(n, m) >= d:
+        return gaussian_frechet(fx.mean(0), torch.cov(fx.T).reshape(d, -1), fy.mean(0), torch.cov(fy.T).reshape(d, -1))
+    a, b = (fx - fx.mean(0)) / math.sqrt(n - 1), (fy - fy.mean(0)) / math.sqrt(m - 1)
+    cross = torch.linalg.svdvals(b @ a.T).sum()
+    return float((fx.mean(0) - fy.mean(0)).pow(2).sum() + a.pow(2).sum() + b.pow(2).sum() - 2 * cross)
+
+
+def kid(fx: Tensor, fy: Tensor, n_subsets: int = 100, subset_size: int = 1000,
+        generator: torch.Generator | None = None) -> tuple[float, float]:
+    """KID between feature sets ``fx`` and ``fy`` (``(n, d)``): mean and standard deviation over ``n_subsets``
+    subsets of ``min(subset_size, n, m)`` rows of each, drawn without replacement from ``generator``."""
+    fx, fy = _flat_pair(fx, fy)
+    fx, fy = fx.to(torch.float64), fy.to(torch.float64)
+    for name, value in (("n_subsets", n_subsets), ("subset_size", subset_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+            raise ValueError(f"{name} must be an int >= 2, got {value!r}")
+    m, d = min(subset_size, len(fx), len(fy)), fx.shape[1]
+    values = []
+    for _ in range(n_subsets):
+        x = fx[torch.randperm(len(fx), generator=generator)[:m]]
+        y = fy[torch.randperm(len(fy), generator=generator)[:m]]
+        kxx, kyy, kxy = ((a @ b.T / d + 1) ** 3 for a, b in ((x, x), (y, y), (x, y)))
+        within = (kxx.sum() - kxx.diagonal().sum() + kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
+        values.append(within - 2 * kxy.mean())
+    values = torch.stack(values)
+    return float(values.mean()), float(values.std(unbiased=False))
+
+
+def inception_score(logits: Tensor, splits: int = 10) -> tuple[float, float]:
+    """IS from classifier ``logits`` ``(n, classes)``: mean and standard deviation over ``splits`` equal parts."""
+    if not isinstance(logits, Tensor) or logits.dim() != 2:
+        raise TypeError(f"logits must be a tensor (n, classes), got {type(logits).__name__}")
+    if isinstance(splits, bool) or not isinstance(splits, int) or not 1 <= splits <= len(logits):
+        raise ValueError(f"splits must be an int in [1, n={len(logits)}], got {splits!r}")
+    log_p = torch.log_softmax(logits.to(torch.float64), dim=1)
+    scores = []
+    for part in log_p.tensor_split(splits):
+        log_marginal = torch.logsumexp(part, 0) - math.log(len(part))
+        scores.append((part.exp() * (part - log_marginal)).sum(1).mean().exp())
+    scores = torch.stack(scores)
+    return float(scores.mean()), float(scores.std(unbiased=False))
 
 
 def _check_mixture(target) -> GaussianMixture:

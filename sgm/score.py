@@ -59,7 +59,7 @@ class ScoreModel:
     @property
     def n_classes(self) -> int | None:
         """The network's class count, or None for an unconditional network."""
-        return getattr(self.net, "n_classes", 0) or None
+        return getattr(getattr(self.net, "module", self.net), "n_classes", 0) or None  # DDP wraps the network
 
     def conditional(self, labels) -> Callable[[Tensor, Tensor], Tensor]:
         """The score function ``s(x, t | y)`` for labels ``y`` (an int, or ``(batch,)``; ``n_classes`` = no label)."""

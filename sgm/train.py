@@ -1,10 +1,16 @@
 """Training a score network by denoising score matching: config, trainer, EMA, atomic checkpoints, exact resume.
 
-A run lives in ``config.out_dir``: ``checkpoint.pt`` (model, EMA, optimizer, scheduler, step, RNG states and
-the full config), ``loss.csv`` (step, loss, learning rate, gradient norm, seconds), and ``samples/`` (a PNG
-grid or scatter every ``sample_every`` steps). Starting the same run again resumes from the checkpoint; on
-CPU the resumed run's losses equal the uninterrupted run's, because every random draw (batch indices,
-times, noise, dropout) comes from RNG states the checkpoint holds.
+A run lives in ``config.out_dir``: ``checkpoint.pt`` (model, EMA, optimizer, scheduler, step and the full
+config; written and read by ``sgm.checkpoint``, safe to load), ``loss.csv`` (step, loss, learning rate,
+gradient norm, seconds), and ``samples/`` (a PNG grid or scatter every ``sample_every`` steps). Starting the
+same run again resumes from the checkpoint; on CPU the resumed run's losses equal the uninterrupted run's,
+because every random draw of step ``s`` (batch indices, times, noise, dropout) comes from streams seeded by
+``(seed, s, rank)`` (``sgm.distributed.stream_seed``), so no RNG state needs saving.
+
+Under ``torchrun --nproc_per_node N`` the network is wrapped in DistributedDataParallel: each process draws
+``batch_size / N`` samples of the global batch from its own streams, DDP averages the gradients (so the step
+equals one process's step on the whole global batch), and process 0 alone writes the checkpoint, the log
+and the sample grids. A checkpoint resumes under any number of processes.
 
 The optimiser is AdamW with linear warm-up over ``warmup`` steps, gradients clipped to ``grad_clip`` in
 norm, and the EMA ``θ̄ ← d θ̄ + (1 - d) θ`` with ``d = ema_decay``. On CUDA the forward pass runs under bf16
@@ -25,7 +31,11 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import data as datasets
-from .losses import WEIGHTINGS, dsm_loss
+from . import distributed
+from .board import Board
+from .checkpoint import (CHECKPOINT, FORMAT_VERSION, CheckpointError, load_checkpoint, model_from_checkpoint,
+                         save_checkpoint)
+from .losses import WEIGHTINGS, dsm_loss, sample_times
 from .nets import MLP, UNet
 from .score import PREDICTIONS, ScoreModel
 from .sde import SDE, SubVPSDE, VESDE, VPSDE
@@ -34,16 +44,10 @@ __all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "CheckpointError", "loa
            "build_sde", "build_net", "model_from_checkpoint"]
 
 SDE_CLASSES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
-CHECKPOINT = "checkpoint.pt"
-FORMAT_VERSION = 1
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or inf; the last good checkpoint is kept."""
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is corrupt, or does not match the run that tries to load it."""
 
 
 @dataclass
@@ -89,6 +93,7 @@ class TrainConfig:
     n_samples: int = 64
     sample_steps: int = 50
     progress: bool = True
+    tensorboard: bool = False  # also log to out_dir/tensorboard (pip install 'sgm[tensorboard]')
 
     def validate(self) -> "TrainConfig":
         if self.data not in datasets.DATASETS:
@@ -168,52 +173,6 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def save_checkpoint(path: str, state: dict) -> None:
-    """Write ``state`` atomically: to a temporary file in the same folder, flushed to disk, then renamed."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def load_checkpoint(path: str, map_location="cpu") -> dict:
-    """Read a checkpoint, raising ``CheckpointError`` naming the file if it is not a whole sgm checkpoint."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no checkpoint at {path!r}")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from err
-    needed = {"format", "step", "config", "model", "ema", "optimizer", "scheduler", "rng", "data_shape"}
-    if not isinstance(state, dict) or not needed <= set(state):
-        raise CheckpointError(f"{path}: not an sgm checkpoint (missing {sorted(needed - set(state or {}))})")
-    if state["format"] != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint format {state['format']}, expected {FORMAT_VERSION}")
-    return state
-
-
-def model_from_checkpoint(path: str, ema: bool = True, device="cpu") -> tuple[ScoreModel, TrainConfig, tuple]:
-    """The score function of a saved run (EMA weights by default), its config and the data shape."""
-    state = load_checkpoint(path, map_location=device)
-    config = TrainConfig.from_dict(state["config"])
-    shape = tuple(state["data_shape"])
-    net = build_net(config, shape).to(device)
-    try:
-        net.load_state_dict(state["ema" if ema else "model"])
-    except RuntimeError as err:
-        raise CheckpointError(f"{path}: weights do not fit the network its config builds ({err})") from err
-    net.eval()
-    return ScoreModel(net, build_sde(config), config.prediction), config, shape
-
-
 class EMA:
     """``θ̄ ← d θ̄ + (1 - d) θ`` over a model's parameters (buffers copied)."""
 
@@ -235,7 +194,12 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, data: Tensor | None = None, labels: Tensor | None = None):
         self.config = config.validate()
-        self.device = resolve_device(config.device)
+        self.rank, self.world_size = distributed.world()
+        if config.batch_size % self.world_size:
+            raise ValueError(f"batch_size (the global batch) must be a multiple of the {self.world_size} processes, "
+                             f"got {config.batch_size}")
+        self.local_batch = config.batch_size // self.world_size
+        self.device = distributed.local_device(resolve_device(config.device))
         torch.manual_seed(config.seed)
         if data is None:
             data = datasets.load_dataset(config.data, config.data_path, config.n_data, config.seed, config.image_size,
@@ -247,14 +211,17 @@ class Trainer:
             raise ValueError(f"data must hold at least 2 samples of shape (N, ...), got {tuple(self.data.shape)}")
         self.data_shape = tuple(self.data.shape[1:])
         self.sde = build_sde(config)
-        self.net = build_net(config, self.data_shape).to(self.device)
-        self.model = ScoreModel(self.net, self.sde, config.prediction)
+        self.net = build_net(config, self.data_shape).to(self.device, self.data.dtype)
+        # Under torchrun the forward pass goes through DDP, which averages the gradients over the processes.
+        self.ddp = self.net if self.world_size == 1 else nn.parallel.DistributedDataParallel(
+            self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.model = ScoreModel(self.ddp, self.sde, config.prediction)
         self.ema = EMA(self.net, config.ema_decay)
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         warmup = config.warmup
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0)
-        self.generator = torch.Generator(self.device).manual_seed(config.seed)
+        self.generator = torch.Generator(self.device)
         self.step = 0
         self.autocast = self.device.type == "cuda"
         self.path = os.path.join(config.out_dir, CHECKPOINT)
@@ -276,13 +243,10 @@ class Trainer:
 
     # --- state ----------------------------------------------------------------------------------
     def state(self) -> dict:
-        rng = {"torch": torch.get_rng_state(), "generator": self.generator.get_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
         return {"format": FORMAT_VERSION, "step": self.step, "config": self.config.to_dict(),
                 "data_shape": list(self.data_shape), "model": self.net.state_dict(),
                 "ema": self.ema.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "rng": rng}
+                "scheduler": self.scheduler.state_dict()}
 
     def resume(self) -> bool:
         """Load ``out_dir/checkpoint.pt`` if there is one; ``CheckpointError`` if it belongs to another run."""
@@ -303,11 +267,8 @@ class Trainer:
             raise CheckpointError(f"{self.path}: weights do not fit this run's network ({err})") from err
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
-        torch.set_rng_state(state["rng"]["torch"])
-        self.generator.set_state(state["rng"]["generator"].to("cpu"))
-        if "cuda" in state["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        self._truncate_log(self.step)
+        if self.rank == 0:
+            self._truncate_log(self.step)
         return True
 
     def _truncate_log(self, step: int) -> None:
@@ -321,24 +282,39 @@ class Trainer:
             csv.writer(f).writerows(kept)
 
     def save(self) -> None:
-        save_checkpoint(self.path, self.state())
+        """Write the checkpoint (process 0 alone: every process holds the same weights and optimiser state)."""
+        if self.rank == 0:
+            save_checkpoint(self.path, self.state())
 
     # --- training -------------------------------------------------------------------------------
+    def batch(self) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """This process's part of the next step's global batch, ``(x0, t, noise, labels)``: ``batch_size /
+        world_size`` data indices, then times, then noise, then (conditional runs) the uniforms that replace a
+        label by "no label" with probability ``label_dropout``, from ``self.generator`` seeded by
+        ``(seed, step, rank)``; ``labels`` is None for an unconditional run."""
+        g = self.generator.manual_seed(distributed.stream_seed(self.config.seed, self.step, self.rank))
+        idx = torch.randint(len(self.data), (self.local_batch,), generator=g, device=self.device)
+        x0 = self.data[idx]
+        t = sample_times(self.sde, self.local_batch, self.config.eps, generator=g, device=self.device,
+                         dtype=x0.dtype)[0]
+        noise = torch.randn(x0.shape, generator=g, device=self.device, dtype=x0.dtype)
+        if self.labels is None:
+            return x0, t, noise, None
+        drop = torch.rand(idx.shape, generator=g, device=self.device) < self.config.label_dropout
+        return x0, t, noise, self.labels[idx].masked_fill(drop, self.config.n_classes)
+
     def train_step(self) -> tuple[float, float]:
-        """One optimiser step on a batch drawn from ``self.generator``; returns ``(loss, gradient norm)``."""
+        """One optimiser step on ``self.batch()`` (dropout seeded by ``(seed, step, rank, 1)``); returns the loss
+        averaged over the processes and the gradient norm before clipping."""
         self.net.train()
-        idx = torch.randint(len(self.data), (self.config.batch_size,), generator=self.generator, device=self.device)
-        x0, score = self.data[idx], self.model
-        if self.labels is not None:
-            y = self.labels[idx]
-            drop = torch.rand(y.shape, generator=self.generator, device=self.device) < self.config.label_dropout
-            y = y.masked_fill(drop, self.config.n_classes)
-            score = self.model.conditional(y)
+        torch.manual_seed(distributed.stream_seed(self.config.seed, self.step, self.rank, 1))
+        x0, t, noise, y = self.batch()
+        score = self.model if y is None else self.model.conditional(y)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
-            loss = dsm_loss(score, self.sde, x0, weighting=self.config.weighting, eps=self.config.eps,
-                            generator=self.generator)
-        if not bool(torch.isfinite(loss)):
-            raise TrainingDiverged(f"loss became {loss.item()} at step {self.step + 1}; the last good checkpoint "
+            loss = dsm_loss(score, self.sde, x0, t=t, noise=noise, weighting=self.config.weighting)
+        mean_loss = distributed.mean_over_ranks(loss.detach())  # every process takes the same decision below
+        if not bool(torch.isfinite(mean_loss)):
+            raise TrainingDiverged(f"loss became {mean_loss.item()} at step {self.step + 1}; the last good checkpoint "
                                    f"is {self.path if os.path.exists(self.path) else 'none (none was written yet)'}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -347,7 +323,7 @@ class Trainer:
         self.scheduler.step()
         self.ema.update(self.net)
         self.step += 1
-        return loss.item(), grad_norm.item()
+        return mean_loss.item(), grad_norm.item()
 
     def fit(self, resume: bool = True) -> list[float]:
         """Train from the current step (after resuming, if ``resume``) to ``config.steps``; returns the losses."""
@@ -356,11 +332,13 @@ class Trainer:
         if resume:
             self.resume()
         os.makedirs(self.config.out_dir, exist_ok=True)
+        main = self.rank == 0  # process 0 alone writes the log and the sample grids
         new_log = not os.path.exists(self.log_path)
         losses: list[float] = []
-        with open(self.log_path, "a", newline="") as log, tqdm(
-                total=self.config.steps, initial=self.step, desc="train", disable=not self.config.progress,
-                unit="step") as bar:
+        with open(self.log_path if main else os.devnull, "a", newline="") as log, tqdm(
+                total=self.config.steps, initial=self.step, desc="train", disable=not (self.config.progress and main),
+                unit="step") as bar, Board(os.path.join(self.config.out_dir, "tensorboard"),
+                                           self.config.tensorboard and main, self.step) as board:
             writer = csv.writer(log)
             if new_log:
                 writer.writerow(["step", "loss", "lr", "grad_norm", "seconds"])
@@ -371,15 +349,18 @@ class Trainer:
                 losses.append(loss)
                 writer.writerow([self.step, f"{loss:.8g}", f"{lr:.6g}", f"{grad_norm:.6g}",
                                  f"{time.perf_counter() - t0:.3f}"])
+                board.scalars(self.step, loss=loss, lr=lr, grad_norm=grad_norm)
                 bar.update()
                 bar.set_postfix(loss=f"{loss:.4f}")
                 last = self.step == self.config.steps
                 if self.step % self.config.checkpoint_every == 0 or last:
                     log.flush()
                     self.save()
-                if self.step % self.config.sample_every == 0 or last:
-                    save_samples(self.sample(), os.path.join(self.config.out_dir, "samples",
-                                                             f"step_{self.step:07d}.png"), f"step {self.step}")
+                if main and (self.step % self.config.sample_every == 0 or last):
+                    png = os.path.join(self.config.out_dir, "samples", f"step_{self.step:07d}.png")
+                    save_samples(self.sample(), png, f"step {self.step}")
+                    board.image(self.step, png)
+        distributed.barrier()  # the last checkpoint is on disk before any process goes on
         return losses
 
     @torch.no_grad()
@@ -395,4 +376,4 @@ class Trainer:
             model = model.conditional(torch.arange(n, device=self.device) % self.config.n_classes)
         g = torch.Generator(self.device).manual_seed(self.config.seed + 1)
         return draw(model, self.sde, (n,) + self.data_shape, sampler=sampler, steps=steps or self.config.sample_steps,
-                    generator=g, device=self.device, dtype=torch.float32, **options).x
+                    generator=g, device=self.device, dtype=self.data.dtype, **options).x

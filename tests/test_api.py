@@ -14,7 +14,7 @@ NAMES = sgm.samplers.available()
 
 def test_available_lists_every_sampler():
     assert NAMES == sorted(["euler_maruyama", "reverse_diffusion", "ancestral", "ddim", "ode", "sde", "langevin",
-                            "pc"])
+                            "pc", "dpm_solver", "unipc"])
     for name in NAMES:
         assert callable(getattr(sgm.samplers, name))
 
@@ -23,6 +23,7 @@ def test_available_lists_every_sampler():
     ("euler_maruyama", {}, 12), ("reverse_diffusion", {}, 12), ("ancestral", {}, 12), ("ddim", {}, 12),
     ("sde", {}, 12), ("ode", {"method": "euler"}, 12), ("ode", {"method": "rk4"}, 4 * 11 + 1),
     ("pc", {"n_corrector": 2}, 3 * 11 + 1), ("langevin", {"n_steps_each": 3}, 3 * 12 + 1),
+    ("dpm_solver", {"order": 3, "method": "singlestep"}, 12), ("unipc", {"order": 3}, 12),
 ])
 def test_nfe_is_the_number_of_score_calls(name, options, expected):
     """Each sampler reports exactly the evaluations it made; the closed-form count for `steps` = 12."""

@@ -5,6 +5,7 @@ from .base import CheckedScore, SamplerDiverged, SamplerOutput
 from .grid import SPACINGS, Node, TimeGrid, time_grid
 from .registry import SAMPLERS, available, get, options, sample, solver
 from .solver import Model, Noise, Prediction, Solver, integrate
+from .optimize import optimize_grid
 
 euler_maruyama = get("euler_maruyama")
 reverse_diffusion = get("reverse_diffusion")
@@ -14,10 +15,12 @@ ode = get("ode")
 sde = get("sde")
 langevin = get("langevin")
 pc = get("pc")
+dpm_solver = get("dpm_solver")
+unipc = get("unipc")
 
 __all__ = [
     "CheckedScore", "SamplerDiverged", "SamplerOutput", "SPACINGS", "Node", "TimeGrid", "time_grid",
     "Model", "Noise", "Prediction", "Solver", "integrate",
-    "euler_maruyama", "reverse_diffusion", "ancestral", "ddim", "ode", "sde", "langevin", "pc",
-    "SAMPLERS", "available", "get", "options", "solver", "sample",
+    "euler_maruyama", "reverse_diffusion", "ancestral", "ddim", "ode", "sde", "langevin", "pc", "dpm_solver", "unipc",
+    "SAMPLERS", "available", "get", "options", "solver", "sample", "optimize_grid",
 ]

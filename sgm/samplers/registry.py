@@ -14,10 +14,12 @@ from ..sde import SDE, _check_steps
 from .base import SamplerOutput, check_state
 from .grid import KARRAS_RHO, TimeGrid, check_eps, check_spacing, time_grid
 from .langevin import AnnealedLangevin, PredictorCorrector
+from .dpm import DPMSolver
 from .predictors import DDIM, Ancestral, EulerMaruyama, ReverseDiffusion
 from .probability_flow import ode_solver
 from .reverse_sde import TorchSDE
-from .solver import Callback, Solver, integrate
+from .solver import Callback, SeededNoise, Solver, integrate
+from .uni_pc import UniPC
 
 __all__ = ["SAMPLERS", "available", "get", "options", "solver", "sample"]
 
@@ -30,6 +32,8 @@ SAMPLERS: dict[str, Callable[..., Solver]] = {
     "sde": TorchSDE,
     "langevin": AnnealedLangevin,
     "pc": PredictorCorrector,
+    "dpm_solver": DPMSolver,
+    "unipc": UniPC,
 }
 
 
@@ -90,7 +94,7 @@ def sample(score, sde: SDE, shape, sampler: str = "euler_maruyama", steps: int =
            generator: torch.Generator | None = None, spacing: str = "uniform", eps: float = 1e-3,
            denoise: bool = True, train_steps: int = 1000, rho: float = KARRAS_RHO, grid: TimeGrid | None = None,
            x_init: torch.Tensor | None = None, dtype: torch.dtype | None = None, device=None, progress: bool = False,
-           callback: Callback | None = None, **options_) -> SamplerOutput:
+           callback: Callback | None = None, seeds=None, **options_) -> SamplerOutput:
     """Draw samples of ``shape`` by solving ``sde`` backwards with the score function ``score(x, t)``.
 
     ``steps`` noise levels on a ``spacing`` grid from ``T`` to ``eps`` (see ``sgm.samplers.grid``; ``rho`` for
@@ -98,6 +102,8 @@ def sample(score, sde: SDE, shape, sampler: str = "euler_maruyama", steps: int =
     user-made, precomputed, optimised) instead. ``x_T`` is ``x_init`` or a prior draw from ``generator``
     (drawn first, then the sampler's noise in step order). ``callback(x, node, prediction)`` runs after each
     step (see ``integrate``). ``options_`` go to the sampler (``sgm.samplers.options(name)`` lists them).
+    ``seeds`` (one int per sample, instead of ``generator``): sample ``i`` draws its ``x_T`` and all its noise
+    from its own stream seeded ``seeds[i]`` (``SeededNoise``), so it does not depend on the batch it is in.
     Returns ``(x, nfe)``.
     """
     if not isinstance(sde, SDE):
@@ -115,6 +121,8 @@ def sample(score, sde: SDE, shape, sampler: str = "euler_maruyama", steps: int =
     method = solver(sampler, **options_)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    if seeds is not None and generator is not None:
+        raise ValueError("give seeds or a generator, not both")
     if x_init is not None:
         x_init = check_state(x_init)
         if tuple(x_init.shape) != shape:
@@ -126,8 +134,12 @@ def sample(score, sde: SDE, shape, sampler: str = "euler_maruyama", steps: int =
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     if device is None:
         device = generator.device if generator is not None else "cpu"
-    if x_init is None:
-        x = sde.prior_sample(shape, generator=generator, dtype=dtype, device=device)
-    else:
+    noise = None if seeds is None else SeededNoise(seeds, torch.empty(shape, dtype=dtype, device=device))
+    if x_init is not None:
         x = x_init.to(dtype=dtype, device=device)
-    return integrate(method, score, sde, x, grid, generator=generator, progress=progress, callback=callback)
+    elif noise is not None:
+        x = sde.prior_std * noise()  # x_T ~ N(0, prior_std² I), as prior_sample, row i from stream i
+    else:
+        x = sde.prior_sample(shape, generator=generator, dtype=dtype, device=device)
+    return integrate(method, score, sde, x, grid, generator=generator, progress=progress, callback=callback,
+                     noise=noise)

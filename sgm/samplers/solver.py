@@ -21,9 +21,13 @@ nowhere else.
 
 Noise order: ``sgm.sample`` draws ``x_T`` first (one ``randn`` of the full shape), then each step draws
 ``noise()`` (one ``randn`` of ``x``'s shape) per stochastic update, in the order the updates are made.
+With per-sample seeds (``SeededNoise``, as in EDM) sample ``i`` draws its ``x_T`` and every ``noise()`` from
+its own generator, in the same order, so it is the same whatever batch it is drawn in (for solvers whose
+updates act sample by sample: not the PC corrector's batch-averaged step size, nor adaptive step control).
 """
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Callable, Optional
 
 import torch
@@ -34,7 +38,7 @@ from ..sde import SDE
 from .base import CheckedScore, SamplerOutput, check_state
 from .grid import Node, TimeGrid
 
-__all__ = ["Prediction", "Model", "Noise", "Solver", "integrate", "Callback"]
+__all__ = ["Prediction", "Model", "Noise", "SeededNoise", "Solver", "integrate", "Callback"]
 
 
 class Prediction:
@@ -99,6 +103,41 @@ class Noise:
         return torch.randn(shape, generator=self.generator, dtype=self.dtype, device=self.device)
 
 
+class SeededNoise(Noise):
+    """Per-sample streams: row ``i`` of every draw comes from ``torch.Generator(device).manual_seed(seeds[i])``."""
+
+    def __init__(self, seeds, x: Tensor):
+        seeds = list(seeds)
+        if any(isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < 2**63 for s in seeds):
+            raise ValueError(f"seeds must be ints in [0, 2**63), got {seeds[:8]!r}{'…' if len(seeds) > 8 else ''}")
+        if len(seeds) != x.shape[0]:
+            raise ValueError(f"seeds must hold one seed per sample ({x.shape[0]}), got {len(seeds)}")
+        super().__init__(None, x)
+        self.seeds = seeds
+        self.generators = [torch.Generator(x.device).manual_seed(s) for s in seeds]
+
+    @property
+    def generator(self) -> torch.Generator:
+        """A batch-wide generator, for solvers that draw a batch-wide Brownian path (``sde`` with ``srk`` or
+        adaptive steps): seeded by a hash of all the seeds, so such samples depend on their batch."""
+        if self._batch_generator is None:
+            digest = hashlib.sha256(repr(self.seeds).encode()).digest()
+            seed = int.from_bytes(digest[:8], "little") >> 1
+            self._batch_generator = torch.Generator(self.device).manual_seed(seed)
+        return self._batch_generator
+
+    @generator.setter
+    def generator(self, value):
+        self._batch_generator = value  # None from Noise.__init__: made on first use
+
+    def __call__(self, like: Tensor | None = None) -> Tensor:
+        shape = self.shape if like is None else like.shape
+        if shape[0] != len(self.generators):
+            raise ValueError(f"per-sample noise needs a leading batch of {len(self.generators)}, got {tuple(shape)}")
+        return torch.stack([torch.randn(shape[1:], generator=g, dtype=self.dtype, device=self.device)
+                            for g in self.generators])
+
+
 class Solver:
     """Base of every solver (see the module docstring for the protocol)."""
 
@@ -161,9 +200,10 @@ def _apply(callback: Callback | None, x: Tensor, node: Node, prediction: Predict
 
 @torch.no_grad()
 def integrate(solver: Solver, score, sde: SDE, x: Tensor, grid: TimeGrid, *, generator: torch.Generator | None = None,
-              progress: bool = False, callback: Callback | None = None) -> SamplerOutput:
+              progress: bool = False, callback: Callback | None = None, noise: Noise | None = None) -> SamplerOutput:
     """Run ``solver`` over ``grid`` from ``x`` (the state at the grid's first node) with the score function
-    ``score(x, t)``; the transition into a data node is Tweedie's step. Returns ``(x, nfe)``."""
+    ``score(x, t)``; the transition into a data node is Tweedie's step. Noise comes from ``generator``, or from
+    ``noise`` (e.g. ``SeededNoise``) instead. Returns ``(x, nfe)``."""
     if not isinstance(solver, Solver):
         raise TypeError(f"solver must be an sgm Solver, got {type(solver).__name__}")
     if not isinstance(sde, SDE):
@@ -171,13 +211,17 @@ def integrate(solver: Solver, score, sde: SDE, x: Tensor, grid: TimeGrid, *, gen
     x = check_state(x)
     if not isinstance(grid, TimeGrid):
         raise TypeError(f"grid must be a TimeGrid, got {type(grid).__name__}")
+    grid.check_sde(sde)
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable as callback(x, node, prediction), got {type(callback).__name__}")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    if noise is not None and (not isinstance(noise, Noise) or generator is not None):
+        raise TypeError(f"noise must be an sgm Noise, given without a generator; got {type(noise).__name__} "
+                        f"and generator {generator!r}")
     total = solver.nfe(len(grid.noisy), grid.denoise)
     with tqdm(total=total, desc=solver.name, unit="nfe", disable=not progress, leave=False) as bar:
-        model, noise = Model(score, sde, bar), Noise(generator, x)
+        model, noise = Model(score, sde, bar), noise or Noise(generator, x)
         state = solver.init(x, grid)
         last = grid.noisy[-1]
         for a, b in solver.stepping_grid(grid).steps():

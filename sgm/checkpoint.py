@@ -1,0 +1,152 @@
+"""Checkpoint files that cannot run code: atomic writes, ``weights_only`` reads, and safetensors export.
+
+Two formats:
+
+- ``checkpoint.pt`` (written by training): a ``torch.save`` of plain containers — ``dict``/``list``/``tuple`` of
+  tensors, numbers, strings, booleans and ``None`` — with keys ``format``, ``step``, ``config``, ``data_shape``,
+  ``model``, ``ema``, ``optimizer``, ``scheduler`` (no RNG state: training draws from streams seeded by
+  seed, step and rank, see ``sgm.distributed``). It is read with ``torch.load(..., weights_only=True)``:
+  PyTorch's restricted unpickler builds only those types, so a file whose pickle names any other callable
+  (an object whose ``__reduce__`` would run a shell command, say) is refused before anything in it runs.
+- ``*.safetensors`` (written by ``export``): the EMA weights as raw tensors, with the run's config and data
+  shape as JSON in the header's metadata. No pickle at all; for sharing a trained model.
+
+Every failure to read — missing keys, a foreign or truncated file, pickled code, a newer format — is a
+``CheckpointError`` whose message starts with the file's path.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from typing import BinaryIO, Callable
+
+import torch
+from torch import Tensor
+
+__all__ = ["CheckpointError", "write_atomic", "save_checkpoint", "load_checkpoint", "export", "read_weights",
+           "model_from_checkpoint", "FORMAT_VERSION", "CHECKPOINT"]
+
+CHECKPOINT = "checkpoint.pt"
+FORMAT_VERSION = 2  # 1 also held RNG states (byte tensors), which are now ignored: training draws from streams
+READABLE_FORMATS = (1, 2)  # seeded by (seed, step, rank), so a format-1 run resumes, with new draws from then on
+SAFETENSORS_FORMAT = "sgm-ema-1"
+NEEDED = ("format", "step", "config", "model", "ema", "optimizer", "scheduler", "data_shape")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is corrupt, foreign, unsafe to load, or does not match the run that tries to load it."""
+
+
+def write_atomic(path: str, write: Callable[[BinaryIO], object]) -> None:
+    """``write(f)`` to a temporary file in ``path``'s folder, flushed to disk, then renamed to ``path``: a crash
+    leaves the old file or the new one, never half of one."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_checkpoint(path: str, state: dict) -> None:
+    """Write ``state`` atomically (``write_atomic``)."""
+    write_atomic(path, lambda f: torch.save(state, f))
+
+
+def _is_safetensors(path: str) -> bool:
+    """A safetensors file starts with its header's length (8 bytes, little-endian) and then the JSON ``{``."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{"
+
+
+def _exists(path: str) -> None:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no checkpoint at {path!r}")
+
+
+def load_checkpoint(path: str, map_location="cpu") -> dict:
+    """Read a training checkpoint with ``weights_only=True``; ``CheckpointError`` naming the file otherwise."""
+    _exists(path)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: refused: it is not a plain-tensor checkpoint (it may carry pickled code, "
+                              f"which sgm never runs; {first})") from None
+    except Exception as err:  # torch raises several types for truncated or foreign files
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
+    if not isinstance(state, dict) or not set(NEEDED) <= set(state):
+        missing = sorted(set(NEEDED) - set(state if isinstance(state, dict) else ()))
+        raise CheckpointError(f"{path}: not an sgm checkpoint (missing {missing})")
+    if state["format"] not in READABLE_FORMATS:
+        raise CheckpointError(f"{path}: checkpoint format {state['format']}, expected one of {READABLE_FORMATS}")
+    return state
+
+
+def export(checkpoint: str, out: str) -> str:
+    """Write a training checkpoint's EMA weights, config and data shape to the safetensors file ``out``."""
+    from safetensors.torch import save
+
+    state = load_checkpoint(checkpoint)
+    if not out.endswith(".safetensors"):
+        raise ValueError(f"out must end in .safetensors, got {out!r}")
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state["ema"].items()}
+    metadata = {"format": SAFETENSORS_FORMAT, "config": json.dumps(state["config"]),
+                "data_shape": json.dumps(list(state["data_shape"])), "step": str(int(state["step"]))}
+    write_atomic(out, lambda f: f.write(save(tensors, metadata=metadata)))
+    return out
+
+
+def _read_safetensors(path: str, device) -> tuple[dict[str, Tensor], dict, tuple]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt", device=str(device)) as f:
+            metadata = f.metadata() or {}
+            if metadata.get("format") != SAFETENSORS_FORMAT:
+                raise CheckpointError(f"{path}: a safetensors file, but not one written by sgm export "
+                                      f"(format {metadata.get('format')!r}, expected {SAFETENSORS_FORMAT!r})")
+            weights = {k: f.get_tensor(k) for k in f.keys()}
+        return weights, json.loads(metadata["config"]), tuple(json.loads(metadata["data_shape"]))
+    except CheckpointError:
+        raise
+    except Exception as err:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({type(err).__name__}: {err})") from None
+
+
+def read_weights(path: str, ema: bool = True, device="cpu") -> tuple[dict[str, Tensor], dict, tuple]:
+    """``(state_dict, config dict, data shape)`` from a training checkpoint or an exported safetensors file."""
+    _exists(path)
+    if _is_safetensors(path):
+        if not ema:
+            raise CheckpointError(f"{path}: an exported file holds only the EMA weights")
+        return _read_safetensors(path, device)
+    state = load_checkpoint(path, map_location=device)
+    return state["ema" if ema else "model"], state["config"], tuple(state["data_shape"])
+
+
+def model_from_checkpoint(path: str, ema: bool = True, device="cpu"):
+    """The score function of a saved run (EMA weights by default), its ``TrainConfig`` and the data shape;
+    ``path`` is a training checkpoint or a file written by ``export``."""
+    from .score import ScoreModel
+    from .train import TrainConfig, build_net, build_sde  # train imports this module: import here
+
+    weights, config, shape = read_weights(path, ema, device)
+    try:
+        config = TrainConfig.from_dict(config)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: its config is not a TrainConfig ({err})") from None
+    net = build_net(config, shape).to(device)
+    try:
+        net.load_state_dict(weights)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: weights do not fit the network its config builds ({err})") from None
+    net.eval()
+    return ScoreModel(net, build_sde(config), config.prediction), config, shape

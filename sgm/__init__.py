@@ -1,11 +1,11 @@
 """sgm: score-based generative modelling with SDEs and ODEs."""
-from . import samplers
+from . import guidance, inverse, samplers
 from .samplers import sample
 from .score import ScoreModel
-from .sde import SDE, VESDE, VPSDE, DiscreteChain, SubVPSDE
-from .targets import GaussianMixture, random_mixture, ring_mixture
+from .sde import SDE, VESDE, VPSDE, CosineVPSDE, DiscreteChain, SubVPSDE
+from .targets import FullGaussianMixture, GaussianMixture, random_mixture, ring_mixture
 
 __version__ = "0.1.0"
 
-__all__ = ["SDE", "VPSDE", "SubVPSDE", "VESDE", "DiscreteChain", "GaussianMixture", "ring_mixture", "random_mixture", "ScoreModel", "sample",
-           "samplers", "__version__"]
+__all__ = ["SDE", "VPSDE", "CosineVPSDE", "SubVPSDE", "VESDE", "DiscreteChain", "GaussianMixture", "FullGaussianMixture", "ring_mixture", "random_mixture", "ScoreModel", "sample",
+           "samplers", "guidance", "inverse", "__version__"]

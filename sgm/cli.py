@@ -73,6 +73,8 @@ def train(args: argparse.Namespace) -> int:
 
     fields = {f: getattr(args, f) for f in TRAIN_OPTIONS if getattr(args, f) is not None}
     fields["progress"] = not args.no_progress
+    if args.conditional:
+        fields["conditional"] = True
     fields["tensorboard"] = args.tensorboard
     config = TrainConfig(**fields)
     with distributed.session(config.device) as (rank, world_size):  # under torchrun: one of world_size processes
@@ -108,11 +110,15 @@ def sample_checkpoint(args: argparse.Namespace) -> int:
     model, config, shape = loaded
     options = dict(kv.split("=", 1) for kv in args.option)
     options = {k: _parse_value(v) for k, v in options.items()}
+    try:
+        score = _conditioned(model, args.label, args.guidance)
+    except ValueError as err:
+        return _fail("sample", err)
     if args.shard_dir or args.n > args.shard_size:
-        return _sample_shards(args, model, shape, device, options)
+        return _sample_shards(args, score, model.sde, shape, device, options)
     t0 = time.perf_counter()
     with torch.no_grad():
-        out = sample(model, model.sde, (args.n,) + shape, sampler=args.sampler, steps=args.steps,
+        out = sample(score, model.sde, (args.n,) + shape, sampler=args.sampler, steps=args.steps,
                      seeds=sample_seeds(args.seed, 0, args.n),
                      device=device, dtype=torch.float32, progress=not args.no_progress, **options)
     seconds = time.perf_counter() - t0
@@ -124,6 +130,22 @@ def sample_checkpoint(args: argparse.Namespace) -> int:
     print(f"{args.n} samples with {args.sampler} ({out.nfe} NFE) in {seconds:.2f}s; wrote {args.out}, "
           f"{stem}.pt and {stem}.npz")
     return 0
+
+
+def _conditioned(model, label: int | None, guidance: float | None):
+    """The score to sample: the model itself, its class ``label``, or classifier-free guidance at ``guidance``."""
+    from .guidance import classifier_free
+
+    if label is None:
+        if guidance is not None:
+            raise ValueError("--guidance needs --label (the class to guide towards)")
+        return model
+    if model.n_classes is None:
+        raise ValueError(f"--label {label} given, but the checkpoint's model is unconditional (trained without "
+                         f"--conditional)")
+    if not 0 <= label < model.n_classes:
+        raise ValueError(f"--label must lie in [0, {model.n_classes - 1}], got {label}")
+    return model.conditional(label) if not guidance else classifier_free(model, label, guidance)
 
 
 def sample_command(args: argparse.Namespace) -> int:
@@ -140,7 +162,7 @@ def _default_shard_dir(out: str) -> str:
     return os.path.splitext(out)[0] + "_shards"
 
 
-def _sample_shards(args: argparse.Namespace, model, shape: tuple, device, options: dict) -> int:
+def _sample_shards(args: argparse.Namespace, score, sde, shape: tuple, device, options: dict) -> int:
     """``args.n`` samples into ``.npz`` shards (resumable); process 0 then draws the figure of the first ones."""
     import os
 
@@ -152,7 +174,7 @@ def _sample_shards(args: argparse.Namespace, model, shape: tuple, device, option
     out_dir = args.shard_dir or _default_shard_dir(args.out)
     t0 = time.perf_counter()
     try:
-        paths = sample_shards(model, model.sde, shape, args.n, out_dir, args.shard_size, args.seed, args.sampler,
+        paths = sample_shards(score, sde, shape, args.n, out_dir, args.shard_size, args.seed, args.sampler,
                               args.steps, device, progress=not args.no_progress,
                               record={"checkpoint": os.path.abspath(args.checkpoint), "raw_weights": args.raw_weights},
                               **options)
@@ -244,6 +266,7 @@ TRAIN_OPTIONS = {
     "width": (int, "MLP width"), "depth": (int, "MLP residual blocks"),
     "channels": (int, "U-Net base channels"), "num_res_blocks": (int, "U-Net blocks per level"),
     "dropout": (float, "dropout"),
+    "label_dropout": (float, "rate of training without the label (for classifier-free guidance), default 0.1"),
     "steps": (int, "training steps"), "batch_size": (int, "global batch size (split over torchrun's processes)"),
     "lr": (float, "learning rate"),
     "warmup": (int, "warm-up steps"), "grad_clip": (float, "gradient-norm clip"), "ema_decay": (float, "EMA decay"),
@@ -271,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
                    default=None, help="U-Net channel multipliers, e.g. 1,2,2")
     p.add_argument("--attn-levels", dest="attn_levels", type=lambda v: tuple(int(c) for c in v.split(",") if c),
                    default=None, help="U-Net levels with self-attention, e.g. 1")
+    p.add_argument("--conditional", action="store_true", default=None,
+                   help="class-conditional training on the dataset's labels")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--tensorboard", action="store_true",
                    help="also log the scalars and sample figures to OUT_DIR/tensorboard")
@@ -290,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="outputs/samples.png", help="the figure; samples go beside it as .pt and .npz")
     p.add_argument("--show", type=int, default=2000, help="at most this many samples in the figure")
     p.add_argument("--raw-weights", action="store_true", help="the raw weights instead of the EMA")
+    p.add_argument("--label", type=int, default=None, help="sample this class (a conditional checkpoint)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale w: (1+w)·s(x|y) - w·s(x); with --label")
     p.add_argument("--shard-dir", default=None,
                    help="write .npz shards here (resumable; default OUT_shards/ when --n exceeds --shard-size "
                         "or under torchrun, where the processes share the shards)")

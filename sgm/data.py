@@ -149,9 +149,10 @@ def load_cifar10(folder: str, split: str = "train") -> tuple[Tensor, Tensor]:
     return _to_unit_range(np.concatenate(images), 255.0), torch.from_numpy(np.concatenate(labels))
 
 
-def load_image_folder(folder: str, size: int | None = None, channels: int = 3) -> Tensor:
+def load_image_folder(folder: str, size: int | None = None, channels: int = 3, labels: bool = False):
     """Every image file under ``folder`` (sorted), as ``(N, channels, H, W)`` in [-1, 1], resized to ``size``×``size``
-    (bilinear) when given; otherwise all images must share one size."""
+    (bilinear) when given; otherwise all images must share one size. With ``labels``, returns ``(images, labels,
+    class_names)``: each image's class is its top-level sub-folder, classes numbered in sorted name order."""
     from PIL import Image, UnidentifiedImageError
 
     folder = _existing(folder, "image folder")
@@ -161,6 +162,13 @@ def load_image_folder(folder: str, size: int | None = None, channels: int = 3) -
                    if f.lower().endswith(IMAGE_EXTENSIONS))
     if not files:
         raise FileNotFoundError(f"image folder {folder!r} holds no {'/'.join(IMAGE_EXTENSIONS)} files")
+    if labels:
+        parts = [os.path.relpath(f, folder).split(os.sep) for f in files]
+        loose = [os.path.join(folder, *p) for p in parts if len(p) == 1]
+        if loose:
+            raise ValueError(f"image folder {folder!r}: labels come from sub-folders, but {loose[0]} is not in one")
+        names = sorted({p[0] for p in parts})
+        classes = torch.tensor([names.index(p[0]) for p in parts], dtype=torch.long)
     arrays = []
     for path in files:
         try:
@@ -176,25 +184,30 @@ def load_image_folder(folder: str, size: int | None = None, channels: int = 3) -
         raise ValueError(f"images in {folder!r} differ in size ({sorted(shapes)[:3]}…); pass size= to resize them")
     stacked = np.stack(arrays)
     stacked = stacked[:, None] if channels == 1 else stacked.transpose(0, 3, 1, 2)
-    return _to_unit_range(stacked, 255.0)
+    images = _to_unit_range(stacked, 255.0)
+    return (images, classes, names) if labels else images
 
 
 DATASETS = TOY_SETS + ("digits", "mnist", "cifar10", "folder")
 
 
-def load_dataset(name: str, path: str | None = None, n: int = 50_000, seed: int = 0, size: int | None = None) -> Tensor:
+def load_dataset(name: str, path: str | None = None, n: int = 50_000, seed: int = 0, size: int | None = None,
+                 labels: bool = False):
     """The training tensor of a named dataset: a toy set (``n`` points drawn with ``seed``), ``digits``, or
-    ``mnist`` / ``cifar10`` / ``folder`` read from ``path``."""
+    ``mnist`` / ``cifar10`` / ``folder`` read from ``path``. With ``labels``, ``(data, labels)`` (the image sets;
+    a folder's classes are its sub-folders); toy sets have no labels."""
     if name in TOY_SETS:
+        if labels:
+            raise ValueError(f"dataset {name!r} has no class labels (labelled: digits, mnist, cifar10, folder)")
         return toy_2d(name, n, torch.Generator().manual_seed(seed))
     if name == "digits":
-        return load_digits()[0]
+        return load_digits() if labels else load_digits()[0]
     if name in ("mnist", "cifar10", "folder"):
         if path is None:
             raise ValueError(f"dataset {name!r} needs a path to its files")
         if name == "mnist":
-            return load_mnist(path)[0]
+            return load_mnist(path) if labels else load_mnist(path)[0]
         if name == "cifar10":
-            return load_cifar10(path)[0]
-        return load_image_folder(path, size)
+            return load_cifar10(path) if labels else load_cifar10(path)[0]
+        return load_image_folder(path, size, labels=True)[:2] if labels else load_image_folder(path, size)
     raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}")

@@ -8,6 +8,10 @@ With ``x_t = a·x_0 + σ·ε`` (``a, σ = sde.marginal(t)``) the four usual targ
     score: s = ŝ
 
 and Tweedie's formula gives the denoiser ``E[x_0 | x_t] = (x + σ² s)/a``.
+
+A class-conditional network ``net(x, t, labels)`` (``n_classes`` > 0) makes ``ScoreModel`` a conditional score
+function ``model(x, t, y)`` (``y = n_classes``: no label) for ``sgm.guidance``, and ``model.conditional(y)`` is the
+plain score function ``s(x, t | y)`` every sampler takes.
 """
 from __future__ import annotations
 
@@ -52,9 +56,29 @@ class ScoreModel:
             std = self.chain.std.to(device=x.device)[net_t].to(x.dtype)
         return net_t, batch_view(scale, x), batch_view(std, x)
 
-    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+    @property
+    def n_classes(self) -> int | None:
+        """The network's class count, or None for an unconditional network."""
+        return getattr(getattr(self.net, "module", self.net), "n_classes", 0) or None  # DDP wraps the network
+
+    def conditional(self, labels) -> Callable[[Tensor, Tensor], Tensor]:
+        """The score function ``s(x, t | y)`` for labels ``y`` (an int, or ``(batch,)``; ``n_classes`` = no label)."""
+        from .targets import check_class_labels
+
+        if self.n_classes is None:
+            raise ValueError("labels given to an unconditional model (its network was built without n_classes)")
+        n = self.n_classes
+        fixed = check_class_labels(labels, n + 1, None if isinstance(labels, Tensor) else 1)
+
+        def score(x: Tensor, t: Tensor) -> Tensor:
+            y = fixed.expand(x.shape[0]) if fixed.shape[0] == 1 and not isinstance(labels, Tensor) else fixed
+            return self(x, t, check_class_labels(y, n + 1, x.shape[0], x.device))
+
+        return score
+
+    def __call__(self, x: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
         net_t, a, s = self._inputs(x, t)
-        out = self.net(x, net_t)
+        out = self.net(x, net_t) if labels is None else self.net(x, net_t, labels)
         if self.prediction == "score":
             return out
         if self.prediction == "eps":

@@ -21,7 +21,7 @@ from numbers import Real
 import torch
 from torch import Tensor
 
-__all__ = ["SDE", "VPSDE", "SubVPSDE", "VESDE", "DiscreteChain", "batch_view"]
+__all__ = ["SDE", "VPSDE", "SubVPSDE", "VESDE", "CosineVPSDE", "DiscreteChain", "batch_view"]
 
 
 def batch_view(v: Tensor, x: Tensor) -> Tensor:
@@ -253,6 +253,66 @@ class SubVPSDE(_LinearBeta):
         betas = self._chain_betas(N)
         alphas_cumprod = torch.cumprod(1 - betas, 0)
         return DiscreteChain(self._chain_times(N), alphas_cumprod.sqrt(), 1 - alphas_cumprod, betas)
+
+
+class CosineVPSDE(SDE):
+    """Variance preserving with the cosine schedule (Nichol & Dhariwal, 2021): ``ᾱ(t) = f(t)/f(0)``,
+    ``f(t) = cos²(π/2 · (t + s)/(1 + s))`` on the unit schedule ``t ∈ [0, 1]``, so
+
+        scale = √ᾱ(t),  std = √(1 - ᾱ(t)),  β(t) = -d log ᾱ/dt = π/(1 + s) · tan(π/2 · (t + s)/(1 + s)),
+
+    ``dx = -½β(t) x dt + √β(t) dW``; prior ``N(0, I)``. ``ᾱ(1) = 0`` and ``β`` blows up at ``t = 1``, so the
+    process stops at ``T = 0.9946`` (DPM-Solver's choice, where ``β ≈ 1.2e3`` and ``std = 1 - 1.3e-5``).
+    ``discretize(N)`` is improved DDPM's chain (diffusers' ``squaredcos_cap_v2``): ``β_i = min(1 - ᾱ((i+1)/N)/ᾱ(i/N),
+    0.999)``, ``ᾱ_i = ∏_{j≤i}(1 - β_j)`` at times ``(i+1)/N`` (the last clipped steps lie past ``T``).
+    """
+
+    def __init__(self, s: float = 0.008, T: float = 0.9946):
+        self.s = _positive("s", s)
+        self.T = _positive("T", T)
+        if self.T >= 1:
+            raise ValueError(f"T must be < 1 (ᾱ(1) = 0), got {self.T}")
+
+    def _angle(self, t: Tensor) -> Tensor:
+        return (t + self.s) / (1 + self.s) * (math.pi / 2)
+
+    def _log_alpha_bar(self, t: Tensor) -> Tensor:
+        return 2 * (torch.log(torch.cos(self._angle(t))) - math.log(math.cos(self.s / (1 + self.s) * math.pi / 2)))
+
+    def beta(self, t: Tensor) -> Tensor:
+        return math.pi / (1 + self.s) * torch.tan(self._angle(t))
+
+    def drift(self, x: Tensor, t: Tensor) -> Tensor:
+        """``f(x, t) = -½ β(t) x``."""
+        return -0.5 * batch_view(self.beta(t), x) * x
+
+    def diffusion(self, t: Tensor) -> Tensor:
+        return self.beta(t).sqrt()
+
+    def marginal(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        log_ab = self._log_alpha_bar(t).clamp(max=0.0)  # 0 at t = 0, up to rounding
+        return torch.exp(0.5 * log_ab), torch.sqrt(-torch.expm1(log_ab))
+
+    def time_at_noise_level(self, sigma: Tensor) -> Tensor:
+        """``ᾱ = 1/(1 + σ²)``, so ``cos(angle) = cos(angle(0))/√(1 + σ²)``."""
+        c0 = math.cos(self.s / (1 + self.s) * math.pi / 2)
+        angle = torch.acos(c0 / torch.sqrt(1 + sigma**2))
+        return angle * (2 / math.pi) * (1 + self.s) - self.s
+
+    @property
+    def prior_std(self) -> float:
+        return 1.0
+
+    def discretize(self, N: int) -> DiscreteChain:
+        N = _check_steps("N", N)
+        grid = torch.arange(N + 1, dtype=torch.float64) / N
+        alpha_bar = torch.exp(self._log_alpha_bar(grid))
+        betas = torch.clamp(1 - alpha_bar[1:] / alpha_bar[:-1], max=0.999)
+        alphas_cumprod = torch.cumprod(1 - betas, 0)
+        return DiscreteChain(grid[1:], alphas_cumprod.sqrt(), (1 - alphas_cumprod).sqrt(), betas)
+
+    def __repr__(self) -> str:
+        return f"CosineVPSDE(s={self.s}, T={self.T})"
 
 
 class VESDE(SDE):

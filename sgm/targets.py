@@ -6,6 +6,20 @@ For ``p_0 = Σ_k w_k N(μ_k, diag(σ_k²))`` and an SDE with marginal ``x_t = sc
     ∇ log p_t(x) = Σ_k r_k(x) (scale·μ_k - x) / (scale²σ_k² + std²),   r_k = w_k N_k(x) / p_t(x).
 
 Samples may have any shape ``(batch, *event)`` with ``prod(event) = dim``; they are flattened inside.
+
+Classes: each component ``k`` carries a label ``c_k`` (its class; by default its own index). Then, with
+``r_k(x)`` the responsibilities under ``p_t``,
+
+    p_t(x | y) = Σ_{k: c_k = y} w_k N_k(x) / Σ_{k: c_k = y} w_k,      p_t(y | x) = Σ_{k: c_k = y} r_k(x),
+    ∇ log p_t(x | y) = Σ_{k: c_k = y} r_k^y(x) (scale·μ_k - x)/v_k,   r_k^y = r_k 1[c_k = y] / p_t(y | x),
+
+and ``∇ log p_t(y | x) = ∇ log p_t(x | y) - ∇ log p_t(x)`` (Bayes: the class-conditional is the mixture
+restricted to the class's components, so the noisy-class posterior is exact at every ``t``).
+
+A linear Gaussian observation ``y = A x_0 + σ_y n`` of a mixture draw has the posterior ``linear_posterior``:
+a mixture of full-covariance Gaussians (``FullGaussianMixture``) with, for ``Σ_k = diag(σ_k²)``,
+
+    C_k = (Σ_k⁻¹ + AᵀA/σ_y²)⁻¹,   m_k = C_k (Σ_k⁻¹ μ_k + Aᵀy/σ_y²),   w'_k ∝ w_k N(y; A μ_k, A Σ_k Aᵀ + σ_y² I).
 """
 from __future__ import annotations
 
@@ -16,13 +30,40 @@ from torch import Tensor
 
 from .sde import SDE, DiscreteChain
 
-__all__ = ["GaussianMixture", "ring_mixture", "random_mixture"]
+__all__ = ["GaussianMixture", "FullGaussianMixture", "ring_mixture", "random_mixture"]
 
 
-class GaussianMixture:
-    """``Σ_k w_k N(μ_k, diag(σ_k²))`` with ``means (K, D)``, ``stds (K,)`` isotropic or ``(K, D)``, ``weights (K,)``."""
+class _Mixture:
+    """What both mixtures share: ``means (K, D)``, ``weights (K,)`` and sampling (components by ``multinomial``
+    first, then one ``randn``, placed by ``_place``)."""
 
-    def __init__(self, means, stds, weights=None, dtype: torch.dtype | None = None, device=None):
+    means: Tensor
+    weights: Tensor
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+    @property
+    def n_components(self) -> int:
+        return self.means.shape[0]
+
+    def _place(self, comp: Tensor, z: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def sample(self, n: int, generator: torch.Generator | None = None, return_components: bool = False):
+        """Draw ``n`` samples ``(n, D)``: components by ``multinomial`` first, then one ``randn``."""
+        comp = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        z = torch.randn((n, self.dim), generator=generator, dtype=self.means.dtype, device=self.means.device)
+        x = self._place(comp, z)
+        return (x, comp) if return_components else x
+
+
+class GaussianMixture(_Mixture):
+    """``Σ_k w_k N(μ_k, diag(σ_k²))`` with ``means (K, D)``, ``stds (K,)`` isotropic or ``(K, D)``, ``weights (K,)``
+    and ``labels (K,)``: each component's class in ``0 … n_classes - 1`` (every class used; default ``0 … K-1``)."""
+
+    def __init__(self, means, stds, weights=None, dtype: torch.dtype | None = None, device=None, labels=None):
         means = torch.as_tensor(means, dtype=dtype, device=device)
         if not means.is_floating_point():
             means = means.to(torch.get_default_dtype())
@@ -45,25 +86,100 @@ class GaussianMixture:
         if not bool((weights > 0).all()) or abs(float(weights.sum()) - 1) > 1e-6:
             raise ValueError(f"weights must be positive and sum to 1, got {weights.tolist()}")
         self.means, self.stds, self.weights = means, stds.contiguous(), weights
+        self.labels = torch.arange(k, device=means.device) if labels is None else _check_labels(labels, k, means.device)
 
     @property
-    def dim(self) -> int:
-        return self.means.shape[1]
-
-    @property
-    def n_components(self) -> int:
-        return self.means.shape[0]
+    def n_classes(self) -> int:
+        return int(self.labels.max()) + 1
 
     def to(self, dtype: torch.dtype | None = None, device=None) -> "GaussianMixture":
         return GaussianMixture(self.means.to(dtype=dtype, device=device), self.stds.to(dtype=dtype, device=device),
-                               self.weights.to(dtype=dtype, device=device))
+                               self.weights.to(dtype=dtype, device=device), labels=self.labels.to(device=device))
 
-    def sample(self, n: int, generator: torch.Generator | None = None, return_components: bool = False):
-        """Draw ``n`` samples ``(n, D)``: components by ``multinomial`` first, then one ``randn``."""
-        comp = torch.multinomial(self.weights, n, replacement=True, generator=generator)
-        z = torch.randn((n, self.dim), generator=generator, dtype=self.means.dtype, device=self.means.device)
-        x = self.means[comp] + self.stds[comp] * z
-        return (x, comp) if return_components else x
+    # --- classes -------------------------------------------------------------------------------
+    def check_labels(self, y, batch: int | None = None) -> Tensor:
+        """``y`` as a ``long`` tensor ``(batch,)`` of classes in ``[0, n_classes)`` (an int is expanded)."""
+        return check_class_labels(y, self.n_classes, batch, self.means.device)
+
+    @property
+    def class_weights(self) -> Tensor:
+        """``p(y) = Σ_{k: c_k = y} w_k``, ``(n_classes,)``."""
+        return torch.zeros(self.n_classes, dtype=self.weights.dtype, device=self.weights.device).index_add_(
+            0, self.labels, self.weights)
+
+    def conditional(self, y: int) -> "GaussianMixture":
+        """The class-conditional ``p_0(x | y)``: the components of class ``y``, weights renormalised."""
+        y = int(self.check_labels(y, 1)[0])
+        keep = self.labels == y
+        w = self.weights[keep]
+        return GaussianMixture(self.means[keep], self.stds[keep], w / w.sum())
+
+    def class_log_posterior(self, x: Tensor, t: Tensor | None = None, sde: SDE | None = None) -> Tensor:
+        """``log p_t(y | x)`` for every class, ``(B, n_classes)``: log-sums of the class's responsibilities."""
+        log_p = self._components(*self._perturbed(x, t, sde))[0]
+        member = torch.nn.functional.one_hot(self.labels, self.n_classes).to(log_p.dtype)  # (K, C)
+        joint = torch.logsumexp(log_p[:, :, None] + torch.log(member), dim=1)
+        return joint - torch.logsumexp(log_p, dim=1, keepdim=True)
+
+    def class_score(self, x: Tensor, t: Tensor, sde: SDE, y) -> Tensor:
+        """The exact ``∇_x log p_t(x | y)`` for labels ``y`` (an int or ``(B,)``), shaped like ``x``."""
+        y = self.check_labels(y, x.shape[0])
+        flat, means, var = self._perturbed(x, t, sde)
+        log_p, prec, mean_prec = self._components(flat, means, var)
+        log_p = log_p.masked_fill(self.labels[None, :] != y[:, None], -math.inf)
+        r = torch.softmax(log_p, dim=1)
+        return (_contract_components(r, mean_prec) - flat * _contract_components(r, prec)).reshape(x.shape)
+
+    def class_score_fn(self, sde: SDE):
+        """``s(x, t, y) = ∇ log p_t(x | y)``; ``y = n_classes`` (the "no label" index) gives ``∇ log p_t(x)``.
+        The conditional score-function convention of ``sgm.guidance``."""
+
+        def score(x: Tensor, t: Tensor, y: Tensor) -> Tensor:
+            y = check_class_labels(y, self.n_classes + 1, x.shape[0], x.device)
+            null = y == self.n_classes
+            if bool(null.all()):
+                return self.score(x, t, sde)
+            out = self.class_score(x, t, sde, y.masked_fill(null, 0))
+            if bool(null.any()):
+                out[null] = self.score(x[null], t[null] if torch.is_tensor(t) and t.dim() else t, sde)
+            return out
+
+        score.n_classes = self.n_classes
+        return score
+
+    def classifier_fn(self, sde: SDE):
+        """The exact noisy classifier ``(x, t) -> log p_t(y | x)`` ``(B, n_classes)`` (logits for ``sgm.guidance``)."""
+
+        def classifier(x: Tensor, t: Tensor) -> Tensor:
+            return self.class_log_posterior(x, t, sde)
+
+        classifier.n_classes = self.n_classes
+        return classifier
+
+    # --- linear Gaussian observations -----------------------------------------------------------
+    def linear_posterior(self, A, y, sigma_y: float) -> "FullGaussianMixture":
+        """The exact posterior ``p(x_0 | y)`` for ``y = A x_0 + σ_y n`` (``A (m, D)``, ``y (m,)``, ``σ_y > 0``):
+        the mixture of the module docstring. Gaussian conditioning done in the observation space,
+        ``C_k = Σ_k - Σ_k Aᵀ S_k⁻¹ A Σ_k``, ``m_k = μ_k + Σ_k Aᵀ S_k⁻¹ (y - A μ_k)``, ``S_k = A Σ_k Aᵀ + σ_y² I``."""
+        A, y = check_observation(A, y, self.dim, self.means.dtype, self.means.device)
+        sigma_y = float(sigma_y)
+        if not sigma_y > 0:
+            raise ValueError(f"sigma_y must be > 0, got {sigma_y}")
+        sig = self.stds**2                                                  # (K, D)
+        AS = A[None] * sig[:, None, :]                                      # A Σ_k, (K, m, D)
+        S = AS @ A.T + sigma_y**2 * torch.eye(A.shape[0], dtype=A.dtype, device=A.device)
+        L = torch.linalg.cholesky(S)
+        resid = y[None] - self.means @ A.T                                  # (K, m)
+        sol = torch.cholesky_solve(resid[..., None], L)[..., 0]             # S⁻¹ (y - A μ)
+        means = self.means + (AS.transpose(1, 2) @ sol[..., None])[..., 0]
+        covs = torch.diag_embed(sig) - AS.transpose(1, 2) @ torch.cholesky_solve(AS, L)
+        log_ev = -0.5 * ((resid * sol).sum(1) + 2 * torch.log(torch.diagonal(L, dim1=1, dim2=2)).sum(1)
+                         + A.shape[0] * math.log(2 * math.pi))
+        weights = torch.softmax(torch.log(self.weights) + log_ev, 0)
+        return FullGaussianMixture(means, 0.5 * (covs + covs.transpose(1, 2)), weights)
+
+    def _place(self, comp: Tensor, z: Tensor) -> Tensor:
+        return self.means[comp] + self.stds[comp] * z
 
     # --- the perturbed mixture p_t ------------------------------------------------------------
     def _perturbed(self, x: Tensor, t: Tensor | None, sde: SDE | None, scale_std: tuple | None = None):
@@ -152,6 +268,101 @@ class GaussianMixture:
         centred = means - mean
         cov = torch.diag((w[:, None] * var).sum(0)) + (w[:, None, None] * centred[:, :, None] * centred[:, None, :]).sum(0)
         return mean, cov
+
+
+class FullGaussianMixture(_Mixture):
+    """``Σ_k w_k N(μ_k, C_k)`` with full covariances ``covs (K, D, D)``: the posterior of a ``GaussianMixture``
+    under a linear Gaussian observation. Perturbed by an SDE it stays one, ``N(scale·μ_k, scale² C_k + std² I)``,
+    so its density and score are exact at every ``t`` too."""
+
+    def __init__(self, means: Tensor, covs: Tensor, weights: Tensor):
+        k, d = means.shape
+        if covs.shape != (k, d, d) or weights.shape != (k,):
+            raise ValueError(f"covs must be ({k}, {d}, {d}) and weights ({k},), got {tuple(covs.shape)}, "
+                             f"{tuple(weights.shape)}")
+        self.means, self.covs, self.weights = means, covs, weights
+        self._chol = torch.linalg.cholesky(covs)
+
+    def _place(self, comp: Tensor, z: Tensor) -> Tensor:
+        return self.means[comp] + (self._chol[comp] @ z[..., None])[..., 0]
+
+    def _log_components(self, x: Tensor, t, sde: SDE | None):
+        """``log w_k + log N(x; m_k, V_k)`` ``(B, K)`` and ``V_k⁻¹(m_k - x)`` ``(B, K, D)``."""
+        flat = x.reshape(x.shape[0], -1)
+        if flat.shape[1] != self.dim:
+            raise ValueError(f"x must have {self.dim} features per sample, got shape {tuple(x.shape)}")
+        means, covs = self.means.to(x.dtype), self.covs.to(x.dtype)
+        if t is not None:
+            t = torch.as_tensor(t, dtype=x.dtype, device=x.device).reshape(-1)[:1]  # one time for the batch
+            scale, std = (float(v) for v in sde.marginal(t))
+            means = scale * means
+            covs = scale**2 * covs + std**2 * torch.eye(self.dim, dtype=x.dtype, device=x.device)
+        L = torch.linalg.cholesky(covs)                                     # (K, D, D)
+        diff = means[None] - flat[:, None]                                  # (B, K, D)
+        white = torch.linalg.solve_triangular(L[None], diff[..., None], upper=False)[..., 0]
+        log_n = -0.5 * ((white**2).sum(-1) + 2 * torch.log(torch.diagonal(L, dim1=1, dim2=2)).sum(1)
+                        + self.dim * math.log(2 * math.pi))
+        grad = torch.cholesky_solve(diff[..., None], L[None])[..., 0]
+        return torch.log(self.weights.to(x.dtype)) + log_n, grad
+
+    def log_prob(self, x: Tensor, t: Tensor | None = None, sde: SDE | None = None) -> Tensor:
+        """``log p_t(x)`` per sample (``t`` one time for the whole batch; ``log p_0`` when None)."""
+        return torch.logsumexp(self._log_components(x, t, sde)[0], dim=1)
+
+    def responsibilities(self, x: Tensor) -> Tensor:
+        """Component probabilities ``(B, K)`` under ``p_0``."""
+        return torch.softmax(self._log_components(x, None, None)[0], dim=1)
+
+    def score(self, x: Tensor, t: Tensor, sde: SDE) -> Tensor:
+        """The exact ``∇ log p_t(x) = Σ_k r_k V_k⁻¹ (m_k - x)``."""
+        log_p, grad = self._log_components(x, t, sde)
+        return (torch.softmax(log_p, 1)[..., None] * grad).sum(1).reshape(x.shape)
+
+    def score_fn(self, sde: SDE):
+        return lambda x, t: self.score(x, t, sde)
+
+    def moments(self) -> tuple[Tensor, Tensor]:
+        """Exact mean ``(D,)`` and covariance ``(D, D)``."""
+        w = self.weights
+        mean = (w[:, None] * self.means).sum(0)
+        c = self.means - mean
+        return mean, (w[:, None, None] * (self.covs + c[:, :, None] * c[:, None, :])).sum(0)
+
+
+def check_class_labels(y, n_classes: int, batch: int | None = None, device=None) -> Tensor:
+    """``y`` (an int or an integer tensor ``(batch,)``) as a ``long`` tensor of classes in ``[0, n_classes)``."""
+    if isinstance(y, bool) or not isinstance(y, (int, Tensor)):
+        raise TypeError(f"labels must be an int or an integer tensor, got {type(y).__name__}")
+    y = torch.as_tensor(y, device=device)
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise TypeError(f"labels must be integers, got dtype {y.dtype}")
+    if y.dim() == 0 and batch is not None:
+        y = y.expand(batch)
+    if y.dim() != 1 or (batch is not None and y.shape[0] != batch):
+        raise ValueError(f"labels must have shape ({batch if batch is not None else 'batch'},), got {tuple(y.shape)}")
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= n_classes):
+        raise ValueError(f"labels must lie in [0, {n_classes - 1}], got values in [{int(y.min())}, {int(y.max())}]")
+    return y.long()
+
+
+def _check_labels(labels, k: int, device) -> Tensor:
+    labels = torch.as_tensor(labels, device=device)
+    if labels.shape != (k,) or labels.is_floating_point() or labels.dtype == torch.bool:
+        raise ValueError(f"labels must be an integer tensor of shape ({k},), got {tuple(labels.shape)} {labels.dtype}")
+    if int(labels.min()) < 0 or set(labels.tolist()) != set(range(int(labels.max()) + 1)):
+        raise ValueError(f"labels must use every class 0 … C-1 (each class at least one component), got {labels.tolist()}")
+    return labels.long()
+
+
+def check_observation(A, y, dim: int, dtype, device) -> tuple[Tensor, Tensor]:
+    """``A`` as an ``(m, dim)`` matrix and ``y`` as ``(m,)``, with the shapes checked."""
+    A = torch.as_tensor(A, dtype=dtype, device=device)
+    if A.dim() != 2 or A.shape[1] != dim:
+        raise ValueError(f"A must have shape (m, {dim}), got {tuple(A.shape)}")
+    y = torch.as_tensor(y, dtype=dtype, device=device).reshape(-1)
+    if y.shape[0] != A.shape[0]:
+        raise ValueError(f"y must have {A.shape[0]} entries (the rows of A), got {y.shape[0]}")
+    return A, y
 
 
 def _contract_features(a: Tensor, c: Tensor) -> Tensor:

@@ -71,6 +71,11 @@ class TrainConfig:
     num_res_blocks: int = 2
     attn_levels: tuple = (1,)
     dropout: float = 0.0
+    # class-conditional training: labels from the dataset; each label replaced by "no label" with probability
+    # label_dropout (the unconditional model of classifier-free guidance); n_classes is recorded from the data
+    conditional: bool = False
+    label_dropout: float = 0.1
+    n_classes: int = 0
     # optimisation
     steps: int = 10_000
     batch_size: int = 256
@@ -112,6 +117,10 @@ class TrainConfig:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if not 0 < self.eps < 1:
             raise ValueError(f"eps must lie in (0, 1), got {self.eps}")
+        if not isinstance(self.conditional, bool):
+            raise ValueError(f"conditional must be a bool, got {self.conditional!r}")
+        if not 0 <= self.label_dropout < 1:
+            raise ValueError(f"label_dropout must lie in [0, 1), got {self.label_dropout!r}")
         if self.warmup < 0 or self.weight_decay < 0 or not 0 <= self.dropout < 1:
             raise ValueError("warmup and weight_decay must be >= 0 and dropout in [0, 1)")
         return self
@@ -134,7 +143,7 @@ class TrainConfig:
 
 # Keys that fix the shapes of the saved tensors or the meaning of the loss: a resumed run must agree on them.
 ARCHITECTURE_KEYS = ("data", "image_size", "sde", "sde_args", "prediction", "weighting", "net", "width", "depth",
-                     "channels", "channel_mult", "num_res_blocks", "attn_levels")
+                     "channels", "channel_mult", "num_res_blocks", "attn_levels", "conditional", "n_classes")
 
 
 def build_sde(config: TrainConfig) -> SDE:
@@ -147,11 +156,12 @@ def build_net(config: TrainConfig, data_shape: tuple[int, ...]) -> nn.Module:
     if kind == "mlp":
         if len(data_shape) != 1:
             raise ValueError(f"net 'mlp' needs vector data, got samples of shape {data_shape}")
-        return MLP(data_shape[0], config.width, config.depth, time_scale=time_scale, dropout=config.dropout)
+        return MLP(data_shape[0], config.width, config.depth, time_scale=time_scale, dropout=config.dropout,
+                   n_classes=config.n_classes)
     if len(data_shape) != 3:
         raise ValueError(f"net 'unet' needs images (C, H, W), got samples of shape {data_shape}")
     return UNet(data_shape[0], config.channels, config.channel_mult, config.num_res_blocks, config.attn_levels,
-                config.dropout, time_scale=time_scale)
+                config.dropout, time_scale=time_scale, n_classes=config.n_classes)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -182,7 +192,7 @@ class EMA:
 class Trainer:
     """Denoising score matching on ``config.data``; ``fit()`` trains to ``config.steps``, resuming if it can."""
 
-    def __init__(self, config: TrainConfig, data: Tensor | None = None):
+    def __init__(self, config: TrainConfig, data: Tensor | None = None, labels: Tensor | None = None):
         self.config = config.validate()
         self.rank, self.world_size = distributed.world()
         if config.batch_size % self.world_size:
@@ -191,8 +201,12 @@ class Trainer:
         self.local_batch = config.batch_size // self.world_size
         self.device = distributed.local_device(resolve_device(config.device))
         torch.manual_seed(config.seed)
-        self.data = (data if data is not None else datasets.load_dataset(
-            config.data, config.data_path, config.n_data, config.seed, config.image_size)).to(self.device)
+        if data is None:
+            data = datasets.load_dataset(config.data, config.data_path, config.n_data, config.seed, config.image_size,
+                                         labels=config.conditional)
+            data, labels = data if config.conditional else (data, None)
+        self.data = data.to(self.device)
+        self.labels = self._labels(labels)
         if self.data.dim() < 2 or len(self.data) < 2:
             raise ValueError(f"data must hold at least 2 samples of shape (N, ...), got {tuple(self.data.shape)}")
         self.data_shape = tuple(self.data.shape[1:])
@@ -212,6 +226,20 @@ class Trainer:
         self.autocast = self.device.type == "cuda"
         self.path = os.path.join(config.out_dir, CHECKPOINT)
         self.log_path = os.path.join(config.out_dir, "loss.csv")
+
+    def _labels(self, labels: Tensor | None) -> Tensor | None:
+        """The class labels of a conditional run (their count recorded as ``config.n_classes``)."""
+        if not self.config.conditional:
+            if labels is not None:
+                raise ValueError("labels given to an unconditional run; set conditional=True")
+            return None
+        if labels is None:
+            raise ValueError("conditional=True needs labels for the data")
+        if labels.shape != (len(self.data),) or labels.is_floating_point() or int(labels.min()) < 0:
+            raise ValueError(f"labels must be non-negative integers of shape ({len(self.data)},), got "
+                             f"{tuple(labels.shape)} {labels.dtype}")
+        self.config.n_classes = int(labels.max()) + 1
+        return labels.long().to(self.device)
 
     # --- state ----------------------------------------------------------------------------------
     def state(self) -> dict:
@@ -259,23 +287,31 @@ class Trainer:
             save_checkpoint(self.path, self.state())
 
     # --- training -------------------------------------------------------------------------------
-    def batch(self) -> tuple[Tensor, Tensor, Tensor]:
-        """This process's part of the next step's global batch, ``(x0, t, noise)``: ``batch_size / world_size``
-        data indices, then times, then noise, from ``self.generator`` seeded by ``(seed, step, rank)``."""
+    def batch(self) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """This process's part of the next step's global batch, ``(x0, t, noise, labels)``: ``batch_size /
+        world_size`` data indices, then times, then noise, then (conditional runs) the uniforms that replace a
+        label by "no label" with probability ``label_dropout``, from ``self.generator`` seeded by
+        ``(seed, step, rank)``; ``labels`` is None for an unconditional run."""
         g = self.generator.manual_seed(distributed.stream_seed(self.config.seed, self.step, self.rank))
-        x0 = self.data[torch.randint(len(self.data), (self.local_batch,), generator=g, device=self.device)]
+        idx = torch.randint(len(self.data), (self.local_batch,), generator=g, device=self.device)
+        x0 = self.data[idx]
         t = sample_times(self.sde, self.local_batch, self.config.eps, generator=g, device=self.device,
                          dtype=x0.dtype)[0]
-        return x0, t, torch.randn(x0.shape, generator=g, device=self.device, dtype=x0.dtype)
+        noise = torch.randn(x0.shape, generator=g, device=self.device, dtype=x0.dtype)
+        if self.labels is None:
+            return x0, t, noise, None
+        drop = torch.rand(idx.shape, generator=g, device=self.device) < self.config.label_dropout
+        return x0, t, noise, self.labels[idx].masked_fill(drop, self.config.n_classes)
 
     def train_step(self) -> tuple[float, float]:
         """One optimiser step on ``self.batch()`` (dropout seeded by ``(seed, step, rank, 1)``); returns the loss
         averaged over the processes and the gradient norm before clipping."""
         self.net.train()
         torch.manual_seed(distributed.stream_seed(self.config.seed, self.step, self.rank, 1))
-        x0, t, noise = self.batch()
+        x0, t, noise, y = self.batch()
+        score = self.model if y is None else self.model.conditional(y)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
-            loss = dsm_loss(self.model, self.sde, x0, t=t, noise=noise, weighting=self.config.weighting)
+            loss = dsm_loss(score, self.sde, x0, t=t, noise=noise, weighting=self.config.weighting)
         mean_loss = distributed.mean_over_ranks(loss.detach())  # every process takes the same decision below
         if not bool(torch.isfinite(mean_loss)):
             raise TrainingDiverged(f"loss became {mean_loss.item()} at step {self.step + 1}; the last good checkpoint "
@@ -336,6 +372,8 @@ class Trainer:
         n = n or self.config.n_samples
         options = options or ({"method": "heun2"} if sampler == "ode" else {})
         model = ScoreModel(self.ema.model, self.sde, self.config.prediction)
+        if self.labels is not None:  # a grid of every class in turn
+            model = model.conditional(torch.arange(n, device=self.device) % self.config.n_classes)
         g = torch.Generator(self.device).manual_seed(self.config.seed + 1)
         return draw(model, self.sde, (n,) + self.data_shape, sampler=sampler, steps=steps or self.config.sample_steps,
                     generator=g, device=self.device, dtype=self.data.dtype, **options).x

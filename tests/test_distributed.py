@@ -44,7 +44,7 @@ def worker(rank, tmp):
     try:
         # 1. one step's gradient, in float64, without dropout
         trainer = Trainer(config(f"{tmp}/grad", dropout=0.0), data=data64())
-        x0, t, noise = trainer.batch()
+        x0, t, noise, _ = trainer.batch()
         dsm_loss(trainer.model, trainer.sde, x0, t=t, noise=noise).backward()
         torch.save({"x0": x0, "t": t, "noise": noise, "grads": [p.grad for p in trainer.net.parameters()]},
                    f"{tmp}/grad_{rank}.pt")

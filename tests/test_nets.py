@@ -88,3 +88,45 @@ def test_cli_train_then_sample(tmp_path):
     assert out.exists() and torch.load(tmp_path / "s.pt").shape == (20, 2)
     with pytest.raises(SystemExit):
         main(["sample", str(run / "checkpoint.pt"), "--sampler", "rk45"])
+
+
+# --- class labels -------------------------------------------------------------------------------------------------
+def _label_nets():
+    torch.manual_seed(0)
+    return [sgm.nets.MLP(3, width=16, depth=1, emb_dim=8, n_classes=4),
+            sgm.nets.UNet(1, channels=8, channel_mult=(1, 2), num_res_blocks=1, attn_levels=(), n_classes=4)]
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_label_embedding_changes_the_output_per_class(which):
+    net = _label_nets()[which]
+    for p in net.parameters():  # the output layer starts at zero: perturb every weight so labels show
+        torch.nn.init.normal_(p, std=0.2)
+    net.eval()  # the U-Net has dropout
+    x = torch.randn(4, 3) if which == 0 else torch.randn(4, 1, 8, 8)
+    t = torch.full((4,), 0.5)
+    outs = [net(x, t, torch.full((4,), c, dtype=torch.long)) for c in range(5)]
+    assert all(not torch.allclose(outs[0], o) for o in outs[1:])
+    torch.testing.assert_close(net(x, t), outs[4])  # no labels = the reserved "no label" index
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 4\]"):
+        net(x, t, torch.full((4,), 5, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"labels must be an integer tensor of shape \(4,\)"):
+        net(x, t, torch.zeros(3, dtype=torch.long))
+
+
+def test_conditional_score_model_and_bad_labels():
+    net = _label_nets()[0]
+    model = sgm.ScoreModel(net, sgm.VPSDE())
+    assert model.n_classes == 4
+    x, t = torch.randn(5, 3), torch.full((5,), 0.3)
+    torch.testing.assert_close(model.conditional(2)(x, t), model(x, t, torch.full((5,), 2, dtype=torch.long)))
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 4\]"):
+        model.conditional(7)
+    plain = sgm.ScoreModel(sgm.nets.MLP(3, width=16, depth=1, emb_dim=8), sgm.VPSDE())
+    assert plain.n_classes is None
+    with pytest.raises(ValueError, match="labels given to an unconditional model"):
+        plain.conditional(1)
+    with pytest.raises(ValueError, match="guidance needs a conditional model"):
+        sgm.guidance.classifier_free(plain, 1, 2.0)
+    with pytest.raises(ValueError, match="labels given to an unconditional network"):
+        plain.net(x, t, torch.zeros(5, dtype=torch.long))

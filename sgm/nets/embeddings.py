@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["SinusoidalEmbedding", "FourierEmbedding", "time_embedding", "EMBEDDINGS"]
+__all__ = ["SinusoidalEmbedding", "FourierEmbedding", "LabelEmbedding", "time_embedding", "EMBEDDINGS"]
 
 EMBEDDINGS = ("sinusoidal", "fourier")
 
@@ -42,6 +42,38 @@ class FourierEmbedding(nn.Module):
     def forward(self, t: Tensor) -> Tensor:
         arg = 2 * math.pi * (self.time_scale * t.float())[:, None] * self.W[None]
         return torch.cat([arg.sin(), arg.cos()], dim=1)
+
+
+class LabelEmbedding(nn.Module):
+    """Class labels ``y ∈ [0, n_classes]`` to vectors added to the time embedding; ``y = n_classes`` is the reserved
+    "no label" index (the unconditional model of classifier-free guidance), also used when ``y`` is None."""
+
+    def __init__(self, n_classes: int, dim: int):
+        super().__init__()
+        if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1:
+            raise ValueError(f"n_classes must be an int >= 1, got {n_classes!r}")
+        self.n_classes = n_classes
+        self.table = nn.Embedding(n_classes + 1, dim)
+
+    def forward(self, y: Tensor | None, batch: int, device) -> Tensor:
+        if y is None:
+            y = torch.full((batch,), self.n_classes, dtype=torch.long, device=device)
+        if not isinstance(y, Tensor) or y.is_floating_point() or y.dtype == torch.bool or y.shape != (batch,):
+            raise ValueError(f"labels must be an integer tensor of shape ({batch},), got "
+                             f"{tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__}")
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) > self.n_classes):
+            raise ValueError(f"labels must lie in [0, {self.n_classes}] ({self.n_classes} = no label), got values in "
+                             f"[{int(y.min())}, {int(y.max())}]")
+        return self.table(y.long())
+
+
+def add_labels(emb: Tensor, labels: LabelEmbedding | None, y: Tensor | None) -> Tensor:
+    """The time embedding plus the label embedding (a conditional network), or unchanged (``y`` must be None)."""
+    if labels is None:
+        if y is not None:
+            raise ValueError("labels given to an unconditional network (built with n_classes=0)")
+        return emb
+    return emb + labels(y, emb.shape[0], emb.device)
 
 
 def time_embedding(kind: str, dim: int, time_scale: float) -> nn.Module:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .embeddings import time_embedding
+from .embeddings import LabelEmbedding, add_labels, time_embedding
 
 __all__ = ["MLP"]
 
@@ -26,8 +26,12 @@ class _Block(nn.Module):
 
 
 class MLP(nn.Module):
+    """``net(x, t, labels=None) -> (batch, out_dim or dim)`` (``out_dim``: e.g. a noisy classifier's logits); with ``n_classes`` a learned class embedding (``LabelEmbedding``,
+    with a "no label" index) is added to the time embedding."""
+
     def __init__(self, dim: int, width: int = 256, depth: int = 4, emb_dim: int = 128,
-                 embedding: str = "sinusoidal", time_scale: float = 1000.0, dropout: float = 0.0):
+                 embedding: str = "sinusoidal", time_scale: float = 1000.0, dropout: float = 0.0, n_classes: int = 0,
+                 out_dim: int | None = None):
         super().__init__()
         for name, v in (("dim", dim), ("width", width), ("depth", depth), ("emb_dim", emb_dim)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -35,16 +39,18 @@ class MLP(nn.Module):
         self.dim = dim
         self.embed = nn.Sequential(time_embedding(embedding, emb_dim, time_scale), nn.Linear(emb_dim, emb_dim),
                                    nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.n_classes = n_classes
+        self.labels = LabelEmbedding(n_classes, emb_dim) if n_classes else None
         self.inp = nn.Linear(dim, width)
         self.blocks = nn.ModuleList(_Block(width, emb_dim, dropout) for _ in range(depth))
-        self.out = nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, dim))
+        self.out = nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, out_dim or dim))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
         if x.dim() != 2 or x.shape[1] != self.dim:
             raise ValueError(f"x must have shape (batch, {self.dim}), got {tuple(x.shape)}")
-        emb = self.embed(t)
+        emb = add_labels(self.embed(t), self.labels, labels)
         h = self.inp(x)
         for block in self.blocks:
             h = block(h, emb)

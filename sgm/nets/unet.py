@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .embeddings import time_embedding
+from .embeddings import LabelEmbedding, add_labels, time_embedding
 
 __all__ = ["UNet"]
 
@@ -65,13 +65,14 @@ class AttnBlock(nn.Module):
 
 
 class UNet(nn.Module):
-    """``net(x, t) -> (batch, out_channels, H, W)``; self-attention at the levels ``attn_levels`` (level ``k``
+    """``net(x, t, labels=None) -> (batch, out_channels, H, W)``; with ``n_classes`` a learned class embedding
+    (``LabelEmbedding``, with a "no label" index) is added to the time embedding. Self-attention at the levels ``attn_levels`` (level ``k``
     works at resolution ``H/2^k``; DDPM's attention at 16×16 of a 32×32 image is level 1) and in the middle."""
 
     def __init__(self, in_channels: int = 3, channels: int = 64, channel_mult: Sequence[int] = (1, 2, 2),
                  num_res_blocks: int = 2, attn_levels: Sequence[int] = (1,), dropout: float = 0.1,
                  embedding: str = "sinusoidal", time_scale: float = 1000.0, out_channels: int | None = None,
-                 head_channels: int = 64):
+                 head_channels: int = 64, n_classes: int = 0):
         super().__init__()
         for name, v in (("in_channels", in_channels), ("channels", channels), ("num_res_blocks", num_res_blocks)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -87,6 +88,8 @@ class UNet(nn.Module):
         emb_dim = 4 * channels
         self.embed = nn.Sequential(time_embedding(embedding, channels, time_scale), nn.Linear(channels, emb_dim),
                                    nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.n_classes = n_classes
+        self.labels = LabelEmbedding(n_classes, emb_dim) if n_classes else None
         self.inp = nn.Conv2d(in_channels, channels, 3, padding=1)
         widths = [channels * int(m) for m in channel_mult]
 
@@ -116,12 +119,12 @@ class UNet(nn.Module):
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
         factor = 2 ** (self.levels - 1)
         if x.dim() != 4 or x.shape[1] != self.in_channels or x.shape[2] % factor or x.shape[3] % factor:
             raise ValueError(f"x must have shape (batch, {self.in_channels}, H, W) with H and W divisible by "
                              f"{factor}, got {tuple(x.shape)}")
-        emb = self.embed(t)
+        emb = add_labels(self.embed(t), self.labels, labels)
         h = self.inp(x)
         skips = [h]
         for module in self.down:

@@ -7,16 +7,24 @@ CPU the resumed run's losses equal the uninterrupted run's, because every random
 times, noise, dropout) comes from RNG states the checkpoint holds.
 
 The optimiser is AdamW with linear warm-up over ``warmup`` steps, gradients clipped to ``grad_clip`` in
-norm, and the EMA ``θ̄ ← d θ̄ + (1 - d) θ`` with ``d = ema_decay``. On CUDA the forward pass runs under bf16
-autocast; on CPU in float32.
+norm, and the EMA ``θ̄ ← d_k θ̄ + (1 - d_k) θ`` at step ``k`` with the warm-up ``d_k = min(ema_decay, (1 + k)/(10 + k))``
+(the average forgets the initial weights within the first steps; ``ema_warmup=False``: ``d_k = ema_decay``). On
+CUDA the forward pass runs under bf16 autocast; on CPU in float32.
+
+Checkpoints are written every ``checkpoint_every`` steps, every ``checkpoint_minutes`` of wall-clock time, at the
+last step, and when the run is interrupted (Ctrl-C / SIGINT, after the step in progress). Resuming with changed
+settings applies those in ``RESUMABLE_KEYS`` (the new config is the one saved) and refuses any other change.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import dataclasses
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -75,11 +83,13 @@ class TrainConfig:
     warmup: int = 200
     grad_clip: float = 1.0
     ema_decay: float = 0.999
+    ema_warmup: bool = True
     seed: int = 0
     device: str = "auto"
     # outputs
     out_dir: str = "runs/default"
     checkpoint_every: int = 1000
+    checkpoint_minutes: float = 10.0
     sample_every: int = 1000
     n_samples: int = 64
     sample_steps: int = 50
@@ -105,6 +115,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+        if not self.checkpoint_minutes > 0:
+            raise ValueError(f"checkpoint_minutes must be > 0, got {self.checkpoint_minutes!r}")
         if not 0 < self.eps < 1:
             raise ValueError(f"eps must lie in (0, 1), got {self.eps}")
         if self.warmup < 0 or self.weight_decay < 0 or not 0 <= self.dropout < 1:
@@ -130,6 +142,11 @@ class TrainConfig:
 # Keys that fix the shapes of the saved tensors or the meaning of the loss: a resumed run must agree on them.
 ARCHITECTURE_KEYS = ("data", "image_size", "sde", "sde_args", "prediction", "weighting", "net", "width", "depth",
                      "channels", "channel_mult", "num_res_blocks", "attn_levels")
+# Keys a resumed run may change: they take effect from the resumed step (lr and weight_decay are written into the
+# optimiser). Any other change (the architecture keys, seed, ...) is refused, naming the keys.
+RESUMABLE_KEYS = ("steps", "batch_size", "lr", "weight_decay", "warmup", "grad_clip", "ema_decay", "ema_warmup", "eps",
+                  "dropout", "device", "out_dir", "data_path", "n_data", "checkpoint_every", "checkpoint_minutes",
+                  "sample_every", "n_samples", "sample_steps", "progress")
 
 
 def build_sde(config: TrainConfig) -> SDE:
@@ -205,19 +222,51 @@ def model_from_checkpoint(path: str, ema: bool = True, device="cpu") -> tuple[Sc
 
 
 class EMA:
-    """``θ̄ ← d θ̄ + (1 - d) θ`` over a model's parameters (buffers copied)."""
+    """``θ̄ ← d θ̄ + (1 - d) θ`` over a model's parameters (buffers copied).
 
-    def __init__(self, model: nn.Module, decay: float):
-        self.decay, self.model = decay, copy.deepcopy(model).eval()
+    With ``warmup`` the decay at optimiser step ``k`` (counted from 1) is ``min(decay, (1 + k)/(10 + k))``, the
+    warm-up of diffusers' ``EMAModel``: after ``k`` steps the initial weights keep a share ``∏ d_j`` that is
+    ≈ 0 within the first steps instead of ``decay^k`` (0.74 after 300 steps at 0.999).
+    """
+
+    def __init__(self, model: nn.Module, decay: float, warmup: bool = False):
+        self.decay, self.warmup, self.model = decay, warmup, copy.deepcopy(model).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
 
+    def decay_at(self, step: int | None) -> float:
+        return self.decay if step is None or not self.warmup else min(self.decay, (1 + step) / (10 + step))
+
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, step: int | None = None) -> None:
         ema_params = list(self.model.parameters())
-        torch._foreach_lerp_(ema_params, [p.detach() for p in model.parameters()], 1 - self.decay)
+        torch._foreach_lerp_(ema_params, [p.detach() for p in model.parameters()], 1 - self.decay_at(step))
         for b_ema, b in zip(self.model.buffers(), model.buffers()):
             b_ema.copy_(b)
+
+
+LOG_HEADER = ["step", "loss", "lr", "grad_norm", "seconds"]
+
+
+@contextlib.contextmanager
+def _deferred_interrupt():
+    """Within the block, a first SIGINT (Ctrl-C) only appends to the yielded list, so the loop can finish its step
+    and write a checkpoint before stopping; a second one stops at once. Outside the main thread, a no-op."""
+    flag: list = []
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag:
+            raise KeyboardInterrupt
+        flag.append(signum)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class Trainer:
@@ -235,13 +284,14 @@ class Trainer:
         self.sde = build_sde(config)
         self.net = build_net(config, self.data_shape).to(self.device)
         self.model = ScoreModel(self.net, self.sde, config.prediction)
-        self.ema = EMA(self.net, config.ema_decay)
+        self.ema = EMA(self.net, config.ema_decay, config.ema_warmup)
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         warmup = config.warmup
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0)
         self.generator = torch.Generator(self.device).manual_seed(config.seed)
         self.step = 0
+        self.changed: dict = {}  # settings changed on resume: {key: (saved, now)}
         self.autocast = self.device.type == "cuda"
         self.path = os.path.join(config.out_dir, CHECKPOINT)
         self.log_path = os.path.join(config.out_dir, "loss.csv")
@@ -261,12 +311,7 @@ class Trainer:
         if not os.path.exists(self.path):
             return False
         state = load_checkpoint(self.path, map_location=self.device)
-        saved = TrainConfig.from_dict(state["config"]).to_dict()
-        ours = self.config.to_dict()
-        differ = [k for k in ARCHITECTURE_KEYS if saved[k] != ours[k]]
-        if differ or tuple(state["data_shape"]) != self.data_shape:
-            raise CheckpointError(f"{self.path}: saved by a different run (differs in "
-                                  f"{differ or ['data_shape']}); use another out_dir or remove it")
+        self.changed = self._config_changes(state)
         try:
             self.net.load_state_dict(state["model"])
             self.ema.model.load_state_dict(state["ema"])
@@ -274,23 +319,51 @@ class Trainer:
         except (RuntimeError, ValueError, KeyError) as err:
             raise CheckpointError(f"{self.path}: weights do not fit this run's network ({err})") from err
         self.scheduler.load_state_dict(state["scheduler"])
+        self._apply_optimiser_settings()
         self.step = int(state["step"])
         torch.set_rng_state(state["rng"]["torch"])
         self.generator.set_state(state["rng"]["generator"].to("cpu"))
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        self._truncate_log(self.step)
         return True
 
-    def _truncate_log(self, step: int) -> None:
-        """Drop log rows written after the checkpoint, which the resumed run will write again."""
-        if not os.path.exists(self.log_path):
-            return
-        with open(self.log_path, newline="") as f:
-            rows = list(csv.reader(f))
-        kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= step]
+    def _config_changes(self, state: dict) -> dict:
+        """``{key: (saved, ours)}`` for the settings that differ from the checkpoint's; ``CheckpointError`` naming
+        the keys if any of them may not change on resume (``RESUMABLE_KEYS``)."""
+        saved = TrainConfig.from_dict(state["config"]).to_dict()
+        ours = self.config.to_dict()
+        changed = {k: (saved[k], ours[k]) for k in ours if saved[k] != ours[k]}
+        differ = [k for k in ARCHITECTURE_KEYS if k in changed]
+        if differ or tuple(state["data_shape"]) != self.data_shape:
+            raise CheckpointError(f"{self.path}: saved by a different run (differs in "
+                                  f"{differ or ['data_shape']}); use another out_dir or remove it")
+        fixed = [k for k in changed if k not in RESUMABLE_KEYS]
+        if fixed:
+            raise CheckpointError(f"{self.path}: {', '.join(f'{k} {changed[k][0]!r} -> {changed[k][1]!r}' for k in fixed)}"
+                                  f" cannot change on resume; use the saved value or another out_dir")
+        return changed
+
+    def _apply_optimiser_settings(self) -> None:
+        """Write this config's lr and weight_decay over those the loaded optimiser and scheduler state hold."""
+        self.scheduler.base_lrs = [self.config.lr for _ in self.optimizer.param_groups]
+        factor = self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+        for group in self.optimizer.param_groups:
+            group["initial_lr"], group["lr"] = self.config.lr, self.config.lr * factor
+            group["weight_decay"] = self.config.weight_decay
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+
+    def _prepare_log(self) -> float:
+        """Rewrite ``loss.csv`` as its header and the rows up to the current step (later rows, written after the
+        checkpoint, are redone); returns the seconds already spent, from the last kept row."""
+        rows = []
+        if os.path.exists(self.log_path):
+            with open(self.log_path, newline="") as f:
+                rows = [r for r in csv.reader(f) if r]
+        kept = [r for r in rows[1:] if r[0].isdigit() and int(r[0]) <= self.step] if rows[:1] == [LOG_HEADER] else []
         with open(self.log_path, "w", newline="") as f:
-            csv.writer(f).writerows(kept)
+            csv.writer(f).writerows([LOG_HEADER] + kept)
+            f.flush()
+        return float(kept[-1][-1]) if kept else 0.0
 
     def save(self) -> None:
         save_checkpoint(self.path, self.state())
@@ -312,7 +385,7 @@ class Trainer:
         grad_norm = nn.utils.clip_grad_norm_(self.net.parameters(), self.config.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
-        self.ema.update(self.net)
+        self.ema.update(self.net, self.step + 1)
         self.step += 1
         return loss.item(), grad_norm.item()
 
@@ -323,27 +396,29 @@ class Trainer:
         if resume:
             self.resume()
         os.makedirs(self.config.out_dir, exist_ok=True)
-        new_log = not os.path.exists(self.log_path)
+        t0 = time.perf_counter() - self._prepare_log()  # seconds continue across resumes
         losses: list[float] = []
         with open(self.log_path, "a", newline="") as log, tqdm(
                 total=self.config.steps, initial=self.step, desc="train", disable=not self.config.progress,
-                unit="step") as bar:
+                unit="step") as bar, _deferred_interrupt() as interrupted:
             writer = csv.writer(log)
-            if new_log:
-                writer.writerow(["step", "loss", "lr", "grad_norm", "seconds"])
-            t0 = time.perf_counter()
+            saved_at = time.perf_counter()
             while self.step < self.config.steps:
                 lr = self.scheduler.get_last_lr()[0]
                 loss, grad_norm = self.train_step()
                 losses.append(loss)
-                writer.writerow([self.step, f"{loss:.8g}", f"{lr:.6g}", f"{grad_norm:.6g}",
-                                 f"{time.perf_counter() - t0:.3f}"])
+                now = time.perf_counter()
+                writer.writerow([self.step, f"{loss:.8g}", f"{lr:.6g}", f"{grad_norm:.6g}", f"{now - t0:.3f}"])
                 bar.update()
                 bar.set_postfix(loss=f"{loss:.4f}")
                 last = self.step == self.config.steps
-                if self.step % self.config.checkpoint_every == 0 or last:
+                if (self.step % self.config.checkpoint_every == 0 or last or interrupted
+                        or now - saved_at >= 60 * self.config.checkpoint_minutes):
                     log.flush()
                     self.save()
+                    saved_at = now
+                if interrupted:
+                    raise KeyboardInterrupt(f"interrupted; checkpoint at step {self.step} in {self.path}")
                 if self.step % self.config.sample_every == 0 or last:
                     save_samples(self.sample(), os.path.join(self.config.out_dir, "samples",
                                                              f"step_{self.step:07d}.png"), f"step {self.step}")

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import data as datasets
+from .device import resolve_device
 from .losses import WEIGHTINGS, dsm_loss
 from .nets import MLP, UNet
 from .score import PREDICTIONS, ScoreModel
@@ -166,15 +167,6 @@ def build_net(config: TrainConfig, data_shape: tuple[int, ...]) -> nn.Module:
                 config.dropout, time_scale=time_scale)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but CUDA is not available")
-    return device
-
-
 def save_checkpoint(path: str, state: dict) -> None:
     """Write ``state`` atomically: to a temporary file in the same folder, flushed to disk, then renamed."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -201,7 +193,8 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from err
     needed = {"format", "step", "config", "model", "ema", "optimizer", "scheduler", "rng", "data_shape"}
     if not isinstance(state, dict) or not needed <= set(state):
-        raise CheckpointError(f"{path}: not an sgm checkpoint (missing {sorted(needed - set(state or {}))})")
+        raise CheckpointError(f"{path}: not an sgm checkpoint (missing "
+                              f"{sorted(needed - set(state if isinstance(state, dict) else ()))})")
     if state["format"] != FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format {state['format']}, expected {FORMAT_VERSION}")
     return state
@@ -209,6 +202,7 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
 
 def model_from_checkpoint(path: str, ema: bool = True, device="cpu") -> tuple[ScoreModel, TrainConfig, tuple]:
     """The score function of a saved run (EMA weights by default), its config and the data shape."""
+    device = resolve_device(device)
     state = load_checkpoint(path, map_location=device)
     config = TrainConfig.from_dict(state["config"])
     shape = tuple(state["data_shape"])

@@ -4,8 +4,9 @@ from .samplers import sample
 from .score import ScoreModel
 from .sde import SDE, VESDE, VPSDE, DiscreteChain, SubVPSDE
 from .targets import GaussianMixture, random_mixture, ring_mixture
+from . import data, likelihood, losses, metrics, nets, train  # noqa: E402  (the submodules the docs use as sgm.X)
 
 __version__ = "0.1.0"
 
 __all__ = ["SDE", "VPSDE", "SubVPSDE", "VESDE", "DiscreteChain", "GaussianMixture", "ring_mixture", "random_mixture", "ScoreModel", "sample",
-           "samplers", "__version__"]
+           "samplers", "data", "likelihood", "losses", "metrics", "nets", "train", "__version__"]

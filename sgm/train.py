@@ -40,7 +40,7 @@ from .score import PREDICTIONS, ScoreModel
 from .sde import SDE, SubVPSDE, VESDE, VPSDE
 
 __all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "CheckpointError", "load_checkpoint", "save_checkpoint",
-           "build_sde", "build_net", "model_from_checkpoint"]
+           "build_sde", "build_net", "build_model", "model_from_checkpoint"]
 
 SDE_CLASSES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
 CHECKPOINT = "checkpoint.pt"
@@ -67,6 +67,7 @@ class TrainConfig:
     sde_args: dict = field(default_factory=dict)
     prediction: str = "eps"
     weighting: str = "std2"
+    sigma_data: float = 0.5  # σ_d of the "edm" prediction and weighting
     eps: float = 1e-5
     net: str = "auto"  # "mlp" for vectors, "unet" for images
     width: int = 256
@@ -111,7 +112,7 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        for name in ("lr", "grad_clip"):
+        for name in ("lr", "grad_clip", "sigma_data"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if not 0 <= self.ema_decay < 1:
@@ -141,8 +142,8 @@ class TrainConfig:
 
 
 # Keys that fix the shapes of the saved tensors or the meaning of the loss: a resumed run must agree on them.
-ARCHITECTURE_KEYS = ("data", "image_size", "sde", "sde_args", "prediction", "weighting", "net", "width", "depth",
-                     "channels", "channel_mult", "num_res_blocks", "attn_levels")
+ARCHITECTURE_KEYS = ("data", "image_size", "sde", "sde_args", "prediction", "weighting", "sigma_data", "net", "width",
+                     "depth", "channels", "channel_mult", "num_res_blocks", "attn_levels")
 # Keys a resumed run may change: they take effect from the resumed step (lr and weight_decay are written into the
 # optimiser). Any other change (the architecture keys, seed, ...) is refused, naming the keys.
 RESUMABLE_KEYS = ("steps", "batch_size", "lr", "weight_decay", "warmup", "grad_clip", "ema_decay", "ema_warmup", "eps",
@@ -212,7 +213,12 @@ def model_from_checkpoint(path: str, ema: bool = True, device="cpu") -> tuple[Sc
     except RuntimeError as err:
         raise CheckpointError(f"{path}: weights do not fit the network its config builds ({err})") from err
     net.eval()
-    return ScoreModel(net, build_sde(config), config.prediction), config, shape
+    return build_model(net, config), config, shape
+
+
+def build_model(net: nn.Module, config: TrainConfig) -> ScoreModel:
+    """The score function of ``net`` as the config's SDE and parameterisation define it."""
+    return ScoreModel(net, build_sde(config), config.prediction, sigma_data=config.sigma_data)
 
 
 class EMA:
@@ -277,7 +283,7 @@ class Trainer:
         self.data_shape = tuple(self.data.shape[1:])
         self.sde = build_sde(config)
         self.net = build_net(config, self.data_shape).to(self.device)
-        self.model = ScoreModel(self.net, self.sde, config.prediction)
+        self.model = build_model(self.net, config)
         self.ema = EMA(self.net, config.ema_decay, config.ema_warmup)
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         warmup = config.warmup
@@ -370,7 +376,7 @@ class Trainer:
         x0 = self.data[idx]
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
             loss = dsm_loss(self.model, self.sde, x0, weighting=self.config.weighting, eps=self.config.eps,
-                            generator=self.generator)
+                            generator=self.generator, sigma_data=self.config.sigma_data)
         if not bool(torch.isfinite(loss)):
             raise TrainingDiverged(f"loss became {loss.item()} at step {self.step + 1}; the last good checkpoint "
                                    f"is {self.path if os.path.exists(self.path) else 'none (none was written yet)'}")
@@ -426,7 +432,7 @@ class Trainer:
 
         n = n or self.config.n_samples
         options = options or ({"method": "heun2"} if sampler == "ode" else {})
-        model = ScoreModel(self.ema.model, self.sde, self.config.prediction)
+        model = build_model(self.ema.model, self.config)
         g = torch.Generator(self.device).manual_seed(self.config.seed + 1)
         return draw(model, self.sde, (n,) + self.data_shape, sampler=sampler, steps=steps or self.config.sample_steps,
                     generator=g, device=self.device, dtype=torch.float32, **options).x

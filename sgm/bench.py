@@ -307,7 +307,8 @@ def checkpoint_rows(path: str, nfes, seed: int, progress: bool, n: int = 1000) -
 
 # --- output -----------------------------------------------------------------------------------------
 def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in text).strip("_")
+    """``"2d ring / vp"`` -> ``"2d_ring_vp"``: runs of other characters become one underscore."""
+    return "_".join("".join(c if c.isalnum() else " " for c in text).split())
 
 
 def _versions() -> dict:

@@ -106,12 +106,23 @@ def save_samples(x: Tensor, path: str, title: str | None = None, reference: Tens
     raise ValueError(f"samples must have shape (n, 2) or (n, C, H, W), got {tuple(x.shape)}")
 
 
+def _clip_level(values: list[float], spread: float = 100.0) -> float:
+    """The top of a log-scale plot: ``spread`` × the median value, or ∞ if nothing lies above it."""
+    if not values:
+        return float("inf")
+    level = spread * float(np.median(values))
+    return level if max(values) > level else float("inf")
+
+
 def nfe_curves(rows: list[dict], metric: str, path: str, title: str = "", floor: float | None = None,
                limit: float | None = None) -> str:
     """``metric`` against the NFE spent, log-log, one line per ``row["sampler"]``; ``floor`` (the Monte-Carlo
-    floor) dotted and ``limit`` (the exact flow map's value) dash-dotted."""
+    floor) dotted and ``limit`` (the exact flow map's value) dash-dotted. Values above 100× the median (a diverged
+    sampler) are drawn at the top edge as ▲ and their line's label says ``(clipped)``."""
     fig, ax = plt.subplots(figsize=(7.5, 5))
     samplers = list(dict.fromkeys(r["sampler"] for r in rows))
+    top = _clip_level([r[metric] for r in rows if r.get(metric) is not None and np.isfinite(r[metric]) and r[metric] > 0]
+                      + [v for v in (floor, limit) if v is not None and v > 0])
     markers = "os^vDPX*<>"
     palette = plt.get_cmap("tab20")
     dark, light = [palette(i) for i in range(0, 20, 2)], [palette(i) for i in range(1, 20, 2)]
@@ -121,9 +132,12 @@ def nfe_curves(rows: list[dict], metric: str, path: str, title: str = "", floor:
                      and r.get(metric) is not None and np.isfinite(r[metric]) and r[metric] > 0)
         if pts:
             peer = name.startswith("diffusers")
-            ax.plot(*zip(*pts), marker=markers[drawn[peer] % len(markers)], ms=4, lw=1.3, label=name,
-                    color=(light if peer else dark + light)[drawn[peer] % (10 if peer else 20)],
-                    linestyle="--" if peer else "-")
+            clipped = [(n, v) for n, v in pts if v > top]
+            color = (light if peer else dark + light)[drawn[peer] % (10 if peer else 20)]
+            ax.plot(*zip(*[(n, min(v, top)) for n, v in pts]), marker=markers[drawn[peer] % len(markers)], ms=4,
+                    lw=1.3, label=name + (" (clipped)" if clipped else ""), color=color, linestyle="--" if peer else "-")
+            if clipped:
+                ax.plot([n for n, _ in clipped], [top] * len(clipped), "^", ms=8, color=color, clip_on=False)
             drawn[peer] += 1
     if floor is not None and floor > 0:
         ax.axhline(floor, color="k", ls=":", lw=1, label="Monte-Carlo floor (target vs target)")
@@ -131,6 +145,8 @@ def nfe_curves(rows: list[dict], metric: str, path: str, title: str = "", floor:
         ax.axhline(limit, color="0.4", ls="-.", lw=1, label="exact flow map of this x_T")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    if top < float("inf"):
+        ax.set_ylim(top=top * 1.15)
     ax.set_xlabel("score evaluations (NFE)")
     ax.set_ylabel(metric)
     ax.set_title(title, fontsize=10)

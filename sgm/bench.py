@@ -33,9 +33,8 @@ from torch import Tensor
 
 from . import __version__, metrics
 from .plotting import nfe_curves, scatter_panels
-from .samplers import SamplerDiverged, sample
+from .samplers import SamplerDiverged, ode, sample
 from .samplers.grid import time_grid
-from .samplers.probability_flow import ode
 from .score import ScoreModel
 from .sde import SDE, VESDE, VPSDE
 from .targets import GaussianMixture, random_mixture, ring_mixture

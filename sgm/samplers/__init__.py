@@ -1,15 +1,23 @@
-"""Samplers: plain functions ``fn(score, sde, x, grid, *, generator, progress, **options) -> (x, nfe)``,
-a registry of their names, and the one entry point ``sample``."""
+"""Samplers: solvers on one protocol (``Solver``: ``init``/``step``, declared ``order``, ``evals_per_step``,
+``stochastic``), the one loop ``integrate`` that runs them, time grids, a registry of names, and the one
+entry point ``sample``. ``sgm.samplers.NAME(score, sde, x, grid, **options)`` runs the sampler ``NAME``."""
 from .base import CheckedScore, SamplerDiverged, SamplerOutput
 from .grid import SPACINGS, Node, TimeGrid, time_grid
-from .langevin import langevin, pc
-from .predictors import ancestral, ddim, euler_maruyama, reverse_diffusion
-from .probability_flow import ode
-from .registry import SAMPLERS, available, get, options, sample
-from .reverse_sde import sde
+from .registry import SAMPLERS, available, get, options, sample, solver
+from .solver import Model, Noise, Prediction, Solver, integrate
+
+euler_maruyama = get("euler_maruyama")
+reverse_diffusion = get("reverse_diffusion")
+ancestral = get("ancestral")
+ddim = get("ddim")
+ode = get("ode")
+sde = get("sde")
+langevin = get("langevin")
+pc = get("pc")
 
 __all__ = [
     "CheckedScore", "SamplerDiverged", "SamplerOutput", "SPACINGS", "Node", "TimeGrid", "time_grid",
+    "Model", "Noise", "Prediction", "Solver", "integrate",
     "euler_maruyama", "reverse_diffusion", "ancestral", "ddim", "ode", "sde", "langevin", "pc",
-    "SAMPLERS", "available", "get", "options", "sample",
+    "SAMPLERS", "available", "get", "options", "solver", "sample",
 ]

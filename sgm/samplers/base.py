@@ -1,9 +1,6 @@
-"""What every sampler shares: the checked, counted score; Tweedie's last step; the step loop.
+"""What every sampler shares at its edges: the checked, counted score, the state check, the output.
 
 Samplers run under ``torch.no_grad()``: a network score builds no autograd graph.
-
-Noise order: ``sgm.sample`` draws ``x_T`` first (one ``randn`` of the full shape), then each sampler
-draws one ``randn`` of ``x``'s shape per stochastic update, in the order the updates are made.
 """
 from __future__ import annotations
 
@@ -11,12 +8,8 @@ from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from ..sde import SDE
-from .grid import Node, TimeGrid
-
-__all__ = ["SamplerOutput", "SamplerDiverged", "CheckedScore", "tweedie", "run_steps", "check_state", "randn_like"]
+__all__ = ["SamplerOutput", "SamplerDiverged", "CheckedScore", "check_state"]
 
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -67,39 +60,3 @@ def check_state(x) -> Tensor:
     if x.dim() < 1 or x.shape[0] < 1:
         raise ValueError(f"x must have a non-empty batch dimension, got shape {tuple(x.shape)}")
     return x
-
-
-def randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-
-
-def tweedie(x: Tensor, s: Tensor, a: Node) -> Tensor:
-    """``E[x_0 | x_{t_a} = x] = (x + std_a² s)/scale_a``."""
-    return (x + a.std**2 * s) / a.scale
-
-
-# A step maps (x, score at (x, t_a), node a, node b, sde, generator) to x at node b.
-StepFn = Callable[[Tensor, Tensor, Node, Node, SDE, "torch.Generator | None"], Tensor]
-
-
-@torch.no_grad()
-def run_steps(step: StepFn, score: ScoreFn, sde: SDE, x: Tensor, grid: TimeGrid,
-              generator: torch.Generator | None, progress: bool, desc: str,
-              after: Callable[[Tensor, Node, Node, CheckedScore], Tensor] | None = None) -> SamplerOutput:
-    """Walk the grid with one score evaluation per transition; the step into the data node is Tweedie.
-
-    ``after(x, a, b, score)`` (the predictor–corrector's corrector) runs after each step into a noisy node.
-    """
-    x = check_state(x)
-    if not isinstance(grid, TimeGrid):
-        raise TypeError(f"grid must be a TimeGrid, got {type(grid).__name__}")
-    score = score if isinstance(score, CheckedScore) else CheckedScore(score)
-    for a, b in tqdm(grid.steps(), total=len(grid), desc=desc, disable=not progress, leave=False):
-        s = score(x, a.t)
-        if b.is_data:
-            x = tweedie(x, s, a)
-        else:
-            x = step(x, s, a, b, sde, generator)
-            if after is not None:
-                x = after(x, a, b, score)
-    return SamplerOutput(x, score.nfe)

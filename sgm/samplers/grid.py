@@ -10,9 +10,11 @@ A grid is a list of nodes ``t_0 > t_1 > … > t_M``, each with its marginal ``(s
 Spacings:
 - ``uniform``:   ``t_k = T + (eps - T)·k/(steps-1)``;
 - ``quadratic``: ``t_k = eps + (T - eps)·(1 - k/(steps-1))²`` (denser near the data, as in DDIM);
-- ``geometric``: noise levels ``σ_k = σ(t_k)`` (``σ = std/scale``) log-uniform from ``σ(T)`` to ``σ(eps)``
-  (uniform in t on VE; NCSN's levels on every SDE);
-- ``karras``:    ``σ_k = (σ_max^{1/ρ} + k/(steps-1)·(σ_min^{1/ρ} - σ_max^{1/ρ}))^ρ``, ``ρ = 7`` (Karras et al., 2022);
+- ``logsnr``:    uniform in the half log-SNR ``λ = log(scale/std) = -log σ`` from ``λ(T)`` to ``λ(eps)``
+  (DPM-Solver's default). ``σ = std/scale`` is then log-uniform: these are NCSN's geometric noise levels on
+  every SDE (uniform in t on VE), so ``geometric`` names the same grid;
+- ``karras``:    ``σ_k = (σ_max^{1/ρ} + k/(steps-1)·(σ_min^{1/ρ} - σ_max^{1/ρ}))^ρ``, ``ρ = rho = 7`` by default
+  (Karras et al., 2022);
 - ``leading`` / ``trailing``: DDPM timestep sub-sequences of ``sde.discretize(train_steps)``
   (``i_k = k·⌊N/steps⌋`` and ``i_k = round(N - k·N/steps) - 1``), with the chain's own
   ``(scale, std)`` so that DDPM and DDIM are reproduced exactly. ``eps`` does not apply to them.
@@ -25,12 +27,12 @@ from typing import Iterator, NamedTuple, Sequence
 
 import torch
 
-from ..sde import SDE, DiscreteChain, _check_steps, _real
+from ..sde import SDE, DiscreteChain, _check_steps, _positive, _real
 
 __all__ = ["Node", "TimeGrid", "time_grid", "SPACINGS"]
 
 KARRAS_RHO = 7.0
-SPACINGS = ("uniform", "quadratic", "geometric", "karras", "leading", "trailing")
+SPACINGS = ("uniform", "quadratic", "logsnr", "geometric", "karras", "leading", "trailing")
 
 
 class Node(NamedTuple):
@@ -41,6 +43,16 @@ class Node(NamedTuple):
     @property
     def is_data(self) -> bool:
         return self.std == 0.0
+
+    @property
+    def sigma(self) -> float:
+        """The noise level ``σ = std/scale`` (0 at the data node)."""
+        return self.std / self.scale
+
+    @property
+    def lam(self) -> float:
+        """The half log-SNR ``λ = log(scale/std) = -log σ`` (``+inf`` at the data node)."""
+        return math.log(self.scale / self.std) if self.std > 0 else math.inf
 
 
 @dataclass(frozen=True)
@@ -109,11 +121,12 @@ def check_spacing(spacing) -> str:
 
 
 def time_grid(sde: SDE, steps: int, spacing: str = "uniform", eps: float = 1e-3, denoise: bool = True,
-              train_steps: int = 1000) -> TimeGrid:
+              train_steps: int = 1000, rho: float = KARRAS_RHO) -> TimeGrid:
     """The grid of ``steps`` noise levels for ``sde`` (see the module docstring for the spacings)."""
     steps = _check_steps("steps", steps)
     eps = check_eps(eps, sde.T)
     check_spacing(spacing)
+    rho = _positive("rho", rho)
     if not isinstance(denoise, bool):
         raise TypeError(f"denoise must be a bool, got {denoise!r}")
     if spacing in ("leading", "trailing"):
@@ -126,12 +139,12 @@ def time_grid(sde: SDE, steps: int, spacing: str = "uniform", eps: float = 1e-3,
             idx = [round(train_steps - k * train_steps / steps) - 1 for k in range(steps)]
         return TimeGrid.from_chain(sde.discretize(train_steps), idx, denoise)
     u = torch.linspace(1, 0, steps, dtype=torch.float64) if steps > 1 else torch.ones(1, dtype=torch.float64)
-    if spacing in ("geometric", "karras"):
+    if spacing in ("logsnr", "geometric", "karras"):
         lo, hi = sde.noise_level(torch.tensor([eps, sde.T], dtype=torch.float64)).tolist()
-        if spacing == "geometric":
-            sigmas = torch.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * u)
+        if spacing == "karras":
+            sigmas = (lo ** (1 / rho) + (hi ** (1 / rho) - lo ** (1 / rho)) * u) ** rho
         else:
-            sigmas = (lo ** (1 / KARRAS_RHO) + (hi ** (1 / KARRAS_RHO) - lo ** (1 / KARRAS_RHO)) * u) ** KARRAS_RHO
+            sigmas = torch.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * u)
         t = sde.time_at_noise_level(sigmas).clamp(eps, sde.T)
         t[0], t[-1] = sde.T, (eps if steps > 1 else sde.T)
         return TimeGrid.from_times(sde, t.tolist(), denoise)

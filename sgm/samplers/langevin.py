@@ -18,14 +18,13 @@ import math
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from ..sde import SDE, _check_steps, _positive
-from .base import CheckedScore, SamplerOutput, check_state, randn_like, run_steps, tweedie
+from ..sde import _check_steps, _positive
 from .grid import Node, TimeGrid
-from .predictors import PREDICTOR_STEPS, check_eta, check_variance
+from .predictors import PREDICTORS, check_eta, check_variance
+from .solver import Model, Noise, Solver
 
-__all__ = ["langevin", "pc"]
+__all__ = ["AnnealedLangevin", "PredictorCorrector"]
 
 
 def langevin_step(x: Tensor, s: Tensor, delta: float, z: Tensor) -> Tensor:
@@ -41,53 +40,60 @@ def _count(name: str, n) -> int:
     return n
 
 
-@torch.no_grad()
-def langevin(score, sde: SDE, x: Tensor, grid: TimeGrid, *, n_steps_each: int = 5, step_size: float | None = None,
-             generator=None, progress: bool = False) -> SamplerOutput:
-    """Annealed Langevin dynamics over the grid's noise levels; ``n_steps_each`` evaluations per level,
-    plus one for the final Tweedie step when the grid ends with the data."""
-    x = check_state(x)
-    n_steps_each = _check_steps("n_steps_each", n_steps_each)
-    score = score if isinstance(score, CheckedScore) else CheckedScore(score)
-    noisy = grid.noisy
-    last = noisy[-1]
-    step_size = 0.2 * last.std**2 if step_size is None else _positive("step_size", step_size)
-    with tqdm(total=len(noisy) * n_steps_each, desc="langevin", disable=not progress, leave=False) as bar:
-        for prev, node in zip((noisy[0],) + noisy[:-1], noisy):
-            x = x * (node.scale / prev.scale)
-            delta = 0.5 * step_size * (node.std / last.std) ** 2
-            for _ in range(n_steps_each):
-                x = langevin_step(x, score(x, node.t), delta, randn_like(x, generator))
-                bar.update()
-    if grid.denoise:
-        x = tweedie(x, score(x, last.t), last)
-    return SamplerOutput(x, score.nfe)
+class AnnealedLangevin(Solver):
+    """Annealed Langevin dynamics over the grid's noise levels: ``n_steps_each`` evaluations at each noisy
+    node (the step from ``a`` to ``b`` runs node ``a``'s, ``finish`` the last node's), plus one for the final
+    Tweedie step when the grid ends with the data. State: the last noisy node's ``std_L``."""
+
+    name, order, stochastic = "langevin", 1, True
+
+    def __init__(self, n_steps_each: int = 5, step_size: float | None = None):
+        self.n_steps_each = _check_steps("n_steps_each", n_steps_each)
+        self.step_size = None if step_size is None else _positive("step_size", step_size)
+        self.evals_per_step = self.final_evals = self.n_steps_each
+
+    def init(self, x: Tensor, grid: TimeGrid) -> float:
+        return grid.noisy[-1].std
+
+    def _level(self, model: Model, x: Tensor, node: Node, std_last: float, noise: Noise) -> Tensor:
+        step_size = 0.2 * std_last**2 if self.step_size is None else self.step_size
+        delta = 0.5 * step_size * (node.std / std_last) ** 2
+        for _ in range(self.n_steps_each):
+            x = langevin_step(x, model(x, node).score, delta, noise())
+        return x
+
+    def step(self, model: Model, x, a, b, state, noise):
+        return self._level(model, x, a, state, noise).mul_(b.scale / a.scale), state
+
+    def finish(self, model: Model, x, node, state, noise):
+        return self._level(model, x, node, state, noise)
 
 
-def pc(score, sde: SDE, x: Tensor, grid: TimeGrid, *, predictor: str = "reverse_diffusion", snr: float = 0.16,
-       n_corrector: int = 1, eta: float = 0.0, variance: str = "posterior", generator=None,
-       progress: bool = False) -> SamplerOutput:
+class PredictorCorrector(Solver):
     """Predictor–corrector (Song et al., 2021, Alg. 1): a ``predictor`` step to each node, then
     ``n_corrector`` Langevin corrector steps there at signal-to-noise ratio ``snr``.
     ``eta`` applies to the ``ddim`` predictor, ``variance`` to ``ancestral``.
     Evaluations: ``1 + n_corrector`` per step into a noisy node, 1 into the data node."""
-    if predictor not in PREDICTOR_STEPS:
-        raise ValueError(f"predictor must be one of {tuple(PREDICTOR_STEPS)}, got {predictor!r}")
-    snr = _positive("snr", snr)
-    n_corrector = _count("n_corrector", n_corrector)
-    options = {"ddim": {"eta": check_eta(eta)}, "ancestral": {"variance": check_variance(variance)}}.get(predictor, {})
-    predictor_step = PREDICTOR_STEPS[predictor]
 
-    def step(x, s, a, b, sde, generator):
-        return predictor_step(x, s, a, b, sde, generator, **options)
+    name, order, stochastic = "pc", 1, True
 
-    def correct(x: Tensor, a: Node, b: Node, score: CheckedScore) -> Tensor:
+    def __init__(self, predictor: str = "reverse_diffusion", snr: float = 0.16, n_corrector: int = 1,
+                 eta: float = 0.0, variance: str = "posterior"):
+        if predictor not in PREDICTORS:
+            raise ValueError(f"predictor must be one of {tuple(PREDICTORS)}, got {predictor!r}")
+        self.snr = _positive("snr", snr)
+        self.n_corrector = _count("n_corrector", n_corrector)
+        options = {"ddim": {"eta": check_eta(eta)}, "ancestral": {"variance": check_variance(variance)}}
+        self.predictor = PREDICTORS[predictor](**options.get(predictor, {}))
+        self.evals_per_step = 1 + self.n_corrector
+        self.name = f"pc ({predictor})"
+
+    def step(self, model: Model, x, a, b, state, noise):
+        x, state = self.predictor.step(model, x, a, b, state, noise)
         r2 = (a.scale / b.scale) ** 2
-        for _ in range(n_corrector):
-            s = score(x, b.t)
-            z = randn_like(x, generator)
+        for _ in range(self.n_corrector):
+            s = model(x, b).score
+            z = noise()
             ratio = z.flatten(1).norm(dim=1).mean() / s.flatten(1).norm(dim=1).mean().clamp_min(torch.finfo(x.dtype).tiny)
-            x = langevin_step(x, s, float(2 * r2 * (snr * ratio) ** 2), z)
-        return x
-
-    return run_steps(step, score, sde, x, grid, generator, progress, f"pc ({predictor})", after=correct)
+            x = langevin_step(x, s, float(2 * r2 * (self.snr * ratio) ** 2), z)
+        return x, state

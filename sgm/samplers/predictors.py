@@ -5,7 +5,8 @@ Notation for a transition (``s = s(x, t_a)``, ``h = t_a - t_b``; nodes carry ``(
     r = scale_a / scale_b,   v = std_a² - r² std_b²
 
 so the forward process moves ``x_b ↦ x_a = r·x_b + √v·z`` (on DDPM's chain ``r = √α_i``, ``v = β_i``;
-on VE ``r = 1``, ``v = σ_a² - σ_b²``). Every sampler's step into the data node is Tweedie's formula.
+on VE ``r = 1``, ``v = σ_a² - σ_b²``). Each is a ``Solver`` of one evaluation per step (the score at ``(x, t_a)``); ``integrate`` takes the step
+into the data node by Tweedie's formula.
 """
 from __future__ import annotations
 
@@ -15,10 +16,10 @@ import torch
 from torch import Tensor
 
 from ..sde import SDE, _real
-from .base import SamplerOutput, randn_like, run_steps
-from .grid import Node, TimeGrid
+from .grid import Node
+from .solver import Model, Noise, Solver
 
-__all__ = ["euler_maruyama", "reverse_diffusion", "ancestral", "ddim", "PREDICTOR_STEPS", "ANCESTRAL_VARIANCES"]
+__all__ = ["EulerMaruyama", "ReverseDiffusion", "Ancestral", "DDIM", "PREDICTORS", "ANCESTRAL_VARIANCES"]
 
 ANCESTRAL_VARIANCES = ("posterior", "beta")
 
@@ -32,30 +33,30 @@ def _transition(a: Node, b: Node) -> tuple[float, float]:
 # every temporary costs a fresh allocation, and these steps run within 1.2× of a bare torch loop
 # (benchmarks/sampler_speed.py).
 
-def euler_maruyama_step(x: Tensor, s: Tensor, a: Node, b: Node, sde: SDE, generator) -> Tensor:
+def euler_maruyama_step(x: Tensor, s: Tensor, a: Node, b: Node, sde: SDE, z: Tensor) -> Tensor:
     """Reverse SDE, Euler–Maruyama: ``x_b = x - [f(x, t_a) - g(t_a)² s] h + g(t_a) √h z``."""
     h = a.t - b.t
     t = torch.full((x.shape[0],), a.t, dtype=x.dtype, device=x.device)
     g = float(sde.diffusion(torch.tensor(a.t, dtype=torch.float64)))
-    return x.add(sde.drift(x, t), alpha=-h).add_(s, alpha=h * g**2).add_(randn_like(x, generator), alpha=g * math.sqrt(h))
+    return x.add(sde.drift(x, t), alpha=-h).add_(s, alpha=h * g**2).add_(z, alpha=g * math.sqrt(h))
 
 
-def reverse_diffusion_step(x: Tensor, s: Tensor, a: Node, b: Node, sde: SDE, generator) -> Tensor:
+def reverse_diffusion_step(x: Tensor, s: Tensor, a: Node, b: Node, z: Tensor) -> Tensor:
     """Song et al. (2021)'s reverse diffusion predictor on the chain ``x_a = r x_b + √v z``:
     ``x_b = x - (r - 1) x + v s + √v z``."""
     r, v = _transition(a, b)
-    return x.mul(2 - r).add_(s, alpha=v).add_(randn_like(x, generator), alpha=math.sqrt(v))
+    return x.mul(2 - r).add_(s, alpha=v).add_(z, alpha=math.sqrt(v))
 
 
-def ancestral_step(x: Tensor, s: Tensor, a: Node, b: Node, sde: SDE, generator, variance: str = "posterior") -> Tensor:
+def ancestral_step(x: Tensor, s: Tensor, a: Node, b: Node, z: Tensor, variance: str = "posterior") -> Tensor:
     """Ancestral sampling: ``x_b = (x + v s)/r + σ z``, the posterior mean ``E[x_b | x_a, x̂_0]`` plus noise,
     with ``σ² = std_b² v / std_a²`` (``posterior``: DDPM's β̃, SMLD's) or ``σ² = v`` (``beta``: DDPM's β)."""
     r, v = _transition(a, b)
     var = v if variance == "beta" else b.std**2 * v / a.std**2
-    return x.add(s, alpha=v).div_(r).add_(randn_like(x, generator), alpha=math.sqrt(var))
+    return x.add(s, alpha=v).div_(r).add_(z, alpha=math.sqrt(var))
 
 
-def ddim_step(x: Tensor, s: Tensor, a: Node, b: Node, sde: SDE, generator, eta: float = 0.0) -> Tensor:
+def ddim_step(x: Tensor, s: Tensor, a: Node, b: Node, noise: Noise, eta: float = 0.0) -> Tensor:
     """DDIM (Song, Meng & Ermon, 2021): with ``ε̂ = -std_a s`` and ``x̂_0 = (x - std_a ε̂)/scale_a``,
     ``x_b = scale_b x̂_0 + √(std_b² - c²) ε̂ + c z``,  ``c = η std_b √v / std_a``; expanded,
     ``x_b = (scale_b/scale_a) x + (scale_b std_a²/scale_a - √(std_b² - c²) std_a) s + c z``.
@@ -63,15 +64,7 @@ def ddim_step(x: Tensor, s: Tensor, a: Node, b: Node, sde: SDE, generator, eta: 
     c = eta * b.std * math.sqrt(_transition(a, b)[1]) / a.std
     k = math.sqrt(max(b.std**2 - c**2, 0.0))
     x = x.mul(b.scale / a.scale).add_(s, alpha=b.scale * a.std**2 / a.scale - k * a.std)
-    return x.add_(randn_like(x, generator), alpha=c) if c > 0 else x
-
-
-PREDICTOR_STEPS = {
-    "euler_maruyama": euler_maruyama_step,
-    "reverse_diffusion": reverse_diffusion_step,
-    "ancestral": ancestral_step,
-    "ddim": ddim_step,
-}
+    return x.add_(noise(), alpha=c) if c > 0 else x
 
 
 def check_variance(variance) -> str:
@@ -87,34 +80,49 @@ def check_eta(eta) -> float:
     return eta
 
 
-def euler_maruyama(score, sde: SDE, x: Tensor, grid: TimeGrid, *, generator=None, progress: bool = False) -> SamplerOutput:
+class EulerMaruyama(Solver):
     """Euler–Maruyama on the reverse-time SDE ``dx = [f - g² s] dt + g dW̄``. One evaluation per step."""
-    return run_steps(euler_maruyama_step, score, sde, x, grid, generator, progress, "euler_maruyama")
+
+    name, order, stochastic = "euler_maruyama", 1, True
+
+    def step(self, model: Model, x, a, b, state, noise):
+        return euler_maruyama_step(x, model(x, a).score, a, b, model.sde, noise()), state
 
 
-def reverse_diffusion(score, sde: SDE, x: Tensor, grid: TimeGrid, *, generator=None,
-                      progress: bool = False) -> SamplerOutput:
+class ReverseDiffusion(Solver):
     """Song et al. (2021)'s reverse diffusion predictor. One evaluation per step."""
-    return run_steps(reverse_diffusion_step, score, sde, x, grid, generator, progress, "reverse_diffusion")
+
+    name, order, stochastic = "reverse_diffusion", 1, True
+
+    def step(self, model: Model, x, a, b, state, noise):
+        return reverse_diffusion_step(x, model(x, a).score, a, b, noise()), state
 
 
-def ancestral(score, sde: SDE, x: Tensor, grid: TimeGrid, *, variance: str = "posterior", generator=None,
-              progress: bool = False) -> SamplerOutput:
-    """Ancestral sampling (DDPM on VP, Ho et al. 2020 Alg. 2; SMLD on VE). One evaluation per step."""
-    variance = check_variance(variance)
+class Ancestral(Solver):
+    """Ancestral sampling (DDPM on VP, Ho et al. 2020 Alg. 2; SMLD on VE) with ``variance`` β̃ (``posterior``)
+    or β (``beta``). One evaluation per step."""
 
-    def step(x, s, a, b, sde, generator):
-        return ancestral_step(x, s, a, b, sde, generator, variance)
+    name, order, stochastic = "ancestral", 1, True
 
-    return run_steps(step, score, sde, x, grid, generator, progress, "ancestral")
+    def __init__(self, variance: str = "posterior"):
+        self.variance = check_variance(variance)
+
+    def step(self, model: Model, x, a, b, state, noise):
+        return ancestral_step(x, model(x, a).score, a, b, noise(), self.variance), state
 
 
-def ddim(score, sde: SDE, x: Tensor, grid: TimeGrid, *, eta: float = 0.0, generator=None,
-         progress: bool = False) -> SamplerOutput:
-    """DDIM with stochasticity ``eta`` (0: deterministic; 1: DDPM's ancestral step with β̃). One evaluation per step."""
-    eta = check_eta(eta)
+class DDIM(Solver):
+    """DDIM with stochasticity ``eta`` (0: deterministic, DPM-Solver-1; 1: DDPM's ancestral step with β̃).
+    One evaluation per step."""
 
-    def step(x, s, a, b, sde, generator):
-        return ddim_step(x, s, a, b, sde, generator, eta)
+    name, order = "ddim", 1
 
-    return run_steps(step, score, sde, x, grid, generator, progress, "ddim")
+    def __init__(self, eta: float = 0.0):
+        self.eta = check_eta(eta)
+        self.stochastic = self.eta > 0
+
+    def step(self, model: Model, x, a, b, state, noise):
+        return ddim_step(x, model(x, a).score, a, b, noise, self.eta), state
+
+
+PREDICTORS = {cls.name: cls for cls in (EulerMaruyama, ReverseDiffusion, Ancestral, DDIM)}

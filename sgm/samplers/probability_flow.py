@@ -13,13 +13,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 from torchdiffeq import odeint
-from tqdm.auto import tqdm
 
-from ..sde import SDE, _positive
-from .base import CheckedScore, SamplerOutput, check_state, tweedie
+from ..sde import _positive
 from .grid import TimeGrid
+from .solver import Model, Solver
 
-__all__ = ["ode", "ADAPTIVE_METHODS", "FIXED_METHODS", "TABLEAUS"]
+__all__ = ["ode_solver", "RungeKutta", "AdaptiveODE", "ADAPTIVE_METHODS", "FIXED_METHODS", "TABLEAUS"]
 
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 # method: (c, a (lower-triangular rows), b)
@@ -30,6 +29,7 @@ TABLEAUS = {
     "heun3": ((0.0, 1 / 3, 2 / 3), ((), (1 / 3,), (0.0, 2 / 3)), (0.25, 0.0, 0.75)),
     "rk4": ((0.0, 1 / 3, 2 / 3, 1.0), ((), (1 / 3,), (-1 / 3, 1.0), (1.0, -1.0, 1.0)), (1 / 8, 3 / 8, 3 / 8, 1 / 8)),
 }
+ORDERS = {"euler": 1, "midpoint": 2, "heun2": 2, "heun3": 3, "rk4": 4}
 FIXED_METHODS = tuple(TABLEAUS)
 
 
@@ -55,38 +55,57 @@ def check_method(method) -> str:
     return method
 
 
-@torch.no_grad()
-def ode(score, sde: SDE, x: Tensor, grid: TimeGrid, *, method: str = "dopri5", rtol: float = 1e-5,
-        atol: float = 1e-5, generator=None, progress: bool = False) -> SamplerOutput:
-    """Solve the probability-flow ODE from the grid's first to its last noisy node, then denoise if the
-    grid ends with the data. ``generator`` is unused (the map is deterministic) and kept for a uniform call."""
-    x = check_state(x)
+def _velocity(model: Model, first):
+    """``v(y, t) = f(y, t) - ½ g(t)² s(y, t)``, the probability-flow velocity; ``first`` is the node at the
+    step's start (a grid node: on a chain grid it carries the chain's marginal)."""
+    def velocity(y: Tensor, t: float) -> Tensor:
+        tt = torch.full((y.shape[0],), t, dtype=y.dtype, device=y.device)
+        return model.sde.ode_drift(y, tt, model(y, first if t == first.t else t).score)
+    return velocity
+
+
+class RungeKutta(Solver):
+    """An explicit Runge–Kutta ``method`` on the probability-flow ODE, stepping from node to node in t."""
+
+    stochastic = False
+
+    def __init__(self, method: str = "rk4"):
+        if method not in TABLEAUS:
+            raise ValueError(f"method must be one of {FIXED_METHODS}, got {method!r}")
+        self.method, self.order, self.evals_per_step = method, ORDERS[method], len(TABLEAUS[method][0])
+        self.name = f"ode ({method})"
+
+    def step(self, model: Model, x, a, b, state, noise):
+        return runge_kutta_step(_velocity(model, a), x, a.t, b.t - a.t, TABLEAUS[self.method]), state
+
+
+class AdaptiveODE(Solver):
+    """torchdiffeq's adaptive ``method`` under ``rtol``/``atol`` from the grid's first to its last noisy node."""
+
+    stochastic, evals_per_step = False, None
+
+    def __init__(self, method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5):
+        if method not in ADAPTIVE_METHODS:
+            raise ValueError(f"method must be one of {ADAPTIVE_METHODS}, got {method!r}")
+        self.method, self.rtol, self.atol = method, _positive("rtol", rtol), _positive("atol", atol)
+        self.order = {"dopri5": 5, "dopri8": 8, "bosh3": 3, "fehlberg2": 2, "adaptive_heun": 2}[method]
+        self.name = f"ode ({method})"
+
+    def stepping_grid(self, grid: TimeGrid) -> TimeGrid:
+        noisy = grid.noisy
+        return TimeGrid(((noisy[0], noisy[-1]) if len(noisy) > 1 else noisy) + grid.nodes[len(noisy):])
+
+    def step(self, model: Model, x, a, b, state, noise):
+        velocity = _velocity(model, a)
+        ts = torch.tensor([a.t, b.t], dtype=x.dtype, device=x.device)
+        # step_t makes the solver land on the end time instead of stepping past it (t < eps).
+        return odeint(lambda t, y: velocity(y, float(t)), x, ts, method=self.method, rtol=self.rtol, atol=self.atol,
+                      options={"step_t": ts})[-1], state
+
+
+def ode_solver(method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5) -> Solver:
+    """The probability-flow ODE solved by ``method``: a fixed-step Runge–Kutta method on the grid's noisy nodes
+    (``euler``, ``midpoint``, ``heun2``, ``heun3``, ``rk4``) or torchdiffeq's adaptive one under ``rtol``/``atol``."""
     method = check_method(method)
     rtol, atol = _positive("rtol", rtol), _positive("atol", atol)
-    score = score if isinstance(score, CheckedScore) else CheckedScore(score)
-    noisy = grid.noisy
-    if len(noisy) > 1 and method in TABLEAUS:
-        def velocity(y: Tensor, t: float) -> Tensor:
-            tt = torch.full((y.shape[0],), t, dtype=y.dtype, device=y.device)
-            return sde.ode_drift(y, tt, score(y, tt))
-
-        with torch.no_grad():
-            for a, b in tqdm(list(zip(noisy[:-1], noisy[1:])), desc=f"ode ({method})", disable=not progress,
-                             leave=False):
-                x = runge_kutta_step(velocity, x, a.t, b.t - a.t, TABLEAUS[method])
-    elif len(noisy) > 1:
-        bar = tqdm(desc=f"ode ({method})", unit="nfe", disable=not progress, leave=False)
-
-        def ode_func(t: Tensor, y: Tensor) -> Tensor:
-            bar.update()
-            tt = t.to(y.dtype).expand(y.shape[0])
-            return sde.ode_drift(y, tt, score(y, tt))
-
-        ts = torch.tensor([noisy[0].t, noisy[-1].t], dtype=x.dtype, device=x.device)
-        with torch.no_grad():
-            # step_t makes the solver land on the end time instead of stepping past it (t < eps).
-            x = odeint(ode_func, x, ts, method=method, rtol=rtol, atol=atol, options={"step_t": ts})[-1]
-        bar.close()
-    if grid.denoise:
-        x = tweedie(x, score(x, noisy[-1].t), noisy[-1])
-    return SamplerOutput(x, score.nfe)
+    return RungeKutta(method) if method in TABLEAUS else AdaptiveODE(method, rtol, atol)

@@ -1,4 +1,8 @@
-"""The sampler registry and the one entry point ``sample``."""
+"""The sampler registry, the per-name sampler functions and the one entry point ``sample``.
+
+A registered name maps to a solver factory ``factory(**options) -> Solver`` (a ``Solver`` class or a function);
+its keyword parameters are the sampler's options. Adding a solver is one module and one line in ``SAMPLERS``.
+"""
 from __future__ import annotations
 
 import inspect
@@ -8,23 +12,24 @@ import torch
 
 from ..sde import SDE, _check_steps
 from .base import SamplerOutput, check_state
-from .grid import check_eps, check_spacing, time_grid
-from .langevin import langevin, pc
-from .predictors import ancestral, ddim, euler_maruyama, reverse_diffusion
-from .probability_flow import ode
-from .reverse_sde import sde
+from .grid import KARRAS_RHO, TimeGrid, check_eps, check_spacing, time_grid
+from .langevin import AnnealedLangevin, PredictorCorrector
+from .predictors import DDIM, Ancestral, EulerMaruyama, ReverseDiffusion
+from .probability_flow import ode_solver
+from .reverse_sde import TorchSDE
+from .solver import Callback, Solver, integrate
 
-__all__ = ["SAMPLERS", "available", "get", "sample"]
+__all__ = ["SAMPLERS", "available", "get", "options", "solver", "sample"]
 
-SAMPLERS: dict[str, Callable[..., SamplerOutput]] = {
-    "euler_maruyama": euler_maruyama,
-    "reverse_diffusion": reverse_diffusion,
-    "ancestral": ancestral,
-    "ddim": ddim,
-    "ode": ode,
-    "sde": sde,
-    "langevin": langevin,
-    "pc": pc,
+SAMPLERS: dict[str, Callable[..., Solver]] = {
+    "euler_maruyama": EulerMaruyama,
+    "reverse_diffusion": ReverseDiffusion,
+    "ancestral": Ancestral,
+    "ddim": DDIM,
+    "ode": ode_solver,
+    "sde": TorchSDE,
+    "langevin": AnnealedLangevin,
+    "pc": PredictorCorrector,
 }
 
 
@@ -33,17 +38,41 @@ def available() -> list[str]:
     return sorted(SAMPLERS)
 
 
-def get(name: str) -> Callable[..., SamplerOutput]:
-    """The sampler function registered as ``name``."""
+def _factory(name: str) -> Callable[..., Solver]:
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; available: {', '.join(available())}")
     return SAMPLERS[name]
 
 
 def options(name: str) -> list[str]:
-    """The keyword options of sampler ``name`` (beyond ``generator`` and ``progress``)."""
-    params = inspect.signature(get(name)).parameters.values()
-    return [p.name for p in params if p.kind is p.KEYWORD_ONLY and p.name not in ("generator", "progress")]
+    """The keyword options of sampler ``name``."""
+    params = inspect.signature(_factory(name)).parameters.values()
+    return [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def solver(name: str, **options_) -> Solver:
+    """The solver registered as ``name`` with the given options; it declares ``order``, ``evals_per_step``,
+    ``stochastic`` and ``nfe(steps)``."""
+    factory = _factory(name)
+    unknown = sorted(set(options_) - set(options(name)))
+    if unknown:
+        raise TypeError(f"sampler {name!r} takes no option(s) {unknown}; its options: {options(name)}")
+    return factory(**options_)
+
+
+def get(name: str) -> Callable[..., SamplerOutput]:
+    """The sampler function ``fn(score, sde, x, grid, *, generator=None, progress=False, callback=None,
+    **options) -> (x, nfe)`` of ``name``: ``integrate`` with ``solver(name, **options)``."""
+    factory = _factory(name)
+
+    def run(score, sde: SDE, x: torch.Tensor, grid: TimeGrid, *, generator: torch.Generator | None = None,
+            progress: bool = False, callback: Callback | None = None, **options_) -> SamplerOutput:
+        return integrate(solver(name, **options_), score, sde, x, grid, generator=generator, progress=progress,
+                         callback=callback)
+
+    run.__name__ = run.__qualname__ = name
+    run.__doc__ = f"{factory.__doc__}\n\nOptions: {', '.join(options(name))}."
+    return run
 
 
 def _check_shape(shape) -> tuple[int, ...]:
@@ -59,27 +88,31 @@ def _check_shape(shape) -> tuple[int, ...]:
 
 def sample(score, sde: SDE, shape, sampler: str = "euler_maruyama", steps: int = 500, *,
            generator: torch.Generator | None = None, spacing: str = "uniform", eps: float = 1e-3,
-           denoise: bool = True, train_steps: int = 1000, x_init: torch.Tensor | None = None,
-           dtype: torch.dtype | None = None, device=None, progress: bool = False, **options_) -> SamplerOutput:
+           denoise: bool = True, train_steps: int = 1000, rho: float = KARRAS_RHO, grid: TimeGrid | None = None,
+           x_init: torch.Tensor | None = None, dtype: torch.dtype | None = None, device=None, progress: bool = False,
+           callback: Callback | None = None, **options_) -> SamplerOutput:
     """Draw samples of ``shape`` by solving ``sde`` backwards with the score function ``score(x, t)``.
 
-    ``steps`` noise levels on a ``spacing`` grid from ``T`` to ``eps`` (see ``sgm.samplers.grid``), ending
-    with Tweedie's denoising step when ``denoise``. ``x_T`` is ``x_init`` or a prior draw from
-    ``generator`` (drawn first, then the sampler's noise in step order). ``options_`` go to the sampler
-    (``sgm.samplers.options(name)`` lists them). Returns ``(x, nfe)``.
+    ``steps`` noise levels on a ``spacing`` grid from ``T`` to ``eps`` (see ``sgm.samplers.grid``; ``rho`` for
+    ``karras``), ending with Tweedie's denoising step when ``denoise`` — or any ready ``grid`` (a ``TimeGrid``:
+    user-made, precomputed, optimised) instead. ``x_T`` is ``x_init`` or a prior draw from ``generator``
+    (drawn first, then the sampler's noise in step order). ``callback(x, node, prediction)`` runs after each
+    step (see ``integrate``). ``options_`` go to the sampler (``sgm.samplers.options(name)`` lists them).
+    Returns ``(x, nfe)``.
     """
-    fn = get(sampler)
     if not isinstance(sde, SDE):
         raise TypeError(f"sde must be an sgm SDE (VPSDE, SubVPSDE, VESDE), got {type(sde).__name__}")
     if not callable(score):
         raise TypeError(f"score must be callable as score(x, t), got {type(score).__name__}")
     shape = _check_shape(shape)
-    steps = _check_steps("steps", steps)
-    check_eps(eps, sde.T)
-    check_spacing(spacing)
-    unknown = sorted(set(options_) - set(options(sampler)))
-    if unknown:
-        raise TypeError(f"sampler {sampler!r} takes no option(s) {unknown}; its options: {options(sampler)}")
+    if grid is None:
+        grid = time_grid(sde, _check_steps("steps", steps), check_spacing(spacing), check_eps(eps, sde.T), denoise,
+                         train_steps, rho)
+    elif not isinstance(grid, TimeGrid):
+        raise TypeError(f"grid must be a TimeGrid, got {type(grid).__name__}")
+    elif grid.noisy[0].t > sde.T:
+        raise ValueError(f"grid starts at t={grid.noisy[0].t}, after the SDE's T={sde.T}")
+    method = solver(sampler, **options_)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     if x_init is not None:
@@ -93,9 +126,8 @@ def sample(score, sde: SDE, shape, sampler: str = "euler_maruyama", steps: int =
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     if device is None:
         device = generator.device if generator is not None else "cpu"
-    grid = time_grid(sde, steps, spacing, eps, denoise, train_steps)
     if x_init is None:
         x = sde.prior_sample(shape, generator=generator, dtype=dtype, device=device)
     else:
         x = x_init.to(dtype=dtype, device=device)
-    return fn(score, sde, x, grid, generator=generator, progress=progress, **options_)
+    return integrate(method, score, sde, x, grid, generator=generator, progress=progress, callback=callback)

@@ -106,6 +106,7 @@ def main():
     with open(os.path.join(args.out, "result.json"), "w") as f:
         json.dump({"args": vars(args), "results": results}, f, indent=1)
     if panels:
+        torch.save(panels, os.path.join(args.out, "panels.pt"))  # (title, samples) of each panel, to redraw
         scatter_panels(panels, args.figure, limits=3.5, columns=len(panels))
 
 

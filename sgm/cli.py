@@ -231,7 +231,7 @@ TRAIN_OPTIONS = {
     "prediction": (str, "what the network predicts"),
     "weighting": (str, "DSM loss weighting λ(t)"),
     "eps": (float, "smallest training time: t ~ U(eps, T)"),
-    "sigma_data": (float, "the data's std σ_d for --prediction edm / --weighting edm"),
+    "sigma_data": (float, "σ_d of --prediction edm / --weighting edm (default: the training data's std)"),
     "net": (str, "network (auto: mlp for vectors, unet for images)"),
     "width": (int, "MLP width"), "depth": (int, "MLP residual blocks"),
     "channels": (int, "U-Net base channels"), "num_res_blocks": (int, "U-Net blocks per level"),

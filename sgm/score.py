@@ -44,17 +44,18 @@ class ScoreModel:
     """
 
     def __init__(self, net: Callable[[Tensor, Tensor], Tensor], sde: SDE, prediction: str = "eps",
-                 chain: DiscreteChain | None = None, sigma_data: float = 0.5):
+                 chain: DiscreteChain | None = None, sigma_data: float | None = 0.5):
         if not callable(net):
             raise TypeError(f"net must be callable as net(x, t), got {type(net).__name__}")
         if prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
         if chain is not None and not isinstance(chain, DiscreteChain):
             raise TypeError(f"chain must be a DiscreteChain, got {type(chain).__name__}")
-        if not (isinstance(sigma_data, (int, float)) and not isinstance(sigma_data, bool) and sigma_data > 0):
+        if (prediction == "edm" or sigma_data is not None) and not (
+                isinstance(sigma_data, (int, float)) and not isinstance(sigma_data, bool) and sigma_data > 0):
             raise ValueError(f"sigma_data must be a number > 0, got {sigma_data!r}")
         self.net, self.sde, self.prediction, self.chain = net, sde, prediction, chain
-        self.sigma_data = float(sigma_data)
+        self.sigma_data = None if sigma_data is None else float(sigma_data)
 
     def _inputs(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The network's time input and ``(a, σ)`` broadcast against ``x``."""

@@ -65,9 +65,9 @@ class TrainConfig:
     # model
     sde: str = "vp"
     sde_args: dict = field(default_factory=dict)
-    prediction: str = "eps"
-    weighting: str = "std2"
-    sigma_data: float = 0.5  # σ_d of the "edm" prediction and weighting
+    prediction: str = "edm"  # EDM preconditioning: see sgm.score and docs/training.md
+    weighting: str = "edm"
+    sigma_data: float | None = None  # σ_d of "edm"; None: the training data's std, measured at the start
     eps: float = 1e-5
     net: str = "auto"  # "mlp" for vectors, "unet" for images
     width: int = 256
@@ -112,9 +112,11 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        for name in ("lr", "grad_clip", "sigma_data"):
+        for name in ("lr", "grad_clip"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.sigma_data is not None and not self.sigma_data > 0:
+            raise ValueError(f"sigma_data must be > 0 or None (the data's std), got {self.sigma_data!r}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if not self.checkpoint_minutes > 0:
@@ -281,9 +283,16 @@ class Trainer:
         if self.data.dim() < 2 or len(self.data) < 2:
             raise ValueError(f"data must hold at least 2 samples of shape (N, ...), got {tuple(self.data.shape)}")
         self.data_shape = tuple(self.data.shape[1:])
+        self._measured_sigma_data = self.config.sigma_data is None and "edm" in (config.prediction, config.weighting)
+        if self._measured_sigma_data:
+            # saved in the config, so that the checkpoint's model needs no data (0.5 if the data are not finite:
+            # the first loss then stops the run with TrainingDiverged)
+            std = float(self.data.float().std())
+            self.config = dataclasses.replace(self.config, sigma_data=round(std, 6) if std > 0 and math.isfinite(std)
+                                              else 0.5)
         self.sde = build_sde(config)
         self.net = build_net(config, self.data_shape).to(self.device)
-        self.model = build_model(self.net, config)
+        self.model = build_model(self.net, self.config)
         self.ema = EMA(self.net, config.ema_decay, config.ema_warmup)
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         warmup = config.warmup
@@ -331,6 +340,9 @@ class Trainer:
         """``{key: (saved, ours)}`` for the settings that differ from the checkpoint's; ``CheckpointError`` naming
         the keys if any of them may not change on resume (``RESUMABLE_KEYS``)."""
         saved = TrainConfig.from_dict(state["config"]).to_dict()
+        if self._measured_sigma_data and saved["sigma_data"] is not None:  # measured once, when the run began
+            self.config = dataclasses.replace(self.config, sigma_data=saved["sigma_data"])
+            self.model.sigma_data = saved["sigma_data"]
         ours = self.config.to_dict()
         changed = {k: (saved[k], ours[k]) for k in ours if saved[k] != ours[k]}
         differ = [k for k in ARCHITECTURE_KEYS if k in changed]

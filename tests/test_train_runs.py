@@ -125,3 +125,13 @@ def test_a_setting_that_cannot_change_on_resume_is_refused_by_name(tmp_path):
     Trainer(config(tmp_path, steps=2)).fit()
     with pytest.raises(CheckpointError, match="seed 0 -> 1 cannot change on resume"):
         Trainer(config(tmp_path, steps=4, seed=1)).fit()
+
+
+def test_default_network_is_edm_with_the_datas_std_measured_once(tmp_path):
+    data = 3.0 * torch.randn(256, 2, generator=torch.Generator().manual_seed(0))
+    trainer = Trainer(config(tmp_path, steps=2), data=data)
+    assert trainer.config.prediction == "edm" and trainer.model.sigma_data == pytest.approx(float(data.std()), rel=1e-5)
+    trainer.fit()
+    assert load_checkpoint(str(tmp_path / "checkpoint.pt"))["config"]["sigma_data"] == trainer.config.sigma_data
+    resumed = Trainer(config(tmp_path, steps=3), data=data[:128])  # other data: the run keeps its measured σ_d
+    assert resumed.resume() and resumed.model.sigma_data == trainer.config.sigma_data

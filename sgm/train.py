@@ -347,8 +347,10 @@ class Trainer:
         changed = {k: (saved[k], ours[k]) for k in ours if saved[k] != ours[k]}
         differ = [k for k in ARCHITECTURE_KEYS if k in changed]
         if differ or tuple(state["data_shape"]) != self.data_shape:
+            hint = (f" (to resume a run made before 'edm' became the default, set prediction={saved['prediction']!r}"
+                    f" and weighting={saved['weighting']!r})" if "prediction" in differ else "")
             raise CheckpointError(f"{self.path}: saved by a different run (differs in "
-                                  f"{differ or ['data_shape']}); use another out_dir or remove it")
+                                  f"{differ or ['data_shape']}); use another out_dir or remove it{hint}")
         fixed = [k for k in changed if k not in RESUMABLE_KEYS]
         if fixed:
             raise CheckpointError(f"{self.path}: {', '.join(f'{k} {changed[k][0]!r} -> {changed[k][1]!r}' for k in fixed)}"

@@ -135,3 +135,9 @@ def test_default_network_is_edm_with_the_datas_std_measured_once(tmp_path):
     assert load_checkpoint(str(tmp_path / "checkpoint.pt"))["config"]["sigma_data"] == trainer.config.sigma_data
     resumed = Trainer(config(tmp_path, steps=3), data=data[:128])  # other data: the run keeps its measured σ_d
     assert resumed.resume() and resumed.model.sigma_data == trainer.config.sigma_data
+
+
+def test_a_run_made_with_eps_says_how_to_resume_it(tmp_path):
+    Trainer(config(tmp_path, steps=1, prediction="eps", weighting="std2")).fit()
+    with pytest.raises(CheckpointError, match="prediction='eps' and weighting='std2'"):
+        Trainer(config(tmp_path, steps=2)).resume()

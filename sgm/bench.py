@@ -306,7 +306,8 @@ def checkpoint_rows(path: str, nfes, seed: int, progress: bool, n: int = 1000) -
 
 # --- output -----------------------------------------------------------------------------------------
 def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in text).strip("_")
+    """``"2d ring / vp"`` -> ``"2d_ring_vp"``: runs of other characters become one underscore."""
+    return "_".join("".join(c if c.isalnum() else " " for c in text).split())
 
 
 def _versions() -> dict:
@@ -368,7 +369,20 @@ def add_arguments(parser) -> None:
     parser.add_argument("--progress", action="store_true", help="progress bars for each run")
 
 
+def check_checkpoint(path: str) -> None:
+    """Before any sweep: ``path`` must be a readable sgm checkpoint of an 8×8 one-channel image model (the
+    digits classifier judges its samples); otherwise a ``ValueError`` (``CheckpointError``) naming the file."""
+    from .train import model_from_checkpoint
+
+    _, config, shape = model_from_checkpoint(path)
+    if tuple(shape) != (1, 8, 8):
+        raise ValueError(f"--checkpoint {path}: a model of {config.data!r} samples of shape {tuple(shape)}; the "
+                         f"checkpoint sweep judges digits models (1, 8, 8) with a digits classifier")
+
+
 def run_from_args(args) -> int:
+    if args.checkpoint:
+        check_checkpoint(args.checkpoint)
     t0 = time.perf_counter()
     rows = run_sweep(args.out, quick=args.quick, n=args.n, seed=args.seed, checkpoint=args.checkpoint,
                      peers=not args.no_peers, progress=args.progress)

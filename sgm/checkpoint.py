@@ -135,9 +135,10 @@ def read_weights(path: str, ema: bool = True, device="cpu") -> tuple[dict[str, T
 def model_from_checkpoint(path: str, ema: bool = True, device="cpu"):
     """The score function of a saved run (EMA weights by default), its ``TrainConfig`` and the data shape;
     ``path`` is a training checkpoint or a file written by ``export``."""
-    from .score import ScoreModel
-    from .train import TrainConfig, build_net, build_sde  # train imports this module: import here
+    from .device import resolve_device
+    from .train import TrainConfig, build_model, build_net  # train imports this module: import here
 
+    device = resolve_device(device)
     weights, config, shape = read_weights(path, ema, device)
     try:
         config = TrainConfig.from_dict(config)
@@ -149,4 +150,4 @@ def model_from_checkpoint(path: str, ema: bool = True, device="cpu"):
     except RuntimeError as err:
         raise CheckpointError(f"{path}: weights do not fit the network its config builds ({err})") from None
     net.eval()
-    return ScoreModel(net, build_sde(config), config.prediction), config, shape
+    return build_model(net, config), config, shape

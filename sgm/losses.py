@@ -9,6 +9,9 @@ Written as ``λ/std² · ‖std·s_θ + z‖²`` so that no ``z/std`` is formed 
 
 - ``"std2"`` (default): ``λ = std²``, i.e. ``‖std·s_θ + z‖² = ‖ε̂ - z‖²`` for an ε-network;
 - ``"likelihood"``: ``λ = g(t)²`` (Song et al., 2021b: the loss bounds the negative log-likelihood);
+- ``"edm"``: Karras et al.'s ``λ(σ̃)‖D - x_0‖²`` with ``λ = (σ̃² + σ_d²)/(σ̃ σ_d)²``, ``σ̃ = std/scale``: since
+  ``std·s + z = (D - x_0)/σ̃`` for ``s = (scale·D - x)/std²``, the weight on ``‖std·s + z‖²`` is
+  ``(σ̃² + σ_d²)/σ_d²``; for ``ScoreModel(..., "edm")`` the loss is ``‖F - F_target‖²``, of unit scale at every σ̃;
 - any callable ``λ(t) -> (batch,)``.
 
 Times: ``t ~ U(eps, T)``; or, given a ``chain`` (``sde.discretize(N)``), a uniform timestep ``i`` with the
@@ -29,7 +32,7 @@ from .sde import SDE, VESDE, DiscreteChain, VPSDE, _positive, batch_view
 
 __all__ = ["dsm_loss", "ddpm_loss", "ncsn_loss", "WEIGHTINGS", "sample_times"]
 
-WEIGHTINGS = ("std2", "likelihood")
+WEIGHTINGS = ("std2", "likelihood", "edm")
 
 
 def sample_times(sde: SDE, n: int, eps: float = 1e-5, chain: DiscreteChain | None = None,
@@ -48,8 +51,9 @@ def sample_times(sde: SDE, n: int, eps: float = 1e-5, chain: DiscreteChain | Non
 
 def dsm_loss(score: Callable[[Tensor, Tensor], Tensor], sde: SDE, x0: Tensor, *, t: Tensor | None = None,
              noise: Tensor | None = None, weighting="std2", eps: float = 1e-5, chain: DiscreteChain | None = None,
-             generator: torch.Generator | None = None, reduce: bool = True) -> Tensor:
-    """The DSM loss of ``score(x, t)`` on data ``x0``, averaged over the batch (per sample if ``reduce=False``).
+             generator: torch.Generator | None = None, reduce: bool = True, sigma_data: float = 0.5) -> Tensor:
+    """The DSM loss of ``score(x, t)`` on data ``x0``, averaged over the batch (per sample if ``reduce=False``);
+    ``sigma_data`` is the ``σ_d`` of the ``"edm"`` weighting.
 
     ``t`` and ``noise`` default to draws from ``generator`` (times first, then one ``randn``); with a given
     ``t`` and a ``chain``, each ``t`` must be one of the chain's times and takes its ``(scale, std)``.
@@ -81,6 +85,8 @@ def dsm_loss(score: Callable[[Tensor, Tensor], Tensor], sde: SDE, x0: Tensor, *,
     residual = (batch_view(std, s) * s + noise).flatten(1).pow(2).mean(1)
     if weighting == "std2":
         per_sample = residual
+    elif weighting == "edm":
+        per_sample = ((std / scale) ** 2 + sigma_data**2) / sigma_data**2 * residual
     else:
         lam = sde.diffusion(t) ** 2 if weighting == "likelihood" else torch.as_tensor(weighting(t)).to(residual)
         per_sample = lam / std**2 * residual

@@ -13,16 +13,24 @@ equals one process's step on the whole global batch), and process 0 alone writes
 and the sample grids. A checkpoint resumes under any number of processes.
 
 The optimiser is AdamW with linear warm-up over ``warmup`` steps, gradients clipped to ``grad_clip`` in
-norm, and the EMA ``θ̄ ← d θ̄ + (1 - d) θ`` with ``d = ema_decay``. On CUDA the forward pass runs under bf16
-autocast; on CPU in float32.
+norm, and the EMA ``θ̄ ← d_k θ̄ + (1 - d_k) θ`` at step ``k`` with the warm-up ``d_k = min(ema_decay, (1 + k)/(10 + k))``
+(the average forgets the initial weights within the first steps; ``ema_warmup=False``: ``d_k = ema_decay``). On
+CUDA the forward pass runs under bf16 autocast; on CPU in float32.
+
+Checkpoints are written every ``checkpoint_every`` steps, every ``checkpoint_minutes`` of wall-clock time, at the
+last step, and when the run is interrupted (Ctrl-C / SIGINT, after the step in progress). Resuming with changed
+settings applies those in ``RESUMABLE_KEYS`` (the new config is the one saved) and refuses any other change.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import dataclasses
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -35,13 +43,14 @@ from . import distributed
 from .board import Board
 from .checkpoint import (CHECKPOINT, FORMAT_VERSION, CheckpointError, load_checkpoint, model_from_checkpoint,
                          save_checkpoint)
+from .device import resolve_device
 from .losses import WEIGHTINGS, dsm_loss, sample_times
 from .nets import MLP, UNet
 from .score import PREDICTIONS, ScoreModel
 from .sde import SDE, SubVPSDE, VESDE, VPSDE
 
 __all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "CheckpointError", "load_checkpoint", "save_checkpoint",
-           "build_sde", "build_net", "model_from_checkpoint"]
+           "build_sde", "build_net", "build_model", "model_from_checkpoint"]
 
 SDE_CLASSES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
 
@@ -60,8 +69,9 @@ class TrainConfig:
     # model
     sde: str = "vp"
     sde_args: dict = field(default_factory=dict)
-    prediction: str = "eps"
-    weighting: str = "std2"
+    prediction: str = "edm"  # EDM preconditioning: see sgm.score and docs/training.md
+    weighting: str = "edm"
+    sigma_data: float | None = None  # σ_d of "edm"; None: the training data's std, measured at the start
     eps: float = 1e-5
     net: str = "auto"  # "mlp" for vectors, "unet" for images
     width: int = 256
@@ -84,11 +94,13 @@ class TrainConfig:
     warmup: int = 200
     grad_clip: float = 1.0
     ema_decay: float = 0.999
+    ema_warmup: bool = True
     seed: int = 0
     device: str = "auto"
     # outputs
     out_dir: str = "runs/default"
     checkpoint_every: int = 1000
+    checkpoint_minutes: float = 10.0
     sample_every: int = 1000
     n_samples: int = 64
     sample_steps: int = 50
@@ -113,8 +125,12 @@ class TrainConfig:
         for name in ("lr", "grad_clip"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.sigma_data is not None and not self.sigma_data > 0:
+            raise ValueError(f"sigma_data must be > 0 or None (the data's std), got {self.sigma_data!r}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+        if not self.checkpoint_minutes > 0:
+            raise ValueError(f"checkpoint_minutes must be > 0, got {self.checkpoint_minutes!r}")
         if not 0 < self.eps < 1:
             raise ValueError(f"eps must lie in (0, 1), got {self.eps}")
         if not isinstance(self.conditional, bool):
@@ -142,8 +158,13 @@ class TrainConfig:
 
 
 # Keys that fix the shapes of the saved tensors or the meaning of the loss: a resumed run must agree on them.
-ARCHITECTURE_KEYS = ("data", "image_size", "sde", "sde_args", "prediction", "weighting", "net", "width", "depth",
-                     "channels", "channel_mult", "num_res_blocks", "attn_levels", "conditional", "n_classes")
+ARCHITECTURE_KEYS = ("data", "image_size", "sde", "sde_args", "prediction", "weighting", "sigma_data", "net", "width",
+                     "depth", "channels", "channel_mult", "num_res_blocks", "attn_levels", "conditional", "n_classes")
+# Keys a resumed run may change: they take effect from the resumed step (lr and weight_decay are written into the
+# optimiser). Any other change (the architecture keys, seed, ...) is refused, naming the keys.
+RESUMABLE_KEYS = ("steps", "batch_size", "lr", "weight_decay", "warmup", "grad_clip", "ema_decay", "ema_warmup", "eps",
+                  "dropout", "device", "out_dir", "data_path", "n_data", "checkpoint_every", "checkpoint_minutes",
+                  "sample_every", "n_samples", "sample_steps", "progress", "tensorboard")
 
 
 def build_sde(config: TrainConfig) -> SDE:
@@ -164,29 +185,57 @@ def build_net(config: TrainConfig, data_shape: tuple[int, ...]) -> nn.Module:
                 config.dropout, time_scale=time_scale, n_classes=config.n_classes)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but CUDA is not available")
-    return device
+def build_model(net: nn.Module, config: TrainConfig) -> ScoreModel:
+    """The score function of ``net`` as the config's SDE and parameterisation define it."""
+    return ScoreModel(net, build_sde(config), config.prediction, sigma_data=config.sigma_data)
 
 
 class EMA:
-    """``θ̄ ← d θ̄ + (1 - d) θ`` over a model's parameters (buffers copied)."""
+    """``θ̄ ← d θ̄ + (1 - d) θ`` over a model's parameters (buffers copied).
 
-    def __init__(self, model: nn.Module, decay: float):
-        self.decay, self.model = decay, copy.deepcopy(model).eval()
+    With ``warmup`` the decay at optimiser step ``k`` (counted from 1) is ``min(decay, (1 + k)/(10 + k))``, the
+    warm-up of diffusers' ``EMAModel``: after ``k`` steps the initial weights keep a share ``∏ d_j`` that is
+    ≈ 0 within the first steps instead of ``decay^k`` (0.74 after 300 steps at 0.999).
+    """
+
+    def __init__(self, model: nn.Module, decay: float, warmup: bool = False):
+        self.decay, self.warmup, self.model = decay, warmup, copy.deepcopy(model).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
 
+    def decay_at(self, step: int | None) -> float:
+        return self.decay if step is None or not self.warmup else min(self.decay, (1 + step) / (10 + step))
+
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, step: int | None = None) -> None:
         ema_params = list(self.model.parameters())
-        torch._foreach_lerp_(ema_params, [p.detach() for p in model.parameters()], 1 - self.decay)
+        torch._foreach_lerp_(ema_params, [p.detach() for p in model.parameters()], 1 - self.decay_at(step))
         for b_ema, b in zip(self.model.buffers(), model.buffers()):
             b_ema.copy_(b)
+
+
+LOG_HEADER = ["step", "loss", "lr", "grad_norm", "seconds"]
+
+
+@contextlib.contextmanager
+def _deferred_interrupt():
+    """Within the block, a first SIGINT (Ctrl-C) only appends to the yielded list, so the loop can finish its step
+    and write a checkpoint before stopping; a second one stops at once. Outside the main thread, a no-op."""
+    flag: list = []
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag:
+            raise KeyboardInterrupt
+        flag.append(signum)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class Trainer:
@@ -210,19 +259,27 @@ class Trainer:
         if self.data.dim() < 2 or len(self.data) < 2:
             raise ValueError(f"data must hold at least 2 samples of shape (N, ...), got {tuple(self.data.shape)}")
         self.data_shape = tuple(self.data.shape[1:])
+        self._measured_sigma_data = self.config.sigma_data is None and "edm" in (config.prediction, config.weighting)
+        if self._measured_sigma_data:
+            # saved in the config, so that the checkpoint's model needs no data (0.5 if the data are not finite:
+            # the first loss then stops the run with TrainingDiverged)
+            std = float(self.data.float().std())
+            self.config = dataclasses.replace(self.config, sigma_data=round(std, 6) if std > 0 and math.isfinite(std)
+                                              else 0.5)
         self.sde = build_sde(config)
         self.net = build_net(config, self.data_shape).to(self.device, self.data.dtype)
         # Under torchrun the forward pass goes through DDP, which averages the gradients over the processes.
         self.ddp = self.net if self.world_size == 1 else nn.parallel.DistributedDataParallel(
             self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.model = ScoreModel(self.ddp, self.sde, config.prediction)
-        self.ema = EMA(self.net, config.ema_decay)
+        self.model = build_model(self.ddp, self.config)
+        self.ema = EMA(self.net, config.ema_decay, config.ema_warmup)
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         warmup = config.warmup
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0)
         self.generator = torch.Generator(self.device)
         self.step = 0
+        self.changed: dict = {}  # settings changed on resume: {key: (saved, now)}
         self.autocast = self.device.type == "cuda"
         self.path = os.path.join(config.out_dir, CHECKPOINT)
         self.log_path = os.path.join(config.out_dir, "loss.csv")
@@ -253,12 +310,7 @@ class Trainer:
         if not os.path.exists(self.path):
             return False
         state = load_checkpoint(self.path, map_location=self.device)
-        saved = TrainConfig.from_dict(state["config"]).to_dict()
-        ours = self.config.to_dict()
-        differ = [k for k in ARCHITECTURE_KEYS if saved[k] != ours[k]]
-        if differ or tuple(state["data_shape"]) != self.data_shape:
-            raise CheckpointError(f"{self.path}: saved by a different run (differs in "
-                                  f"{differ or ['data_shape']}); use another out_dir or remove it")
+        self.changed = self._config_changes(state)
         try:
             self.net.load_state_dict(state["model"])
             self.ema.model.load_state_dict(state["ema"])
@@ -266,20 +318,52 @@ class Trainer:
         except (RuntimeError, ValueError, KeyError) as err:
             raise CheckpointError(f"{self.path}: weights do not fit this run's network ({err})") from err
         self.scheduler.load_state_dict(state["scheduler"])
+        self._apply_optimiser_settings()
         self.step = int(state["step"])
-        if self.rank == 0:
-            self._truncate_log(self.step)
         return True
 
-    def _truncate_log(self, step: int) -> None:
-        """Drop log rows written after the checkpoint, which the resumed run will write again."""
-        if not os.path.exists(self.log_path):
-            return
-        with open(self.log_path, newline="") as f:
-            rows = list(csv.reader(f))
-        kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= step]
+    def _config_changes(self, state: dict) -> dict:
+        """``{key: (saved, ours)}`` for the settings that differ from the checkpoint's; ``CheckpointError`` naming
+        the keys if any of them may not change on resume (``RESUMABLE_KEYS``)."""
+        saved = TrainConfig.from_dict(state["config"]).to_dict()
+        if self._measured_sigma_data and saved["sigma_data"] is not None:  # measured once, when the run began
+            self.config = dataclasses.replace(self.config, sigma_data=saved["sigma_data"])
+            self.model.sigma_data = saved["sigma_data"]
+        ours = self.config.to_dict()
+        changed = {k: (saved[k], ours[k]) for k in ours if saved[k] != ours[k]}
+        differ = [k for k in ARCHITECTURE_KEYS if k in changed]
+        if differ or tuple(state["data_shape"]) != self.data_shape:
+            hint = (f" (to resume a run made before 'edm' became the default, set prediction={saved['prediction']!r}"
+                    f" and weighting={saved['weighting']!r})" if "prediction" in differ else "")
+            raise CheckpointError(f"{self.path}: saved by a different run (differs in "
+                                  f"{differ or ['data_shape']}); use another out_dir or remove it{hint}")
+        fixed = [k for k in changed if k not in RESUMABLE_KEYS]
+        if fixed:
+            raise CheckpointError(f"{self.path}: {', '.join(f'{k} {changed[k][0]!r} -> {changed[k][1]!r}' for k in fixed)}"
+                                  f" cannot change on resume; use the saved value or another out_dir")
+        return changed
+
+    def _apply_optimiser_settings(self) -> None:
+        """Write this config's lr and weight_decay over those the loaded optimiser and scheduler state hold."""
+        self.scheduler.base_lrs = [self.config.lr for _ in self.optimizer.param_groups]
+        factor = self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+        for group in self.optimizer.param_groups:
+            group["initial_lr"], group["lr"] = self.config.lr, self.config.lr * factor
+            group["weight_decay"] = self.config.weight_decay
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+
+    def _prepare_log(self) -> float:
+        """Rewrite ``loss.csv`` as its header and the rows up to the current step (later rows, written after the
+        checkpoint, are redone); returns the seconds already spent, from the last kept row."""
+        rows = []
+        if os.path.exists(self.log_path):
+            with open(self.log_path, newline="") as f:
+                rows = [r for r in csv.reader(f) if r]
+        kept = [r for r in rows[1:] if r[0].isdigit() and int(r[0]) <= self.step] if rows[:1] == [LOG_HEADER] else []
         with open(self.log_path, "w", newline="") as f:
-            csv.writer(f).writerows(kept)
+            csv.writer(f).writerows([LOG_HEADER] + kept)
+            f.flush()
+        return float(kept[-1][-1]) if kept else 0.0
 
     def save(self) -> None:
         """Write the checkpoint (process 0 alone: every process holds the same weights and optimiser state)."""
@@ -311,7 +395,8 @@ class Trainer:
         x0, t, noise, y = self.batch()
         score = self.model if y is None else self.model.conditional(y)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
-            loss = dsm_loss(score, self.sde, x0, t=t, noise=noise, weighting=self.config.weighting)
+            loss = dsm_loss(score, self.sde, x0, t=t, noise=noise, weighting=self.config.weighting,
+                            sigma_data=self.config.sigma_data)
         mean_loss = distributed.mean_over_ranks(loss.detach())  # every process takes the same decision below
         if not bool(torch.isfinite(mean_loss)):
             raise TrainingDiverged(f"loss became {mean_loss.item()} at step {self.step + 1}; the last good checkpoint "
@@ -321,7 +406,7 @@ class Trainer:
         grad_norm = nn.utils.clip_grad_norm_(self.net.parameters(), self.config.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
-        self.ema.update(self.net)
+        self.ema.update(self.net, self.step + 1)
         self.step += 1
         return mean_loss.item(), grad_norm.item()
 
@@ -333,29 +418,32 @@ class Trainer:
             self.resume()
         os.makedirs(self.config.out_dir, exist_ok=True)
         main = self.rank == 0  # process 0 alone writes the log and the sample grids
-        new_log = not os.path.exists(self.log_path)
+        t0 = time.perf_counter() - (self._prepare_log() if main else 0.0)  # seconds continue across resumes
         losses: list[float] = []
         with open(self.log_path if main else os.devnull, "a", newline="") as log, tqdm(
                 total=self.config.steps, initial=self.step, desc="train", disable=not (self.config.progress and main),
                 unit="step") as bar, Board(os.path.join(self.config.out_dir, "tensorboard"),
-                                           self.config.tensorboard and main, self.step) as board:
+                                           self.config.tensorboard and main, self.step) as board, \
+                _deferred_interrupt() as interrupted:
             writer = csv.writer(log)
-            if new_log:
-                writer.writerow(["step", "loss", "lr", "grad_norm", "seconds"])
-            t0 = time.perf_counter()
+            saved_at = time.perf_counter()
             while self.step < self.config.steps:
                 lr = self.scheduler.get_last_lr()[0]
                 loss, grad_norm = self.train_step()
                 losses.append(loss)
-                writer.writerow([self.step, f"{loss:.8g}", f"{lr:.6g}", f"{grad_norm:.6g}",
-                                 f"{time.perf_counter() - t0:.3f}"])
+                now = time.perf_counter()
+                writer.writerow([self.step, f"{loss:.8g}", f"{lr:.6g}", f"{grad_norm:.6g}", f"{now - t0:.3f}"])
                 board.scalars(self.step, loss=loss, lr=lr, grad_norm=grad_norm)
                 bar.update()
                 bar.set_postfix(loss=f"{loss:.4f}")
                 last = self.step == self.config.steps
-                if self.step % self.config.checkpoint_every == 0 or last:
+                if (self.step % self.config.checkpoint_every == 0 or last or interrupted
+                        or now - saved_at >= 60 * self.config.checkpoint_minutes):
                     log.flush()
                     self.save()
+                    saved_at = now
+                if interrupted:
+                    raise KeyboardInterrupt(f"interrupted; checkpoint at step {self.step} in {self.path}")
                 if main and (self.step % self.config.sample_every == 0 or last):
                     png = os.path.join(self.config.out_dir, "samples", f"step_{self.step:07d}.png")
                     save_samples(self.sample(), png, f"step {self.step}")
@@ -371,7 +459,7 @@ class Trainer:
 
         n = n or self.config.n_samples
         options = options or ({"method": "heun2"} if sampler == "ode" else {})
-        model = ScoreModel(self.ema.model, self.sde, self.config.prediction)
+        model = build_model(self.ema.model, self.config)
         if self.labels is not None:  # a grid of every class in turn
             model = model.conditional(torch.arange(n, device=self.device) % self.config.n_classes)
         g = torch.Generator(self.device).manual_seed(self.config.seed + 1)

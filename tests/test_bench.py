@@ -105,5 +105,5 @@ def test_quick_sweep_writes_every_run_and_figure(tmp_path, monkeypatch):
     meta = __import__("json").loads((tmp_path / "results.json").read_text())["meta"]
     assert set(meta["floors"]) == set(meta["flow_map"]) == {"2d ring / vp", "2d ring / ve"}
     for name in ("results.csv", "sw2_2d_ring_vp.png", "frechet_2d_ring_ve.png", "map_error_2d_ring_vp.png",
-                 "scatter_2d_ring___vp.png"):
+                 "scatter_2d_ring_vp.png"):
         assert (tmp_path / name).stat().st_size > 0

@@ -71,7 +71,18 @@ def test_every_parameterisation_gives_the_exact_score(prediction, sde_name):
         eps, x0 = -std * s, (x + std**2 * s) / scale
         return {"score": s, "eps": eps, "x0": x0, "v": scale * eps - std * x0}[prediction]
 
-    model = sgm.ScoreModel(net, forward, prediction)
+    def edm_net(u, c_noise):
+        """Karras et al.'s F for the exact score: the input is (x/√(σ² + a²σ_d²), ¼ ln σ̃), σ̃ = σ/a."""
+        sigma = torch.exp(4 * c_noise)
+        t = forward.time_at_noise_level(sigma)
+        scale, std = (v[:, None] for v in forward.marginal(t))
+        sig, sd = sigma[:, None], 0.7
+        x = u * (std**2 + scale**2 * sd**2).sqrt()
+        denoised = (x + std**2 * exact(x, t)) / scale
+        return (denoised - sd**2 / (sig**2 + sd**2) * x / scale) / (sig * sd / (sig**2 + sd**2).sqrt())
+
+    model = (sgm.ScoreModel(edm_net, forward, "edm", sigma_data=0.7) if prediction == "edm"
+             else sgm.ScoreModel(net, forward, prediction))
     x, t = torch.randn(64, 2, generator=gen(0), dtype=D), torch.linspace(0.01, 1, 64, dtype=D)
     torch.testing.assert_close(model(x, t), exact(x, t), rtol=1e-9, atol=1e-9)
     scale, std = (v[:, None] for v in forward.marginal(t))

@@ -97,10 +97,14 @@ class AdaptiveODE(Solver):
 
     def step(self, model: Model, x, a, b, state, noise):
         velocity = _velocity(model, a)
-        ts = torch.tensor([a.t, b.t], dtype=x.dtype, device=x.device)
+        # Half precision: the step-size controller works in float32 (in float16 its error norms and step sizes
+        # overflow to inf and the time to NaN); the score still sees x's dtype.
+        work = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+        ts = torch.tensor([a.t, b.t], dtype=work, device=x.device)
         # step_t makes the solver land on the end time instead of stepping past it (t < eps).
-        return odeint(lambda t, y: velocity(y, float(t)), x, ts, method=self.method, rtol=self.rtol, atol=self.atol,
-                      options={"step_t": ts})[-1], state
+        y = odeint(lambda t, y: velocity(y.to(x.dtype), float(t)).to(work), x.to(work), ts, method=self.method,
+                   rtol=self.rtol, atol=self.atol, options={"step_t": ts})[-1]
+        return y.to(x.dtype), state
 
 
 def ode_solver(method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5) -> Solver:

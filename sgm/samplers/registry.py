@@ -10,6 +10,7 @@ from typing import Callable
 
 import torch
 
+from ..device import resolve_device
 from ..sde import SDE, _check_steps
 from .base import SamplerOutput, check_state
 from .grid import KARRAS_RHO, TimeGrid, check_eps, check_spacing, time_grid
@@ -137,8 +138,8 @@ def sample(score, sde: SDE, shape, sampler: str = "euler_maruyama", steps: int =
     dtype = torch.get_default_dtype() if dtype is None else dtype
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
-    if device is None:
-        device = generator.device if generator is not None else "cpu"
+    device = (generator.device if generator is not None else torch.device("cpu")) if device is None \
+        else resolve_device(device)
     noise = None if seeds is None else SeededNoise(seeds, torch.empty(shape, dtype=dtype, device=device))
     if x_init is not None:
         x = x_init.to(dtype=dtype, device=device)

@@ -1,0 +1,112 @@
+"""The ``sgm`` command as a new user meets it: every expected failure is one line naming the argument, exit 2;
+outputs go where ``--out`` says; help shows defaults and choices."""
+import numpy as np
+import pytest
+import torch
+
+import sgm
+from sgm.cli import main
+
+
+def run(argv, capsys):
+    """``main(argv)``'s exit status and stderr, whether the error came from argparse (SystemExit) or a command."""
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert main(["train", "--data", "8gaussians", "--steps", "2", "--width", "8", "--depth", "1", "--batch-size", "16",
+                 "--n-data", "64", "--out-dir", str(out), "--sample-every", "1000", "--no-progress"]) == 0
+    return str(out / "checkpoint.pt")
+
+
+def foreign_files(tmp_path):
+    torch.save(torch.zeros(3), tmp_path / "tensor.pt")
+    torch.save(7, tmp_path / "int.pt")
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    return {"missing": str(tmp_path / "none.pt"), "tensor": str(tmp_path / "tensor.pt"),
+            "int": str(tmp_path / "int.pt"), "text": str(tmp_path / "text.pt")}
+
+
+def test_foreign_or_missing_checkpoints_are_one_line(tmp_path, capsys):
+    for kind, path in foreign_files(tmp_path).items():
+        code, err = run(["sample", path, "--out", str(tmp_path / "s.png"), "--no-progress"], capsys)
+        assert code == 2, kind
+        assert err.count("\n") == 1 and "Traceback" not in err and path in err, (kind, err)
+        assert err.startswith("sgm sample: error: "), err
+
+
+@pytest.mark.parametrize("args,named", [
+    (["--option", "foo"], "--option"), (["--option", "=1"], "--option"), (["--device", "gpu"], "--device"),
+    (["--device", "cpu:7"], "--device"), (["--device", "cuda:99"], "--device"), (["--n", "0"], "--n"),
+    (["--show", "0"], "--show"), (["--steps", "0"], "--steps"), (["--n", "two"], "--n"),
+    (["--out", "x.txt"], "--out"), (["--option", "bogus=1"], "bogus"),
+])
+def test_bad_sample_arguments_are_one_line_naming_the_argument(args, named, checkpoint, tmp_path, capsys):
+    if "--out" not in args:
+        args = args + ["--out", str(tmp_path / "s.png")]
+    code, err = run(["sample", checkpoint, "--steps", "2", "--n", "4", "--no-progress"] + args, capsys)
+    assert code == 2 and "Traceback" not in err and named in err, err
+    assert err.count("\n") == 1, err
+
+
+def test_sample_out_makes_its_folder_and_honours_the_extension(checkpoint, tmp_path, capsys):
+    base = ["sample", checkpoint, "--steps", "2", "--n", "5", "--no-progress", "--sampler", "ddim"]
+    assert main(base + ["--out", str(tmp_path / "new" / "deeper" / "s.png")]) == 0
+    assert {p.name for p in (tmp_path / "new" / "deeper").iterdir()} == {"s.png", "s.pt", "s.npz"}
+    assert main(base + ["--out", str(tmp_path / "only" / "x.npz")]) == 0
+    assert [p.name for p in (tmp_path / "only").iterdir()] == ["x.npz"]
+    assert np.load(tmp_path / "only" / "x.npz")["samples"].shape == (5, 2)
+    assert main(base + ["--out", str(tmp_path / "bare" / "samples")]) == 0
+    assert {p.name for p in (tmp_path / "bare").iterdir()} == {"samples.png", "samples.pt", "samples.npz"}
+    assert torch.load(tmp_path / "bare" / "samples.pt").shape == (5, 2)
+
+
+def test_train_errors_are_one_line(tmp_path, capsys):
+    base = ["train", "--steps", "2", "--width", "8", "--depth", "1", "--batch-size", "8", "--n-data", "32",
+            "--no-progress", "--out-dir", str(tmp_path / "r")]
+    for args, named in ((["--device", "gpu"], "--device"), (["--sde", "cld"], "--sde"), (["--data", "cifar"], "--data"),
+                        (["--steps", "0"], "steps"), (["--sigma-max", "10"], "--sigma-max"),
+                        (["--data", "mnist", "--data-path", str(tmp_path / "nowhere")], "nowhere")):
+        code, err = run(base + args, capsys)
+        assert code == 2 and "Traceback" not in err and named in err, (args, err)
+    assert main(base) == 0
+    code, err = run(base + ["--seed", "3", "--steps", "3"], capsys)
+    assert code == 2 and "seed" in err and err.count("\n") == 1, err
+
+
+def test_ve_sigma_max_weight_decay_and_eps_reach_the_config(tmp_path):
+    out = tmp_path / "ve"
+    assert main(["train", "--sde", "ve", "--sigma-max", "8", "--weight-decay", "0.01", "--eps", "0.001", "--steps", "1",
+                 "--width", "8", "--depth", "1", "--batch-size", "8", "--n-data", "32", "--out-dir", str(out),
+                 "--no-progress"]) == 0
+    config = sgm.train.load_checkpoint(str(out / "checkpoint.pt"))["config"]
+    assert config["sde_args"] == {"sigma_max": 8.0} and config["weight_decay"] == 0.01 and config["eps"] == 0.001
+
+
+def test_bench_checks_its_checkpoint_before_the_sweep(checkpoint, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("sgm.bench.run_sweep", lambda *a, **k: pytest.fail("the sweep started"))
+    code, err = run(["bench", "--quick", "--checkpoint", checkpoint, "--out", str(tmp_path)], capsys)
+    assert code == 2 and "digits" in err and checkpoint in err and err.count("\n") == 1, err
+    code, err = run(["bench", "--quick", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path)], capsys)
+    assert code == 2 and "none.pt" in err, err
+
+
+def test_help_shows_defaults_and_choices_and_version(capsys):
+    for command, expected in (("train", ["{vp,subvp,ve}", "(default: vp)", "(default: edm)", "{auto,mlp,unet}",
+                                         "{eps,score,x0,v,edm}", "--sigma-max", "--weight-decay", "--eps", "--sigma-data"]),
+                              ("sample", ["(default: ode)", "(default: 100)"]), ("demo", ["(default: vp)"])):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = capsys.readouterr().out
+        for piece in expected:
+            assert piece in " ".join(text.split()), (command, piece)
+        assert "``" not in text
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"sgm {sgm.__version__}"

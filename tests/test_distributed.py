@@ -32,7 +32,8 @@ def config(out_dir, **kw):
 
 
 def data64():
-    return sgm.data.toy_2d("moons", 256).double()
+    """The same data in every process (EDM's σ_d is measured from it)."""
+    return sgm.data.toy_2d("moons", 256, generator=torch.Generator().manual_seed(0)).double()
 
 
 class Crash(Exception):

@@ -1,11 +1,15 @@
-"""Per-step cost of each fixed-step sampler against a hand-written loop of the same update.
+"""Per-step cost of each fixed-step sampler's loop against a hand-written loop of the same update.
 
 The score is near free (``s = -x``), so the time is the sampler's own work: the update, its noise draw, and
-sgm's checks (shape, dtype, finiteness of every score output). Each hand-written loop is the update as a
-user would write it in plain torch, with the coefficients computed beforehand. Both run on the same batch
-(default 256×3×32×32, float32) and the same grid; the table gives medians over alternating repeats and the median of the paired ratios.
+sgm's loop (``integrate``: checks, counted and checked model calls, the per-step ``Prediction``). Each
+hand-written loop is the update as a user would write it in plain torch over the same grid's nodes. Both run on
+the same batch (default 256×3×32×32, float32) and the same grid (``denoise=False``); the table gives medians
+over alternating repeats and the median of the paired ratios (the goal: at most 1.2).
 
-    python benchmarks/sampler_speed.py [--batch 256] [--steps 50] [--repeats 7]
+Rows are ``HAND_LOOPS``: ``(label, sampler, options, hand)`` with ``hand(sde, grid, generator) -> fn(x)``. Add a
+row for a new solver there. Registered fixed-step samplers without a row are listed at the end.
+
+    python benchmarks/sampler_speed.py [--batch 256] [--steps 50] [--repeats 7] [--only NAME ...]
 """
 from __future__ import annotations
 
@@ -18,56 +22,99 @@ import torch
 
 import sgm
 from sgm.samplers import time_grid
+from sgm.samplers.probability_flow import TABLEAUS
 
 
 def near_free_score(x, t):
     return -x
 
 
-def hand_loops(sde, grid, generator):
-    """The published updates written out directly, one function per sampler."""
+def _randn(generator):
+    return lambda x: torch.randn(x.shape, generator=generator, dtype=x.dtype)
+
+
+def _pairs(grid):
     noisy = grid.noisy
-    pairs = list(zip(noisy[:-1], noisy[1:]))
+    return list(zip(noisy[:-1], noisy[1:]))
 
-    def randn(x):
-        return torch.randn(x.shape, generator=generator, dtype=x.dtype)
 
-    def euler_maruyama(x):
-        for a, b in pairs:
+def _transition(a, b):
+    r = a.scale / b.scale
+    return r, a.std**2 - r**2 * b.std**2
+
+
+def euler_maruyama(sde, grid, generator):
+    randn = _randn(generator)
+
+    def loop(x):
+        for a, b in _pairs(grid):
             h = a.t - b.t
-            beta = sde.beta_min + a.t * (sde.beta_max - sde.beta_min)
+            beta = sde.beta_min + a.t / sde.T * (sde.beta_max - sde.beta_min)
             s = near_free_score(x, None)
             x = x + h * (0.5 * beta * x + beta * s) + math.sqrt(beta * h) * randn(x)
         return x
+    return loop
 
-    def reverse_diffusion(x):
-        for a, b in pairs:
-            r = a.scale / b.scale
-            v = a.std**2 - r**2 * b.std**2
+
+def reverse_diffusion(sde, grid, generator):
+    randn = _randn(generator)
+
+    def loop(x):
+        for a, b in _pairs(grid):
+            r, v = _transition(a, b)
             x = (2 - r) * x + v * near_free_score(x, None) + math.sqrt(v) * randn(x)
         return x
+    return loop
 
-    def ancestral(x):
-        for a, b in pairs:
-            r = a.scale / b.scale
-            v = a.std**2 - r**2 * b.std**2
+
+def ancestral(sde, grid, generator):
+    randn = _randn(generator)
+
+    def loop(x):
+        for a, b in _pairs(grid):
+            r, v = _transition(a, b)
             x = (x + v * near_free_score(x, None)) / r + math.sqrt(b.std**2 * v / a.std**2) * randn(x)
         return x
+    return loop
 
-    def ddim(x):
-        for a, b in pairs:
+
+def ddim(sde, grid, generator):
+    def loop(x):
+        for a, b in _pairs(grid):
             eps = -a.std * near_free_score(x, None)
             x0 = (x - a.std * eps) / a.scale
             x = b.scale * x0 + b.std * eps
         return x
+    return loop
 
-    def ode_euler(x):
-        for a, b in pairs:
-            beta = sde.beta_min + a.t * (sde.beta_max - sde.beta_min)
-            x = x - (a.t - b.t) * (-0.5 * beta * x - 0.5 * beta * near_free_score(x, None))
-        return x
 
-    def langevin(x, n_each=1):
+def runge_kutta(method):
+    """The probability-flow velocity ``v = -½β(t)(x + s)`` (VP) stepped by ``method``'s tableau, written out."""
+    c, a_rows, b_weights = TABLEAUS[method]
+
+    def hand(sde, grid, generator):
+        def velocity(x, t):
+            beta = sde.beta_min + t / sde.T * (sde.beta_max - sde.beta_min)
+            return -0.5 * beta * (x + near_free_score(x, None))
+
+        def loop(x):
+            for a, b in _pairs(grid):
+                h = b.t - a.t
+                ks = []
+                for ci, row in zip(c, a_rows):
+                    xi = x + sum(h * aij * k for aij, k in zip(row, ks) if aij) if ks and any(row) else x
+                    ks.append(velocity(xi, a.t + ci * h))
+                x = x + sum(h * bi * k for bi, k in zip(b_weights, ks) if bi)
+            return x
+        return loop
+    return hand
+
+
+def langevin(sde, grid, generator, n_each=1):
+    randn = _randn(generator)
+    noisy = grid.noisy
+
+    def loop(x):
         last = noisy[-1].std
         for prev, node in zip((noisy[0],) + noisy[:-1], noisy):
             x = x * (node.scale / prev.scale)
@@ -75,21 +122,35 @@ def hand_loops(sde, grid, generator):
             for _ in range(n_each):
                 x = x + delta * near_free_score(x, None) + math.sqrt(2 * delta) * randn(x)
         return x
+    return loop
 
-    def pc(x, snr=0.16):
-        for a, b in pairs:
-            r = a.scale / b.scale
-            v = a.std**2 - r**2 * b.std**2
+
+def pc(sde, grid, generator, snr=0.16):
+    randn = _randn(generator)
+
+    def loop(x):
+        for a, b in _pairs(grid):
+            r, v = _transition(a, b)
             x = (2 - r) * x + v * near_free_score(x, None) + math.sqrt(v) * randn(x)
             s, z = near_free_score(x, None), randn(x)
             ratio = z.flatten(1).norm(dim=1).mean() / s.flatten(1).norm(dim=1).mean()
             delta = 2 * r**2 * (snr * ratio) ** 2
             x = x + delta * s + (2 * delta).sqrt() * z
         return x
+    return loop
 
-    return {"euler_maruyama": (euler_maruyama, {}), "reverse_diffusion": (reverse_diffusion, {}),
-            "ancestral": (ancestral, {}), "sde": (euler_maruyama, {}), "ddim": (ddim, {}), "ode": (ode_euler, {"method": "euler"}),
-            "langevin": (langevin, {"n_steps_each": 1}), "pc": (pc, {})}
+
+# (label, sampler, options, hand(sde, grid, generator) -> loop(x))
+HAND_LOOPS = [
+    ("euler_maruyama", "euler_maruyama", {}, euler_maruyama),
+    ("reverse_diffusion", "reverse_diffusion", {}, reverse_diffusion),
+    ("ancestral", "ancestral", {}, ancestral),
+    ("sde (torchsde euler)", "sde", {}, euler_maruyama),
+    ("ddim", "ddim", {}, ddim),
+    *[(f"ode {m}", "ode", {"method": m}, runge_kutta(m)) for m in TABLEAUS],
+    ("langevin", "langevin", {"n_steps_each": 1}, langevin),
+    ("pc", "pc", {}, pc),
+]
 
 
 def paired_times(fn_a, fn_b, repeats):
@@ -109,20 +170,31 @@ def main():
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--only", nargs="*", default=None, help="sampler names to time (default: every row)")
     args = parser.parse_args()
     sde, shape = sgm.VPSDE(), (args.batch, 3, 32, 32)
     grid = time_grid(sde, args.steps, denoise=False)
     x_T = torch.randn(shape)
     print(f"batch {shape}, float32, {args.steps} noise levels, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; medians of {args.repeats} alternating repeats")
-    print(f"{'sampler':<20}{'sgm ms/step':>12}{'hand ms/step':>14}{'ratio':>8}")
-    for name, (hand, options) in hand_loops(sde, grid, torch.Generator().manual_seed(0)).items():
+    print(f"{'sampler':<24}{'evals/step':>11}{'sgm ms/step':>12}{'hand ms/step':>14}{'ratio':>8}")
+    for label, name, options, hand in HAND_LOOPS:
+        if args.only and name not in args.only:
+            continue
+        solver = sgm.samplers.solver(name, **options)
         fn = sgm.samplers.get(name)
         gen = torch.Generator().manual_seed(0)
+        loop = hand(sde, grid, torch.Generator().manual_seed(0))
         t_sgm, t_hand, ratio = paired_times(lambda: fn(near_free_score, sde, x_T, grid, generator=gen, **options),
-                                            lambda: hand(x_T), args.repeats)
+                                            lambda: loop(x_T), args.repeats)
         n = args.steps - 1
-        print(f"{name:<20}{1e3 * t_sgm / n:>12.3f}{1e3 * t_hand / n:>14.3f}{ratio:>8.2f}", flush=True)
+        print(f"{label:<24}{solver.evals_per_step:>11}{1e3 * t_sgm / n:>12.3f}{1e3 * t_hand / n:>14.3f}"
+              f"{ratio:>8.2f}", flush=True)
+    covered = {name for _, name, _, _ in HAND_LOOPS}
+    missing = [name for name in sgm.samplers.available()
+               if name not in covered and sgm.samplers.solver(name).evals_per_step is not None]
+    if missing:
+        print(f"fixed-step samplers without a hand-written loop here: {', '.join(missing)}")
 
 
 if __name__ == "__main__":

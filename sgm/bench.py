@@ -572,7 +572,7 @@ def run_sweep(out_dir: str, quick: bool = False, n: int | None = None, seed: int
     goal table are in ``results.json``)."""
     os.makedirs(out_dir, exist_ok=True)
     n = n or (1000 if quick else 4000)
-    n_compare = n_compare or min(n, 1000)
+    n_compare = n_compare or min(n, 500 if quick else 1000)
     nfes, tolerances = (QUICK_NFE, QUICK_TOLERANCES) if quick else (NFE_GRID, TOLERANCES)
     compare_nfes = QUICK_COMPARE_NFE if quick else COMPARE_NFE
     rows, compared, floors, flow_maps, t_start = [], [], {}, {}, time.perf_counter()
@@ -703,7 +703,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def add_arguments(parser) -> None:
     parser.add_argument("--out", default="benchmarks/results", help="folder for results.csv/.json and figures")
-    parser.add_argument("--quick", action="store_true", help="2-D only, NFE up to 100 (comparison up to 20), 1000 samples")
+    parser.add_argument("--quick", action="store_true", help="2-D only, NFE up to 100 with 1000 samples; the comparison up "
+                        "to 20 with 500")
     parser.add_argument("--n", type=int, default=None, help="samples per run (default 4000; 1000 with --quick)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint", default=None, help="a trained digits checkpoint to sweep as well (a network on a CPU: "

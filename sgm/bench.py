@@ -55,16 +55,14 @@ from .sde import SDE, VESDE, VPSDE, DiscreteChain
 from .targets import GaussianMixture, random_mixture, ring_mixture
 
 __all__ = ["NFE_GRID", "QUICK_NFE", "TOLERANCES", "COMPARE_NFE", "GOAL_NFE", "CURVES", "Run", "Problem",
-           "curve_runs", "steps_for_nfe", "make_problem", "flow_map", "chain_score", "eps_at", "sgm_configs",
+           "TARGETS", "curve_runs", "steps_for_nfe", "make_problem", "flow_map", "chain_score", "eps_at", "sgm_configs",
            "peer_configs", "compare_rows", "goal_table", "goal_markdown", "run_sweep", "main"]
 
 NFE_GRID = (5, 10, 20, 50, 100, 200, 500, 1000)
 QUICK_NFE = (5, 10, 20, 50, 100)
 TOLERANCES = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5)
 QUICK_TOLERANCES = (1e-2, 1e-4)
-COMPARE_NFE = (5, 10, 20, 50)
-QUICK_COMPARE_NFE = (5, 10, 20)
-GOAL_NFE = (5, 10, 20)
+GOAL_NFE = COMPARE_NFE = QUICK_COMPARE_NFE = (5, 10, 20)
 GOAL_RATIO = 0.5
 TRAIN_STEPS = 1000
 
@@ -119,10 +117,13 @@ def make_problem(target_name: str, target: GaussianMixture, sde_name: str, n: in
     return Problem(target_name, target, sde_name, sde, chain_sde, chain, z, x_T, chain_flow_map(target, chain, x_T))
 
 
-def _targets(quick: bool) -> dict:
-    if quick:
-        return {"2d ring": ring_mixture()}
-    return {"2d ring": ring_mixture(), "16d mixture": random_mixture(16, seed=0), "64d mixture": random_mixture(64, seed=1)}
+TARGETS = {"2d ring": ring_mixture, "16d mixture": lambda: random_mixture(16, seed=0),
+           "64d mixture": lambda: random_mixture(64, seed=1)}
+
+
+def _targets(quick: bool, names=None) -> dict:
+    names = names or (("2d ring",) if quick else tuple(TARGETS))
+    return {name: TARGETS[name]() for name in names}
 
 
 class OffChain(ValueError):
@@ -334,9 +335,9 @@ def _sgm_row(problem: Problem, score, sde: SDE, name: str, options: dict, nfe: i
                      **grid_kw, **options)
     except OffChain:
         return None
-    except SamplerDiverged as e:
+    except (ValueError, RuntimeError) as e:  # diverged (SamplerDiverged), or a solver refusing this grid
         return {**row, "nfe": None, "seconds": time.perf_counter() - t0, "map_error": float("nan"),
-                "diverged": True, "error": str(e)}
+                "diverged": True, "error": f"{type(e).__name__}: {e}"[:300]}
     return {**row, **_scored(out.x, problem, out.nfe, t0)}
 
 
@@ -567,7 +568,7 @@ def goal_markdown(table: list[dict]) -> str:
 
 def run_sweep(out_dir: str, quick: bool = False, n: int | None = None, seed: int = 0,
               checkpoint: str | None = None, peers: bool = True, progress: bool = True, curves: bool = True,
-              compare: bool = True, n_compare: int | None = None) -> list[dict]:
+              compare: bool = True, n_compare: int | None = None, targets=None) -> list[dict]:
     """Run the sweep, write its files to ``out_dir`` and return the curve rows (the comparison's rows and the
     goal table are in ``results.json``)."""
     os.makedirs(out_dir, exist_ok=True)
@@ -576,7 +577,7 @@ def run_sweep(out_dir: str, quick: bool = False, n: int | None = None, seed: int
     nfes, tolerances = (QUICK_NFE, QUICK_TOLERANCES) if quick else (NFE_GRID, TOLERANCES)
     compare_nfes = QUICK_COMPARE_NFE if quick else COMPARE_NFE
     rows, compared, floors, flow_maps, t_start = [], [], {}, {}, time.perf_counter()
-    for target_name, target in _targets(quick).items():
+    for target_name, target in _targets(quick, targets).items():
         for sde_name in ("vp", "ve"):
             key = f"{target_name} / {sde_name}"
             if curves:
@@ -711,6 +712,8 @@ def add_arguments(parser) -> None:
                         "use with --quick, which took 9.4 min for the 8×8 U-Net on 2 cores)")
     parser.add_argument("--no-peers", action="store_true", help="skip diffusers even if it is installed")
     parser.add_argument("--progress", action="store_true", help="progress bars for each run")
+    parser.add_argument("--targets", nargs="+", choices=tuple(TARGETS), default=None,
+                        help="the targets to run (default: all; the 2-D ring with --quick)")
     parser.add_argument("--only", choices=("curves", "compare"), default=None,
                         help="run only the curves (all metrics) or only the sgm-vs-diffusers comparison (map error)")
 
@@ -719,7 +722,7 @@ def run_from_args(args) -> int:
     t0 = time.perf_counter()
     rows = run_sweep(args.out, quick=args.quick, n=args.n, seed=args.seed, checkpoint=args.checkpoint,
                      peers=not args.no_peers, progress=args.progress, curves=args.only != "compare",
-                     compare=args.only != "curves")
+                     compare=args.only != "curves", targets=args.targets)
     with open(os.path.join(args.out, "results.json")) as f:
         goal = json.load(f)["goal"]
     print(f"{len(rows)} curve runs in {time.perf_counter() - t0:.0f}s; wrote {args.out}/results.csv, compare.csv, "

@@ -19,11 +19,13 @@ import torch
 from torch import Tensor
 from torchdiffeq import odeint
 
+from .bound import Bound, GammaEstimate, continuous_elbo, elbo, estimate_gamma
 from .samplers.base import CheckedScore
 from .samplers.probability_flow import ADAPTIVE_METHODS, FIXED_METHODS
 from .sde import SDE, _check_steps, _positive
 
-__all__ = ["log_likelihood", "bits_per_dim", "Likelihood", "DIVERGENCES", "PROBES"]
+__all__ = ["log_likelihood", "bits_per_dim", "Likelihood", "DIVERGENCES", "PROBES",
+           "elbo", "continuous_elbo", "estimate_gamma", "GammaEstimate", "Bound"]  # the bounds: sgm.bound
 
 DIVERGENCES = ("exact", "hutchinson")
 PROBES = ("rademacher", "gaussian")

@@ -14,7 +14,7 @@ import math
 import torch
 from torch import Tensor
 
-from .sde import SDE
+from .sde import SDE, DiscreteChain
 
 __all__ = ["GaussianMixture", "ring_mixture", "random_mixture"]
 
@@ -127,6 +127,17 @@ class GaussianMixture:
 
         def score(x: Tensor, t: Tensor) -> Tensor:
             return self.score(x, t, sde)
+
+        return score
+
+    def chain_score_fn(self, chain: DiscreteChain):
+        """The exact score of the mixture on a discrete chain: ``s(x, t) = ∇ log p_i(x)`` with ``p_i`` the law of
+        ``scale_i·x_0 + std_i·z`` at the timestep ``i = chain.index(t)`` nearest each row's ``t``."""
+
+        def score(x: Tensor, t: Tensor) -> Tensor:
+            i = chain.index(torch.as_tensor(t).expand(x.shape[0]))
+            scale, std = chain.scale.to(x.device)[i], chain.std.to(x.device)[i]
+            return self.perturbed_score(x, scale, std)
 
         return score
 

@@ -21,7 +21,7 @@ from .solver import Model, Noise, Solver
 
 __all__ = ["EulerMaruyama", "ReverseDiffusion", "Ancestral", "DDIM", "PREDICTORS", "ANCESTRAL_VARIANCES"]
 
-ANCESTRAL_VARIANCES = ("posterior", "beta")
+ANCESTRAL_VARIANCES = ("posterior", "beta", "analytic")
 
 
 def _transition(a: Node, b: Node) -> tuple[float, float]:
@@ -48,29 +48,52 @@ def reverse_diffusion_step(x: Tensor, s: Tensor, a: Node, b: Node, z: Tensor) ->
     return x.mul(2 - r).add_(s, alpha=v).add_(z, alpha=math.sqrt(v))
 
 
-def ancestral_step(x: Tensor, s: Tensor, a: Node, b: Node, z: Tensor, variance: str = "posterior") -> Tensor:
+def ancestral_step(x: Tensor, s: Tensor, a: Node, b: Node, z: Tensor, variance: str = "posterior",
+                   gamma=None) -> Tensor:
     """Ancestral sampling: ``x_b = (x + v s)/r + σ z``, the posterior mean ``E[x_b | x_a, x̂_0]`` plus noise,
-    with ``σ² = std_b² v / std_a²`` (``posterior``: DDPM's β̃, SMLD's) or ``σ² = v`` (``beta``: DDPM's β)."""
+    with ``σ² = std_b² v / std_a²`` (``posterior``: DDPM's β̃, SMLD's), ``σ² = v`` (``beta``: DDPM's β) or
+    Analytic-DPM's ``β̃ + (scale_b v/std_a²)² Var[x_0|x_a]`` from the Γ estimate ``gamma`` (``analytic``)."""
     r, v = _transition(a, b)
-    var = v if variance == "beta" else b.std**2 * v / a.std**2
+    if variance == "analytic":
+        var = gamma.reverse_variance((a.scale, a.std), (b.scale, b.std))
+    else:
+        var = v if variance == "beta" else b.std**2 * v / a.std**2
     return x.add(s, alpha=v).div_(r).add_(z, alpha=math.sqrt(var))
 
 
-def ddim_step(x: Tensor, s: Tensor, a: Node, b: Node, noise: Noise, eta: float = 0.0) -> Tensor:
+def ddim_step(x: Tensor, s: Tensor, a: Node, b: Node, noise: Noise, eta: float = 0.0, gamma=None) -> Tensor:
     """DDIM (Song, Meng & Ermon, 2021): with ``ε̂ = -std_a s`` and ``x̂_0 = (x - std_a ε̂)/scale_a``,
-    ``x_b = scale_b x̂_0 + √(std_b² - c²) ε̂ + c z``,  ``c = η std_b √v / std_a``; expanded,
-    ``x_b = (scale_b/scale_a) x + (scale_b std_a²/scale_a - √(std_b² - c²) std_a) s + c z``.
-    ``η = 0`` is the exponential integrator of the probability-flow ODE (exact for constant ε̂)."""
+    ``x_b = scale_b x̂_0 + √(std_b² - c²) ε̂ + σ z``,  ``c = η std_b √v / std_a``, ``σ = c``; expanded,
+    ``x_b = (scale_b/scale_a) x + (scale_b std_a²/scale_a - √(std_b² - c²) std_a) s + σ z``.
+    ``η = 0`` is the exponential integrator of the probability-flow ODE (exact for constant ε̂). With a Γ
+    estimate ``gamma``, ``σ²`` is Analytic-DDIM's ``c² + (scale_b - √(std_b² - c²) scale_a/std_a)² Var[x_0|x_a]``."""
     c = eta * b.std * math.sqrt(_transition(a, b)[1]) / a.std
     k = math.sqrt(max(b.std**2 - c**2, 0.0))
+    sigma = c if gamma is None else math.sqrt(gamma.reverse_variance((a.scale, a.std), (b.scale, b.std), c**2))
     x = x.mul(b.scale / a.scale).add_(s, alpha=b.scale * a.std**2 / a.scale - k * a.std)
-    return x.add_(noise(), alpha=c) if c > 0 else x
+    return x.add_(noise(), alpha=sigma) if sigma > 0 else x
 
 
 def check_variance(variance) -> str:
     if variance not in ANCESTRAL_VARIANCES:
         raise ValueError(f"variance must be one of {ANCESTRAL_VARIANCES}, got {variance!r}")
     return variance
+
+
+def check_gamma(gamma, variance: str):
+    """The Γ estimate (``sgm.bound.GammaEstimate``) that ``variance="analytic"`` needs, and only it."""
+    if variance == "analytic" and not (hasattr(gamma, "reverse_variance") and hasattr(gamma, "timestep")):
+        raise TypeError("gamma must be a GammaEstimate (sgm.likelihood.estimate_gamma on the sampling chain) for "
+                        f"variance='analytic', got {type(gamma).__name__}")
+    if variance != "analytic" and gamma is not None:
+        raise ValueError(f"gamma is used only with variance='analytic', got variance={variance!r}")
+    return gamma
+
+
+def check_gamma_grid(gamma, grid) -> None:
+    """Before sampling: every noisy node of ``grid`` is a timestep of ``gamma``'s chain with an estimate."""
+    for node in grid.noisy:
+        gamma.at(gamma.timestep(node.scale, node.std))
 
 
 def check_eta(eta) -> float:
@@ -99,30 +122,44 @@ class ReverseDiffusion(Solver):
 
 
 class Ancestral(Solver):
-    """Ancestral sampling (DDPM on VP, Ho et al. 2020 Alg. 2; SMLD on VE) with ``variance`` β̃ (``posterior``)
-    or β (``beta``). One evaluation per step."""
+    """Ancestral sampling (DDPM on VP, Ho et al. 2020 Alg. 2; SMLD on VE) with ``variance`` β̃ (``posterior``),
+    β (``beta``) or Analytic-DPM's optimum (``analytic``, Bao et al. 2022; needs ``gamma``, a Γ estimate on the
+    chain whose timesteps the grid visits). One evaluation per step."""
 
     name, order, stochastic = "ancestral", 1, True
 
-    def __init__(self, variance: str = "posterior"):
+    def __init__(self, variance: str = "posterior", gamma=None):
         self.variance = check_variance(variance)
+        self.gamma = check_gamma(gamma, self.variance)
+
+    def init(self, x, grid):
+        if self.gamma is not None:
+            check_gamma_grid(self.gamma, grid)
 
     def step(self, model: Model, x, a, b, state, noise):
-        return ancestral_step(x, model(x, a).score, a, b, noise(), self.variance), state
+        return ancestral_step(x, model(x, a).score, a, b, noise(), self.variance, self.gamma), state
 
 
 class DDIM(Solver):
-    """DDIM with stochasticity ``eta`` (0: deterministic, DPM-Solver-1; 1: DDPM's ancestral step with β̃).
+    """DDIM with stochasticity ``eta`` (0: deterministic, DPM-Solver-1; 1: DDPM's ancestral step with β̃), or
+    Analytic-DDIM's optimal noise for that ``eta`` (``variance="analytic"`` with ``gamma``; Bao et al. 2022).
     One evaluation per step."""
 
     name, order = "ddim", 1
 
-    def __init__(self, eta: float = 0.0):
+    def __init__(self, eta: float = 0.0, variance: str | None = None, gamma=None):
         self.eta = check_eta(eta)
-        self.stochastic = self.eta > 0
+        if variance not in (None, "analytic"):
+            raise ValueError(f"variance must be None (DDIM's own η noise) or 'analytic', got {variance!r}")
+        self.variance, self.gamma = variance, check_gamma(gamma, variance)
+        self.stochastic = self.eta > 0 or variance == "analytic"
+
+    def init(self, x, grid):
+        if self.gamma is not None:
+            check_gamma_grid(self.gamma, grid)
 
     def step(self, model: Model, x, a, b, state, noise):
-        return ddim_step(x, model(x, a).score, a, b, noise, self.eta), state
+        return ddim_step(x, model(x, a).score, a, b, noise, self.eta, self.gamma), state
 
 
 PREDICTORS = {cls.name: cls for cls in (EulerMaruyama, ReverseDiffusion, Ancestral, DDIM)}

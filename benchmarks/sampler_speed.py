@@ -9,7 +9,7 @@ over alternating repeats and the median of the paired ratios (the goal: at most 
 Rows are ``HAND_LOOPS``: ``(label, sampler, options, hand)`` with ``hand(sde, grid, generator) -> fn(x)``. Add a
 row for a new solver there. Registered fixed-step samplers without a row are listed at the end.
 
-    python benchmarks/sampler_speed.py [--batch 256] [--steps 50] [--repeats 7] [--only NAME ...]
+    python benchmarks/sampler_speed.py [--batch 256] [--steps 50] [--repeats 7] [--samplers NAME ...]
 """
 from __future__ import annotations
 
@@ -140,6 +140,57 @@ def pc(sde, grid, generator, snr=0.16):
     return loop
 
 
+def _x0(x, a):
+    return (x + a.std**2 * near_free_score(x, None)) / a.scale
+
+
+def dpm_solver_2m(sde, grid, generator):
+    """DPM-Solver++(2M): x_b = (σ_b/σ_a) x - α_b (e^{-h} - 1)(x̂_0 + (x̂_0 - x̂_0')/(2r))."""
+    def loop(x):
+        prev = None
+        for a, b in _pairs(grid):
+            m, h = _x0(x, a), b.lam - a.lam
+            d = m if prev is None else m + (m - prev[1]) * (h / (2 * (a.lam - prev[0])))
+            x = (b.std / a.std) * x - (b.scale * math.expm1(-h)) * d
+            prev = (a.lam, m)
+        return x
+    return loop
+
+
+def unipc_2(sde, grid, generator):
+    """UniPC-2, B(h) = 1 - e^{-h}, x̂_0 prediction: UniP-2 (ρ = 1/2) and UniC (ρ from its order conditions)."""
+    def phis(h):  # h φ_1(-h), h φ_2(-h), h φ_3(-h) in closed form
+        p1 = -math.expm1(-h)
+        p2 = (math.exp(-h) - 1 + h) / h
+        return p1, p2, 1 / 2 - p2 / h
+
+    def loop(x):
+        hist, last = [], None  # hist: (λ, x̂_0) newest first; last: (corrected x, node, order) of the previous step
+        for a, b in _pairs(grid):
+            m = _x0(x, a)
+            if last is not None:
+                xs, s, p = last
+                h = a.lam - s.lam
+                p1, p2, p3 = phis(h)
+                if p == 1:
+                    corr = 0.5 * (m - hist[0][1])
+                else:
+                    r1 = (hist[1][0] - s.lam) / h  # rows: ρ1 + ρ2 = p2/p1, r1 ρ1 + ρ2 = 2 p3/p1
+                    rho1 = (p2 - 2 * p3) / p1 / (1 - r1)
+                    rho2 = p2 / p1 - rho1
+                    corr = rho1 * (hist[1][1] - hist[0][1]) / r1 + rho2 * (m - hist[0][1])
+                x = (a.std / s.std) * xs + a.scale * (p1 * hist[0][1] + p1 * corr)
+            hist = [(a.lam, m)] + hist[:1]
+            h = b.lam - a.lam
+            p1 = -math.expm1(-h)
+            order = min(2, len(hist))
+            pred = p1 * m if order == 1 else p1 * m + p1 * 0.5 * (hist[1][1] - m) * (h / (hist[1][0] - a.lam))
+            last = (x, a, order)
+            x = (b.std / a.std) * x + b.scale * pred
+        return x
+    return loop
+
+
 # (label, sampler, options, hand(sde, grid, generator) -> loop(x))
 HAND_LOOPS = [
     ("euler_maruyama", "euler_maruyama", {}, euler_maruyama),
@@ -150,6 +201,8 @@ HAND_LOOPS = [
     *[(f"ode {m}", "ode", {"method": m}, runge_kutta(m)) for m in TABLEAUS],
     ("langevin", "langevin", {"n_steps_each": 1}, langevin),
     ("pc", "pc", {}, pc),
+    ("dpm_solver (++ 2M)", "dpm_solver", {"order": 2, "lower_order_final": False}, dpm_solver_2m),
+    ("unipc (bh2, 2)", "unipc", {"order": 2, "variant": "bh2", "lower_order_final": False}, unipc_2),
 ]
 
 
@@ -170,7 +223,7 @@ def main():
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--only", nargs="*", default=None, help="sampler names to time (default: every row)")
+    parser.add_argument("--samplers", nargs="*", default=None, help="sampler names to time (default: every row)")
     args = parser.parse_args()
     sde, shape = sgm.VPSDE(), (args.batch, 3, 32, 32)
     grid = time_grid(sde, args.steps, denoise=False)
@@ -179,7 +232,7 @@ def main():
           f"{torch.get_num_threads()} threads; medians of {args.repeats} alternating repeats")
     print(f"{'sampler':<24}{'evals/step':>11}{'sgm ms/step':>12}{'hand ms/step':>14}{'ratio':>8}")
     for label, name, options, hand in HAND_LOOPS:
-        if args.only and name not in args.only:
+        if args.samplers and name not in args.samplers:
             continue
         solver = sgm.samplers.solver(name, **options)
         fn = sgm.samplers.get(name)

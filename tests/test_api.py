@@ -14,14 +14,15 @@ NAMES = sgm.samplers.available()
 
 def test_available_lists_every_sampler():
     assert NAMES == sorted(["euler_maruyama", "reverse_diffusion", "ancestral", "ddim", "ode", "sde", "langevin",
-                            "pc"])
+                            "pc", "dpm_solver", "unipc"])
     for name in NAMES:
         assert callable(getattr(sgm.samplers, name))
 
 
 @pytest.mark.parametrize("name,options", [(name, {}) for name in NAMES if name != "ode"] + [
     ("ode", {"method": m}) for m in ("euler", "midpoint", "heun2", "heun3", "rk4")] + [
-    ("pc", {"n_corrector": 2}), ("langevin", {"n_steps_each": 3})])
+    ("pc", {"n_corrector": 2}), ("langevin", {"n_steps_each": 3}),
+    ("dpm_solver", {"order": 3, "method": "singlestep"}), ("unipc", {"order": 3})])
 def test_nfe_is_the_number_of_score_calls(name, options):
     """Each sampler reports exactly the evaluations it made, and its solver declares that count for `steps` = 12
     (and without the final denoising step, one fewer)."""

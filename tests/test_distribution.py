@@ -25,6 +25,8 @@ SETTINGS = {  # sampler: (steps, options); annealed Langevin needs NCSN's geomet
     "sde": (500, {}),
     "langevin": (160, {"n_steps_each": 30, "spacing": "geometric"}),
     "pc": (500, {}),
+    "dpm_solver": (50, {"spacing": "logsnr"}),
+    "unipc": (50, {"spacing": "logsnr"}),
 }
 # The 95th percentile of SW₂(target sample, target sample) over 20 pairs at n = 1e4 (the floor is wide:
 # SW₂ is dominated by the binomial scatter of mass between modes 4 apart).

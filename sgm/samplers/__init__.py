@@ -14,10 +14,12 @@ ode = get("ode")
 sde = get("sde")
 langevin = get("langevin")
 pc = get("pc")
+dpm_solver = get("dpm_solver")
+unipc = get("unipc")
 
 __all__ = [
     "CheckedScore", "SamplerDiverged", "SamplerOutput", "SPACINGS", "Node", "TimeGrid", "time_grid",
     "Model", "Noise", "Prediction", "Solver", "integrate",
-    "euler_maruyama", "reverse_diffusion", "ancestral", "ddim", "ode", "sde", "langevin", "pc",
+    "euler_maruyama", "reverse_diffusion", "ancestral", "ddim", "ode", "sde", "langevin", "pc", "dpm_solver", "unipc",
     "SAMPLERS", "available", "get", "options", "solver", "sample",
 ]

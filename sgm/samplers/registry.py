@@ -14,10 +14,12 @@ from ..sde import SDE, _check_steps
 from .base import SamplerOutput, check_state
 from .grid import KARRAS_RHO, TimeGrid, check_eps, check_spacing, time_grid
 from .langevin import AnnealedLangevin, PredictorCorrector
+from .dpm import DPMSolver
 from .predictors import DDIM, Ancestral, EulerMaruyama, ReverseDiffusion
 from .probability_flow import ode_solver
 from .reverse_sde import TorchSDE
 from .solver import Callback, Solver, integrate
+from .uni_pc import UniPC
 
 __all__ = ["SAMPLERS", "available", "get", "options", "solver", "sample"]
 
@@ -30,6 +32,8 @@ SAMPLERS: dict[str, Callable[..., Solver]] = {
     "sde": TorchSDE,
     "langevin": AnnealedLangevin,
     "pc": PredictorCorrector,
+    "dpm_solver": DPMSolver,
+    "unipc": UniPC,
 }
 
 

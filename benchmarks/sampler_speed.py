@@ -22,6 +22,8 @@ import torch
 
 import sgm
 from sgm.samplers import time_grid
+from sgm.samplers.deis import deis_coefficients
+from sgm.samplers.langevin import ncsnv2_step
 from sgm.samplers.probability_flow import TABLEAUS
 
 
@@ -113,12 +115,13 @@ def runge_kutta(method):
 def langevin(sde, grid, generator, n_each=1):
     randn = _randn(generator)
     noisy = grid.noisy
+    # annealed Langevin's default steps (NCSNv2's rule on the grid's mean level ratio), computed beforehand
+    u = ncsnv2_step((noisy[0].sigma / noisy[-1].sigma) ** (1 / (len(noisy) - 1)), n_each)
+    deltas = [u * node.std**2 for node in noisy]
 
     def loop(x):
-        last = noisy[-1].std
-        for prev, node in zip((noisy[0],) + noisy[:-1], noisy):
+        for prev, node, delta in zip((noisy[0],) + noisy[:-1], noisy, deltas):
             x = x * (node.scale / prev.scale)
-            delta = 0.5 * 0.2 * last**2 * (node.std / last) ** 2
             for _ in range(n_each):
                 x = x + delta * near_free_score(x, None) + math.sqrt(2 * delta) * randn(x)
         return x
@@ -191,6 +194,42 @@ def unipc_2(sde, grid, generator):
     return loop
 
 
+def heun(sde, grid, generator):
+    """EDM's Algorithm 2 in σ on x/scale (no churn)."""
+    def loop(x):
+        for a, b in _pairs(grid):
+            h = b.sigma - a.sigma
+            d = -a.std * near_free_score(x, None)
+            y = x / a.scale
+            d2 = -b.std * near_free_score(b.scale * (y + h * d), None)
+            x = b.scale * (y + 0.5 * h * (d + d2))
+        return x
+    return loop
+
+
+def _multistep(coefficients):
+    """``x_b = (scale_b/scale_a) x + scale_b Σ_j c_j ε̂_j`` over the last ε̂'s, with ``coefficients(pairs)``."""
+    def hand(sde, grid, generator):
+        pairs = _pairs(grid)
+        cs = coefficients(grid.noisy, pairs)
+
+        def loop(x):
+            history = []
+            for (a, b), c in zip(pairs, cs):
+                history = [-a.std * near_free_score(x, None)] + history[: len(c) - 1]
+                x = (b.scale / a.scale) * x + sum(b.scale * cj * e for cj, e in zip(c, history))
+            return x
+        return loop
+    return hand
+
+
+AB = [[1.0], [1.5, -0.5], [23 / 12, -16 / 12, 5 / 12], [55 / 24, -59 / 24, 37 / 24, -9 / 24]]
+deis = _multistep(lambda noisy, pairs: [deis_coefficients(tuple(noisy[max(k - 2, 0):k + 1][::-1]), b)
+                                        for k, (a, b) in enumerate(pairs)])
+ipndm = _multistep(lambda noisy, pairs: [[(b.sigma - a.sigma) * w for w in AB[min(k, 3)]]
+                                         for k, (a, b) in enumerate(pairs)])
+
+
 # (label, sampler, options, hand(sde, grid, generator) -> loop(x))
 HAND_LOOPS = [
     ("euler_maruyama", "euler_maruyama", {}, euler_maruyama),
@@ -203,6 +242,9 @@ HAND_LOOPS = [
     ("pc", "pc", {}, pc),
     ("dpm_solver (++ 2M)", "dpm_solver", {"order": 2, "lower_order_final": False}, dpm_solver_2m),
     ("unipc (bh2, 2)", "unipc", {"order": 2, "variant": "bh2", "lower_order_final": False}, unipc_2),
+    ("heun", "heun", {}, heun),
+    ("deis", "deis", {}, deis),
+    ("ipndm", "ipndm", {}, ipndm),
 ]
 
 

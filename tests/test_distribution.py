@@ -27,6 +27,9 @@ SETTINGS = {  # sampler: (steps, options); annealed Langevin needs NCSN's geomet
     "pc": (500, {}),
     "dpm_solver": (50, {"spacing": "logsnr"}),
     "unipc": (50, {"spacing": "logsnr"}),
+    "heun": (250, {"churn": 5.0}),
+    "deis": (100, {}),
+    "ipndm": (100, {}),
 }
 # The 95th percentile of SW₂(target sample, target sample) over 20 pairs at n = 1e4 (the floor is wide:
 # SW₂ is dominated by the binomial scatter of mass between modes 4 apart).

@@ -16,10 +16,14 @@ langevin = get("langevin")
 pc = get("pc")
 dpm_solver = get("dpm_solver")
 unipc = get("unipc")
+deis = get("deis")
+ipndm = get("ipndm")
+heun = get("heun")
 
 __all__ = [
     "CheckedScore", "SamplerDiverged", "SamplerOutput", "SPACINGS", "Node", "TimeGrid", "time_grid",
     "Model", "Noise", "Prediction", "Solver", "integrate",
     "euler_maruyama", "reverse_diffusion", "ancestral", "ddim", "ode", "sde", "langevin", "pc", "dpm_solver", "unipc",
+    "deis", "ipndm", "heun",
     "SAMPLERS", "available", "get", "options", "solver", "sample",
 ]

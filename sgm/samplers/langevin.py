@@ -2,12 +2,20 @@
 
 A Langevin step of size ``δ`` at a fixed noise level targets ``p_t``:  ``x ← x + δ s(x, t) + √(2δ) z``.
 
-- Annealed Langevin (Song & Ermon, 2019, Alg. 1): at each noisy node ``i`` run ``n_steps_each`` steps
-  with ``δ_i = α_i/2``, ``α_i = ε·std_i²/std_L²`` (``ε = step_size``; ``std_L`` the last noisy node's).
-  The default ``ε = 0.2·std_L²`` is NCSN's ``ε = 2e-5`` at its ``σ_L = 0.01``, for any ``σ_L``.
-  Entering node ``i`` the state is rescaled by ``scale_i/scale_{i-1}``: annealed Langevin runs on
-  ``x/scale``, whose levels are the VE noise levels ``σ_i = std_i/scale_i`` of any SDE (an identity on
-  VE, where it is NCSN exactly; on VP it keeps the modes where ``p_{t_i}`` has them).
+- Annealed Langevin (Song & Ermon, 2019, Alg. 1): at each noisy node ``i`` run ``T = n_steps_each`` steps
+  of size ``δ_i = u·std_i²``. Entering node ``i`` the state is rescaled by ``scale_i/scale_{i-1}``:
+  annealed Langevin runs on ``x/scale``, whose levels are the VE noise levels ``σ_i = std_i/scale_i`` of any
+  SDE (an identity on VE, where it is NCSN exactly; on VP it keeps the modes where ``p_{t_i}`` has them).
+  Step size, by default (Song & Ermon 2020, NCSNv2's technique 4): for data at a point, ``p_{t_i}`` is
+  ``N(0, σ_i²)`` on ``x/scale``; a state entering level ``i`` from the level above has variance ``γ² σ_i²``
+  and ``T`` steps ``x ← (1 - u)x + √(2u)σ_i z`` leave the variance ratio
+
+      f(u) = (1 - u)^{2T} (γ² - c) + c,     c = 2/(2 - u)   (the discretised chain's stationary ratio),
+
+  which is > 1 for every ``u``; ``u`` minimises it (golden-section search on (0, 1]), with the grid's mean
+  ratio ``γ = (σ_0/σ_{L-1})^{1/(L-1)}`` (NCSN's geometric levels: their ``γ``; NCSNv2's ``ε = u σ_L²``).
+  A one-level grid has no ``γ``: ``u = 0.1``. With ``step_size = ε`` given, NCSN's rule instead:
+  ``δ_i = α_i/2``, ``α_i = ε·std_i²/std_L²`` (``std_L`` the last noisy node's; NCSN: ``ε = 2e-5``).
 - Corrector (Song et al., 2021, Alg. 4/5): ``δ = 2·r²·(snr·‖z‖/‖s‖)²`` with the norms averaged over the
   batch, as published, and ``r² = (scale_a/scale_b)²`` over the predictor's step (1 on VE,
   ``α_i = 1 - β_i`` on DDPM's chain).
@@ -24,7 +32,9 @@ from .grid import Node, TimeGrid
 from .predictors import PREDICTORS, check_eta, check_variance
 from .solver import Model, Noise, Solver
 
-__all__ = ["AnnealedLangevin", "PredictorCorrector"]
+__all__ = ["AnnealedLangevin", "PredictorCorrector", "ncsnv2_step"]
+
+NCSN_U = 0.1  # δ/std² of NCSN's ε = 2e-5 at σ_L = 0.01: the step of a one-level grid, where γ is undefined
 
 
 def langevin_step(x: Tensor, s: Tensor, delta: float, z: Tensor) -> Tensor:
@@ -40,10 +50,26 @@ def _count(name: str, n) -> int:
     return n
 
 
+def ncsnv2_step(gamma: float, n_steps: int) -> float:
+    """The ``u`` in (0, 1] minimising ``f(u) = (1 - u)^{2T}(γ² - c) + c``, ``c = 2/(2 - u)``: the variance ratio
+    ``n_steps = T`` Langevin steps ``δ = u σ²`` leave at a level ``σ`` entered with variance ``γ² σ²`` (see the
+    module docstring); golden-section search to 1e-10."""
+    def f(u: float) -> float:
+        c = 2 / (2 - u)
+        return (1 - u) ** (2 * n_steps) * (gamma**2 - c) + c
+
+    lo, hi, k = 0.0, 1.0, (math.sqrt(5) - 1) / 2
+    while hi - lo > 1e-10:
+        a, b = hi - k * (hi - lo), lo + k * (hi - lo)
+        lo, hi = (lo, b) if f(a) <= f(b) else (a, hi)
+    return (lo + hi) / 2
+
+
 class AnnealedLangevin(Solver):
     """Annealed Langevin dynamics over the grid's noise levels: ``n_steps_each`` evaluations at each noisy
     node (the step from ``a`` to ``b`` runs node ``a``'s, ``finish`` the last node's), plus one for the final
-    Tweedie step when the grid ends with the data. State: the last noisy node's ``std_L``."""
+    Tweedie step when the grid ends with the data. Step sizes ``δ_i``: NCSNv2's rule by default,
+    NCSN's ``δ_i = ½ step_size·std_i²/std_L²`` when ``step_size`` is given. State: ``{node: δ}``."""
 
     name, order, stochastic = "langevin", 1, True
 
@@ -52,12 +78,17 @@ class AnnealedLangevin(Solver):
         self.step_size = None if step_size is None else _positive("step_size", step_size)
         self.evals_per_step = self.final_evals = self.n_steps_each
 
-    def init(self, x: Tensor, grid: TimeGrid) -> float:
-        return grid.noisy[-1].std
+    def init(self, x: Tensor, grid: TimeGrid) -> dict[Node, float]:
+        noisy = grid.noisy
+        if self.step_size is not None:
+            return {n: 0.5 * self.step_size * (n.std / noisy[-1].std) ** 2 for n in noisy}
+        if len(noisy) == 1:
+            return {noisy[0]: NCSN_U * noisy[0].std ** 2}
+        u = ncsnv2_step((noisy[0].sigma / noisy[-1].sigma) ** (1 / (len(noisy) - 1)), self.n_steps_each)
+        return {n: u * n.std**2 for n in noisy}
 
-    def _level(self, model: Model, x: Tensor, node: Node, std_last: float, noise: Noise) -> Tensor:
-        step_size = 0.2 * std_last**2 if self.step_size is None else self.step_size
-        delta = 0.5 * step_size * (node.std / std_last) ** 2
+    def _level(self, model: Model, x: Tensor, node: Node, deltas: dict[Node, float], noise: Noise) -> Tensor:
+        delta = deltas[node]
         for _ in range(self.n_steps_each):
             x = langevin_step(x, model(x, node).score, delta, noise())
         return x

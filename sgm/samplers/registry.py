@@ -13,6 +13,8 @@ import torch
 from ..sde import SDE, _check_steps
 from .base import SamplerOutput, check_state
 from .grid import KARRAS_RHO, TimeGrid, check_eps, check_spacing, time_grid
+from .deis import DEIS, IPNDM
+from .edm import Heun
 from .langevin import AnnealedLangevin, PredictorCorrector
 from .dpm import DPMSolver
 from .predictors import DDIM, Ancestral, EulerMaruyama, ReverseDiffusion
@@ -34,6 +36,9 @@ SAMPLERS: dict[str, Callable[..., Solver]] = {
     "pc": PredictorCorrector,
     "dpm_solver": DPMSolver,
     "unipc": UniPC,
+    "deis": DEIS,
+    "ipndm": IPNDM,
+    "heun": Heun,
 }
 
 

@@ -5,6 +5,7 @@ from .base import CheckedScore, SamplerDiverged, SamplerOutput
 from .grid import SPACINGS, Node, TimeGrid, time_grid
 from .registry import SAMPLERS, available, get, options, sample, solver
 from .solver import Model, Noise, Prediction, Solver, integrate
+from .optimize import optimize_grid
 
 euler_maruyama = get("euler_maruyama")
 reverse_diffusion = get("reverse_diffusion")
@@ -25,5 +26,5 @@ __all__ = [
     "Model", "Noise", "Prediction", "Solver", "integrate",
     "euler_maruyama", "reverse_diffusion", "ancestral", "ddim", "ode", "sde", "langevin", "pc", "dpm_solver", "unipc",
     "deis", "ipndm", "heun",
-    "SAMPLERS", "available", "get", "options", "solver", "sample",
+    "SAMPLERS", "available", "get", "options", "solver", "sample", "optimize_grid",
 ]

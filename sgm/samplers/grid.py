@@ -18,12 +18,20 @@ Spacings:
 - ``leading`` / ``trailing``: DDPM timestep sub-sequences of ``sde.discretize(train_steps)``
   (``i_k = k·⌊N/steps⌋`` and ``i_k = round(N - k·N/steps) - 1``), with the chain's own
   ``(scale, std)`` so that DDPM and DDIM are reproduced exactly. ``eps`` does not apply to them.
+
+A grid records the SDE it was made for (``grid.sde``, its ``repr``: class and parameters), since its nodes carry
+that SDE's marginal; ``integrate`` refuses a grid made for another SDE. ``grid.save(path)`` writes it as JSON
+(nodes as exact float reprs, the SDE, and ``info``: how it was made, e.g. by ``optimize_grid``) and
+``TimeGrid.load(path, sde)`` reads it back, refusing a file made for another SDE.
 """
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
-from typing import Iterator, NamedTuple, Sequence
+import os
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 
 import torch
 
@@ -55,13 +63,28 @@ class Node(NamedTuple):
         return math.log(self.scale / self.std) if self.std > 0 else math.inf
 
 
+GRID_FORMAT = "sgm.TimeGrid"
+GRID_VERSION = 1
+
+
 @dataclass(frozen=True)
 class TimeGrid:
-    """Nodes in sampling order (noise decreasing); ``nodes[-1].is_data`` when it ends with denoising."""
+    """Nodes in sampling order (noise decreasing); ``nodes[-1].is_data`` when it ends with denoising.
+
+    ``sde``: the ``repr`` of the SDE whose marginal the nodes carry (``None``: unknown, accepted with any SDE);
+    ``info``: a read-only record of how the grid was made (JSON values; not part of equality).
+    """
 
     nodes: tuple[Node, ...]
+    sde: str | None = None
+    info: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self):
+        if self.sde is not None and not isinstance(self.sde, str):
+            raise TypeError(f"sde must be the SDE's repr (a str) or None, got {type(self.sde).__name__}")
+        if not isinstance(self.info, Mapping):
+            raise TypeError(f"info must be a mapping, got {type(self.info).__name__}")
+        object.__setattr__(self, "info", MappingProxyType(dict(self.info)))
         if len(self.noisy) < 1:
             raise ValueError("a time grid needs at least one noisy node")
         times = [n.t for n in self.noisy]
@@ -85,6 +108,46 @@ class TimeGrid:
     def __len__(self) -> int:
         return len(self.nodes) - 1
 
+    def check_sde(self, sde: SDE) -> None:
+        """Raise ``ValueError`` when the grid was made for an SDE other than ``sde`` (its nodes carry that
+        SDE's ``(scale, std)``, so a run with ``sde`` would mix two processes)."""
+        if self.sde is not None and self.sde != repr(sde):
+            raise ValueError(f"grid was made for {self.sde}, not for sde={sde!r}; build or optimise a grid for this SDE")
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the grid to ``path`` as JSON: nodes ``[t, scale, std]`` (floats round-trip exactly), ``sde``, ``info``."""
+        data = {"format": GRID_FORMAT, "version": GRID_VERSION, "sde": self.sde,
+                "nodes": [list(n) for n in self.nodes], "info": dict(self.info)}
+        with open(path, "w") as f:
+            json.dump(data, f, indent=1, allow_nan=False)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, sde: SDE | None = None) -> "TimeGrid":
+        """Read a grid written by ``save``; with ``sde``, refuse (``ValueError``) a grid made for another SDE."""
+        if sde is not None and not isinstance(sde, SDE):
+            raise TypeError(f"sde must be an sgm SDE or None, got {type(sde).__name__}")
+        with open(path) as f:
+            try:
+                data = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{os.fspath(path)!r} is not a grid file (invalid JSON: {e})") from None
+        if not isinstance(data, dict) or data.get("format") != GRID_FORMAT:
+            raise ValueError(f"{os.fspath(path)!r} is not an sgm time grid file (no format {GRID_FORMAT!r})")
+        if data.get("version") != GRID_VERSION:
+            raise ValueError(f"{os.fspath(path)!r} has grid format version {data.get('version')!r}; "
+                             f"this sgm reads version {GRID_VERSION}")
+        nodes = data.get("nodes")
+        if not isinstance(nodes, list) or not all(
+                isinstance(n, list) and len(n) == 3 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                            and math.isfinite(v) for v in n) for n in nodes):
+            raise ValueError(f"{os.fspath(path)!r}: nodes must be a list of finite [t, scale, std] triples")
+        if any(n[1] <= 0 or n[2] < 0 for n in nodes):
+            raise ValueError(f"{os.fspath(path)!r}: every node needs scale > 0 and std >= 0")
+        grid = cls(tuple(Node(*map(float, n)) for n in nodes), data.get("sde"), data.get("info") or {})
+        if sde is not None:
+            grid.check_sde(sde)
+        return grid
+
     @classmethod
     def from_times(cls, sde: SDE, times: Sequence[float], denoise: bool = True) -> "TimeGrid":
         """Nodes at the given decreasing continuous times, with the SDE's marginal at each."""
@@ -95,7 +158,7 @@ class TimeGrid:
             raise ValueError(f"times must lie in (0, T={sde.T}], got [{float(t.min())}, {float(t.max())}]")
         scale, std = sde.marginal(t)
         nodes = [Node(*v) for v in zip(t.tolist(), scale.tolist(), std.tolist())]
-        return cls(tuple(nodes) + ((Node(0.0, 1.0, 0.0),) if denoise else ()))
+        return cls(tuple(nodes) + ((Node(0.0, 1.0, 0.0),) if denoise else ()), repr(sde))
 
     @classmethod
     def from_chain(cls, chain: DiscreteChain, indices: Sequence[int], denoise: bool = True) -> "TimeGrid":
@@ -137,7 +200,7 @@ def time_grid(sde: SDE, steps: int, spacing: str = "uniform", eps: float = 1e-3,
             idx = [k * (train_steps // steps) for k in range(steps)][::-1]
         else:
             idx = [round(train_steps - k * train_steps / steps) - 1 for k in range(steps)]
-        return TimeGrid.from_chain(sde.discretize(train_steps), idx, denoise)
+        return replace(TimeGrid.from_chain(sde.discretize(train_steps), idx, denoise), sde=repr(sde))
     u = torch.linspace(1, 0, steps, dtype=torch.float64) if steps > 1 else torch.ones(1, dtype=torch.float64)
     if spacing in ("logsnr", "geometric", "karras"):
         lo, hi = sde.noise_level(torch.tensor([eps, sde.T], dtype=torch.float64)).tolist()

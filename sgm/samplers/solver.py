@@ -171,6 +171,7 @@ def integrate(solver: Solver, score, sde: SDE, x: Tensor, grid: TimeGrid, *, gen
     x = check_state(x)
     if not isinstance(grid, TimeGrid):
         raise TypeError(f"grid must be a TimeGrid, got {type(grid).__name__}")
+    grid.check_sde(sde)
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable as callback(x, node, prediction), got {type(callback).__name__}")
     if generator is not None and not isinstance(generator, torch.Generator):

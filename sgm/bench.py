@@ -294,8 +294,8 @@ SGM_OPTIONS = {
     "ode": {"method": ("euler", "midpoint", "heun2", "heun3", "rk4")},
     "dpm_solver": {"order": (1, 2, 3), "method": ("multistep", "singlestep"), "prediction": ("x0", "eps")},
     "unipc": {"order": (1, 2, 3), "variant": ("bh1", "bh2")},
-    "deis": {"order": (1, 2, 3)},
-    "ipndm": {"order": (1, 2, 3, 4)},
+    "deis": {"order": (1, 2, 3), "variable": ("lambda", "rho")},
+    "ipndm": {"max_order": (1, 2, 3, 4)},
 }
 
 

@@ -366,9 +366,10 @@ def sgm_rows(problem: Problem, nfes) -> list[dict]:
     return rows
 
 
-def optimized_rows(problem: Problem, nfes, fixed: list[dict], seed: int, top: int = 2) -> list[dict]:
-    """``sgm.samplers.optimize_grid`` (when it exists) for the ``top`` best continuous configurations of ``fixed``
-    at each budget, calibrated on a prior batch independent of ``x_T``; the grid then runs from ``x_T``."""
+def optimized_rows(problem: Problem, nfes, fixed: list[dict], seed: int, top: int = 3) -> list[dict]:
+    """``sgm.samplers.optimize_grid`` (when it exists) for the ``top`` best distinct samplers-with-options among the
+    continuous-grid runs of ``fixed`` at each budget, calibrated on a prior batch independent of ``x_T``; the grid
+    then runs from ``x_T``."""
     optimize = getattr(samplers, "optimize_grid", None)
     if optimize is None:
         return []
@@ -376,7 +377,8 @@ def optimized_rows(problem: Problem, nfes, fixed: list[dict], seed: int, top: in
     for nfe in nfes:
         ranked = sorted((r for r in fixed if r["nfe_budget"] == nfe and not r["diverged"]
                          and r["spacing"] in CONTINUOUS_SPACINGS), key=lambda r: r["map_error"])
-        for best in ranked[:top]:
+        distinct = {(r["name"], tuple(r["options"].items())): r for r in reversed(ranked)}  # each one's best run
+        for best in sorted(distinct.values(), key=lambda r: r["map_error"])[:top]:
             name, options, steps, t0 = best["name"], best["options"], best["steps"], time.perf_counter()
             label = _label(name, options, "optimised grid")
             try:

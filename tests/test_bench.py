@@ -190,6 +190,7 @@ def test_optimised_grids_run_when_optimize_grid_exists(problems, monkeypatch):
     monkeypatch.setattr(sgm.samplers, "optimize_grid", fake, raising=False)
     rows = bench.optimized_rows(p, (10,), fixed, 0, top=2)
     assert len(rows) == len(calls) == 2 and all(c[2] == (2,) for c in calls)
+    assert rows[0]["name"] != rows[1]["name"] or rows[0]["options"] != rows[1]["options"]  # two distinct samplers
     for r in rows:
         same = next(f for f in fixed if f["sampler"] == bench._label(r["name"], r["options"], "logsnr")
                     and f["nfe_budget"] == 10)

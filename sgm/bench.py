@@ -527,10 +527,11 @@ def peer_rows(problem: Problem, nfes) -> list[dict]:
     return [r for r in rows if r is not None]
 
 
-def compare_rows(problem: Problem, nfes, seed: int = 0, peers: bool = True) -> list[dict]:
-    """The comparison on ``problem``: sgm's fixed grids, its optimised grids, and diffusers (with ``peers``)."""
+def compare_rows(problem: Problem, nfes, seed: int = 0, peers: bool = True, optimise: bool = True) -> list[dict]:
+    """The comparison on ``problem``: sgm's fixed grids, its optimised grids (with ``optimise``), and diffusers
+    (with ``peers``)."""
     fixed = sgm_rows(problem, nfes)
-    rows = fixed + optimized_rows(problem, nfes, fixed, seed)
+    rows = fixed + (optimized_rows(problem, nfes, fixed, seed) if optimise else [])
     if peers and peer_configs():
         rows += peer_rows(problem, nfes)
     return rows
@@ -590,7 +591,7 @@ def run_sweep(out_dir: str, quick: bool = False, n: int | None = None, seed: int
                 rows += curve_rows(problem, nfes, tolerances, reference, seed, progress, out_dir)
             if compare:
                 compared += compare_rows(make_problem(target_name, target, sde_name, n_compare, seed), compare_nfes,
-                                         seed, peers)
+                                         seed, peers, optimise=not quick)
             print(f"{key}: {time.perf_counter() - t_start:.0f}s so far", flush=True)
     if checkpoint:
         rows.extend(checkpoint_rows(checkpoint, nfes, seed, progress))
@@ -706,8 +707,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def add_arguments(parser) -> None:
     parser.add_argument("--out", default="benchmarks/results", help="folder for results.csv/.json and figures")
-    parser.add_argument("--quick", action="store_true", help="2-D only, NFE up to 100 with 1000 samples; the comparison up "
-                        "to 20 with 500")
+    parser.add_argument("--quick", action="store_true", help="2-D only, NFE up to 100 with 1000 samples; the comparison "
+                        "with 500 and without optimised grids")
     parser.add_argument("--n", type=int, default=None, help="samples per run (default 4000; 1000 with --quick)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint", default=None, help="a trained digits checkpoint to sweep as well (a network on a CPU: "

@@ -55,7 +55,7 @@ from .sde import SDE, VESDE, VPSDE, DiscreteChain
 from .targets import GaussianMixture, random_mixture, ring_mixture
 
 __all__ = ["NFE_GRID", "QUICK_NFE", "TOLERANCES", "COMPARE_NFE", "GOAL_NFE", "CURVES", "Run", "Problem",
-           "TARGETS", "curve_runs", "steps_for_nfe", "make_problem", "flow_map", "chain_score", "eps_at", "sgm_configs",
+           "TARGETS", "curve_runs", "steps_for_nfe", "make_problem", "flow_map", "chain_score", "eps_at", "chain_eps_model", "sgm_configs",
            "peer_configs", "compare_rows", "goal_table", "goal_markdown", "run_sweep", "main"]
 
 NFE_GRID = (5, 10, 20, 50, 100, 200, 500, 1000)
@@ -151,6 +151,17 @@ def eps_at(target: GaussianMixture, x: Tensor, sigma: float) -> Tensor:
     (``scale = 1/√(1 + σ²)``): ``ε = -std ∇log p(x)``."""
     scale = 1 / math.sqrt(1 + sigma**2)
     return target.perturbed_score(x, scale, sigma * scale).mul_(-sigma * scale)
+
+
+def chain_eps_model(target: GaussianMixture, chain: DiscreteChain):
+    """The exact noise predictor of ``chain`` at timestep ``i``: ``eps_at`` the chain's ``σ_i``; at a fractional
+    ``i`` the ``σ_i`` interpolated linearly, as diffusers does."""
+    sigmas = chain.sigmas.numpy()
+
+    def eps(x: Tensor, i) -> Tensor:
+        return eps_at(target, x, float(np.interp(float(i), np.arange(len(sigmas)), sigmas)))
+
+    return eps
 
 
 # --- the curves: each sampler over the NFE grid, all metrics ----------------------------------------

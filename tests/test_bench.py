@@ -90,6 +90,8 @@ def test_chain_score_is_exact_on_the_chain_and_refuses_other_times():
         # the peers' noise prediction at the chain's σ_i is the chain's exact ε
         torch.testing.assert_close(bench.eps_at(gm, x, float(chain.sigmas[i])), -chain.std[i] * score(x, t),
                                    rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(bench.chain_eps_model(gm, chain)(x, i), -chain.std[i] * score(x, t),
+                                   rtol=1e-12, atol=1e-12)
     with pytest.raises(bench.OffChain):
         score(x, torch.full((16,), 0.5005, dtype=D))
 

@@ -23,7 +23,7 @@ import torch
 import sgm
 from sgm.samplers import time_grid
 from sgm.samplers.deis import deis_coefficients
-from sgm.samplers.langevin import ncsnv2_step
+from sgm.samplers.langevin import AnnealedLangevin
 from sgm.samplers.probability_flow import TABLEAUS
 
 
@@ -115,9 +115,9 @@ def runge_kutta(method):
 def langevin(sde, grid, generator, n_each=1):
     randn = _randn(generator)
     noisy = grid.noisy
-    # annealed Langevin's default steps (NCSNv2's rule on the grid's mean level ratio), computed beforehand
-    u = ncsnv2_step((noisy[0].sigma / noisy[-1].sigma) ** (1 / (len(noisy) - 1)), n_each)
-    deltas = [u * node.std**2 for node in noisy]
+    # annealed Langevin's default step per level, computed beforehand (by the solver's own rule, whichever it is)
+    steps = AnnealedLangevin(n_steps_each=n_each).init(None, grid)
+    deltas = [steps[node] for node in noisy]
 
     def loop(x):
         for prev, node, delta in zip((noisy[0],) + noisy[:-1], noisy, deltas):

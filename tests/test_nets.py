@@ -87,4 +87,4 @@ def test_cli_train_then_sample(tmp_path):
                  "--option", "snr=0.1", "--out", str(out), "--no-progress"]) == 0
     assert out.exists() and torch.load(tmp_path / "s.pt").shape == (20, 2)
     with pytest.raises(SystemExit):
-        main(["sample", str(run / "checkpoint.pt"), "--sampler", "heun"])
+        main(["sample", str(run / "checkpoint.pt"), "--sampler", "rk45"])

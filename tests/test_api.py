@@ -19,23 +19,26 @@ def test_available_lists_every_sampler():
         assert callable(getattr(sgm.samplers, name))
 
 
-@pytest.mark.parametrize("name,options,expected", [
-    ("euler_maruyama", {}, 12), ("reverse_diffusion", {}, 12), ("ancestral", {}, 12), ("ddim", {}, 12),
-    ("sde", {}, 12), ("ode", {"method": "euler"}, 12), ("ode", {"method": "rk4"}, 4 * 11 + 1),
-    ("pc", {"n_corrector": 2}, 3 * 11 + 1), ("langevin", {"n_steps_each": 3}, 3 * 12 + 1),
-    ("dpm_solver", {"order": 3, "method": "singlestep"}, 12), ("unipc", {"order": 3}, 12),
-    ("heun", {}, 2 * 12 - 1), ("heun", {"churn": 1.0}, 2 * 12 - 1), ("deis", {}, 12), ("ipndm", {}, 12),
-])
-def test_nfe_is_the_number_of_score_calls(name, options, expected):
-    """Each sampler reports exactly the evaluations it made; the closed-form count for `steps` = 12."""
-    gm, forward, calls = mixture(), sgm.VPSDE(), []
+@pytest.mark.parametrize("name,options", [(name, {}) for name in NAMES if name != "ode"] + [
+    ("ode", {"method": m}) for m in ("euler", "midpoint", "heun2", "heun3", "rk4")] + [
+    ("pc", {"n_corrector": 2}), ("langevin", {"n_steps_each": 3}),
+    ("dpm_solver", {"order": 3, "method": "singlestep"}), ("unipc", {"order": 3}), ("heun", {"churn": 1.0})])
+def test_nfe_is_the_number_of_score_calls(name, options):
+    """Each sampler reports exactly the evaluations it made, and its solver declares that count for `steps` = 12
+    (and without the final denoising step, one fewer)."""
+    gm, forward = mixture(), sgm.VPSDE()
+    solver = sgm.samplers.solver(name, **options)
+    for denoise in (True, False):
+        calls = []
 
-    def score(x, t):
-        calls.append(1)
-        return gm.score(x, t, forward)
+        def score(x, t):
+            calls.append(1)
+            return gm.score(x, t, forward)
 
-    out = sgm.sample(score, forward, (8, 2), sampler=name, steps=12, generator=gen(0), dtype=D, **options)
-    assert out.nfe == len(calls) == expected
+        out = sgm.sample(score, forward, (8, 2), sampler=name, steps=12, generator=gen(0), dtype=D, denoise=denoise,
+                         **options)
+        assert out.nfe == len(calls) == solver.nfe(12, denoise)
+    assert solver.nfe(12) == solver.nfe(12, False) + 1
 
 
 def test_adaptive_ode_counts_its_own_evaluations():

@@ -55,6 +55,11 @@ DEMO_RUNS = (
     ("sde", 200, {}),
     ("pc", 100, {}),
     ("langevin", 100, {"n_steps_each": 5, "spacing": "geometric"}),
+    ("dpm_solver", 10, {"order": 2, "spacing": "logsnr"}),
+    ("unipc", 10, {"order": 3, "spacing": "logsnr"}),
+    ("deis", 10, {"order": 3, "spacing": "logsnr"}),
+    ("ipndm", 10, {"spacing": "logsnr"}),
+    ("heun", 10, {"spacing": "karras"}),
 )
 
 
@@ -80,6 +85,7 @@ def demo(args: argparse.Namespace) -> int:
                      dtype=torch.float64, progress=args.progress, **options)
         seconds = time.perf_counter() - t0
         label = name if "method" not in options else f"{name} ({options['method']})"
+        label += f", {options['spacing']}" if "spacing" in options else ""
         sw = metrics.sliced_wasserstein(out.x, target.sample(args.n, generator=g), generator=g)
         mw = metrics.mode_weight_error(out.x, target)
         print(f"{label:<28}{out.nfe:>6}{sw:>9.4f}{mw:>11.4f}{seconds:>9.2f}")

@@ -1,7 +1,15 @@
+import os
+
 import pytest
 import torch
 
 import sgm
+
+# Under pytest-xdist each worker is one process of several on the machine's cores: one thread each (and in the
+# processes the tests start, which read OMP_NUM_THREADS), since oversubscribed torch threads run many times slower.
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 
 def mixture(dtype=torch.float64):

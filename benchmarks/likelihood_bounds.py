@@ -184,7 +184,7 @@ def run_checkpoint(path: str, n: int, steps: int, figure: str | None, n_timestep
          time.perf_counter() - t0)
     _table(rows)
     if figure:
-        plot(per_timestep, figure, f"The DDPM bound per timestep of the digits model (N = {steps}, mean over "
+        plot(per_timestep, figure, f"The DDPM bound per timestep, trained digits model\n(N = {steps}, mean over "
                                    f"{pilot} held-out digits): where the nats are spent")
         print(f"\nfigure: {figure}")
 

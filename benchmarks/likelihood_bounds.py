@@ -197,7 +197,7 @@ def plot(per_timestep: dict, path: str,
     import matplotlib.pyplot as plt
 
     names = sorted({k[0] for k in per_timestep}, key=list(dict.fromkeys(k[0] for k in per_timestep)).index)
-    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(names), figsize=(max(5 * len(names), 8), 4), squeeze=False)
     styles = {"beta": ("β", "#d62728"), "posterior": ("β̃", "#1f77b4"), "analytic": ("analytic", "#2ca02c")}
     for ax, name in zip(axes[0], names):
         for variance, (label, colour) in styles.items():

@@ -31,8 +31,7 @@ from sgm.guidance import classifier_free  # noqa: E402
 from sgm.inverse import LinearObservation, inpainting, posterior_score, replacement  # noqa: E402
 from sgm.nets import train_digits_classifier  # noqa: E402
 from sgm.plotting import save_image_grid  # noqa: E402
-from sgm.score import ScoreModel  # noqa: E402
-from sgm.train import TrainConfig, Trainer  # noqa: E402
+from sgm.train import TrainConfig, Trainer, build_model  # noqa: E402
 
 
 def main():
@@ -42,6 +41,7 @@ def main():
     parser.add_argument("--n-per-class", type=int, default=90)
     parser.add_argument("--guidance", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0, 4.0])
     parser.add_argument("--sample-steps", type=int, default=50)
+    parser.add_argument("--channels", type=int, default=32, help="the U-Net's base channel count")
     parser.add_argument("--docs", default="docs")
     args = parser.parse_args()
 
@@ -53,15 +53,16 @@ def main():
     print(f"classifier: held-out accuracy {accuracy:.3f}", flush=True)
 
     config = TrainConfig(data="digits", conditional=True, label_dropout=0.1, steps=args.steps, batch_size=128,
-                         lr=1e-3, warmup=200, channels=32, channel_mult=(1, 2), num_res_blocks=1, attn_levels=(1,),
+                         lr=1e-3, warmup=200, channels=args.channels, channel_mult=(1, 2), num_res_blocks=1, attn_levels=(1,),
                          dropout=0.1, ema_decay=0.999, checkpoint_every=500, sample_every=args.steps,
                          out_dir=args.out, progress=False)
-    trainer = Trainer(config)
+    # the model sees the classifier's 1500 training digits only: perm[1500:] stays held out (likelihoods)
+    trainer = Trainer(config, images[perm[:1500]], labels[perm[:1500]])
     trainer.resume()
     t0 = time.perf_counter()
     trainer.fit(resume=False)
     print(f"trained to step {trainer.step} in {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
-    model = ScoreModel(trainer.ema.model, trainer.sde, config.prediction)
+    model = build_model(trainer.ema.model, trainer.config)  # with the σ_d measured from the data
 
     half = len(images) // 2
     reference, held = images[perm[:half]], images[perm[half:2 * half]]

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from typing import Callable, NamedTuple, Sequence
 
 import torch
+from tqdm.auto import tqdm
 from torch import Tensor
 
 from .sde import SDE, DiscreteChain, _check_steps, _positive, batch_view
@@ -188,7 +189,8 @@ class GammaEstimate:
 
 @torch.no_grad()
 def estimate_gamma(model: ScoreFn, chain: DiscreteChain, x0: Tensor, *, indices: Sequence[int] | None = None,
-                   batch_size: int = 4096, generator: torch.Generator | None = None) -> GammaEstimate:
+                   batch_size: int = 4096, generator: torch.Generator | None = None,
+                   progress: bool = False) -> GammaEstimate:
     """Monte-Carlo ``Γ_i = E_{x_0, z}‖ε̂(scale_i x_0 + std_i z, i)‖²/d`` over the data ``x0`` (one noise draw
     per data point and timestep, one ``randn`` per timestep in increasing order), with its standard error."""
     if not isinstance(chain, DiscreteChain):
@@ -203,7 +205,7 @@ def estimate_gamma(model: ScoreFn, chain: DiscreteChain, x0: Tensor, *, indices:
     n, d = x0.shape[0], x0[0].numel()
     per_batch = max(1, batch_size // n)
     gamma, se = [], []
-    for start in range(0, len(idx), per_batch):
+    for start in tqdm(range(0, len(idx), per_batch), desc="gamma", disable=not progress, leave=False):
         block = torch.tensor(idx[start:start + per_batch], device=x0.device)
         z = torch.cat([torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
                        for _ in range(block.numel())])
@@ -311,7 +313,7 @@ def elbo(model: ScoreFn, chain: DiscreteChain, x0: Tensor, *, variance: str = "p
          gamma: GammaEstimate | None = None, indices: Sequence[int] | None = None, decoder: str = "discrete",
          levels: int = 256, data_range: tuple[float, float] | None = None, n_timesteps: int | None = None,
          proposal: Tensor | None = None, batch_size: int = 8192,
-         generator: torch.Generator | None = None) -> Bound:
+         generator: torch.Generator | None = None, progress: bool = False) -> Bound:
     """The DDPM bound on ``-log p_θ(x_0)`` per sample (see the module docstring) of the score model ``model``
     (``ε̂ = -std_i·model(x, t_i)``; a ``ScoreModel`` with ``chain`` gives a DDPM network's own ε) on the nodes
     ``indices`` of ``chain`` (all timesteps by default).
@@ -367,7 +369,7 @@ def elbo(model: ScoreFn, chain: DiscreteChain, x0: Tensor, *, variance: str = "p
     if n_timesteps is None:
         per_call = max(1, batch_size // B)
         terms = []
-        for start in range(0, K, per_call):
+        for start in tqdm(range(0, K, per_call), desc="elbo", disable=not progress, leave=False):
             j = torch.arange(start, min(K, start + per_call), device=x0.device)
             z = torch.cat([randn() for _ in range(j.numel())])
             rows = x0.repeat((j.numel(),) + (1,) * (x0.dim() - 1))
@@ -376,7 +378,7 @@ def elbo(model: ScoreFn, chain: DiscreteChain, x0: Tensor, *, variance: str = "p
         return Bound(terms.sum(1), None, terms, K * B, d)
     j = torch.multinomial(p, B * n_timesteps, replacement=True, generator=generator).reshape(B, n_timesteps)
     weighted = torch.empty(B, n_timesteps, dtype=x0.dtype, device=x0.device)
-    for k in range(n_timesteps):
+    for k in tqdm(range(n_timesteps), desc="elbo", disable=not progress, leave=False):
         weighted[:, k] = _terms(model, chain, steps, j[:, k], x0, randn(), decoder, levels) / p[j[:, k]]
     return Bound(prior + weighted.mean(1), weighted.std(1) / math.sqrt(n_timesteps), None, B * n_timesteps, d)
 
@@ -439,7 +441,7 @@ def _constant_integral(sde: SDE, eps: float, d: int, nodes: int = 20001) -> floa
 @torch.no_grad()
 def continuous_elbo(score: ScoreFn, sde: SDE, x: Tensor, *, eps: float = 1e-5, n_samples: int = 100,
                     proposal: str = "importance", bins: int = 32, pilot: int = 64,
-                    generator: torch.Generator | None = None) -> Bound:
+                    generator: torch.Generator | None = None, progress: bool = False) -> Bound:
     """The continuous-time bound on ``-log p_eps^θ(x)`` per sample (module docstring) with its standard error,
     the integral estimated from ``n_samples`` times per sample.
 
@@ -489,7 +491,7 @@ def continuous_elbo(score: ScoreFn, sde: SDE, x: Tensor, *, eps: float = 1e-5, n
     t = eps + width * (which + within)
     density = weights[which] / width
     values = torch.empty(B, n_samples, **f64)
-    for k in range(n_samples):
+    for k in tqdm(range(n_samples), desc="continuous elbo", disable=not progress, leave=False):
         values[:, k] = _integrand(score, sde, x, t[:, k], randn(x.shape), eps) / density[:, k]
     nfe += 2 * B * n_samples
     nats = prior + drift_div - _constant_integral(sde, eps, d) + values.mean(1)

@@ -261,7 +261,8 @@ def eval_samples(args: argparse.Namespace) -> int:
     try:
         device = resolve_device(args.device)
         net = load_inception(args.inception, device)
-        samples, reference = (load_input(p, net, args.batch_size, device) for p in (args.samples, args.reference))
+        samples, reference = (load_input(p, net, args.batch_size, device, progress=True)
+                              for p in (args.samples, args.reference))
         if args.save_reference_stats:
             reference.save(args.save_reference_stats)
         scores = evaluate(samples, reference, kid_subset_size=args.kid_subset_size)

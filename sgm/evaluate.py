@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from . import metrics
 
@@ -83,17 +84,18 @@ def load_images(path: str) -> Tensor:
 
 
 @torch.no_grad()
-def features(images: Tensor, net: nn.Module, batch_size: int = 100, device="cpu") -> tuple[Tensor, Tensor]:
+def features(images: Tensor, net: nn.Module, batch_size: int = 100, device="cpu",
+             progress: bool = False) -> tuple[Tensor, Tensor]:
     """``net``'s ``(features, logits)`` of ``images`` in batches, as float64 on the CPU."""
     feats, logits = [], []
-    for chunk in images.split(batch_size):
+    for chunk in tqdm(images.split(batch_size), desc="features", disable=not progress, leave=False):
         f, l = net(chunk.to(device))
         feats.append(f.double().cpu())
         logits.append(l.double().cpu())
     return torch.cat(feats), torch.cat(logits)
 
 
-def load_input(path: str, net: nn.Module, batch_size: int = 100, device="cpu") -> Stats:
+def load_input(path: str, net: nn.Module, batch_size: int = 100, device="cpu", progress: bool = False) -> Stats:
     """``Stats`` of the set at ``path``: read from an ``.npz`` holding ``mu`` and ``sigma``, else computed."""
     if os.path.isfile(path) and path.endswith(".npz"):
         arrays = _read_npz(path)
@@ -102,7 +104,7 @@ def load_input(path: str, net: nn.Module, batch_size: int = 100, device="cpu") -
     images = load_images(path)
     if len(images) < 2:
         raise ValueError(f"{path}: needs at least 2 images, got {len(images)}")
-    return Stats.of(*features(images, net, batch_size, device))
+    return Stats.of(*features(images, net, batch_size, device, progress))
 
 
 def evaluate(samples: Stats, reference: Stats, kid_subsets: int = 100, kid_subset_size: int = 1000,

@@ -42,6 +42,7 @@ import time
 import torch
 from torch import Tensor
 from torchdiffeq import odeint
+from tqdm.auto import tqdm
 
 from ..sde import SDE, _check_steps, _real
 from .base import CheckedScore, SamplerDiverged, check_state
@@ -101,8 +102,9 @@ def _count(name: str, value, low: int) -> int:
 class _Objective:
     """``E(u)`` for interior positions ``u`` in λ (see the module docstring), counting evaluations."""
 
-    def __init__(self, method: Solver, score, sde: SDE, x_T: Tensor, reference: Tensor, eps: float):
+    def __init__(self, method: Solver, score, sde: SDE, x_T: Tensor, reference: Tensor, eps: float, bar=None):
         self.method, self.score, self.sde, self.x_T, self.reference, self.eps = method, score, sde, x_T, reference, eps
+        self.bar = bar  # a progress bar counting solver runs, or None
         lo, hi = sde.noise_level(torch.tensor([eps, sde.T], dtype=torch.float64)).tolist()
         self.lam_T, self.lam_eps = -math.log(hi), -math.log(lo)
         self.nfe = self.runs = 0
@@ -145,6 +147,8 @@ class _Objective:
 
     def __call__(self, grid: TimeGrid) -> float:
         self.runs += 1
+        if self.bar is not None:
+            self.bar.update()
         score = CheckedScore(self.score)
         try:
             x = integrate(self.method, score, self.sde, self.x_T, grid).x
@@ -179,12 +183,14 @@ def cheapest_path(cost: list[list[float]], nodes: int) -> list[int] | None:
 def optimize_grid(score, sde: SDE, steps: int, sampler: str = "ddim", *, shape, n: int = 256,
                   generator: torch.Generator | None = None, eps: float = 1e-3, start: str | None = None,
                   dp: bool = False, candidates: int | None = None, sweeps: int = 6, tol: float = 1e-3,
-                  reference_tol: float = 1e-8, dtype: torch.dtype = torch.float64, device=None, **options) -> TimeGrid:
+                  reference_tol: float = 1e-8, dtype: torch.dtype = torch.float64, device=None, progress: bool = False,
+                  **options) -> TimeGrid:
     """The grid of ``steps`` noisy nodes from ``T`` to ``eps`` (plus the data node) on which the deterministic
     ``sampler`` (with ``options``) has the least map error against the probability-flow map on ``n`` prior draws
     of per-sample ``shape`` from ``generator``, in ``dtype`` (a network's own dtype; float64 by default) on
     ``device`` (see the module docstring for the objective and the search; ``dp``, ``candidates``: the optional
-    dynamic-programming start; ``sweeps``, ``tol``: the descent; ``reference_tol``: dopri5's tolerance for ``Φ``).
+    dynamic-programming start; ``sweeps``, ``tol``: the descent; ``reference_tol``: dopri5's tolerance for ``Φ``;
+    ``progress``: a bar counting the sampler's runs).
 
     Returns a ``TimeGrid`` for ``sde``; ``grid.info`` records the sampler and options, the calibration errors of
     the fixed spacings and of the result, the ``history`` of ``(nfe, error)`` after each sweep, and the cost:
@@ -226,7 +232,8 @@ def optimize_grid(score, sde: SDE, steps: int, sampler: str = "ddim", *, shape, 
         device = generator.device if generator is not None else "cpu"
     x_T = sde.prior_sample((n, *shape), generator=generator, dtype=dtype, device=device)
     reference, reference_nfe = flow_map(score, sde, x_T, eps, reference_tol)
-    objective = _Objective(method, score, sde, x_T, reference, eps)
+    bar = tqdm(desc=f"optimize_grid ({sampler})", unit="run", disable=not progress, leave=False)
+    objective = _Objective(method, score, sde, x_T, reference, eps, bar)
 
     starts = (start,) if start is not None else FIXED_SPACINGS
     grids = {name: time_grid(sde, steps, name, eps) for name in starts}
@@ -251,6 +258,7 @@ def optimize_grid(score, sde: SDE, steps: int, sampler: str = "ddim", *, shape, 
         results[name] = (grid, error)
     best_start = min(results, key=lambda name: results[name][1])
     grid, error = results[best_start]
+    bar.close()
 
     info = {"method": "coordinate descent in λ from the best fixed spacing" + (" and from the DP surrogate" if dp else ""),
             "sampler": sampler,

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from .sde import SDE, _real
-from .targets import check_class_labels
+from .labels import check_class_labels
 
 __all__ = ["ClassifierFree", "ClassifierGuidance", "classifier_free", "classifier_guidance", "train_classifier"]
 

@@ -31,6 +31,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from .labels import check_class_labels
 from .sde import SDE, DiscreteChain, batch_view
 
 __all__ = ["ScoreModel", "PREDICTIONS"]
@@ -79,8 +80,6 @@ class ScoreModel:
 
     def conditional(self, labels) -> Callable[[Tensor, Tensor], Tensor]:
         """The score function ``s(x, t | y)`` for labels ``y`` (an int, or ``(batch,)``; ``n_classes`` = no label)."""
-        from .targets import check_class_labels
-
         if self.n_classes is None:
             raise ValueError("labels given to an unconditional model (its network was built without n_classes)")
         n = self.n_classes

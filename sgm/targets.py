@@ -28,6 +28,7 @@ import math
 import torch
 from torch import Tensor
 
+from .labels import check_class_labels
 from .sde import SDE, DiscreteChain
 
 __all__ = ["GaussianMixture", "FullGaussianMixture", "ring_mixture", "random_mixture"]
@@ -327,22 +328,6 @@ class FullGaussianMixture(_Mixture):
         mean = (w[:, None] * self.means).sum(0)
         c = self.means - mean
         return mean, (w[:, None, None] * (self.covs + c[:, :, None] * c[:, None, :])).sum(0)
-
-
-def check_class_labels(y, n_classes: int, batch: int | None = None, device=None) -> Tensor:
-    """``y`` (an int or an integer tensor ``(batch,)``) as a ``long`` tensor of classes in ``[0, n_classes)``."""
-    if isinstance(y, bool) or not isinstance(y, (int, Tensor)):
-        raise TypeError(f"labels must be an int or an integer tensor, got {type(y).__name__}")
-    y = torch.as_tensor(y, device=device)
-    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-        raise TypeError(f"labels must be integers, got dtype {y.dtype}")
-    if y.dim() == 0 and batch is not None:
-        y = y.expand(batch)
-    if y.dim() != 1 or (batch is not None and y.shape[0] != batch):
-        raise ValueError(f"labels must have shape ({batch if batch is not None else 'batch'},), got {tuple(y.shape)}")
-    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= n_classes):
-        raise ValueError(f"labels must lie in [0, {n_classes - 1}], got values in [{int(y.min())}, {int(y.max())}]")
-    return y.long()
 
 
 def _check_labels(labels, k: int, device) -> Tensor:

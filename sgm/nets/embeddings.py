@@ -12,6 +12,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..labels import check_class_labels
+
 __all__ = ["SinusoidalEmbedding", "FourierEmbedding", "LabelEmbedding", "time_embedding", "EMBEDDINGS"]
 
 EMBEDDINGS = ("sinusoidal", "fourier")
@@ -58,13 +60,7 @@ class LabelEmbedding(nn.Module):
     def forward(self, y: Tensor | None, batch: int, device) -> Tensor:
         if y is None:
             y = torch.full((batch,), self.n_classes, dtype=torch.long, device=device)
-        if not isinstance(y, Tensor) or y.is_floating_point() or y.dtype == torch.bool or y.shape != (batch,):
-            raise ValueError(f"labels must be an integer tensor of shape ({batch},), got "
-                             f"{tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__}")
-        if y.numel() and (int(y.min()) < 0 or int(y.max()) > self.n_classes):
-            raise ValueError(f"labels must lie in [0, {self.n_classes}] ({self.n_classes} = no label), got values in "
-                             f"[{int(y.min())}, {int(y.max())}]")
-        return self.table(y.long())
+        return self.table(check_class_labels(y, self.n_classes + 1, batch, device))  # n_classes: "no label"
 
 
 def add_labels(emb: Tensor, labels: LabelEmbedding | None, y: Tensor | None) -> Tensor:

@@ -51,7 +51,7 @@ from . import __version__, metrics, samplers
 from .plotting import nfe_curves, scatter_panels
 from .samplers import SamplerDiverged, ode, sample
 from .samplers.grid import time_grid
-from .sde import SDE, VESDE, VPSDE, DiscreteChain
+from .paths import SDE, VESDE, VPSDE, DiscreteChain
 from .targets import GaussianMixture, random_mixture, ring_mixture
 
 __all__ = ["NFE_GRID", "QUICK_NFE", "TOLERANCES", "COMPARE_NFE", "GOAL_NFE", "CURVES", "Run", "Problem",

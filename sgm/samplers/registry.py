@@ -1,46 +1,87 @@
-"""The sampler registry, the per-name sampler functions and the one entry point ``sample``.
+"""The sampler registry: each name's solver factory and what the rest of sgm reads about it; the per-name sampler
+functions and the one entry point ``sample``.
 
-A registered name maps to a solver factory ``factory(**options) -> Solver`` (a ``Solver`` class or a function);
-its keyword parameters are the sampler's options. Adding a solver is one module and one line in ``SAMPLERS``.
+An ``Entry`` holds a solver factory ``factory(**options) -> Solver`` (a ``Solver`` class or a function; its keyword
+parameters are the sampler's options) and its metadata: the default ``spacing`` (the grid ``sample`` uses unless
+told), ``steps`` (a step count at which it draws an exact-score target well: the demo's and the smoke tests'),
+``smoke`` (cheap valid options for quick runs), ``sweep`` (the option axes the benchmark sweeps) and ``summary``
+(its line in the docs table). The tests, the benchmark, the demo and the docs table read the entries, so adding a
+solver is one module and one entry in ``SAMPLERS``.
 """
 from __future__ import annotations
 
 import inspect
-from typing import Callable
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
 
 import torch
 
-from ..device import resolve_device
 from ..checks import integer
+from ..device import resolve_device
 from ..paths import GaussianPath
 from .base import SamplerOutput, check_state
-from .grid import KARRAS_RHO, TimeGrid, time_grid
 from .deis import DEIS, IPNDM
-from .edm import Heun
-from .langevin import AnnealedLangevin, PredictorCorrector
 from .dpm import DPMSolver
+from .edm import Heun
+from .grid import KARRAS_RHO, SPACINGS, TimeGrid, time_grid
+from .langevin import AnnealedLangevin, PredictorCorrector
+from .noise import SeededNoise
 from .predictors import DDIM, Ancestral, EulerMaruyama, ReverseDiffusion
 from .probability_flow import ode_solver
 from .reverse_sde import TorchSDE
-from .solver import Callback, SeededNoise, Solver, integrate
+from .solver import Callback, Solver, integrate
 from .uni_pc import UniPC
 
-__all__ = ["SAMPLERS", "available", "get", "options", "solver", "sample"]
+__all__ = ["Entry", "SAMPLERS", "available", "entry", "get", "options", "solver", "sample"]
 
-SAMPLERS: dict[str, Callable[..., Solver]] = {
-    "euler_maruyama": EulerMaruyama,
-    "reverse_diffusion": ReverseDiffusion,
-    "ancestral": Ancestral,
-    "ddim": DDIM,
-    "ode": ode_solver,
-    "sde": TorchSDE,
-    "langevin": AnnealedLangevin,
-    "pc": PredictorCorrector,
-    "dpm_solver": DPMSolver,
-    "unipc": UniPC,
-    "deis": DEIS,
-    "ipndm": IPNDM,
-    "heun": Heun,
+
+@dataclass(frozen=True)
+class Entry:
+    """A registered sampler (see the module docstring)."""
+
+    factory: Callable[..., Solver]
+    summary: str
+    spacing: str = "uniform"
+    steps: int = 20
+    smoke: Mapping[str, Any] = field(default_factory=dict)
+    sweep: Mapping[str, tuple] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.spacing not in SPACINGS:
+            raise ValueError(f"spacing must be one of {SPACINGS}, got {self.spacing!r}")
+        object.__setattr__(self, "smoke", MappingProxyType(dict(self.smoke)))
+        object.__setattr__(self, "sweep", MappingProxyType(dict(self.sweep)))
+
+    @property
+    def deterministic(self) -> bool:
+        """Whether the sampler with its default options is deterministic (some options make it stochastic)."""
+        return not self.factory().stochastic
+
+
+SAMPLERS: dict[str, Entry] = {
+    "euler_maruyama": Entry(EulerMaruyama, "Euler–Maruyama on the reverse SDE", steps=200),
+    "reverse_diffusion": Entry(ReverseDiffusion, "Song et al.'s reverse-diffusion predictor", steps=200),
+    "ancestral": Entry(Ancestral, "ancestral sampling (DDPM, SMLD), β̃ / β / Analytic-DPM variance", steps=200,
+                       sweep={"variance": ("posterior", "beta")}),
+    "ddim": Entry(DDIM, "DDIM (η = 0: the first-order exponential integrator of the ODE)", steps=20),
+    "ode": Entry(ode_solver, "the probability-flow ODE: fixed-step Runge–Kutta or torchdiffeq's adaptive methods",
+                 steps=20, smoke={"method": "heun2"},
+                 sweep={"method": ("euler", "midpoint", "heun2", "heun3", "rk4")}),
+    "sde": Entry(TorchSDE, "the reverse SDE by torchsde", steps=200),
+    "langevin": Entry(AnnealedLangevin, "annealed Langevin dynamics (NCSN)", spacing="geometric", steps=100,
+                      smoke={"n_steps_each": 2}),
+    "pc": Entry(PredictorCorrector, "predictor–corrector: any one-step predictor, Langevin corrector", steps=100),
+    "dpm_solver": Entry(DPMSolver, "DPM-Solver / DPM-Solver++ (orders 1–3, multistep and singlestep)", steps=10,
+                        sweep={"order": (1, 2, 3), "method": ("multistep", "singlestep"),
+                               "prediction": ("x0", "eps")}),
+    "unipc": Entry(UniPC, "UniPC (UniP predictor, UniC corrector at no extra evaluation)", steps=10,
+                   sweep={"order": (1, 2, 3), "variant": ("bh1", "bh2")}),
+    "deis": Entry(DEIS, "DEIS: exponential Adams–Bashforth in λ or ρ", steps=10,
+                  sweep={"order": (1, 2, 3), "variable": ("lambda", "rho")}),
+    "ipndm": Entry(IPNDM, "improved PNDM: Adams–Bashforth in ρ with fixed weights", steps=10,
+                   sweep={"max_order": (1, 2, 3, 4)}),
+    "heun": Entry(Heun, "EDM's Heun sampler (Algorithm 2, optional churn)", spacing="karras", steps=10),
 }
 
 
@@ -49,10 +90,15 @@ def available() -> list[str]:
     return sorted(SAMPLERS)
 
 
-def _factory(name: str) -> Callable[..., Solver]:
+def entry(name: str) -> Entry:
+    """The registry entry of sampler ``name``."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; available: {', '.join(available())}")
     return SAMPLERS[name]
+
+
+def _factory(name: str) -> Callable[..., Solver]:
+    return entry(name).factory
 
 
 def options(name: str) -> list[str]:
@@ -62,8 +108,8 @@ def options(name: str) -> list[str]:
 
 
 def solver(name: str, **options_) -> Solver:
-    """The solver registered as ``name`` with the given options; it declares ``order``, ``evals_per_step``,
-    ``stochastic`` and ``nfe(steps)``."""
+    """The solver registered as ``name`` with the given options; it declares its orders, ``evals_per_step``,
+    ``stochastic``, ``needs`` and ``nfe(steps)``."""
     factory = _factory(name)
     unknown = sorted(set(options_) - set(options(name)))
     if unknown:
@@ -100,7 +146,7 @@ def _check_shape(shape) -> tuple[int, ...]:
 
 
 def sample(score, sde: GaussianPath, shape, sampler: str = "euler_maruyama", steps: int = 500, *,
-           generator: torch.Generator | None = None, spacing: str = "uniform", eps: float | None = None,
+           generator: torch.Generator | None = None, spacing: str | None = None, eps: float | None = None,
            denoise: bool = True, train_steps: int = 1000, rho: float = KARRAS_RHO, t_max: float | None = None,
            grid: TimeGrid | None = None, x_init: torch.Tensor | None = None, dtype: torch.dtype | None = None,
            device=None, progress: bool = False, callback: Callback | None = None, seeds=None,
@@ -108,9 +154,10 @@ def sample(score, sde: GaussianPath, shape, sampler: str = "euler_maruyama", ste
     """Draw samples of ``shape`` by solving the path ``sde`` backwards with the model ``score(x, t)`` (a score
     function, or any model declaring what it ``predicts``: see ``sgm.predictions``).
 
-    ``steps`` noise levels on a ``spacing`` grid from ``t_max`` (``T``) to ``eps`` (the path's ``default_eps``; see
-    ``sgm.samplers.grid``; ``rho`` for ``karras``), ending with Tweedie's denoising step when ``denoise`` — or any
-    ready ``grid`` (a ``TimeGrid``: user-made, precomputed, optimised) instead. ``x_T`` is ``x_init`` or a prior draw from ``generator``
+    ``steps`` noise levels on a ``spacing`` grid (the sampler's registered default unless given) from ``t_max``
+    (``T``) to ``eps`` (the path's ``default_eps``; see ``sgm.samplers.grid``; ``rho`` for ``karras``), ending with
+    Tweedie's denoising step when ``denoise`` — or any ready ``grid`` (a ``TimeGrid``: user-made, precomputed,
+    optimised) instead. ``x_T`` is ``x_init`` or a prior draw from ``generator``
     (drawn first, then the sampler's noise in step order). ``callback(x, node, prediction)`` runs after each
     step (see ``integrate``). ``options_`` go to the sampler (``sgm.samplers.options(name)`` lists them).
     ``seeds`` (one int per sample, instead of ``generator``): sample ``i`` draws its ``x_T`` and all its noise
@@ -124,6 +171,7 @@ def sample(score, sde: GaussianPath, shape, sampler: str = "euler_maruyama", ste
         raise TypeError(f"score must be callable as score(x, t), got {type(score).__name__}")
     shape = _check_shape(shape)
     if grid is None:
+        spacing = entry(sampler).spacing if spacing is None else spacing
         grid = time_grid(sde, steps, spacing, eps, denoise, train_steps, rho, t_max)
     elif not isinstance(grid, TimeGrid):
         raise TypeError(f"grid must be a TimeGrid, got {type(grid).__name__}")

@@ -116,11 +116,20 @@ def test_optimised_grids_use_sgms_optimize_grid(bench_problems):
     assert row["map_error"] <= fixed[0]["map_error"]  # the uniform grid is one of optimize_grid's starts
 
 
-def test_checkpoint_sweep_judges_a_trained_digits_model(tmp_path):
+def test_checkpoint_sweep_judges_a_trained_digits_model(tmp_path, monkeypatch):
     from sgm.train import TrainConfig, Trainer
 
     Trainer(TrainConfig(data="digits", steps=2, batch_size=8, channels=8, channel_mult=(1, 2), num_res_blocks=1,
                         attn_levels=(), out_dir=str(tmp_path), sample_steps=2, n_samples=4, progress=False)).fit()
+    spacings, sample = [], runs.sample
+
+    def recording(*args, spacing, **kwargs):
+        spacings.append(spacing)
+        return sample(*args, spacing=spacing, **kwargs)
+
+    monkeypatch.setattr(runs, "sample", recording)
     rows = runs.checkpoint_rows(str(tmp_path / "checkpoint.pt"), (5,), seed=0, progress=False, n=16)
-    assert [r["sampler"] for r in rows] == [r.label for r, _, _ in runs.budgeted((5,))]
+    planned = list(runs.budgeted((5,)))
+    assert [r["sampler"] for r in rows] == [r.label for r, _, _ in planned]
+    assert spacings == [r.spacing for r, _, _ in planned]  # each run on its own spacing, as in the curves
     assert all(r["nfe"] <= 5 and r["frechet_classifier"] > 0 and 0 <= r["confident"] <= 1 for r in rows)

@@ -243,8 +243,8 @@ def checkpoint_rows(path: str, nfes, seed: int, progress: bool, n: int = 1000) -
         g = torch.Generator().manual_seed(seed + 10)
         t0 = time.perf_counter()
         with torch.no_grad():
-            out = sample(model, model.sde, (n,) + shape, sampler=run.sampler, steps=steps, generator=g,
-                         dtype=torch.float32, progress=progress, **run.options)
+            out = sample(model, model.sde, (n,) + shape, sampler=run.sampler, steps=steps, spacing=run.spacing,
+                         generator=g, dtype=torch.float32, progress=progress, **run.options)
             x = out.x.clamp(-1, 1)
             confident = float((classifier(x).softmax(1).max(1).values > 0.9).float().mean())
         rows.append({"target": f"digits model ({path})", "sde": config.sde, "sampler": run.label, "nfe_budget": nfe,

@@ -70,6 +70,15 @@ def test_peers_are_driven_at_their_own_noise_levels():
 
 
 @needs_diffusers
+def test_a_budget_below_two_steps_has_no_scheduler():
+    config = next(c for c in peer.configs() if c.scheduler == "HeunDiscreteScheduler")
+    betas = peer.vp_betas(sgm.VPSDE().discretize(1000))
+    assert peer.make_scheduler(config, betas, 2) == (None, None)  # Heun's 2 steps cost 3 calls
+    scheduler, steps = peer.make_scheduler(config, betas, 3)
+    assert steps == 2 and len(scheduler.timesteps) == 3
+
+
+@needs_diffusers
 def test_diffusers_ddim_equals_sgm_ddim_on_the_chain(bench_problems):
     """An independent DDIM (diffusers') and sgm's, same chain, same exact model, same x_T."""
     p = bench_problems["vp"]

@@ -118,10 +118,10 @@ def make_scheduler(config: Config, betas: list[float], nfe: int):
         scheduler.set_timesteps(steps)
         return len(scheduler.timesteps)
 
-    steps = nfe
-    while steps >= 2 and calls(steps) > nfe:
-        steps = min(steps - 1, steps * nfe // calls(steps))
-    if steps < 2:
+    steps = max(nfe, 2)
+    while steps > 2 and calls(steps) > nfe:  # shrink in proportion, never below 2 steps
+        steps = max(2, min(steps - 1, steps * nfe // calls(steps)))
+    if calls(steps) > nfe:
         return None, None
     while steps + 1 <= nfe and calls(steps + 1) <= nfe:
         steps += 1

@@ -46,13 +46,13 @@ def run_sweep(out_dir: str, quick: bool = False, n: int | None = None, seed: int
     n_compare = n_compare or min(n, 1000)
     nfes, tolerances = (QUICK_NFE, QUICK_TOLERANCES) if quick else (NFE_GRID, TOLERANCES)
     compare_nfes = QUICK_COMPARE_NFE if quick else COMPARE_NFE
-    rows, compared, floor, flow_maps, t_start = [], [], {}, {}, time.perf_counter()
+    rows, compared, floor_metrics, flow_maps, t_start = [], [], {}, {}, time.perf_counter()
     for target_name, target in make_targets(quick, targets).items():
         for sde_name in ("vp", "ve"):
             key = f"{target_name} / {sde_name}"
             if curves:
                 problem = make_problem(target_name, target, sde_name, n, seed)
-                floor[key] = floors(target, n, seed + 1)
+                floor_metrics[key] = floors(target, n, seed + 1)
                 reference = target.sample(n, generator=torch.Generator().manual_seed(seed + 2))
                 flow_maps[key] = distribution_metrics(problem.x_ref, reference, target,
                                                       torch.Generator().manual_seed(seed + 3))
@@ -69,7 +69,7 @@ def run_sweep(out_dir: str, quick: bool = False, n: int | None = None, seed: int
         rows.extend(checkpoint_rows(checkpoint, nfes, seed, progress))
     goal = report.goal_table(compared) if compared else []
     meta = {"seed": seed, "n": n, "n_compare": n_compare, "quick": quick, "nfe_grid": list(nfes),
-            "compare_nfe": list(compare_nfes), "tolerances": list(tolerances), "floors": floor,
+            "compare_nfe": list(compare_nfes), "tolerances": list(tolerances), "floors": floor_metrics,
             "flow_map": flow_maps, "seconds": time.perf_counter() - t_start, "versions": report.versions()}
     report.write(out_dir, rows, meta, compared, goal)
     return rows

@@ -17,7 +17,7 @@ def test_a_diverged_run_is_a_row_of_nans():
     x = torch.randn(50, 2, generator=gen(0), dtype=D)
     reference = gm.sample(50, generator=gen(1))
     for bad in (None, torch.full_like(x, float("inf")), torch.cat([x[:-1], torch.full_like(x[:1], float("nan"))])):
-        judged = judge.judge(bad, reference, gm, 0, x)
+        judged = judge.judge_curve(bad, reference, gm, 0, x)
         assert judged["diverged"] and set(judge.METRICS) < set(judged)
         assert all(judged[m] != judged[m] for m in judge.METRICS)  # NaN
     assert judge.judge_map(torch.full_like(x, float("nan")), x, 7, time.perf_counter())["diverged"]
@@ -27,11 +27,11 @@ def test_a_finite_run_has_every_metric():
     gm = mixture()
     x, x_ref = (torch.randn(50, 2, generator=gen(k), dtype=D) for k in (0, 1))
     reference = gm.sample(50, generator=gen(2))
-    judged = judge.judge(x, reference, gm, 0, x_ref)
+    judged = judge.judge_curve(x, reference, gm, 0, x_ref)
     assert not judged["diverged"] and judged["sw2"] > 0 and judged["nll"] > 0
     assert judged["map_error"] == pytest.approx(float((x - x_ref).norm(dim=1).mean()), rel=1e-12)
-    assert judge.judge(x, reference, gm, 0, x)["map_error"] == 0
-    assert judge.judge(x, reference, gm, 0)["map_error"] != judged["map_error"]  # no reference map: NaN
+    assert judge.judge_curve(x, reference, gm, 0, x)["map_error"] == 0
+    assert judge.judge_curve(x, reference, gm, 0)["map_error"] != judged["map_error"]  # no reference map: NaN
     assert judged["sw2"] == metrics.sliced_wasserstein(x, reference, judge.SW2_PROJECTIONS, gen(3))  # seed + 3
     row = judge.judge_map(x, x_ref, 7, time.perf_counter())
     assert row["nfe"] == 7 and not row["diverged"] and row["map_error"] == judged["map_error"] and row["seconds"] >= 0

@@ -20,7 +20,7 @@ from torch import Tensor
 from .. import GaussianMixture, metrics
 from ..samplers.optimize import map_error
 
-__all__ = ["METRICS", "PAIRWISE_N", "SW2_PROJECTIONS", "distribution_metrics", "floors", "judge", "judge_map",
+__all__ = ["METRICS", "PAIRWISE_N", "SW2_PROJECTIONS", "distribution_metrics", "floors", "judge_curve", "judge_map",
            "failed"]
 
 METRICS = ("sw2", "mmd2", "energy", "frechet", "nll", "mode_error", "map_error")
@@ -52,7 +52,7 @@ def _finite(x: Tensor | None) -> bool:
     return x is not None and bool(torch.isfinite(x).all())
 
 
-def judge(x: Tensor | None, reference: Tensor, target: GaussianMixture, seed: int,
+def judge_curve(x: Tensor | None, reference: Tensor, target: GaussianMixture, seed: int,
           x_ref: Tensor | None = None) -> dict:
     """A curve run's metrics (the map error only with the reference map ``x_ref``); ``x`` None: it diverged."""
     if not _finite(x):

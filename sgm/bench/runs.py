@@ -4,7 +4,7 @@ The steps for a budget of ``nfe`` score evaluations are the solver's own, ``solv
 steps whose ``solver.nfe(steps)`` fits); the NFE a row reports is the run's own count.
 
 - **Curves** (``curve_rows``): each run of ``curve_runs`` at each budget and the adaptive dopri5 over
-  tolerances, from the problem's ``x_T`` on its continuous SDE, judged by every metric (``judge.judge``).
+  tolerances, from the problem's ``x_T`` on its continuous SDE, judged by every metric (``judge.judge_curve``).
 - **Comparison** (``sgm_rows``): every deterministic fixed-step sampler over its options (``sgm_configs``) on the
   continuous spacings (``problem.sde``, exact score) and the chain's timesteps (``problem.chain_sde``, the score
   on the chain only), by map error; ``optimized_rows``: ``optimize_grid``'s grids for the best of them.
@@ -24,7 +24,7 @@ from torch import Tensor
 
 from .. import metrics, samplers
 from ..samplers import SamplerDiverged, optimize_grid, sample
-from .judge import failed, judge, judge_map
+from .judge import failed, judge_curve, judge_map
 from .problems import TRAIN_STEPS, OffChain, Problem, on_chain_score
 
 __all__ = ["Run", "CURVES", "SGM_OPTIONS", "CONTINUOUS_SPACINGS", "CHAIN_SPACINGS", "curve_runs", "budgeted",
@@ -126,7 +126,7 @@ def curve_rows(problem: Problem, nfes, tolerances, reference: Tensor, seed: int,
         x, row = _timed_run(score, sde, problem.x_T, run.sampler, steps, {**run.options, "spacing": run.spacing},
                             seed, progress)
         row.update(common, sampler=run.label, nfe_budget=nfe, steps=steps)
-        row.update(judge(x, reference, target, seed, problem.x_ref if run.deterministic else None))
+        row.update(judge_curve(x, reference, target, seed, problem.x_ref if run.deterministic else None))
         if nfe in scatter_nfe and not row["diverged"]:
             scatter.append((f"{run.label}\nNFE {row['nfe']}", x))
         rows.append(row)
@@ -134,7 +134,7 @@ def curve_rows(problem: Problem, nfes, tolerances, reference: Tensor, seed: int,
         x, row = _timed_run(score, sde, problem.x_T, "ode", 2, {"method": "dopri5", "rtol": tol, "atol": tol},
                             seed, progress)
         row.update(common, sampler="ode dopri5 (adaptive)", nfe_budget=None, steps=None, tolerance=tol)
-        row.update(judge(x, reference, target, seed, problem.x_ref))
+        row.update(judge_curve(x, reference, target, seed, problem.x_ref))
         rows.append(row)
     return Curves(rows, scatter)
 

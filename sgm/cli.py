@@ -26,7 +26,8 @@ from . import distributed, metrics
 from .plotting import scatter_panels
 from .samplers import available, sample
 from .samplers.registry import options as sampler_options
-from .sde import SDE, SubVPSDE, VESDE, VPSDE
+from .paths import SDE
+from .train import SDE_CLASSES
 from .targets import ring_mixture
 
 __all__ = ["main", "make_sde", "UsageError"]
@@ -42,7 +43,7 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
 
-SDE_NAMES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
+SDE_NAMES = SDE_CLASSES
 
 # The demo's (sampler, steps, options): a few score evaluations for the ODE samplers, more for the SDE ones.
 DEMO_RUNS = (

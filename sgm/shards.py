@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from . import distributed
 from .checkpoint import write_atomic
 from .samplers import sample
-from .sde import SDE
+from .paths import SDE
 
 __all__ = ["sample_shards", "sample_seeds", "shard_path", "MANIFEST"]
 

@@ -44,15 +44,17 @@ from .board import Board
 from .checkpoint import (CHECKPOINT, FORMAT_VERSION, CheckpointError, load_checkpoint, model_from_checkpoint,
                          save_checkpoint)
 from .device import resolve_device
-from .losses import WEIGHTINGS, dsm_loss, sample_times
+from .losses import WEIGHTINGS, denoising_loss, sample_times
 from .nets import MLP, UNet
 from .score import PREDICTIONS, ScoreModel
-from .sde import SDE, SubVPSDE, VESDE, VPSDE
+from .paths import SDE, CosineVPSDE, EDMPath, RectifiedFlow, SubVPSDE, VESDE, VPSDE
 
 __all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "CheckpointError", "load_checkpoint", "save_checkpoint",
            "build_sde", "build_net", "build_model", "model_from_checkpoint"]
 
-SDE_CLASSES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
+# The one table of path names (the CLI's --sde choices read it).
+SDE_CLASSES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE, "cosine": CosineVPSDE, "edm": EDMPath,
+               "rectified-flow": RectifiedFlow}
 
 
 class TrainingDiverged(RuntimeError):
@@ -395,8 +397,8 @@ class Trainer:
         x0, t, noise, y = self.batch()
         score = self.model if y is None else self.model.conditional(y)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
-            loss = dsm_loss(score, self.sde, x0, t=t, noise=noise, weighting=self.config.weighting,
-                            sigma_data=self.config.sigma_data)
+            loss = denoising_loss(score, self.sde, x0, t=t, noise=noise, weighting=self.config.weighting,
+                                  sigma_data=self.config.sigma_data)
         mean_loss = distributed.mean_over_ranks(loss.detach())  # every process takes the same decision below
         if not bool(torch.isfinite(mean_loss)):
             raise TrainingDiverged(f"loss became {mean_loss.item()} at step {self.step + 1}; the last good checkpoint "

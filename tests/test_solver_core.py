@@ -92,13 +92,13 @@ def test_logsnr_grid_is_uniform_in_lambda_and_is_the_geometric_one(sde_name):
                                rtol=1e-9, atol=1e-9)
     assert grid == time_grid(forward, 9, spacing="geometric", denoise=False)
     for node in grid.nodes:
-        assert node.lam == pytest.approx(-math.log(node.sigma))
-    assert Node(0.0, 1.0, 0.0).lam == math.inf and Node(0.0, 1.0, 0.0).sigma == 0.0
+        assert node.lam == pytest.approx(-math.log(node.noise_level))
+    assert Node(0.0, 1.0, 0.0).lam == math.inf and Node(0.0, 1.0, 0.0).noise_level == 0.0
 
 
 def test_karras_rho_option():
     forward = sgm.VESDE()
-    sigmas = lambda rho: torch.tensor([n.sigma for n in time_grid(forward, 6, spacing="karras", rho=rho).noisy], dtype=D)  # noqa: E731
+    sigmas = lambda rho: torch.tensor([n.noise_level for n in time_grid(forward, 6, spacing="karras", rho=rho).noisy], dtype=D)  # noqa: E731
     lo, hi = 0.01 * (50 / 0.01) ** 1e-3, 50.0
     for rho in (1.0, 3.0, 7.0):
         u = torch.linspace(1, 0, 6, dtype=D)

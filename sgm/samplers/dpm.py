@@ -29,11 +29,13 @@ nodes ``s = u_0, u_1, u_2`` (``r_i = (λ_{u_i} - λ_s)/h``, ``h = λ_t - λ_s``)
 
 ``lower_order_final``: the order never exceeds the transitions left, the final denoising step counted (multistep),
 or the last full segment is split (singlestep) — stable at few steps, where the last λ-steps are longest.
+
+From a node of ``α = 0`` the step is ``from_noise`` (its first-order limit); the orders and segments start after it.
 """
 from __future__ import annotations
 
-from .exponential import (PREDICTIONS, check_choice, check_flag, check_order, combine, linear, lower_order,
-                          output)
+from ..checks import choice, flag
+from .exponential import PREDICTIONS, check_order, combine, from_noise, linear, lower_order, output
 from .grid import TimeGrid
 from .solver import Model, Solver
 
@@ -90,22 +92,27 @@ class DPMSolver(Solver):
     def __init__(self, order: int = 2, method: str = "multistep", prediction: str = "x0",
                  lower_order_final: bool = True):
         self.solver_order = check_order(order, 3)
-        self.method = check_choice("method", method, METHODS)
+        self.method = choice("method", method, METHODS)
         # The declared order of the map error: the published 3M formula weighs D_2 by h φ_3 where the Taylor term
         # needs 2 h φ_3 (D_2 ≈ h² m''/2), so multistep "order 3" is a second-order method (measured, tests).
         self.order = 2 if (self.method, self.solver_order) == ("multistep", 3) else self.solver_order
-        self.prediction = check_choice("prediction", prediction, PREDICTIONS)
-        self.lower_order_final = check_flag("lower_order_final", lower_order_final)
+        self.prediction = choice("prediction", prediction, PREDICTIONS)
+        self.lower_order_final = flag("lower_order_final", lower_order_final)
         self.name = f"dpm_solver ({'++' if prediction == 'x0' else 'eps'}, {method}, order {order})"
 
     def init(self, x, grid: TimeGrid):
-        """Multistep: the transitions in the grid and the history; singlestep: the order list and the segment."""
+        """Multistep: the transitions in the grid (after a step from pure noise) and the history; singlestep: the order
+        list and the segment."""
+        transitions = len(grid) - int(grid.nodes[0].scale == 0)
         if self.method == "singlestep":
-            return {"orders": singlestep_orders(self.solver_order, len(grid), self.lower_order_final), "index": 0}
-        return {"transitions": len(grid), "index": 0, "history": []}
+            return {"orders": singlestep_orders(self.solver_order, transitions, self.lower_order_final), "index": 0}
+        return {"transitions": transitions, "index": 0, "history": []}
 
     def step(self, model: Model, x, a, b, state, noise):
-        m = output(model(x, a), self.prediction)
+        prediction = model(x, a)
+        if a.scale == 0:
+            return from_noise(prediction, b), state
+        m = output(prediction, self.prediction)
         i = state["index"]
         state["index"] = i + 1
         if self.method == "singlestep":

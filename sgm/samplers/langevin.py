@@ -29,7 +29,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..sde import _check_steps, _positive
+from ..checks import integer, positive
 from .grid import Node, TimeGrid
 from .predictors import PREDICTORS, check_eta, check_variance
 from .solver import Model, Noise, Solver
@@ -42,14 +42,6 @@ NCSN_U = 0.1  # the default δ/std²: NCSN's ε = 2e-5 at σ_L = 0.01 (also NCSN
 def langevin_step(x: Tensor, s: Tensor, delta: float, z: Tensor) -> Tensor:
     """``x + δ s + √(2δ) z``."""
     return x.add(s, alpha=delta).add_(z, alpha=math.sqrt(2 * delta))
-
-
-def _count(name: str, n) -> int:
-    if isinstance(n, bool) or not isinstance(n, int):
-        raise TypeError(f"{name} must be an int, got {n!r}")
-    if n < 0:
-        raise ValueError(f"{name} must be >= 0, got {n}")
-    return n
 
 
 def ncsnv2_step(gamma: float, n_steps: int) -> float:
@@ -74,13 +66,13 @@ class AnnealedLangevin(Solver):
     (NCSN's ``ε = 2e-5`` at ``σ_L = 0.01``), NCSNv2's ``u`` with ``step_size="ncsnv2"``, NCSN's
     ``δ_i = ½ step_size·std_i²/std_L²`` for a number ``step_size``. State: ``{node: δ}``."""
 
-    name, order, stochastic = "langevin", 1, True
+    name, order, stochastic, needs = "langevin", 1, True, frozenset({"positive_alpha"})
 
     def __init__(self, n_steps_each: int = 5, step_size: float | str | None = None):
-        self.n_steps_each = _check_steps("n_steps_each", n_steps_each)
+        self.n_steps_each = integer("n_steps_each", n_steps_each)
         if isinstance(step_size, str) and step_size != "ncsnv2":
             raise ValueError(f"step_size must be a positive number, None or 'ncsnv2', got {step_size!r}")
-        self.step_size = step_size if step_size in (None, "ncsnv2") else _positive("step_size", step_size)
+        self.step_size = step_size if step_size in (None, "ncsnv2") else positive("step_size", step_size)
         self.evals_per_step = self.final_evals = self.n_steps_each
 
     def init(self, x: Tensor, grid: TimeGrid) -> dict[Node, float]:
@@ -88,7 +80,7 @@ class AnnealedLangevin(Solver):
         if self.step_size is None or (self.step_size == "ncsnv2" and len(noisy) == 1):
             u = NCSN_U
         elif self.step_size == "ncsnv2":
-            u = ncsnv2_step((noisy[0].sigma / noisy[-1].sigma) ** (1 / (len(noisy) - 1)), self.n_steps_each)
+            u = ncsnv2_step((noisy[0].noise_level / noisy[-1].noise_level) ** (1 / (len(noisy) - 1)), self.n_steps_each)
         else:
             return {n: 0.5 * self.step_size * (n.std / noisy[-1].std) ** 2 for n in noisy}
         return {n: u * n.std**2 for n in noisy}
@@ -118,10 +110,11 @@ class PredictorCorrector(Solver):
                  eta: float = 0.0, variance: str = "posterior"):
         if predictor not in PREDICTORS:
             raise ValueError(f"predictor must be one of {tuple(PREDICTORS)}, got {predictor!r}")
-        self.snr = _positive("snr", snr)
-        self.n_corrector = _count("n_corrector", n_corrector)
+        self.snr = positive("snr", snr)
+        self.n_corrector = integer("n_corrector", n_corrector, 0)
         options = {"ddim": {"eta": check_eta(eta)}, "ancestral": {"variance": check_variance(variance)}}
         self.predictor = PREDICTORS[predictor](**options.get(predictor, {}))
+        self.needs = self.predictor.needs
         self.evals_per_step = 1 + self.n_corrector
         self.name = f"pc ({predictor})"
 

@@ -11,9 +11,10 @@ from typing import Callable
 import torch
 
 from ..device import resolve_device
-from ..sde import SDE, _check_steps
+from ..checks import integer
+from ..paths import GaussianPath
 from .base import SamplerOutput, check_state
-from .grid import KARRAS_RHO, TimeGrid, check_eps, check_spacing, time_grid
+from .grid import KARRAS_RHO, TimeGrid, time_grid
 from .deis import DEIS, IPNDM
 from .edm import Heun
 from .langevin import AnnealedLangevin, PredictorCorrector
@@ -75,7 +76,7 @@ def get(name: str) -> Callable[..., SamplerOutput]:
     **options) -> (x, nfe)`` of ``name``: ``integrate`` with ``solver(name, **options)``."""
     factory = _factory(name)
 
-    def run(score, sde: SDE, x: torch.Tensor, grid: TimeGrid, *, generator: torch.Generator | None = None,
+    def run(score, sde: GaussianPath, x: torch.Tensor, grid: TimeGrid, *, generator: torch.Generator | None = None,
             progress: bool = False, callback: Callback | None = None, **options_) -> SamplerOutput:
         return integrate(solver(name, **options_), score, sde, x, grid, generator=generator, progress=progress,
                          callback=callback)
@@ -88,38 +89,42 @@ def get(name: str) -> Callable[..., SamplerOutput]:
 def _check_shape(shape) -> tuple[int, ...]:
     if isinstance(shape, torch.Size):
         shape = tuple(shape)
-    if not isinstance(shape, (tuple, list)) or not shape or not all(
-            isinstance(n, int) and not isinstance(n, bool) for n in shape):
+    if not isinstance(shape, (tuple, list)) or not shape:
         raise TypeError(f"shape must be a non-empty tuple of ints (batch, ...), got {shape!r}")
-    if any(n < 1 for n in shape):
-        raise ValueError(f"shape must have positive sizes, got {tuple(shape)}")
-    return tuple(shape)
+    try:
+        return tuple(integer("shape", n) for n in shape)
+    except TypeError:
+        raise TypeError(f"shape must be a non-empty tuple of ints (batch, ...), got {shape!r}") from None
+    except ValueError:
+        raise ValueError(f"shape must have positive sizes, got {tuple(shape)}") from None
 
 
-def sample(score, sde: SDE, shape, sampler: str = "euler_maruyama", steps: int = 500, *,
-           generator: torch.Generator | None = None, spacing: str = "uniform", eps: float = 1e-3,
-           denoise: bool = True, train_steps: int = 1000, rho: float = KARRAS_RHO, grid: TimeGrid | None = None,
-           x_init: torch.Tensor | None = None, dtype: torch.dtype | None = None, device=None, progress: bool = False,
-           callback: Callback | None = None, seeds=None, **options_) -> SamplerOutput:
-    """Draw samples of ``shape`` by solving ``sde`` backwards with the score function ``score(x, t)``.
+def sample(score, sde: GaussianPath, shape, sampler: str = "euler_maruyama", steps: int = 500, *,
+           generator: torch.Generator | None = None, spacing: str = "uniform", eps: float | None = None,
+           denoise: bool = True, train_steps: int = 1000, rho: float = KARRAS_RHO, t_max: float | None = None,
+           grid: TimeGrid | None = None, x_init: torch.Tensor | None = None, dtype: torch.dtype | None = None,
+           device=None, progress: bool = False, callback: Callback | None = None, seeds=None,
+           **options_) -> SamplerOutput:
+    """Draw samples of ``shape`` by solving the path ``sde`` backwards with the model ``score(x, t)`` (a score
+    function, or any model declaring what it ``predicts``: see ``sgm.predictions``).
 
-    ``steps`` noise levels on a ``spacing`` grid from ``T`` to ``eps`` (see ``sgm.samplers.grid``; ``rho`` for
-    ``karras``), ending with Tweedie's denoising step when ``denoise`` — or any ready ``grid`` (a ``TimeGrid``:
-    user-made, precomputed, optimised) instead. ``x_T`` is ``x_init`` or a prior draw from ``generator``
+    ``steps`` noise levels on a ``spacing`` grid from ``t_max`` (``T``) to ``eps`` (the path's ``default_eps``; see
+    ``sgm.samplers.grid``; ``rho`` for ``karras``), ending with Tweedie's denoising step when ``denoise`` — or any
+    ready ``grid`` (a ``TimeGrid``: user-made, precomputed, optimised) instead. ``x_T`` is ``x_init`` or a prior draw from ``generator``
     (drawn first, then the sampler's noise in step order). ``callback(x, node, prediction)`` runs after each
     step (see ``integrate``). ``options_`` go to the sampler (``sgm.samplers.options(name)`` lists them).
     ``seeds`` (one int per sample, instead of ``generator``): sample ``i`` draws its ``x_T`` and all its noise
     from its own stream seeded ``seeds[i]`` (``SeededNoise``), so it does not depend on the batch it is in.
     Returns ``(x, nfe)``.
     """
-    if not isinstance(sde, SDE):
-        raise TypeError(f"sde must be an sgm SDE (VPSDE, SubVPSDE, VESDE), got {type(sde).__name__}")
+    if not isinstance(sde, GaussianPath):
+        raise TypeError(f"sde must be an sgm path (GaussianPath: VPSDE, VESDE, RectifiedFlow, …), "
+                        f"got {type(sde).__name__}")
     if not callable(score):
         raise TypeError(f"score must be callable as score(x, t), got {type(score).__name__}")
     shape = _check_shape(shape)
     if grid is None:
-        grid = time_grid(sde, _check_steps("steps", steps), check_spacing(spacing), check_eps(eps, sde.T), denoise,
-                         train_steps, rho)
+        grid = time_grid(sde, steps, spacing, eps, denoise, train_steps, rho, t_max)
     elif not isinstance(grid, TimeGrid):
         raise TypeError(f"grid must be a TimeGrid, got {type(grid).__name__}")
     elif grid.noisy[0].t > sde.T:

@@ -17,7 +17,7 @@ import torch
 import torchsde
 from torch import Tensor
 
-from ..sde import SDE, _positive
+from ..checks import flag, positive
 from .grid import TimeGrid
 from .solver import Model, Noise, Solver
 
@@ -78,15 +78,13 @@ class TorchSDE(Solver):
     fixed steps of the grid's mean spacing, or adaptive under ``rtol``/``atol``. Euler is Euler–Maruyama
     (weak order 1); ``srk`` is strong order 1. State: the fixed step ``dt``."""
 
-    stochastic = True
+    stochastic, needs = True, frozenset({"positive_alpha"})
 
     def __init__(self, method: str = "euler", adaptive: bool = False, rtol: float = 1e-5, atol: float = 1e-4):
         if method not in SDE_METHODS:
             raise ValueError(f"method must be one of {SDE_METHODS}, got {method!r}")
-        if not isinstance(adaptive, bool):
-            raise TypeError(f"adaptive must be a bool, got {adaptive!r}")
-        self.method, self.adaptive = method, adaptive
-        self.rtol, self.atol = _positive("rtol", rtol), _positive("atol", atol)
+        self.method, self.adaptive = method, flag("adaptive", adaptive)
+        self.rtol, self.atol = positive("rtol", rtol), positive("atol", atol)
         self.order, self.name = 1, f"sde ({method})"
         # Euler and Milstein evaluate the drift once per fixed step; srk's stages and adaptive steps vary.
         self.evals_per_step = None if adaptive or method == "srk" else 1

@@ -3,21 +3,24 @@
 A solver walks a ``TimeGrid`` from the prior to the data. It declares
 
 - ``order``: the order of its deterministic map error (the tests read it; weak order for stochastic solvers);
-- ``evals_per_step``: score evaluations per transition between noisy nodes (``None`` when adaptive), and
+- ``evals_per_step``: model evaluations per transition between noisy nodes (``None`` when adaptive), and
   ``final_evals``: evaluations its ``finish`` spends at the last noisy node;
 - ``stochastic``: whether it draws noise;
+- ``needs``: what it needs of the path and grid — ``"positive_alpha"``: ``α > 0`` at every node it steps from
+  (a finite SDE drift; not the exact top of rectified flow), checked by ``integrate`` before any work;
 
 and provides ``init(x, grid) -> state`` and ``step(model, x, a, b, state, noise) -> (x, state)`` for a
 transition from node ``a`` to the less noisy node ``b`` (optionally ``finish``, run once at the last noisy
 node, and ``stepping_grid``, the nodes it steps on when that is not the whole grid).
 
 ``integrate`` owns what every solver shares: input checks, the counted and checked model calls, the progress
-bar, the per-step ``callback(x, node, prediction)`` and the final denoising step (Tweedie's
-``x̂_0 = (x + std² s)/scale`` at the last noisy node, one evaluation, into a grid's data node).
+bar, the per-step ``callback(x, node, prediction)`` and the final denoising step (Tweedie's ``x̂_0`` at the last
+noisy node, one evaluation, into a grid's data node).
 
-The model is seen through ``Model``: one call ``model(x, node)`` gives the score, ``ε̂ = -std·s`` and
-``x̂_0 = (x + std²·s)/scale`` together (``Prediction``), so noise- and data-prediction solvers convert
-nowhere else.
+The model is seen through ``Model``: one call ``model(x, node)`` gives a ``Prediction`` (``sgm.predictions``) in
+the model's native kind (score, ε, x̂_0, v or velocity), from which a solver reads the kinds its update is written
+in (``prediction.x0``, ``.eps``, ``.score``, ``.velocity``, or one fused ``prediction.combine(...)``), so that no
+solver converts, and none divides by ``α`` where the model's own output does not need it.
 
 Noise order: ``sgm.sample`` draws ``x_T`` first (one ``randn`` of the full shape), then each step draws
 ``noise()`` (one ``randn`` of ``x``'s shape) per stochastic update, in the order the updates are made.
@@ -34,45 +37,24 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..sde import SDE
+from ..paths import GaussianPath
+from ..predictions import Prediction
 from .base import CheckedScore, SamplerOutput, check_state
-from .grid import Node, TimeGrid
+from .grid import Node, TimeGrid, path_nodes
 
-__all__ = ["Prediction", "Model", "Noise", "SeededNoise", "Solver", "integrate", "Callback"]
+__all__ = ["Prediction", "Model", "Noise", "SeededNoise", "Solver", "integrate", "Callback", "NEEDS"]
 
-
-class Prediction:
-    """The model's output at ``(x, node)``: ``score``, and on demand ``eps = -std·score`` and
-    ``x0 = (x + std²·score)/scale`` (Tweedie's denoiser), each computed once."""
-
-    __slots__ = ("x", "node", "score", "_eps", "_x0")
-
-    def __init__(self, x: Tensor, node: Node, score: Tensor):
-        self.x, self.node, self.score = x, node, score
-        self._eps = self._x0 = None
-
-    @property
-    def eps(self) -> Tensor:
-        if self._eps is None:
-            self._eps = self.score * -self.node.std
-        return self._eps
-
-    @property
-    def x0(self) -> Tensor:
-        if self._x0 is None:
-            self._x0 = self.x.add(self.score, alpha=self.node.std**2).div_(self.node.scale)
-        return self._x0
+NEEDS = ("positive_alpha",)
 
 
 class Model:
-    """A score function seen by solvers: ``model(x, node) -> Prediction``, counted (``nfe``) and checked.
+    """A model seen by solvers: ``model(x, node) -> Prediction`` in the model's native kind, counted (``nfe``) and
+    checked. ``node`` is a grid ``Node`` or a continuous time (a float), whose node then carries the path's
+    ``(α, σ, α', σ')``. ``last`` is the most recent prediction."""
 
-    ``node`` is a grid ``Node`` or a continuous time (a float), whose node then carries the SDE's marginal.
-    ``last`` is the most recent prediction.
-    """
-
-    def __init__(self, score, sde: SDE, bar=None):
+    def __init__(self, score, sde: GaussianPath, bar=None):
         self.score = score if isinstance(score, CheckedScore) else CheckedScore(score)
+        self.kind = self.score.predicts
         self.sde, self.bar, self.last = sde, bar, None
 
     @property
@@ -80,13 +62,12 @@ class Model:
         return self.score.nfe
 
     def node(self, t: float) -> Node:
-        """The node at continuous time ``t``, with ``(scale(t), std(t))`` of the SDE."""
-        scale, std = self.sde.marginal(torch.tensor(float(t), dtype=torch.float64))
-        return Node(float(t), float(scale), float(std))
+        """The node at continuous time ``t``, with the path's marginal and derivatives."""
+        return path_nodes(self.sde, torch.tensor([float(t)], dtype=torch.float64))[0]
 
     def __call__(self, x: Tensor, node) -> Prediction:
         node = node if isinstance(node, Node) else self.node(node)
-        self.last = Prediction(x, node, self.score(x, node.t))
+        self.last = Prediction.at_node(x, node, self.kind, self.score(x, node.t))
         if self.bar is not None:
             self.bar.update()
         return self.last
@@ -146,6 +127,16 @@ class Solver:
     evals_per_step: Optional[int] = 1
     final_evals: int = 0
     stochastic: bool = False
+    needs: frozenset = frozenset()
+
+    def check(self, grid: TimeGrid) -> None:
+        """Refuse (``ValueError``) a grid this solver cannot run on, before any work (see ``needs``)."""
+        first = self.stepping_grid(grid).noisy[0]
+        if "positive_alpha" in self.needs and first.scale <= 0:
+            raise ValueError(f"{self.name} needs α > 0 at its first node (a finite SDE drift), but the grid starts "
+                             f"at t={first.t} where α = 0 (the exact top of the path); start below it "
+                             "(sgm.sample(..., t_max=...)) or use a sampler that starts from pure noise (ddim, "
+                             "ancestral, dpm_solver, unipc, deis, ipndm, heun, ode)")
 
     def init(self, x: Tensor, grid: TimeGrid) -> Any:
         """State carried from step to step (history of predictions, step counters); ``None`` by default."""
@@ -168,6 +159,11 @@ class Solver:
         if self.evals_per_step is None:
             return None
         return self.evals_per_step * (steps - 1) + self.final_evals + int(denoise)
+
+    def grid_nfe(self, grid: TimeGrid) -> int | None:
+        """The evaluations a run on ``grid`` spends: ``nfe(noisy nodes, denoise)`` (a solver whose step from pure
+        noise costs less says so)."""
+        return self.nfe(len(grid.noisy), grid.denoise)
 
     def steps_for_nfe(self, nfe: int, denoise: bool = True) -> int | None:
         """The most noisy nodes whose run spends at most ``nfe`` evaluations (at least 2), or ``None``."""
@@ -199,19 +195,22 @@ def _apply(callback: Callback | None, x: Tensor, node: Node, prediction: Predict
 
 
 @torch.no_grad()
-def integrate(solver: Solver, score, sde: SDE, x: Tensor, grid: TimeGrid, *, generator: torch.Generator | None = None,
-              progress: bool = False, callback: Callback | None = None, noise: Noise | None = None) -> SamplerOutput:
-    """Run ``solver`` over ``grid`` from ``x`` (the state at the grid's first node) with the score function
-    ``score(x, t)``; the transition into a data node is Tweedie's step. Noise comes from ``generator``, or from
-    ``noise`` (e.g. ``SeededNoise``) instead. Returns ``(x, nfe)``."""
+def integrate(solver: Solver, score, sde: GaussianPath, x: Tensor, grid: TimeGrid, *,
+              generator: torch.Generator | None = None, progress: bool = False, callback: Callback | None = None,
+              noise: Noise | None = None) -> SamplerOutput:
+    """Run ``solver`` over ``grid`` from ``x`` (the state at the grid's first node) with the model ``score(x, t)``
+    (a score function, or any model declaring what it ``predicts``); the transition into a data node is Tweedie's
+    step. Noise comes from ``generator``, or from ``noise`` (e.g. ``SeededNoise``) instead. Returns ``(x, nfe)``."""
     if not isinstance(solver, Solver):
         raise TypeError(f"solver must be an sgm Solver, got {type(solver).__name__}")
-    if not isinstance(sde, SDE):
-        raise TypeError(f"sde must be an sgm SDE (VPSDE, SubVPSDE, VESDE), got {type(sde).__name__}")
+    if not isinstance(sde, GaussianPath):
+        raise TypeError(f"sde must be an sgm path (GaussianPath: VPSDE, VESDE, RectifiedFlow, …), "
+                        f"got {type(sde).__name__}")
     x = check_state(x)
     if not isinstance(grid, TimeGrid):
         raise TypeError(f"grid must be a TimeGrid, got {type(grid).__name__}")
     grid.check_sde(sde)
+    solver.check(grid)
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable as callback(x, node, prediction), got {type(callback).__name__}")
     if generator is not None and not isinstance(generator, torch.Generator):
@@ -219,7 +218,7 @@ def integrate(solver: Solver, score, sde: SDE, x: Tensor, grid: TimeGrid, *, gen
     if noise is not None and (not isinstance(noise, Noise) or generator is not None):
         raise TypeError(f"noise must be an sgm Noise, given without a generator; got {type(noise).__name__} "
                         f"and generator {generator!r}")
-    total = solver.nfe(len(grid.noisy), grid.denoise)
+    total = solver.grid_nfe(grid)
     with tqdm(total=total, desc=solver.name, unit="nfe", disable=not progress, leave=False) as bar:
         model, noise = Model(score, sde, bar), noise or Noise(generator, x)
         state = solver.init(x, grid)

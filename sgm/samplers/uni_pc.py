@@ -15,6 +15,7 @@ anyway): the same formula with the new output ``m_t`` as one more difference (``
 from the corrected state and uses ``m_t`` as evaluated at the uncorrected one. The last noisy node's correction is
 not needed: the final denoising step takes ``x̂_0`` there, as UniPC's last first-order step into σ = 0 does.
 
+From a node of ``α = 0`` the step is ``from_noise`` (uncorrected) and the warm-up starts after it.
 Warm-up and ``lower_order_final`` as in multistep DPM-Solver; the corrector at node ``b`` has the order of the
 predictor that reached ``b``. The correction is added to the state as ``x^c - x̃ = B Σ_j (w^c_j - w^p_j) m_j``
 (predictor and corrector share the linear part from ``s_0``), so a per-step callback's change to ``x̃`` is kept.
@@ -25,8 +26,8 @@ import math
 
 import torch
 
-from .exponential import (PREDICTIONS, check_choice, check_flag, check_order, combine, linear, lower_order,
-                          output, phi)
+from ..checks import choice, flag
+from .exponential import PREDICTIONS, check_order, combine, from_noise, linear, lower_order, output, phi
 from .grid import TimeGrid
 from .solver import Model, Solver
 
@@ -64,19 +65,22 @@ class UniPC(Solver):
     def __init__(self, order: int = 2, variant: str = "bh2", corrector: bool = True, prediction: str = "x0",
                  lower_order_final: bool = True):
         self.predictor_order = check_order(order, 3)
-        self.variant = check_choice("variant", variant, VARIANTS)
-        self.corrector = check_flag("corrector", corrector)
-        self.prediction = check_choice("prediction", prediction, PREDICTIONS)
-        self.lower_order_final = check_flag("lower_order_final", lower_order_final)
+        self.variant = choice("variant", variant, VARIANTS)
+        self.corrector = flag("corrector", corrector)
+        self.prediction = choice("prediction", prediction, PREDICTIONS)
+        self.lower_order_final = flag("lower_order_final", lower_order_final)
         self.order = self.predictor_order + int(self.corrector)
         self.name = f"unipc ({variant}, order {order}{', no corrector' if not corrector else ''})"
 
     def init(self, x, grid: TimeGrid):
         """The transitions in the grid, the history of (node, prediction), the last predictor's order and weights."""
-        return {"transitions": len(grid), "index": 0, "history": [], "previous": None}
+        return {"transitions": len(grid) - int(grid.nodes[0].scale == 0), "index": 0, "history": [], "previous": None}
 
     def step(self, model: Model, x, a, b, state, noise):
-        m = output(model(x, a), self.prediction)
+        prediction = model(x, a)
+        if a.scale == 0:
+            return from_noise(prediction, b), state
+        m = output(prediction, self.prediction)
         i, history = state["index"], state["history"]
         if self.corrector and state["previous"] is not None:
             p, predictor = state["previous"]

@@ -7,7 +7,7 @@
   (many samples: ``.npz`` shards as they are drawn, resumable, shared by torchrun's processes).
 - ``sgm export``: a checkpoint's EMA weights and config as a ``.safetensors`` file (no pickle) to share.
 - ``sgm eval``: FID, KID and Inception Score of samples against a reference (Inception weights from a local file).
-- ``sgm bench``: the step-count-vs-quality sweep (``sgm.bench``).
+- ``sgm bench``: the step-count-vs-quality sweep (``sgm.bench.sweep``).
 
 Expected failures (a bad argument, a missing or foreign file, a refused setting) end in one line on stderr naming
 what is wrong and exit status 2, never a traceback: argparse's own errors, ``UsageError`` raised by a command, and
@@ -467,11 +467,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the reference's mu and sigma here, to pass as REFERENCE next time")
     p.set_defaults(func=eval_samples)
 
-    from . import bench
+    from .bench import sweep  # the harness loads only with the command line, never with ``import sgm``
 
     p = sub.add_parser("bench", help="sweep every sampler over NFE on exact-score mixtures (and peers, a checkpoint)")
-    bench.add_arguments(p)
-    p.set_defaults(func=bench.run_from_args)
+    sweep.add_arguments(p)
+    p.set_defaults(func=sweep.run_from_args)
     return parser
 
 

@@ -90,7 +90,7 @@ def test_ve_sigma_max_weight_decay_and_eps_reach_the_config(tmp_path):
 
 
 def test_bench_checks_its_checkpoint_before_the_sweep(checkpoint, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("sgm.bench.run_sweep", lambda *a, **k: pytest.fail("the sweep started"))
+    monkeypatch.setattr("sgm.bench.sweep.run_sweep", lambda *a, **k: pytest.fail("the sweep started"))
     code, err = run(["bench", "--quick", "--checkpoint", checkpoint, "--out", str(tmp_path)], capsys)
     assert code == 2 and "digits" in err and checkpoint in err and err.count("\n") == 1, err
     code, err = run(["bench", "--quick", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path)], capsys)

@@ -6,12 +6,12 @@ import pytest
 import torch
 
 import sgm
-from sgm import bench
+from sgm.bench.runs import SGM_OPTIONS
 from conftest import SDES, gen, mixture
 
 CASES = [(name, dict(zip(axes, values)))
          for name in sgm.samplers.available()
-         for axes in [{k: v for k, v in {**bench.SGM_OPTIONS, "ode": {"method": ("euler", "midpoint", "heun2", "heun3",
+         for axes in [{k: v for k, v in {**SGM_OPTIONS, "ode": {"method": ("euler", "midpoint", "heun2", "heun3",
                                                                                   "rk4", "dopri5")}}.get(name, {}).items()
                        if k in sgm.samplers.options(name)}]
          for values in itertools.product(*axes.values())]

@@ -25,7 +25,7 @@ import torch
 from . import distributed, metrics
 from .plotting import scatter_panels
 from .samplers import available, sample
-from .samplers.registry import options as sampler_options
+from .samplers.registry import entry as sampler_entry, options as sampler_options, solver as sampler_solver
 from .paths import SDE
 from .train import SDE_CLASSES
 from .targets import ring_mixture
@@ -45,29 +45,23 @@ class _Parser(argparse.ArgumentParser):
 
 SDE_NAMES = SDE_CLASSES
 
-# The demo's (sampler, steps, options): a few score evaluations for the ODE samplers, more for the SDE ones.
-DEMO_RUNS = (
-    ("ode", 2, {"method": "dopri5", "rtol": 1e-4, "atol": 1e-4}),
-    ("ode", 20, {"method": "heun2"}),
-    ("ddim", 20, {}),
-    ("ancestral", 200, {}),
-    ("euler_maruyama", 200, {}),
-    ("reverse_diffusion", 200, {}),
-    ("sde", 200, {}),
-    ("pc", 100, {}),
-    ("langevin", 100, {"n_steps_each": 5, "spacing": "geometric"}),
-    ("dpm_solver", 10, {"order": 2, "spacing": "logsnr"}),
-    ("unipc", 10, {"order": 3, "spacing": "logsnr"}),
-    ("deis", 10, {"order": 3, "spacing": "logsnr"}),
-    ("ipndm", 10, {"spacing": "logsnr"}),
-    ("heun", 10, {"spacing": "karras"}),
-)
-
-
 def make_sde(name: str) -> SDE:
     if name not in SDE_NAMES:
         raise ValueError(f"sde must be one of {sorted(SDE_NAMES)}, got {name!r}")
     return SDE_NAMES[name]()
+
+
+def demo_runs(forward: SDE) -> dict[str, dict]:
+    """The demo's runs: every registered sampler with ``sample``'s keywords from its registry entry (steps, options,
+    default grid), started just below the top where the path's ``α(T) = 0`` and the sampler needs ``α > 0``."""
+    top_is_noise = float(forward.alpha(torch.tensor([forward.T], dtype=torch.float64))) == 0
+    runs = {}
+    for name in available():
+        entry = sampler_entry(name)
+        needs_drift = "positive_alpha" in sampler_solver(name, **entry.options).needs
+        runs[name] = {"steps": entry.steps, "t_max": forward.T * (1 - 1e-3) if top_is_noise and needs_drift else None,
+                      **entry.options}
+    return runs
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -80,13 +74,13 @@ def demo(args: argparse.Namespace) -> int:
     panels = [(f"target ({target.n_components} modes)\nSW₂ floor {floor:.3f}", reference)]
     print(f"{args.sde.upper()} SDE, exact score; SW2 floor (target vs target, {args.n} each): {floor:.4f}")
     print(f"{'sampler':<28}{'NFE':>6}{'SW2':>9}{'modes err':>11}{'seconds':>9}")
-    for name, steps, options in DEMO_RUNS:
+    model = target.prediction_fn(forward, "x0")  # exact x̂₀: every sampler starts from every path's top
+    for name, run in demo_runs(forward).items():
         t0 = time.perf_counter()
-        out = sample(target.score_fn(forward), forward, (args.n, 2), sampler=name, steps=steps, generator=g,
-                     dtype=torch.float64, progress=args.progress, **options)
+        out = sample(model, forward, (args.n, 2), sampler=name, generator=g, dtype=torch.float64,
+                     progress=args.progress, **run)
         seconds = time.perf_counter() - t0
-        label = name if "method" not in options else f"{name} ({options['method']})"
-        label += f", {options['spacing']}" if "spacing" in options else ""
+        label = f"{name}, {sampler_entry(name).spacing}"
         sw = metrics.sliced_wasserstein(out.x, target.sample(args.n, generator=g), generator=g)
         mw = metrics.mode_weight_error(out.x, target)
         print(f"{label:<28}{out.nfe:>6}{sw:>9.4f}{mw:>11.4f}{seconds:>9.2f}")

@@ -27,13 +27,17 @@ def test_curve_steps_spend_the_budget_the_solver_declares(run):
     assert spent >= 1  # every curve run can spend 20 evaluations
 
 
-def test_curve_runs_are_the_table_and_every_other_fixed_step_sampler():
-    labels = [r.label for r in runs.curve_runs()]
-    assert labels[:len(runs.CURVES)] == [r.label for r in runs.CURVES] and len(labels) == len(set(labels))
-    covered = {r.sampler for r in runs.curve_runs()}
-    for name in sgm.samplers.available():
-        assert (name in covered) == (name in {r.sampler for r in runs.CURVES}
-                                     or sgm.samplers.solver(name).evals_per_step is not None)
+def test_curve_runs_are_every_registered_entrys_curves():
+    """One run per registered fixed-step sampler and per option set of its entry's ``curves``, on its default
+    spacing; labels unique."""
+    curve_runs = runs.curve_runs()
+    labels = [r.label for r in curve_runs]
+    assert len(labels) == len(set(labels))
+    expected = {(name, tuple(sorted(c.items())), sgm.samplers.entry(name).spacing)
+                for name in sgm.samplers.available() for c in sgm.samplers.entry(name).curves
+                if sgm.samplers.solver(name, **c).evals_per_step is not None}
+    assert {(r.sampler, tuple(sorted(r.options.items())), r.spacing) for r in curve_runs} == expected
+    assert {"ode", "ddim", "euler_maruyama", "heun"} <= {r.sampler for r in curve_runs}
 
 
 def test_curve_rows_judge_every_run_and_keep_the_scatter_budgets(bench_problems):

@@ -10,8 +10,9 @@ steps whose ``solver.nfe(steps)`` fits); the NFE a row reports is the run's own 
   on the chain only), by map error; ``optimized_rows``: ``optimize_grid``'s grids for the best of them.
 - **A trained model** (``checkpoint_rows``): the curve runs on a digits checkpoint, judged in a classifier's features.
 
-The two hand-kept per-sampler tables are here and only here, for the sampler registry's metadata to replace:
-``CURVES`` (the curves' labelled runs) and ``SGM_OPTIONS`` (the option values the comparison sweeps).
+Which samplers and options run comes from the sampler registry (``sgm.samplers.entry``): each entry's ``curves``
+(option sets, on its default ``spacing``) for the curves, its ``sweep`` axes for the comparison, so a newly
+registered sampler is benchmarked with no edit here.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from ..samplers import SamplerDiverged, optimize_grid, sample
 from .judge import failed, judge_curve, judge_map
 from .problems import TRAIN_STEPS, OffChain, Problem, on_chain_score
 
-__all__ = ["Run", "CURVES", "SGM_OPTIONS", "CONTINUOUS_SPACINGS", "CHAIN_SPACINGS", "curve_runs", "budgeted",
+__all__ = ["Run", "CONTINUOUS_SPACINGS", "CHAIN_SPACINGS", "curve_runs", "budgeted",
            "Curves", "curve_rows", "sgm_configs", "label", "sgm_rows", "optimized_rows", "checkpoint_rows"]
 
 
@@ -48,39 +49,23 @@ class Run:
         return not self.solver().stochastic
 
 
-# --- the per-sampler tables (to become the sampler registry's metadata) ------------------------------
-CURVES = (
-    Run("euler_maruyama", "euler_maruyama"),
-    Run("reverse_diffusion", "reverse_diffusion"),
-    Run("ancestral", "ancestral"),
-    Run("sde (torchsde euler)", "sde"),
-    Run("ddim", "ddim"),
-    Run("ode euler", "ode", {"method": "euler"}),
-    Run("ode heun2", "ode", {"method": "heun2"}),
-    Run("ode rk4", "ode", {"method": "rk4"}),
-    Run("pc (reverse diffusion + langevin)", "pc"),
-    Run("langevin (annealed, 5/level)", "langevin", {"n_steps_each": 5}, "geometric"),
-)
-# The option values swept per sgm sampler; options a registered sampler does not take are dropped, a sampler not
-# listed runs with its defaults, invalid combinations (ValueError/TypeError from the solver) are skipped.
-SGM_OPTIONS = {
-    "ode": {"method": ("euler", "midpoint", "heun2", "heun3", "rk4")},
-    "dpm_solver": {"order": (1, 2, 3), "method": ("multistep", "singlestep"), "prediction": ("x0", "eps")},
-    "unipc": {"order": (1, 2, 3), "variant": ("bh1", "bh2")},
-    "deis": {"order": (1, 2, 3), "variable": ("lambda", "rho")},
-    "ipndm": {"max_order": (1, 2, 3, 4)},
-}
 CONTINUOUS_SPACINGS = ("uniform", "quadratic", "logsnr", "karras")
 CHAIN_SPACINGS = ("trailing", "leading")
 
 
 # --- the curves: each sampler over the NFE grid, all metrics ----------------------------------------
 def curve_runs() -> tuple[Run, ...]:
-    """``CURVES`` and every other registered fixed-step sampler with its default options (logsnr spacing)."""
-    named = {r.sampler for r in CURVES}
-    extra = tuple(Run(name, name, spacing="logsnr") for name in samplers.available()
-                  if name not in named and samplers.solver(name).evals_per_step is not None)
-    return CURVES + extra
+    """Every registered fixed-step sampler with each of its entry's ``curves`` option sets, on its default spacing
+    (labelled by name and options)."""
+    runs = []
+    for name in samplers.available():
+        entry = samplers.entry(name)
+        for options in entry.curves:
+            run = Run(" ".join([name] + [f"{k}={v}" for k, v in options.items()]), name, dict(options),
+                      entry.spacing)
+            if run.solver().evals_per_step is not None:
+                runs.append(run)
+    return tuple(runs)
 
 
 def budgeted(nfes):
@@ -145,11 +130,11 @@ def _product(axes: dict) -> list[dict]:
 
 
 def sgm_configs() -> list[tuple[str, dict]]:
-    """``(sampler, options)`` for every registered deterministic fixed-step sampler over ``SGM_OPTIONS``."""
+    """``(sampler, options)`` for every registered deterministic fixed-step sampler over its entry's ``sweep`` axes
+    (invalid combinations, a ValueError/TypeError from the solver, are skipped)."""
     configs = []
     for name in samplers.available():
-        allowed = samplers.options(name)
-        axes = {k: v for k, v in SGM_OPTIONS.get(name, {}).items() if k in allowed}
+        axes = dict(samplers.entry(name).sweep)
         for options in _product(axes):
             try:
                 solver = samplers.solver(name, **options)

@@ -2,11 +2,17 @@
 functions and the one entry point ``sample``.
 
 An ``Entry`` holds a solver factory ``factory(**options) -> Solver`` (a ``Solver`` class or a function; its keyword
-parameters are the sampler's options) and its metadata: the default ``spacing`` (the grid ``sample`` uses unless
-told), ``steps`` (a step count at which it draws an exact-score target well: the demo's and the smoke tests'),
-``smoke`` (cheap valid options for quick runs), ``sweep`` (the option axes the benchmark sweeps) and ``summary``
-(its line in the docs table). The tests, the benchmark, the demo and the docs table read the entries, so adding a
-solver is one module and one entry in ``SAMPLERS``.
+parameters are the sampler's options) and its metadata:
+
+- ``summary``: its line in the docs table (``markdown_table``);
+- ``spacing``: the default grid (``sample`` uses it unless told);
+- ``steps``, ``options``: a step count and options at which it draws an exact-score mixture to within Monte-Carlo
+  error at n = 10⁴ (the distribution tests and the demo use them);
+- ``smoke``: cheap valid options for quick runs at few steps;
+- ``curves``: the option sets the benchmark draws NFE curves of; ``sweep``: the option axes its comparison sweeps.
+
+The tests, the benchmark, the demo and the docs table read the entries, so adding a solver is one module and one
+entry in ``SAMPLERS``.
 """
 from __future__ import annotations
 
@@ -33,7 +39,7 @@ from .reverse_sde import TorchSDE
 from .solver import Callback, Solver, integrate
 from .uni_pc import UniPC
 
-__all__ = ["Entry", "SAMPLERS", "available", "entry", "get", "options", "solver", "sample"]
+__all__ = ["Entry", "SAMPLERS", "available", "entry", "get", "options", "solver", "sample", "markdown_table"]
 
 
 @dataclass(frozen=True)
@@ -43,14 +49,18 @@ class Entry:
     factory: Callable[..., Solver]
     summary: str
     spacing: str = "uniform"
-    steps: int = 20
+    steps: int = 100
+    options: Mapping[str, Any] = field(default_factory=dict)
     smoke: Mapping[str, Any] = field(default_factory=dict)
+    curves: tuple = ({},)
     sweep: Mapping[str, tuple] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.spacing not in SPACINGS:
             raise ValueError(f"spacing must be one of {SPACINGS}, got {self.spacing!r}")
+        object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
         object.__setattr__(self, "smoke", MappingProxyType(dict(self.smoke)))
+        object.__setattr__(self, "curves", tuple(MappingProxyType(dict(c)) for c in self.curves))
         object.__setattr__(self, "sweep", MappingProxyType(dict(self.sweep)))
 
     @property
@@ -60,28 +70,34 @@ class Entry:
 
 
 SAMPLERS: dict[str, Entry] = {
-    "euler_maruyama": Entry(EulerMaruyama, "Euler–Maruyama on the reverse SDE", steps=200),
-    "reverse_diffusion": Entry(ReverseDiffusion, "Song et al.'s reverse-diffusion predictor", steps=200),
-    "ancestral": Entry(Ancestral, "ancestral sampling (DDPM, SMLD), β̃ / β / Analytic-DPM variance", steps=200,
+    "euler_maruyama": Entry(EulerMaruyama, "Euler–Maruyama on the reverse SDE", steps=500),
+    "reverse_diffusion": Entry(ReverseDiffusion, "Song et al.'s reverse-diffusion predictor", steps=500),
+    "ancestral": Entry(Ancestral, "ancestral sampling (DDPM, SMLD): β̃, β or Analytic-DPM's variance", steps=500,
                        sweep={"variance": ("posterior", "beta")}),
-    "ddim": Entry(DDIM, "DDIM (η = 0: the first-order exponential integrator of the ODE)", steps=20),
-    "ode": Entry(ode_solver, "the probability-flow ODE: fixed-step Runge–Kutta or torchdiffeq's adaptive methods",
-                 steps=20, smoke={"method": "heun2"},
+    "ddim": Entry(DDIM, "DDIM (η = 0: the first-order exponential integrator of the probability-flow ODE)",
+                  steps=500),
+    "ode": Entry(ode_solver, "the probability-flow ODE: torchdiffeq's adaptive methods or fixed-step Runge–Kutta",
+                 steps=2, options={"rtol": 1e-6, "atol": 1e-6}, smoke={"method": "heun2"},
+                 curves=({"method": "euler"}, {"method": "heun2"}, {"method": "rk4"}),
                  sweep={"method": ("euler", "midpoint", "heun2", "heun3", "rk4")}),
-    "sde": Entry(TorchSDE, "the reverse SDE by torchsde", steps=200),
-    "langevin": Entry(AnnealedLangevin, "annealed Langevin dynamics (NCSN)", spacing="geometric", steps=100,
-                      smoke={"n_steps_each": 2}),
-    "pc": Entry(PredictorCorrector, "predictor–corrector: any one-step predictor, Langevin corrector", steps=100),
-    "dpm_solver": Entry(DPMSolver, "DPM-Solver / DPM-Solver++ (orders 1–3, multistep and singlestep)", steps=10,
+    "sde": Entry(TorchSDE, "the reverse SDE by torchsde (Euler, Milstein, SRK; fixed or adaptive steps)", steps=500),
+    "langevin": Entry(AnnealedLangevin, "annealed Langevin dynamics over the grid's noise levels (NCSN)",
+                      spacing="geometric", steps=160, options={"n_steps_each": 30}, smoke={"n_steps_each": 2},
+                      curves=({"n_steps_each": 5},)),
+    "pc": Entry(PredictorCorrector, "predictor–corrector: a one-step predictor, then Langevin corrector steps",
+                steps=500),
+    "dpm_solver": Entry(DPMSolver, "DPM-Solver (ε̂) / DPM-Solver++ (x̂₀), orders 1–3, multistep or singlestep",
+                        spacing="logsnr", steps=50,
                         sweep={"order": (1, 2, 3), "method": ("multistep", "singlestep"),
                                "prediction": ("x0", "eps")}),
-    "unipc": Entry(UniPC, "UniPC (UniP predictor, UniC corrector at no extra evaluation)", steps=10,
-                   sweep={"order": (1, 2, 3), "variant": ("bh1", "bh2")}),
-    "deis": Entry(DEIS, "DEIS: exponential Adams–Bashforth in λ or ρ", steps=10,
-                  sweep={"order": (1, 2, 3), "variable": ("lambda", "rho")}),
-    "ipndm": Entry(IPNDM, "improved PNDM: Adams–Bashforth in ρ with fixed weights", steps=10,
-                   sweep={"max_order": (1, 2, 3, 4)}),
-    "heun": Entry(Heun, "EDM's Heun sampler (Algorithm 2, optional churn)", spacing="karras", steps=10),
+    "unipc": Entry(UniPC, "UniPC: the UniP predictor and the UniC corrector at no extra evaluation",
+                   spacing="logsnr", steps=50, sweep={"order": (1, 2, 3), "variant": ("bh1", "bh2")}),
+    "deis": Entry(DEIS, "DEIS: exponential Adams–Bashforth with ε̂ extrapolated in λ or ρ", spacing="logsnr",
+                  steps=100, sweep={"order": (1, 2, 3), "variable": ("lambda", "rho")}),
+    "ipndm": Entry(IPNDM, "improved PNDM: Adams–Bashforth in ρ with the fixed weights of equal steps",
+                   spacing="logsnr", steps=100, sweep={"max_order": (1, 2, 3, 4)}),
+    "heun": Entry(Heun, "EDM's sampler: Heun's method in σ on x/α with optional churn (Algorithm 2)",
+                  spacing="karras", steps=100),
 }
 
 
@@ -115,6 +131,25 @@ def solver(name: str, **options_) -> Solver:
     if unknown:
         raise TypeError(f"sampler {name!r} takes no option(s) {unknown}; its options: {options(name)}")
     return factory(**options_)
+
+
+def _orders(s: Solver) -> str:
+    labels = {"ode": "ODE", "strong": "strong", "weak": "weak"}
+    declared = [f"{labels[kind]} {value:g}" for kind, value in s.orders.items() if value is not None]
+    return ", ".join(declared) if declared else "—"
+
+
+def markdown_table() -> str:
+    """The sampler table of docs/samplers.md, from the registry: name, summary, options, evaluations per step,
+    declared orders and default grid (of the default options)."""
+    rows = ["| sampler | what | options | evaluations per step | declared orders | default grid |",
+            "|---|---|---|---|---|---|"]
+    for name in available():
+        e, s = entry(name), solver(name)
+        per_step = "adaptive" if s.evals_per_step is None else str(s.evals_per_step)
+        opts = ", ".join(f"`{o}`" for o in options(name)) or "—"
+        rows.append(f"| `{name}` | {e.summary} | {opts} | {per_step} | {_orders(s)} | `{e.spacing}` |")
+    return "\n".join(rows) + "\n"
 
 
 def get(name: str) -> Callable[..., SamplerOutput]:

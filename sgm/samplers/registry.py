@@ -39,7 +39,8 @@ from .reverse_sde import TorchSDE
 from .solver import Callback, Solver, integrate
 from .uni_pc import UniPC
 
-__all__ = ["Entry", "SAMPLERS", "available", "entry", "get", "options", "solver", "sample", "markdown_table"]
+__all__ = ["Entry", "SAMPLERS", "available", "entry", "get", "options", "solver", "sample", "budget_grid",
+           "markdown_table"]
 
 
 @dataclass(frozen=True)
@@ -180,8 +181,29 @@ def _check_shape(shape) -> tuple[int, ...]:
         raise ValueError(f"shape must have positive sizes, got {tuple(shape)}") from None
 
 
-def sample(score, sde: GaussianPath, shape, sampler: str = "euler_maruyama", steps: int = 500, *,
-           generator: torch.Generator | None = None, spacing: str | None = None, eps: float | None = None,
+def budget_grid(method: Solver, sde: GaussianPath, nfe: int, spacing: str, eps=None, denoise: bool = True,
+                train_steps: int = 1000, rho: float = KARRAS_RHO, t_max=None) -> TimeGrid:
+    """The grid of the most noise levels on which ``method`` spends at most ``nfe`` evaluations (``grid_nfe``:
+    exact, including a cheaper step from pure noise); ``ValueError`` when none fits or the solver is adaptive."""
+    nfe = integer("nfe", nfe)
+    if method.evals_per_step is None:
+        raise ValueError(f"nfe is a budget for a fixed-step sampler; {method.name} chooses its own steps (give rtol "
+                         "and atol instead)")
+    steps = method.steps_for_nfe(nfe, denoise)
+    if steps is None:
+        raise ValueError(f"nfe={nfe} is below the fewest evaluations {method.name} can spend ({method.nfe(2, denoise)}"
+                         f" for 2 noise levels)")
+    grid = time_grid(sde, steps, spacing, eps, denoise, train_steps, rho, t_max)
+    while True:  # a solver whose step from pure noise costs less may fit one more level
+        more = time_grid(sde, len(grid.noisy) + 1, spacing, eps, denoise, train_steps, rho, t_max)
+        if method.grid_nfe(more) > nfe:
+            return grid
+        grid = more
+
+
+def sample(score, sde: GaussianPath, shape, sampler: str = "euler_maruyama", steps: int | None = None, *,
+           nfe: int | None = None, generator: torch.Generator | None = None, spacing: str | None = None,
+           eps: float | None = None,
            denoise: bool = True, train_steps: int = 1000, rho: float = KARRAS_RHO, t_max: float | None = None,
            grid: TimeGrid | None = None, x_init: torch.Tensor | None = None, dtype: torch.dtype | None = None,
            device=None, progress: bool = False, callback: Callback | None = None, seeds=None,
@@ -189,10 +211,12 @@ def sample(score, sde: GaussianPath, shape, sampler: str = "euler_maruyama", ste
     """Draw samples of ``shape`` by solving the path ``sde`` backwards with the model ``score(x, t)`` (a score
     function, or any model declaring what it ``predicts``: see ``sgm.predictions``).
 
-    ``steps`` noise levels on a ``spacing`` grid (the sampler's registered default unless given) from ``t_max``
-    (``T``) to ``eps`` (the path's ``default_eps``; see ``sgm.samplers.grid``; ``rho`` for ``karras``), ending with
-    Tweedie's denoising step when ``denoise`` — or any ready ``grid`` (a ``TimeGrid``: user-made, precomputed,
-    optimised) instead. ``x_T`` is ``x_init`` or a prior draw from ``generator``
+    ``steps`` noise levels (default 500), or the most the sampler can take within a budget of ``nfe`` model
+    evaluations (exclusive with ``steps``), on a ``spacing`` grid (the sampler's registered default unless given)
+    from ``t_max`` (``T``) to ``eps`` (the path's ``default_eps``; see ``sgm.samplers.grid``; ``rho`` for ``karras``),
+    ending with Tweedie's denoising step when ``denoise`` — or any ready ``grid`` (a ``TimeGrid``: user-made,
+    precomputed, optimised) instead; a ``grid`` takes none of ``steps``, ``nfe``, ``spacing``, ``eps``, ``rho``,
+    ``t_max``. ``x_T`` is ``x_init`` or a prior draw from ``generator``
     (drawn first, then the sampler's noise in step order). ``callback(x, node, prediction)`` runs after each
     step (see ``integrate``). ``options_`` go to the sampler (``sgm.samplers.options(name)`` lists them).
     ``seeds`` (one int per sample, instead of ``generator``): sample ``i`` draws its ``x_T`` and all its noise
@@ -205,14 +229,25 @@ def sample(score, sde: GaussianPath, shape, sampler: str = "euler_maruyama", ste
     if not callable(score):
         raise TypeError(f"score must be callable as score(x, t), got {type(score).__name__}")
     shape = _check_shape(shape)
+    method = solver(sampler, **options_)
+    if steps is not None and nfe is not None:
+        raise ValueError("give steps (noise levels) or nfe (a budget of model evaluations), not both")
     if grid is None:
         spacing = entry(sampler).spacing if spacing is None else spacing
-        grid = time_grid(sde, steps, spacing, eps, denoise, train_steps, rho, t_max)
+        if nfe is not None:
+            grid = budget_grid(method, sde, nfe, spacing, eps, denoise, train_steps, rho, t_max)
+        else:
+            grid = time_grid(sde, 500 if steps is None else steps, spacing, eps, denoise, train_steps, rho, t_max)
     elif not isinstance(grid, TimeGrid):
         raise TypeError(f"grid must be a TimeGrid, got {type(grid).__name__}")
-    elif grid.noisy[0].t > sde.T:
-        raise ValueError(f"grid starts at t={grid.noisy[0].t}, after the SDE's T={sde.T}")
-    method = solver(sampler, **options_)
+    else:
+        given = [k for k, v in (("steps", steps), ("nfe", nfe), ("spacing", spacing), ("eps", eps),
+                                ("t_max", t_max)) if v is not None] + (["rho"] if rho != KARRAS_RHO else [])
+        if given:
+            raise ValueError(f"a ready grid fixes the nodes: {', '.join(given)} would be ignored; give them or the "
+                             "grid, not both")
+        if grid.noisy[0].t > sde.T:
+            raise ValueError(f"grid starts at t={grid.noisy[0].t}, after the SDE's T={sde.T}")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     if seeds is not None and generator is not None:

@@ -13,14 +13,13 @@ import pytest
 import torch
 
 import sgm
-from sgm.samplers import Correction, TimeGrid, integrate, solver, time_grid
-from sgm.samplers.corrections import AFS, AMED, PAS, afs, amed, analytic_prediction, ems, pas, pas_basis
-from sgm.samplers.corrections.amed import intermediate_node
+from sgm.samplers import Correction, integrate, solver, time_grid
+from sgm.samplers.corrections import AMED, afs, amed, analytic_prediction, ems, pas, pas_basis
 from sgm.samplers.dpm_v3 import EMS, derivatives
 from sgm.samplers.optimize import flow_map, map_error, optimize_grid
 
 D = torch.float64
-N_CAL, N_TEST = 96, 300
+N_CAL, N_TEST = 64, 300
 
 
 def gen(seed):
@@ -61,9 +60,11 @@ def calibration(case):
 
 
 # --- each correction beats its uncorrected solver on held-out draws ------------------------------------------------------
-# Measured ratios corrected/uncorrected on these and 13 more random mixtures (2-D to 8-D, VP and VE): PAS on ddim
-# 0.43–0.80, AMED on ddim (same grid, no AFS) 0.35–0.74, the moments AFS on ddim at the same budget 0.77–0.93,
-# DPM-Solver-v3 with EMS against without 0.10–0.67. The bounds leave room for a few percent.
+# Measured ratios corrected/uncorrected at 5 and 10 NFE on these three and three more random mixtures (3-D VE, 4-D VP,
+# 2-D rectified flow), calibrated as here: PAS on ddim 0.48–0.83, AMED on ddim (same grid, no AFS) 0.35–0.75, the
+# moments AFS on ddim at the same budget 0.74–0.95 (but 1.10 on rectified flow at 10 NFE: there the first
+# evaluation is E x_0 exactly, which 64 draws estimate), DPM-Solver-v3 with EMS against without 0.17–0.72. On the
+# three tested the worst are 0.79, 0.75, 0.91 and 0.72: the bounds leave 10 % or more.
 
 @pytest.mark.parametrize("case", CASES)
 def test_pas_beats_ddim_on_held_out_draws(case):
@@ -97,7 +98,7 @@ def test_afs_with_the_models_moments_beats_ddim_at_the_same_budget(case):
 @pytest.mark.parametrize("case", CASES)
 def test_dpm_solver_v3_with_ems_beats_it_without(case):
     _, sde, score, _, _ = problem(*case)
-    statistics = ems(score, sde, steps=60, **calibration(case))
+    statistics = ems(score, sde, steps=40, **calibration(case))
     for nfe in (5, 10):
         grid = time_grid(sde, nfe, "logsnr")
         assert held_out(case, statistics.solver(), grid) < 0.8 * held_out(case, solver("dpm_solver_v3"), grid)
@@ -135,19 +136,16 @@ def test_rectified_flow_from_its_exact_top():
 def test_no_correction_spends_an_extra_evaluation():
     case = (1, 2, "vp")
     gm, sde, score, _, _ = problem(*case)
-    grid = time_grid(sde, 7, "logsnr")
-    corrections = [pas(score, sde, "ipndm", grid=grid, **calibration(case)),
-                   amed(score, sde, "dpm_solver", grid=grid, afs=False, **calibration(case)),
-                   amed(score, sde, "ipndm", grid=grid, afs=True, **calibration(case)),
-                   pas(score, sde, "ode", grid=grid, afs="moments", method="heun2", **calibration(case))]
-    for c in corrections:
+    saved = saved_corrections()
+    heun = pas(score, sde, "ode", grid=time_grid(sde, 4, "logsnr"), afs="moments", method="heun2",
+               **calibration(case))  # two evaluations a step: AFS saves the first
+    for c in (saved["pas"], saved["amed"], heun):
         base = solver(c.sampler, **c.options).grid_nfe(c.grid)
         x, nfe = sgm.sample(score, sde, (50, 2), correction=c, generator=gen(4), dtype=D)
         assert nfe == base - int(c.afs) and torch.isfinite(x).all()
-    statistics = ems(score, sde, steps=20, **calibration(case))
     for budget in (5, 10):
-        assert sgm.sample(score, sde, (50, 2), correction=statistics, nfe=budget, generator=gen(4), dtype=D)[1] == budget
-        assert sgm.sample(score, sde, (50, 2), correction=afs("ipndm"), nfe=budget, generator=gen(4), dtype=D)[1] == budget
+        for c in (saved["ems"], saved["afs"], afs("ipndm")):
+            assert sgm.sample(score, sde, (50, 2), correction=c, nfe=budget, generator=gen(4), dtype=D)[1] == budget
 
 
 # --- PAS's parts against its equations ----------------------------------------------------------------------------------
@@ -259,7 +257,7 @@ def test_amed_learned_times_lie_inside_their_steps():
         a, m, b = fitted[2 * j], fitted[2 * j + 1], fitted[2 * j + 2]
         assert (a, b) == (noisy[2 * j], noisy[2 * j + 2]) and b.t < m.t < a.t
         assert 0 < pair["r"] < 1 and m.lam == pytest.approx(a.lam + pair["r"] * (b.lam - a.lam), rel=1e-9)
-        assert abs(pair["scale_dir"] - 1) <= 0.01 and abs(pair["scale_time"] - 1) <= 0.2
+        assert abs(pair["scale_dir"] - 1) <= 0.01 + 1e-12 and abs(pair["scale_time"] - 1) <= 0.2 + 1e-12
 
 
 def test_amed_step_is_as_written_out():

@@ -30,7 +30,7 @@ from ...checks import integer, positive
 from ...paths import GaussianPath
 from ..optimize import flow_map
 from ..registry import solver as make_solver
-from .base import AFS, Correction, check_base, check_shape, model_record, moments_of, moments_params
+from .base import Correction, check_base, check_shape, model_record, moments_of, moments_params
 
 __all__ = ["afs"]
 

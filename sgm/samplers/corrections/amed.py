@@ -12,8 +12,9 @@ AMED-Plugin turns a base solver's grid ``t_0 > t_2 > t_4 > …`` into steps of t
 
 so a grid of ``M`` noisy nodes is read as ``(M - 1)//2`` AMED steps whose intermediate nodes are the odd ones (a last
 unpaired transition stays a plain step), and the corrected sampler spends exactly the base solver's evaluations on it.
-The published defaults are the plugin's: ``scale_dir = 0.01``, ``scale_time = 0.2``, with the analytical first step
-(``afs=True``).
+The defaults are the plugin's published ones, ``scale_dir = 0.01``, ``scale_time = 0.2``, with the analytical first step
+— here the one with the model's moments (``afs="moments"``, ``sgm.samplers.corrections.afs``), measured better than
+the published ``afs=True`` wherever the data's mean is not 0 (``afs=True`` and ``False`` are there).
 
 **Objective** (AMED's loss), step by step along the student's own trajectory of ``n`` prior draws:
 
@@ -25,8 +26,11 @@ three numbers per step, fitted by bounded Nelder–Mead on the same loss (each t
 saved state: states are values), starting from the given grid's intermediate node, ``c = a = 1``. The fitted
 intermediate nodes are written into the correction's grid.
 
-Cost: the teacher, then per step at most ``maxfev`` trials of one evaluation each (the evaluation at the step's start
-is shared by every trial) on the batch.
+``guard`` (sgm's addition, on by default, as for PAS): a step's fit is kept only if the calibration draws' final map
+error, the rest of the run uncorrected, falls below that of the grid's own intermediate node with ``c = a = 1``.
+
+Cost: the teacher, then per step at most ``maxfev`` (60) trials of one evaluation each (the evaluation at the step's
+start is shared by every trial) on the batch, and with the guard two runs of the rest of the grid.
 """
 from __future__ import annotations
 
@@ -226,14 +230,15 @@ class AMEDCalibration(AMED):
 
 
 def amed(score, sde, sampler: str = "ipndm", *, grid: TimeGrid | None = None, nfe: int | None = None,
-         spacing: str | None = None, shape, n: int = 256, generator: torch.Generator | None = None, afs=True,
+         spacing: str | None = None, shape, n: int = 256, generator: torch.Generator | None = None, afs="moments",
          scale_dir: float = 0.01, scale_time: float = 0.2, maxfev: int = 60, guard: bool = True,
          reference_tol: float = 1e-8,
          dtype: torch.dtype = torch.float64, device=None, **options) -> Correction:
     """Calibrate AMED-Plugin for the deterministic ``sampler`` (with ``options``) on ``grid`` (its odd noisy nodes are
     the intermediate times, moved by the fit) or on the budget ``nfe`` (the sampler's default ``spacing`` unless given),
     with ``n`` prior draws of per-sample ``shape`` from ``generator`` (see the module docstring: ``scale_dir``,
-    ``scale_time``; ``maxfev``: Nelder–Mead trials per step; ``afs``: the analytical first step). Returns a
+    ``scale_time``; ``maxfev``: Nelder–Mead trials per step; ``guard``; ``afs``: the analytical first step, ``"moments"``,
+    ``True`` or ``False``). Returns a
     ``Correction`` (``method="amed"``) whose grid holds the fitted intermediate nodes."""
     scale_dir, scale_time = real("scale_dir", scale_dir, 0.0, 0.5), real("scale_time", scale_time, 0.0, 0.5)
     maxfev = integer("maxfev", maxfev, 1)

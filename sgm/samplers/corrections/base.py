@@ -32,7 +32,7 @@ from ..base import CheckedScore
 from ..fingerprint import check_model, fingerprint
 from ..grid import Node, TimeGrid
 from ..registry import budget_grid, entry, solver as make_solver
-from ..solver import Model, Solver
+from ..solver import Model, Solver, integrate
 
 __all__ = ["Correction", "Corrected", "AnalyticFirst", "analytic_prediction", "Teacher", "teacher", "METHODS",
            "CORRECTION_FORMAT", "register_method"]
@@ -96,15 +96,16 @@ class Correction:
         return METHODS[self.method](self)
 
     def check(self, model, sde: GaussianPath) -> None:
-        """Raise ``ValueError`` when this correction was calibrated for another path than ``sde`` or another model
-        than ``model`` (naming what differs)."""
+        """Raise ``ValueError`` when this correction was calibrated for another path than ``sde`` or (unless ``model``
+        is ``None``) another model than ``model``, naming what differs."""
         if not isinstance(sde, GaussianPath):
             raise TypeError(f"sde must be an sgm path (GaussianPath), got {type(sde).__name__}")
         if self.sde is not None and self.sde != repr(sde):
             raise ValueError(f"correction was calibrated for {self.sde}, not for sde={sde!r}; calibrate it for this path")
         if self.grid is not None:
             self.grid.check_sde(sde)
-        check_model(None if self.model is None else dict(self.model), model, sde, what="correction")
+        if model is not None:
+            check_model(None if self.model is None else dict(self.model), model, sde, what="correction")
 
     def as_dict(self) -> dict:
         return {"format": CORRECTION_FORMAT, "version": CORRECTION_VERSION, "method": self.method,
@@ -142,14 +143,8 @@ class Correction:
         if model is not None and sde is None:
             raise ValueError("Correction.load(path, model=...) needs the path too: Correction.load(path, sde, model)")
         if sde is not None:
-            correction.check(model, sde) if model is not None else correction._check_path(sde)
+            correction.check(model, sde)
         return correction
-
-    def _check_path(self, sde: GaussianPath) -> None:
-        if not isinstance(sde, GaussianPath):
-            raise TypeError(f"sde must be an sgm path (GaussianPath), got {type(sde).__name__}")
-        if self.sde is not None and self.sde != repr(sde):
-            raise ValueError(f"correction was calibrated for {self.sde}, not for sde={sde!r}; calibrate it for this path")
 
 
 # --- the analytical first step -----------------------------------------------------------------------------------
@@ -317,7 +312,6 @@ class Resume(Solver):
 def rest_of_run(base: Solver, model: Model, x: Tensor, state, grid: TimeGrid, start: int) -> Tensor:
     """``x_0`` of the uncorrected base solver run on from ``x`` (state ``state``) at the noisy node ``start`` of
     ``grid``; its evaluations count on ``model``."""
-    from ..solver import integrate
     return integrate(Resume(base, state), model.score, model.sde, x, TimeGrid(grid.nodes[start:], grid.sde)).x
 
 

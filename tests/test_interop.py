@@ -84,9 +84,8 @@ def test_every_sampler_runs(tmp_path):
     save_pipeline(tmp_path)
     pre = load_diffusers(tmp_path)
     for name in sgm.samplers.available():
-        options = {"ode": {"method": "heun2"}, "langevin": {"n_steps_each": 1}}.get(name, {})
         out = sgm.sample(pre.model, pre.sde, (2, *pre.shape), sampler=name, steps=4, dtype=torch.float32,
-                         generator=torch.Generator().manual_seed(0), **options)
+                         generator=torch.Generator().manual_seed(0), **sgm.samplers.entry(name).smoke)
         assert out.x.shape == (2, 3, 8, 8) and bool(torch.isfinite(out.x).all()), name
 
 

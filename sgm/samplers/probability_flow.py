@@ -76,7 +76,7 @@ class RungeKutta(Solver):
     def __init__(self, method: str = "rk4"):
         if method not in TABLEAUS:
             raise ValueError(f"method must be one of {FIXED_METHODS}, got {method!r}")
-        self.method, self.order, self.evals_per_step = method, ORDERS[method], len(TABLEAUS[method][0])
+        self.method, self.ode_order, self.evals_per_step = method, ORDERS[method], len(TABLEAUS[method][0])
         self.name = f"ode ({method})"
 
     def step(self, model: Model, x, a, b, state, noise):
@@ -92,7 +92,7 @@ class AdaptiveODE(Solver):
         if method not in ADAPTIVE_METHODS:
             raise ValueError(f"method must be one of {ADAPTIVE_METHODS}, got {method!r}")
         self.method, self.rtol, self.atol = method, positive("rtol", rtol), positive("atol", atol)
-        self.order = {"dopri5": 5, "dopri8": 8, "bosh3": 3, "fehlberg2": 2, "adaptive_heun": 2}[method]
+        self.ode_order = {"dopri5": 5, "dopri8": 8, "bosh3": 3, "fehlberg2": 2, "adaptive_heun": 2}[method]
         self.name = f"ode ({method})"
 
     def stepping_grid(self, grid: TimeGrid) -> TimeGrid:

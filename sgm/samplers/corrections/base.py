@@ -338,7 +338,11 @@ def teacher(score, sde: GaussianPath, x_T: Tensor, grid: TimeGrid, tol: float = 
         t = float(t)
         return model(y, top if t == top.t else t).velocity
 
-    path = odeint(velocity, x_T, ts, method="dopri5", rtol=tol, atol=tol, options={"step_t": ts})
+    # A first step of a thousandth of the first interval: torchdiffeq's own guess probes the velocity beyond the
+    # interval (at t < 0 from the top of a VP path), where the model is not defined.
+    first = abs(float(ts[1] - ts[0])) / 1000 if len(ts) > 1 else None
+    path = odeint(velocity, x_T, ts, method="dopri5", rtol=tol, atol=tol,
+                  options={"step_t": ts, **({"first_step": first} if first else {})})
     states = tuple(path[len(start):])
     x0 = model(states[-1], grid.noisy[-1]).x0
     return Teacher(states, x0, checked.nfe)
@@ -391,7 +395,7 @@ def setup(score, sde: GaussianPath, sampler: str, options: Mapping, *, grid, nfe
             raise ValueError("grid must end with the data node (denoise=True): the teacher's target is x_0")
     else:
         counted = AFS(method) if afs else method
-        grid = budget_grid(counted, sde, nfe, entry(sampler).spacing if spacing is None else spacing)
+        grid = budget_grid(counted, sde, nfe, entry(sampler).default_spacing(sde) if spacing is None else spacing)
     method.check(grid)
     if device is None:
         device = generator.device if generator is not None else "cpu"

@@ -98,7 +98,7 @@ def test_bench_checks_its_checkpoint_before_the_sweep(checkpoint, tmp_path, caps
 
 
 def test_help_shows_defaults_and_choices_and_version(capsys):
-    for command, expected in (("train", ["{vp,subvp,ve}", "(default: vp)", "(default: edm)", "{auto,mlp,unet}",
+    for command, expected in (("train", ["{vp,subvp,cosine,ve}", "(default: vp)", "(default: edm)", "{auto,mlp,unet}",
                                          "{eps,score,x0,v,edm}", "--sigma-max", "--weight-decay", "--eps", "--sigma-data"]),
                               ("sample", ["(default: ode)", "(default: 100)"]), ("demo", ["(default: vp)"])):
         with pytest.raises(SystemExit):

@@ -64,6 +64,7 @@ DEMO_RUNS = (
 
 
 def demo(args: argparse.Namespace) -> int:
+    _figure_output(args.out)
     target, forward = ring_mixture(), make_path(args.sde)
     g = torch.Generator().manual_seed(args.seed)
     reference = target.sample(args.n, generator=g)
@@ -194,44 +195,70 @@ def _list_of(kind):
 
 
 def sample_checkpoint(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from .checkpoint import model_from_checkpoint
     from .device import resolve_device
-    from .plotting import save_samples
     from .shards import sample_seeds
 
     device = distributed.local_device(resolve_device(args.device))
     figure, tensors, arrays = _sample_outputs(args.out)
+    options = _sampler_options(args.sampler, args.option)
     model, config, shape = model_from_checkpoint(args.checkpoint, ema=not args.raw_weights, device=device)
-    options = {k: _parse_value(v) for k, v in args.option}
-    unknown = sorted(set(options) - set(sampler_options(args.sampler)))
-    if unknown:
-        raise UsageError(f"--option {unknown[0]}: sampler {args.sampler!r} takes no such option; its options: "
-                         f"{', '.join(sampler_options(args.sampler)) or 'none'}")
     score = _conditioned(model, args.label, args.guidance)
-    if args.shard_dir or args.n > args.shard_size:
-        return _sample_shards(args, score, model.sde, shape, device, options, figure)
     t0 = time.perf_counter()
-    with torch.no_grad():
-        out = sample(score, model.sde, (args.n,) + shape, sampler=args.sampler, steps=args.steps,
-                     seeds=sample_seeds(args.seed, 0, args.n),
-                     device=device, dtype=torch.float32, progress=not args.no_progress, **options)
+    if args.shard_dir or args.n > args.shard_size:
+        x, spent, where = _sample_shards(args, score, model.sde, shape, device, options)
+    else:
+        with torch.no_grad():
+            out = sample(score, model.sde, (args.n,) + shape, sampler=args.sampler, steps=args.steps,
+                         seeds=sample_seeds(args.seed, 0, args.n),
+                         device=device, dtype=torch.float32, progress=not args.no_progress, **options)
+        x, spent, where = out.x.cpu(), f"{out.nfe} NFE", ""
     seconds = time.perf_counter() - t0
-    x = out.x.cpu()
+    if not distributed.is_main():
+        return 0
+    written = _write_samples(x, figure, tensors, arrays, f"{args.sampler}, {spent}",
+                             _reference_data(config, shape, args.show), args.show)
+    print(f"{args.n} samples with {args.sampler} ({spent}) in {seconds:.2f}s{where}; wrote {', '.join(written)}")
+    return 0
+
+
+def _sampler_options(name: str, pairs: list[tuple[str, str]]) -> dict:
+    """``--option KEY=VALUE`` pairs as the sampler's options, checked by building its solver before any work."""
+    from .samplers import solver
+
+    options = {k: _parse_value(v) for k, v in pairs}
+    unknown = sorted(set(options) - set(sampler_options(name)))
+    if unknown:
+        raise UsageError(f"--option {unknown[0]}: sampler {name!r} takes no such option; its options: "
+                         f"{', '.join(sampler_options(name)) or 'none'}")
+    if options.get("variance") == "analytic":
+        raise UsageError("--option variance=analytic needs a Γ estimate (gamma), which the command line cannot "
+                         "build; in Python pass gamma=sgm.likelihood.estimate_gamma(...) to sgm.sample")
+    try:
+        solver(name, **options)
+    except (TypeError, ValueError) as err:
+        raise UsageError(f"--option: {err}") from None
+    return options
+
+
+def _write_samples(x: torch.Tensor, figure: str | None, tensors: str | None, arrays: str | None, title: str,
+                   reference, show: int) -> list[str]:
+    """The samples to the files ``--out`` asked for (``_sample_outputs``); returns their paths, the figure first."""
+    import numpy as np
+
+    from .plotting import save_samples
+
     written = []
+    if figure:
+        save_samples(x[:show], figure, title, reference=reference)
+        written.append(figure)
     if tensors:
         torch.save(x, tensors)
         written.append(tensors)
     if arrays:
         np.savez_compressed(arrays, samples=x.numpy())
         written.append(arrays)
-    if figure:
-        data = _reference_data(config, shape, args.show)
-        save_samples(x[: args.show], figure, f"{args.sampler}, {out.nfe} NFE", reference=data)
-        written.insert(0, figure)
-    print(f"{args.n} samples with {args.sampler} ({out.nfe} NFE) in {seconds:.2f}s; wrote {', '.join(written)}")
-    return 0
+    return written
 
 
 def _conditioned(model, label: int | None, guidance: float | None):
@@ -259,39 +286,29 @@ def sample_command(args: argparse.Namespace) -> int:
 
 
 def _default_shard_dir(out: str) -> str:
-    import os
-
     return os.path.splitext(out)[0] + "_shards"
 
 
-def _sample_shards(args: argparse.Namespace, score, sde, shape: tuple, device, options: dict, figure: str | None) -> int:
-    """``args.n`` samples into ``.npz`` shards (resumable); process 0 then draws the figure of the first ones."""
-    import os
-
+def _sample_shards(args: argparse.Namespace, score, sde, shape: tuple, device, options: dict):
+    """``args.n`` samples into ``.npz`` shards (resumable, shared by torchrun's processes); returns, on process 0,
+    all of them read back for ``--out`` (None elsewhere), the steps spent and where the shards are."""
     import numpy as np
 
-    from .plotting import save_samples
     from .shards import sample_shards
 
     out_dir = args.shard_dir or _default_shard_dir(args.out)
-    t0 = time.perf_counter()
     paths = sample_shards(score, sde, shape, args.n, out_dir, args.shard_size, args.seed, args.sampler,
                           args.steps, device, progress=not args.no_progress,
                           record={"checkpoint": os.path.abspath(args.checkpoint), "raw_weights": args.raw_weights},
                           **options)
-    if distributed.is_main() and figure:
-        shown, left = [], args.show
-        for path in paths:
-            if left <= 0:
-                break
-            with np.load(path, allow_pickle=False) as f:
-                shown.append(torch.from_numpy(f["samples"][:left]))
-            left -= len(shown[-1])
-        save_samples(torch.cat(shown), figure, f"{args.sampler}, {args.steps} steps")
+    x = None
     if distributed.is_main():
-        print(f"{args.n} samples with {args.sampler} in {len(paths)} shards in {out_dir} "
-              f"({time.perf_counter() - t0:.2f}s){'; wrote ' + figure if figure else ''}")
-    return 0
+        parts = []
+        for path in paths:
+            with np.load(path, allow_pickle=False) as f:
+                parts.append(torch.from_numpy(f["samples"]))
+        x = torch.cat(parts)
+    return x, f"{args.steps} steps", f" ({len(paths)} shards in {out_dir})"
 
 
 def _fail(command: str, err: Exception) -> int:
@@ -314,15 +331,15 @@ def export_checkpoint(args: argparse.Namespace) -> int:
 
 def eval_samples(args: argparse.Namespace) -> int:
     from .checkpoint import CheckpointError
-    from .evaluate import evaluate, load_input
+    from .evaluate import evaluate, read_input, stats_of
     from .nets.inception import load_inception
     from .device import resolve_device
 
     try:
         device = resolve_device(args.device)
+        inputs = [read_input(p, args.value_range) for p in (args.samples, args.reference)]  # checked before work
         net = load_inception(args.inception, device)
-        samples, reference = (load_input(p, net, args.batch_size, device, progress=True)
-                              for p in (args.samples, args.reference))
+        samples, reference = (stats_of(read, net, args.batch_size, device, progress=True) for read in inputs)
         if args.save_reference_stats:
             reference.save(args.save_reference_stats)
         scores = evaluate(samples, reference, kid_subset_size=args.kid_subset_size)
@@ -333,7 +350,7 @@ def eval_samples(args: argparse.Namespace) -> int:
         text += f"  KID {scores['kid']:.6f} ± {scores['kid_std']:.6f}"
     if "is" in scores:
         text += f"  IS {scores['is']:.4f} ± {scores['is_std']:.4f}"
-    print(text)
+    print(f"{text}  (samples: {samples.source}; reference: {reference.source})")
     return 0
 
 
@@ -347,10 +364,32 @@ def _sample_outputs(out: str) -> tuple[str | None, str | None, str | None]:
     if ext.lower() not in FIGURE_EXTENSIONS + (".pt", ".npz", ""):
         raise UsageError(f"--out {out!r}: the extension must be one of {', '.join(FIGURE_EXTENSIONS)}, .pt, .npz "
                          f"or none (all three)")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    _writable_folder(out)
     if ext.lower() in (".pt", ".npz"):
         return None, (out if ext.lower() == ".pt" else None), (out if ext.lower() == ".npz" else None)
     return (out if ext else stem + ".png"), stem + ".pt", stem + ".npz"
+
+
+def _writable_folder(out: str) -> None:
+    """Make ``out``'s folder and check that a file can be written there, before any work (a ``UsageError``
+    naming ``--out`` otherwise)."""
+    import tempfile
+
+    folder = os.path.dirname(os.path.abspath(out))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise UsageError(f"--out {out!r}: cannot write in {folder} ({err.strerror or err})") from None
+
+
+def _figure_output(out: str) -> str:
+    """``--out`` of a command that writes one figure: a figure extension and a folder it can write in."""
+    if os.path.splitext(out)[1].lower() not in FIGURE_EXTENSIONS:
+        raise UsageError(f"--out {out!r}: the extension must be one of {', '.join(FIGURE_EXTENSIONS)}")
+    _writable_folder(out)
+    return out
 
 
 def _reference_data(config, shape: tuple, n: int):
@@ -397,6 +436,7 @@ def _parse_value(text: str):
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .evaluate import VALUE_RANGES
 
     parser = _Parser(prog="sgm", description="sgm: score-based generative modelling with SDEs "
                                      "and ODEs (demo, train, sample, bench)")
@@ -464,6 +504,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=100, help="images per forward pass")
     p.add_argument("--kid-subset-size", type=_positive_int, default=1000, help="KID subset size")
     p.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--value-range", default="auto", choices=("auto",) + tuple(VALUE_RANGES),
+                   help="the range of float images (uint8 ones are 0:255); auto: -1:1 (sgm's samples) when they "
+                        "hold a negative value, 0:1 when they lie in it, refused otherwise")
     p.add_argument("--save-reference-stats", default=None, metavar="NPZ",
                    help="write the reference's mu and sigma here, to pass as REFERENCE next time")
     p.set_defaults(func=eval_samples)

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["EMA", "PowerEMA", "std_to_exponent", "exponent_to_std", "posthoc_coefficients", "profile_inner",
+__all__ = ["EMA", "PowerEMA", "flatten_parameters", "std_to_exponent", "exponent_to_std", "posthoc_coefficients", "profile_inner",
            "snapshot_path", "list_snapshots", "posthoc_weights", "SNAPSHOT_FORMAT", "SNAPSHOTS"]
 
 SNAPSHOT_FORMAT = "sgm-phema-1"
@@ -69,12 +69,40 @@ def _frozen_copy(model: nn.Module) -> nn.Module:
     copied = copy.deepcopy(model).eval()
     for p in copied.parameters():
         p.requires_grad_(False)
+    flatten_parameters(copied)
     return copied
+
+
+def flatten_parameters(module: nn.Module) -> Tensor | None:
+    """Make ``module``'s parameters views of one contiguous buffer, and return it, so that averaging them is one
+    operation per average instead of one per tensor (the step's cost on small networks); None, and nothing done,
+    when they differ in dtype or device. Moving the module afterwards (``.to``) undoes it, and averaging falls back
+    to one operation per tensor."""
+    params = list(module.parameters())
+    if not params or len({(p.dtype, p.device) for p in params}) > 1:
+        return None
+    flat = torch.cat([p.detach().reshape(-1) for p in params])
+    offset = 0
+    for p in params:
+        p.data = flat[offset:offset + p.numel()].view_as(p)
+        offset += p.numel()
+    module._flat_parameters = (flat, [p.data_ptr() for p in params])
+    return flat
+
+
+def _flat(module: nn.Module) -> Tensor | None:
+    """The buffer ``flatten_parameters`` made for ``module``, if its parameters still are its views."""
+    flat, pointers = module.__dict__.get("_flat_parameters", (None, None))
+    return flat if flat is not None and [p.data_ptr() for p in module.parameters()] == pointers else None
 
 
 def _lerp(average: nn.Module, model: nn.Module, weight: float) -> None:
     """``average ← average + weight (model - average)`` over the parameters; the buffers copied."""
-    torch._foreach_lerp_(list(average.parameters()), [p.detach() for p in model.parameters()], weight)
+    flat_average, flat_model = _flat(average), _flat(model)
+    if flat_average is not None and flat_model is not None and flat_average.shape == flat_model.shape:
+        flat_average.lerp_(flat_model, weight)
+    else:
+        torch._foreach_lerp_(list(average.parameters()), [p.detach() for p in model.parameters()], weight)
     for b_avg, b in zip(average.buffers(), model.buffers()):
         b_avg.copy_(b)
 

@@ -48,7 +48,7 @@ from .checkpoint import (CHECKPOINT, FORMAT_VERSION, CheckpointError, load_check
                          remove_stale_temporaries, save_checkpoint, write_atomic)
 from .config import ARCHITECTURE_KEYS, RESUMABLE_KEYS, TENSOR_DATA, TrainConfig, build_model, build_net, build_sde
 from .device import resolve_device
-from .ema import EMA, SNAPSHOTS, PowerEMA
+from .ema import EMA, SNAPSHOTS, PowerEMA, flatten_parameters
 from .loader import InMemory, StepBatches, Streamed
 from .losses import dsm_loss, sample_times
 
@@ -147,6 +147,7 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.sde = build_sde(config)
         self.net = build_net(config, self.data_shape).to(self.device, self.dtype)
+        flatten_parameters(self.net)  # the EMAs then average all weights in one operation each
         # Under torchrun the forward pass goes through DDP, which averages the gradients over the processes.
         self.ddp = self.net if self.world_size == 1 else nn.parallel.DistributedDataParallel(
             self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)

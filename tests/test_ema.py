@@ -135,3 +135,31 @@ def test_training_writes_snapshots_that_resume_and_export_post_hoc(tmp_path, cap
     shutil.copy(tmp_path / "checkpoint.pt", tmp_path / "bare")
     with pytest.raises(FileNotFoundError, match="no snapshot folder"):
         export(str(tmp_path / "bare" / "checkpoint.pt"), out, ema_std=0.1)
+
+
+def test_flat_parameters_average_like_separate_tensors():
+    """With the parameters as views of one buffer the EMA is one lerp; it equals the per-tensor lerps exactly, and
+    a module moved afterwards (no longer views) falls back to them."""
+    from sgm.ema import EMA, _flat, flatten_parameters
+
+    torch.manual_seed(0)
+    plain = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.SiLU(), torch.nn.Linear(5, 2))
+    flat = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.SiLU(), torch.nn.Linear(5, 2))
+    flat.load_state_dict(plain.state_dict())
+    buffer = flatten_parameters(flat)
+    assert buffer.numel() == sum(p.numel() for p in plain.parameters()) and _flat(flat) is buffer
+    averages = [EMA(m, 0.9) for m in (plain, flat)]
+    assert _flat(averages[0].model) is not None  # the copies are flat either way
+    for k in range(3):
+        with torch.no_grad():
+            for a, b in zip(plain.parameters(), flat.parameters()):
+                step = torch.randn_like(a)
+                a.add_(step)
+                b.add_(step)
+        for m, ema in zip((plain, flat), averages):
+            ema.update(m, k + 1)
+    for a, b in zip(averages[0].model.parameters(), averages[1].model.parameters()):
+        assert torch.equal(a, b)
+    flat.to(torch.float64)
+    assert _flat(flat) is None
+    EMA(flat.double(), 0.9).update(flat)  # the per-tensor path

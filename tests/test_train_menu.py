@@ -137,3 +137,16 @@ def test_cuda_steps_do_not_synchronise(tmp_path):
             trainer.train_step(trainer.batches(trainer.step))
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_cuda_training_with_workers_matches_the_cpu_batches(precision, tmp_path):
+    trainer = Trainer(config(tmp_path, device="cuda", precision=precision, workers=1, steps=4))
+    losses = trainer.fit()
+    assert len(losses) == 4 and all(math.isfinite(v) for v in losses)
+    assert next(trainer.net.parameters()).device.type == "cuda" and trainer.scaler.is_enabled() == (precision == "fp16")
+    stream = trainer.batches.stream(2, workers=1, pin_memory=True)
+    pinned = next(stream)[0]
+    del stream
+    assert pinned.is_pinned() and torch.equal(pinned, trainer.batches(2)[0])

@@ -198,7 +198,7 @@ def heun(sde, grid, generator):
     """EDM's Algorithm 2 in σ on x/scale (no churn)."""
     def loop(x):
         for a, b in _pairs(grid):
-            h = b.sigma - a.sigma
+            h = b.noise_level - a.noise_level
             d = -a.std * near_free_score(x, None)
             y = x / a.scale
             d2 = -b.std * near_free_score(b.scale * (y + h * d), None)
@@ -226,7 +226,7 @@ def _multistep(coefficients):
 AB = [[1.0], [1.5, -0.5], [23 / 12, -16 / 12, 5 / 12], [55 / 24, -59 / 24, 37 / 24, -9 / 24]]
 deis = _multistep(lambda noisy, pairs: [deis_coefficients(tuple(noisy[max(k - 2, 0):k + 1][::-1]), b)
                                         for k, (a, b) in enumerate(pairs)])
-ipndm = _multistep(lambda noisy, pairs: [[(b.sigma - a.sigma) * w for w in AB[min(k, 3)]]
+ipndm = _multistep(lambda noisy, pairs: [[(b.noise_level - a.noise_level) * w for w in AB[min(k, 3)]]
                                          for k, (a, b) in enumerate(pairs)])
 
 

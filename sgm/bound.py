@@ -48,7 +48,9 @@ import torch
 from tqdm.auto import tqdm
 from torch import Tensor
 
-from .sde import SDE, DiscreteChain, _check_steps, _positive, batch_view
+from .paths import SDE, DiscreteChain, batch_view
+from .predictions import as_score, convert, predicts
+from .checks import integer, positive
 
 __all__ = ["Bound", "GammaEstimate", "estimate_gamma", "elbo", "continuous_elbo", "VARIANCES", "DECODERS",
            "T_PROPOSALS"]
@@ -113,12 +115,13 @@ def _check_indices(indices, chain: DiscreteChain) -> list[int]:
 
 
 def _eps_hat(model: ScoreFn, chain: DiscreteChain, x: Tensor, idx: Tensor) -> Tensor:
-    """``ε̂ = -std_i·s(x, t_i)`` at the per-row timesteps ``idx``."""
+    """The model's ``ε̂`` at the per-row timesteps ``idx``, from whatever it predicts (on the chain's marginal)."""
     t = chain.t.to(device=x.device, dtype=x.dtype)[idx]
-    s = model(x, t)
-    if not isinstance(s, Tensor) or s.shape != x.shape:
+    out = model(x, t)
+    if not isinstance(out, Tensor) or out.shape != x.shape:
         raise ValueError(f"model must return a tensor shaped like x {tuple(x.shape)}")
-    return -batch_view(chain.std.to(device=x.device, dtype=x.dtype)[idx], x) * s
+    col = lambda v: batch_view(v.to(device=x.device, dtype=x.dtype)[idx], x)  # noqa: E731
+    return convert("eps", predicts(model), out, x, col(chain.scale), col(chain.std))
 
 
 def _sum_features(v: Tensor) -> Tensor:
@@ -200,7 +203,7 @@ def estimate_gamma(model: ScoreFn, chain: DiscreteChain, x0: Tensor, *, indices:
     x0 = _check_data(x0)
     if x0.shape[0] < 2:
         raise ValueError(f"x0 must hold at least 2 data points for a standard error, got {x0.shape[0]}")
-    batch_size = _check_steps("batch_size", batch_size)
+    batch_size = integer("batch_size", batch_size)
     idx = _check_indices(indices, chain)
     n, d = x0.shape[0], x0[0].numel()
     per_batch = max(1, batch_size // n)
@@ -334,8 +337,8 @@ def elbo(model: ScoreFn, chain: DiscreteChain, x0: Tensor, *, variance: str = "p
         raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
     if decoder not in DECODERS:
         raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
-    levels = _check_steps("levels", levels)
-    batch_size = _check_steps("batch_size", batch_size)
+    levels = integer("levels", levels)
+    batch_size = integer("batch_size", batch_size)
     if levels < 2:
         raise ValueError(f"levels must be >= 2, got {levels}")
     if decoder == "discrete":
@@ -358,7 +361,7 @@ def elbo(model: ScoreFn, chain: DiscreteChain, x0: Tensor, *, variance: str = "p
     if proposal is not None and n_timesteps is None:
         raise ValueError("proposal applies to sampled timesteps only: give n_timesteps too")
     if n_timesteps is not None:
-        n_timesteps = _check_steps("n_timesteps", n_timesteps)
+        n_timesteps = integer("n_timesteps", n_timesteps)
         if n_timesteps < 2:
             raise ValueError(f"n_timesteps must be >= 2 for a standard error, got {n_timesteps}")
         p = _check_proposal(proposal, len(idx), x0)
@@ -457,16 +460,17 @@ def continuous_elbo(score: ScoreFn, sde: SDE, x: Tensor, *, eps: float = 1e-5, n
         raise TypeError(f"sde must be an sgm SDE, got {type(sde).__name__}")
     if not callable(score):
         raise TypeError(f"score must be callable as score(x, t), got {type(score).__name__}")
+    score = as_score(score, sde)
     x = _check_data(x)
-    eps = _positive("eps", eps)
+    eps = positive("eps", eps)
     if eps >= sde.T:
         raise ValueError(f"eps must lie in (0, T={sde.T}), got {eps}")
-    n_samples = _check_steps("n_samples", n_samples)
+    n_samples = integer("n_samples", n_samples)
     if n_samples < 2:
         raise ValueError(f"n_samples must be >= 2 for a standard error, got {n_samples}")
     if proposal not in T_PROPOSALS:
         raise ValueError(f"proposal must be one of {T_PROPOSALS}, got {proposal!r}")
-    bins, pilot = _check_steps("bins", bins), _check_steps("pilot", pilot)
+    bins, pilot = integer("bins", bins), integer("pilot", pilot)
     B, d = x.shape[0], x[0].numel()
     f64 = dict(dtype=torch.float64, device=x.device)
     randn = lambda shape: torch.randn(shape, generator=generator, dtype=x.dtype, device=x.device)

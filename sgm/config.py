@@ -28,7 +28,7 @@ from . import data as datasets
 from .losses import WEIGHTINGS
 from .nets import MLP, UNet
 from .score import PREDICTIONS, ScoreModel
-from .sde import SDE, CosineVPSDE, SubVPSDE, VESDE, VPSDE
+from .paths import SDE, CosineVPSDE, EDMPath, RectifiedFlow, SubVPSDE, VESDE, VPSDE
 
 __all__ = ["TrainConfig", "PATHS", "PathEntry", "make_path", "build_sde", "build_net", "build_model", "path_parameters",
            "ARCHITECTURE_KEYS", "RESUMABLE_KEYS", "PRECISIONS", "LR_SCHEDULES", "NETS", "TENSOR_DATA",
@@ -43,8 +43,10 @@ class PathEntry(NamedTuple):
 PATHS: dict[str, PathEntry] = {
     "vp": PathEntry(VPSDE, ("beta_min", "beta_max")),
     "subvp": PathEntry(SubVPSDE, ("beta_min", "beta_max")),
-    "cosine": PathEntry(CosineVPSDE, ()),
     "ve": PathEntry(VESDE, ("sigma_min", "sigma_max")),
+    "cosine": PathEntry(CosineVPSDE, ()),
+    "edm": PathEntry(EDMPath, ("sigma_min", "sigma_max")),
+    "rectified-flow": PathEntry(RectifiedFlow, ("shift",)),
 }
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -54,13 +56,13 @@ TENSOR_DATA = "tensor"  # the recorded ``data`` of a run trained on a tensor giv
 MAX_EMA_STD = 0.28  # a power-function EMA's relative std peaks at 0.300 (exponent -0.38); EDM2 sweeps up to 0.25
 
 
-def path_parameters() -> dict[str, tuple[list[str], Any]]:
-    """``{parameter: (paths that take it, default)}`` over ``PATHS``: what ``sde_args`` may hold."""
-    out: dict[str, tuple[list[str], Any]] = {}
+def path_parameters() -> dict[str, list[tuple[str, Any]]]:
+    """``{parameter: [(path, its default), ...]}`` over ``PATHS``: what ``sde_args`` may hold."""
+    out: dict[str, list[tuple[str, Any]]] = {}
     for name, entry in PATHS.items():
         signature = inspect.signature(entry.cls)
         for param in entry.params:
-            out.setdefault(param, ([], signature.parameters[param].default))[0].append(name)
+            out.setdefault(param, []).append((name, signature.parameters[param].default))
     return out
 
 

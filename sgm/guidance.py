@@ -1,5 +1,5 @@
-"""Guidance: a conditional model plus a label and a guidance scale ``w`` turned into one score function
-``s(x, t)``, so that every sampler runs on it unchanged.
+"""Guidance: a conditional model plus a label and a guidance scale ``w`` turned into one model ``m(x, t)`` of the same
+kind (score, ε, x̂_0, v or velocity: ``sgm.predictions``), so that every sampler runs on it unchanged.
 
 A *conditional score function* is ``cond_score(x, t, y) -> tensor shaped like x`` with integer labels
 ``y (batch,)`` in ``[0, n_classes]``, where ``y = n_classes`` is the reserved "no label" index (the
@@ -11,10 +11,14 @@ and ``ScoreModel.conditional`` do).
       s_w(x, t) = (1 + w)·s(x, t | y) - w·s(x, t),
 
   the score of ``p_t(x | y)^{1+w} / p_t(x)^w ∝ p_t(x | y)·p_t(y | x)^w``. Evaluated as ONE call of
-  ``cond_score`` on the doubled batch ``[x, x]`` with labels ``[y, ∅]``.
+  ``cond_score`` on the doubled batch ``[x, x]`` with labels ``[y, ∅]``. Every kind is ``a·x + b·s`` with the same
+  ``a, b`` for both terms and ``(1 + w) - w = 1``, so the same combination of the model's own outputs is the
+  guided prediction of its kind.
 - Classifier guidance (Dhariwal & Nichol, 2021): ``s_w(x, t) = s(x, t) + w·∇_x log p_t(y | x)`` with a
   time-conditioned classifier ``classifier(x, t) -> logits (batch, n_classes)``; ``w = 1`` with the exact
-  noisy-class posterior is the exact class-conditional score ``∇ log p_t(x | y)``.
+  noisy-class posterior is the exact class-conditional score ``∇ log p_t(x | y)``. For a model of another kind
+  the score correction moves its output by ``b·w ∇ log p_t(y | x)`` (``Prediction.add_score``; the path comes from
+  ``sde=`` or the model's own ``sde``).
 
 NFE: a sampler counts calls of the score function it is given (``SamplerOutput.nfe``). One guided call is one
 model call on ``2·batch`` rows (classifier-free) or one score call plus one classifier forward and backward
@@ -28,8 +32,10 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .sde import SDE, _real
+from .checks import integer, real
 from .labels import check_class_labels
+from .paths import SDE
+from .predictions import predict, predicts
 
 __all__ = ["ClassifierFree", "ClassifierGuidance", "classifier_free", "classifier_guidance", "train_classifier"]
 
@@ -65,7 +71,8 @@ class ClassifierFree:
     def __init__(self, cond_score: CondScore, labels, guidance: float, n_classes: int | None = None):
         self.n_classes = _n_classes(cond_score, n_classes)
         self.cond_score, self.labels = cond_score, _labels(labels, self.n_classes)
-        self.guidance = _real("guidance", guidance)
+        self.predicts = predicts(cond_score)
+        self.guidance = real("guidance", guidance)
         self.calls = self.rows = 0
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
@@ -79,14 +86,18 @@ class ClassifierFree:
 class ClassifierGuidance:
     """``s_w(x, t) = s(x, t) + w ∇_x log softmax(classifier(x, t))_y`` (the gradient by autograd)."""
 
-    def __init__(self, score, classifier, labels, guidance: float, n_classes: int | None = None):
+    def __init__(self, score, classifier, labels, guidance: float, n_classes: int | None = None,
+                 sde: SDE | None = None):
         if not callable(score):
             raise TypeError(f"score must be callable as score(x, t), got {type(score).__name__}")
         if not callable(classifier):
             raise TypeError(f"classifier must be callable as classifier(x, t) -> logits, got {type(classifier).__name__}")
         self.n_classes = _n_classes(classifier, n_classes)
         self.score, self.classifier = score, classifier
-        self.labels, self.guidance = _labels(labels, self.n_classes), _real("guidance", guidance)
+        self.predicts, self.sde = predicts(score), sde if sde is not None else getattr(score, "sde", None)
+        if self.predicts != "score" and not isinstance(self.sde, SDE):
+            raise ValueError(f"a model that predicts {self.predicts!r} needs its path: pass sde=")
+        self.labels, self.guidance = _labels(labels, self.n_classes), real("guidance", guidance)
         self.calls = self.rows = 0
 
     def log_posterior_grad(self, x: Tensor, t: Tensor) -> Tensor:
@@ -104,7 +115,10 @@ class ClassifierGuidance:
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
         self.calls, self.rows = self.calls + 1, self.rows + x.shape[0]
-        return self.score(x, t) + self.guidance * self.log_posterior_grad(x, t)
+        delta = self.guidance * self.log_posterior_grad(x, t)
+        if self.predicts == "score":
+            return self.score(x, t) + delta
+        return predict(self.score, self.sde, x, t).add_score(delta)
 
 
 def classifier_free(cond_score: CondScore, labels, guidance: float, n_classes: int | None = None) -> ClassifierFree:
@@ -112,9 +126,10 @@ def classifier_free(cond_score: CondScore, labels, guidance: float, n_classes: i
     return ClassifierFree(cond_score, labels, guidance, n_classes)
 
 
-def classifier_guidance(score, classifier, labels, guidance: float, n_classes: int | None = None) -> ClassifierGuidance:
-    """The classifier-guided score function (see the module docstring)."""
-    return ClassifierGuidance(score, classifier, labels, guidance, n_classes)
+def classifier_guidance(score, classifier, labels, guidance: float, n_classes: int | None = None,
+                        sde: SDE | None = None) -> ClassifierGuidance:
+    """The classifier-guided model (see the module docstring)."""
+    return ClassifierGuidance(score, classifier, labels, guidance, n_classes, sde)
 
 
 def train_classifier(net: torch.nn.Module, sde: SDE, data: Tensor, labels: Tensor, steps: int = 2000,
@@ -125,15 +140,13 @@ def train_classifier(net: torch.nn.Module, sde: SDE, data: Tensor, labels: Tenso
     Draws (batch indices, times, noise) come from one generator seeded by ``seed``. Returns ``net`` in eval mode."""
     from tqdm.auto import tqdm
 
-    from .sde import _check_steps
-
     if not isinstance(net, torch.nn.Module):
         raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
     if not isinstance(data, Tensor) or data.dim() < 2:
         raise ValueError(f"data must be a tensor (N, ...), got {type(data).__name__}")
     labels = check_class_labels(labels, int(labels.max()) + 1 if isinstance(labels, Tensor) and labels.numel() else 1,
                                 len(data))
-    steps, batch_size = _check_steps("steps", steps), _check_steps("batch_size", batch_size)
+    steps, batch_size = integer("steps", steps), integer("batch_size", batch_size)
     g = torch.Generator(data.device).manual_seed(seed)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     net.train()

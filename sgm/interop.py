@@ -6,7 +6,7 @@ the network as a ``ScoreModel`` on the matching discrete chain:
 
 - ``beta_schedule``: ``linear`` (``VPSDE(β_start·N, β_end·N)``, whose chain is ``linspace(β_start, β_end, N)``),
   ``squaredcos_cap_v2`` (``CosineVPSDE``), ``scaled_linear`` (``β_i = linspace(√β_start, √β_end, N)²``, on
-  ``ChainVPSDE``: the VP process whose ``log ᾱ`` is piecewise linear in t through the chain);
+  ``GaussianPath.from_alphas_cumprod``: the VP path whose ``log ᾱ`` is piecewise linear in t through the chain);
 - ``prediction_type``: ``epsilon`` → ``eps``, ``v_prediction`` → ``v``, ``sample`` → ``x0``.
 
 The network sees integer timesteps ``i`` and the chain's own ``(√ᾱ_i, √(1-ᾱ_i))`` (``ScoreModel(chain=...)``), so
@@ -14,8 +14,8 @@ sampling on the chain's grid (``spacing="leading"`` or ``"trailing"``, ``train_s
 sampling: sgm's ``ddim`` there is diffusers' ``DDIMScheduler`` step for step.
 
 A scheduler that clips or thresholds ``x̂_0`` is reproduced by ``threshold_x0`` (off unless asked for): the
-score whose Tweedie denoiser is the clipped one, ``s' = (scale·c(x̂_0) - x)/std²``, so that ``x̂_0`` and ``ε̂``
-stay consistent (diffusers' ``use_clipped_model_output=True``), for every sampler. ``c`` is static clipping to
+model that predicts the clipped ``c(x̂_0)``, from which every other kind follows, so that ``x̂_0`` and ``ε̂`` stay
+consistent (diffusers' ``use_clipped_model_output=True``), for every sampler. ``c`` is static clipping to
 ``[-r, r]``, or dynamic thresholding (Saharia et al., 2022): per sample ``q`` = the ``ratio`` quantile of
 ``|x̂_0|`` clamped to ``[1, max_value]``, ``c(x̂_0) = clamp(x̂_0, -q, q)/q``.
 """
@@ -30,72 +30,13 @@ import torch
 from torch import Tensor
 
 from .score import ScoreModel
-from .sde import SDE, CosineVPSDE, DiscreteChain, VPSDE, _check_steps, batch_view
+from .paths import SDE, CosineVPSDE, DiscreteChain, GaussianPath, VPSDE, batch_view
 
-__all__ = ["ChainVPSDE", "Pretrained", "load_diffusers", "threshold_x0", "ThresholdedScore", "BETA_SCHEDULES",
+__all__ = ["Pretrained", "load_diffusers", "threshold_x0", "ThresholdedScore", "BETA_SCHEDULES",
            "PREDICTION_TYPES"]
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 PREDICTION_TYPES = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
-
-
-class ChainVPSDE(SDE):
-    """The VP process through a given chain ``ᾱ_i`` at times ``t_i = (i+1)/N`` (``T = 1``): ``log ᾱ(t)`` is
-    piecewise linear through ``(0, 0)`` and ``(t_i, log ᾱ_i)``, so ``β(t) = -d log ᾱ/dt`` is piecewise constant,
-    ``scale = √ᾱ(t)``, ``std = √(1 - ᾱ(t))``. ``discretize(N)`` is the chain itself (only at its own ``N``)."""
-
-    def __init__(self, betas):
-        betas = torch.as_tensor(betas, dtype=torch.float64)
-        if betas.dim() != 1 or betas.numel() < 1 or not bool(((betas > 0) & (betas < 1)).all()):
-            raise ValueError("betas must be a non-empty 1-D sequence in (0, 1)")
-        self.betas, self.T = betas, 1.0
-        n = betas.numel()
-        self.times = torch.arange(n + 1, dtype=torch.float64) / n
-        self.log_alpha_bar = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(torch.log1p(-betas), 0)])
-
-    def _segment(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        k = torch.searchsorted(self.times.to(t.device), t.to(torch.float64).contiguous()).clamp_(1, len(self.betas))
-        return k, -(self.log_alpha_bar[k] - self.log_alpha_bar[k - 1]).to(t.device) * len(self.betas)
-
-    def beta(self, t: Tensor) -> Tensor:
-        return self._segment(t)[1].to(t.dtype)
-
-    def drift(self, x: Tensor, t: Tensor) -> Tensor:
-        return -0.5 * batch_view(self.beta(t), x) * x
-
-    def diffusion(self, t: Tensor) -> Tensor:
-        return self.beta(t).sqrt()
-
-    def _log_ab(self, t: Tensor) -> Tensor:
-        k, slope = self._segment(t)
-        return (self.log_alpha_bar.to(t.device)[k - 1] - slope * (t.to(torch.float64) - self.times.to(t.device)[k - 1]))
-
-    def marginal(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        log_ab = self._log_ab(t)
-        return torch.exp(0.5 * log_ab).to(t.dtype), torch.sqrt(-torch.expm1(log_ab)).to(t.dtype)
-
-    def time_at_noise_level(self, sigma: Tensor) -> Tensor:
-        """``log ᾱ = -log(1 + σ²)``, inverted on the piecewise-linear ``log ᾱ``."""
-        target = -torch.log1p(sigma.to(torch.float64) ** 2)
-        decreasing = -self.log_alpha_bar.to(sigma.device)
-        k = torch.searchsorted(decreasing, (-target).contiguous()).clamp_(1, len(self.betas))
-        t0, l0 = self.times.to(sigma.device)[k - 1], self.log_alpha_bar.to(sigma.device)[k - 1]
-        slope = (self.log_alpha_bar.to(sigma.device)[k] - l0) * len(self.betas)
-        return (t0 + (target - l0) / slope).to(sigma.dtype)
-
-    @property
-    def prior_std(self) -> float:
-        return 1.0
-
-    def discretize(self, N: int) -> DiscreteChain:
-        N = _check_steps("N", N)
-        if N != len(self.betas):
-            raise ValueError(f"a ChainVPSDE discretises only at its own N={len(self.betas)}, got N={N}")
-        ab = self.log_alpha_bar[1:].exp()
-        return DiscreteChain(self.times[1:], ab.sqrt(), (1 - ab).sqrt(), self.betas)
-
-    def __repr__(self) -> str:
-        return f"ChainVPSDE(N={len(self.betas)})"
 
 
 @dataclass
@@ -135,7 +76,8 @@ def _schedule(config: dict, path: str) -> tuple[SDE, DiscreteChain]:
     elif schedule == "squaredcos_cap_v2":
         sde = CosineVPSDE()
     else:
-        sde = ChainVPSDE(torch.linspace(math.sqrt(start), math.sqrt(end), n, dtype=torch.float64) ** 2)
+        betas = torch.linspace(math.sqrt(start), math.sqrt(end), n, dtype=torch.float64) ** 2
+        sde = GaussianPath.from_alphas_cumprod(torch.cumprod(1 - betas, 0))
     return sde, sde.discretize(n)
 
 
@@ -183,7 +125,10 @@ def load_diffusers(folder: str, scheduler: str | None = None, device="cpu",
 
 
 class ThresholdedScore:
-    """The score whose denoiser is ``c(x̂_0)``: ``s' = (scale·c(x̂_0) - x)/std²`` (see the module docstring)."""
+    """The model that predicts ``c(x̂_0)``, the clipped or thresholded denoiser of ``model`` (see the module
+    docstring): ``predicts = "x0"``."""
+
+    predicts = "x0"
 
     def __init__(self, model: ScoreModel, mode: str = "clip", clip_range: float = 1.0, ratio: float = 0.995,
                  max_value: float = 1.0):
@@ -205,9 +150,7 @@ class ThresholdedScore:
         return torch.maximum(torch.minimum(x0, q), -q) / q
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
-        _, scale, std = self.model._inputs(x, t)
-        x0 = (x + std**2 * self.model(x, t)) / scale
-        return (scale * self.threshold(x0) - x) / std**2
+        return self.threshold(self.model.prediction_at(x, t).x0)
 
 
 def threshold_x0(model: ScoreModel, mode: str = "clip", clip_range: float = 1.0, ratio: float = 0.995,

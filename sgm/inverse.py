@@ -17,10 +17,11 @@ Two ways to condition a sampler:
   replaced coordinates, and ``σ_y`` is ignored (``y`` is taken as exact).
 - ``posterior_score`` (ΠGDM, Song et al., 2023; DPS, Chung et al., 2023): a score correction
 
-      s(x, t | y) = s(x, t) + ∇_x log N(y; A x̂_0(x), r_t² A Aᵀ + σ_y² I),   x̂_0 = (x + std² s)/scale,
+      s(x, t | y) = s(x, t) + ∇_x log N(y; A x̂_0(x), r_t² A Aᵀ + σ_y² I),   x̂_0 = E[x_0 | x_t = x],
 
-  with the gradient taken through Tweedie's ``x̂_0`` by autograd (one vector–Jacobian product per
-  evaluation). ``r_t² = σ² v/(σ² + v)``, ``σ = std/scale``, is the posterior variance of ``x_0 | x_t`` for a
+  with the gradient taken through the model's ``x̂_0`` by autograd (one vector–Jacobian product per
+  evaluation); for a model of another kind the correction moves its output by ``b·∇_x log N(…)``
+  (``sgm.predictions.score_coefficient``), so the guided model keeps the kind. ``r_t² = σ² v/(σ² + v)``, ``σ = std/scale``, is the posterior variance of ``x_0 | x_t`` for a
   ``N(·, v I)`` prior (``data_var = v``; ΠGDM's ``r_t² = σ²/(1 + σ²)`` at ``v = 1``); DPS is ``r_t = 0``.
   It is an approximation of the exact posterior score ``∇ log p_t(x | y)`` (the likelihood ``p(y | x_t)``
   is not Gaussian under a multimodal prior); docs/inverse.md reports the bias measured on exact posteriors.
@@ -34,8 +35,10 @@ import math
 import torch
 from torch import Tensor
 
+from .checks import real
+from .paths import SDE
+from .predictions import predict, predicts, score_coefficient
 from .samplers.solver import Solver
-from .sde import SDE, _real
 
 __all__ = ["LinearObservation", "inpainting", "colourisation", "super_resolution", "denoising", "replacement",
            "posterior_score", "PosteriorScore", "Replacement", "RePaint"]
@@ -103,7 +106,7 @@ class LinearObservation:
         if y.dim() not in (1, 2) or y.shape[-1] != A.shape[0]:
             raise ValueError(f"y must have shape ({A.shape[0]},) or (batch, {A.shape[0]}) for A of shape "
                              f"{tuple(A.shape)}, got {tuple(y.shape)}")
-        self.sigma_y = _real("sigma_y", sigma_y)
+        self.sigma_y = real("sigma_y", sigma_y)
         if self.sigma_y < 0:
             raise ValueError(f"sigma_y must be >= 0, got {self.sigma_y}")
         self.A, self.y = A, y
@@ -168,22 +171,24 @@ class PosteriorScore:
             raise ValueError(f"method must be one of {self.METHODS}, got {method!r}")
         if method == "dps" and observation.sigma_y == 0:
             raise ValueError("method='dps' needs sigma_y > 0 (its likelihood is N(y; A x̂_0, σ_y² I))")
-        self.data_var = _real("data_var", data_var)
+        self.data_var = real("data_var", data_var)
         if self.data_var <= 0:
             raise ValueError(f"data_var must be > 0, got {self.data_var}")
         self.score, self.sde, self.observation, self.method = score, sde, observation, method
+        self.predicts = predicts(score)
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
-        scale, std = (v.reshape(-1, *([1] * (x.dim() - 1))).to(x) for v in self.sde.marginal(t))
-        sigma2 = float((std / scale).flatten()[0]) ** 2  # one time per batch, as the samplers call it
-        r2 = 0.0 if self.method == "dps" else sigma2 * self.data_var / (sigma2 + self.data_var)
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
-            s = self.score(xg, t)
-            x0 = (xg + std**2 * s) / scale
+            p = predict(self.score, self.sde, xg, t)
+            level = float((p.sigma / p.alpha).flatten()[0])  # one time per batch, as the samplers call it
+            # r² = σ̃² v/(σ̃² + v), written to hold at σ̃ = ∞ (α = 0), where it is v
+            r2 = 0.0 if self.method == "dps" else self.data_var / (1 + self.data_var / level**2)
+            x0 = p.x0
             g = self.observation.log_likelihood_grad(x0.detach(), r2)
             (vjp,) = torch.autograd.grad(x0, xg, grad_outputs=g)
-        return s.detach() + vjp
+        b = score_coefficient(self.predicts, p.alpha, p.sigma, p.d_alpha, p.d_sigma)
+        return p.value.detach() + b * vjp
 
 
 def replacement(observation: LinearObservation, generator: torch.Generator | None = None) -> Replacement:
@@ -198,11 +203,13 @@ def posterior_score(score, sde: SDE, observation: LinearObservation, method: str
 
 
 class RePaint(Solver):
-    """RePaint's resampling (Lugmayr et al., 2022) around any one-step ``solver``: each transition ``a → b`` is
-    made ``resample`` times; after each, the observed part is replaced (``Replacement``), and all but the last
-    are sent back to ``a`` by the forward transition ``x_a = r·x_b + √v·z`` (``r = scale_a/scale_b``,
-    ``v = std_a² - r² std_b²``), so that the unknown part is harmonised with the known one.
-    ``evals_per_step = resample × solver.evals_per_step``. Noise: the solver's, then the re-noising ``z``."""
+    """RePaint's resampling (Lugmayr et al., 2022) around any fixed-step ``solver`` that steps on the grid's nodes:
+    each transition ``a → b`` is made ``resample`` times from the same solver state (states are values, so a
+    multistep solver's history is the one it had at ``a`` every time); after each, the observed part is replaced
+    (``Replacement``), and all but the last are sent back to ``a`` by the forward transition ``x_a = r·x_b + √v·z``
+    (``r = scale_a/scale_b``, ``v = std_a² - r² std_b²``), so that the unknown part is harmonised with the known one.
+    ``evals_per_step = resample × solver.evals_per_step``. Noise: the solver's, then the re-noising ``z``. A solver
+    that chooses its own steps or steps across the grid (adaptive ODE, torchsde) is refused by name."""
 
     def __init__(self, solver: Solver, observation: LinearObservation, resample: int = 10,
                  generator: torch.Generator | None = None):
@@ -211,8 +218,14 @@ class RePaint(Solver):
         if isinstance(resample, bool) or not isinstance(resample, int) or resample < 1:
             raise ValueError(f"resample must be an int >= 1, got {resample!r}")
         self.solver, self.resample, self.replace = solver, resample, Replacement(observation, generator)
-        self.name, self.order, self.stochastic = f"repaint({solver.name})", solver.order, True
+        self.name, self.stochastic, self.needs = f"repaint({solver.name})", True, solver.needs
         self.evals_per_step, self.final_evals = resample * solver.evals_per_step, solver.final_evals
+
+    def check(self, grid) -> None:
+        if self.solver.stepping_grid(grid) != grid:
+            raise ValueError(f"RePaint cannot wrap {self.solver.name}: it steps across the grid's nodes "
+                             "(torchsde, adaptive ODE), so there is no transition a → b to resample")
+        self.solver.check(grid)
 
     def init(self, x: Tensor, grid):
         return self.solver.init(x, grid)
@@ -221,11 +234,11 @@ class RePaint(Solver):
         r = a.scale / b.scale
         v = max(a.std**2 - r**2 * b.std**2, 0.0)
         for k in range(self.resample):
-            x, state = self.solver.step(model, x, a, b, state, noise)
-            x = self.replace(x, b, None)
+            x_b, new_state = self.solver.step(model, x, a, b, state, noise)
+            x_b = self.replace(x_b, b, None)
             if k < self.resample - 1:
-                x = x.mul(r).add_(noise(), alpha=math.sqrt(v))
-        return x, state
+                x = x_b.mul(r).add_(noise(b.t, a.t), alpha=math.sqrt(v))
+        return x_b, new_state
 
     def finish(self, model, x, node, state, noise):
         return self.solver.finish(model, x, node, state, noise)

@@ -1,6 +1,7 @@
 """Log-likelihood through the probability-flow ODE (Song et al., 2021, app. D; Chen et al., 2018).
 
-Along the ODE ``dx/dt = v(x, t) = f(x, t) - ½ g(t)² s(x, t)`` the instantaneous change of variables gives
+Along the ODE ``dx/dt = v(x, t) = α' x̂_0 + σ' ε̂ = f(t) x - ½ g(t)² s(x, t)`` (the model's velocity, from whatever
+it predicts: ``sgm.predictions``) the instantaneous change of variables gives
 ``d log p_t(x_t)/dt = -∇·v(x_t, t)``, so, integrating the data point forward from ``eps`` to ``T``,
 
     log p_eps(x) = log p_T(x_T) + ∫_eps^T ∇·v(x_t, t) dt,
@@ -20,9 +21,11 @@ from torch import Tensor
 from torchdiffeq import odeint
 
 from .bound import Bound, GammaEstimate, continuous_elbo, elbo, estimate_gamma
+from .predictions import predict
 from .samplers.base import CheckedScore
 from .samplers.probability_flow import ADAPTIVE_METHODS, FIXED_METHODS
-from .sde import SDE, _check_steps, _positive
+from .paths import SDE
+from .checks import integer, positive
 
 __all__ = ["log_likelihood", "bits_per_dim", "Likelihood", "DIVERGENCES", "PROBES",
            "elbo", "continuous_elbo", "estimate_gamma", "GammaEstimate", "Bound"]  # the bounds: sgm.bound
@@ -73,9 +76,9 @@ def log_likelihood(score: Callable[[Tensor, Tensor], Tensor], sde: SDE, x: Tenso
         raise ValueError(f"probe must be one of {PROBES}, got {probe!r}")
     if method not in ADAPTIVE_METHODS + FIXED_METHODS:
         raise ValueError(f"method must be one of {ADAPTIVE_METHODS + FIXED_METHODS}, got {method!r}")
-    n_probes = _check_steps("n_probes", n_probes)
-    steps = _check_steps("steps", steps)
-    rtol, atol, eps = _positive("rtol", rtol), _positive("atol", atol), _positive("eps", eps)
+    n_probes = integer("n_probes", n_probes)
+    steps = integer("steps", steps)
+    rtol, atol, eps = positive("rtol", rtol), positive("atol", atol), positive("eps", eps)
     if eps >= sde.T:
         raise ValueError(f"eps must lie in (0, T={sde.T}), got {eps}")
     checked = score if isinstance(score, CheckedScore) else CheckedScore(score)
@@ -94,7 +97,7 @@ def log_likelihood(score: Callable[[Tensor, Tensor], Tensor], sde: SDE, x: Tenso
         with torch.enable_grad():
             y = y.detach().requires_grad_(True)
             tt = t.to(y.dtype).expand(y.shape[0])
-            v = sde.ode_drift(y, tt, checked(y, tt))
+            v = predict(checked, sde, y, tt).velocity
             div = _divergence_exact(v, y) if probes is None else _divergence_hutchinson(v, y, probes)
         return v.detach(), div.detach()
 

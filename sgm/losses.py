@@ -1,59 +1,157 @@
-"""Denoising score matching (Vincent, 2011; Song et al., 2021).
+"""One denoising loss for every model kind: denoising score matching (Vincent, 2011; Song et al., 2021) and
+conditional flow matching (Lipman et al., 2023; Liu et al., 2023) are the same regression.
 
-For ``x_t = scale·x_0 + std·z`` the conditional score is ``∇ log p(x_t | x_0) = -z/std``, and
+For ``x_t = α x_0 + σ ε`` a model predicting ``kind`` (``sgm.predictions``: score, ε, x̂_0, v, velocity) regresses
+the conditional target ``m* = p·x_0 + q·ε`` of its kind (``-ε/σ``, ``ε``, ``x_0``, ``αε - σx_0``, ``α'x_0 + σ'ε``):
 
-    L(θ) = E_{t, x_0, z} λ(t) ‖s_θ(x_t, t) + z/std(t)‖²        (mean over the data dimensions)
+    L(θ) = E_{t, x_0, ε} w(t) ‖m_θ(x_t, t) - m*‖²        (mean over the data dimensions)
 
-is minimised by the true score: ``L(θ) = E λ‖s_θ - ∇ log p_t‖² + C`` with ``C`` free of θ.
-Written as ``λ/std² · ‖std·s_θ + z‖²`` so that no ``z/std`` is formed at small ``std``. Weightings:
+which the true conditional expectation ``E[m* | x_t]`` minimises. Every kind is ``a·x + b·s`` in the score ``s`` at
+fixed ``(x, t)`` (``b = score_coefficient``), so ``‖m - m*‖² = b² ‖s - s*‖²``: the loss of any kind with weight ``w``
+is DSM with ``λ = w·b²``. Weightings are stated as that DSM ``λ(t)`` (``w = λ/b²``), so one weighting means the same
+loss for every kind:
 
-- ``"std2"`` (default): ``λ = std²``, i.e. ``‖std·s_θ + z‖² = ‖ε̂ - z‖²`` for an ε-network;
+- ``"std2"``: ``λ = σ²``: ``‖ε̂ - ε‖²`` for an ε-network (DDPM's ``L_simple``);
 - ``"likelihood"``: ``λ = g(t)²`` (Song et al., 2021b: the loss bounds the negative log-likelihood);
-- ``"edm"``: Karras et al.'s ``λ(σ̃)‖D - x_0‖²`` with ``λ = (σ̃² + σ_d²)/(σ̃ σ_d)²``, ``σ̃ = std/scale``: since
-  ``std·s + z = (D - x_0)/σ̃`` for ``s = (scale·D - x)/std²``, the weight on ``‖std·s + z‖²`` is
-  ``(σ̃² + σ_d²)/σ_d²``; for ``ScoreModel(..., "edm")`` the loss is ``‖F - F_target‖²``, of unit scale at every σ̃;
+- ``"edm"``: ``λ = σ²(σ̃² + σ_d²)/σ_d²``, ``σ̃ = σ/α``: Karras et al.'s ``λ(σ̃)‖D - x_0‖²`` with
+  ``λ(σ̃) = (σ̃² + σ_d²)/(σ̃ σ_d)²``; for ``ScoreModel(..., "edm")`` the loss is ``‖F - F_target‖²``, of unit scale;
+- ``"native"``: ``w = 1``, the plain regression of the model's own prediction (``λ = b²``): ``L_simple`` for ε, the
+  conditional flow-matching loss ``‖û - (α'x_0 + σ'ε)‖²`` for a velocity model (``b = -½g²``, so ``λ = g⁴/4``; on
+  rectified flow ``‖û - (ε - x_0)‖²`` is DSM with ``λ = t²/(1 - t)²``);
 - any callable ``λ(t) -> (batch,)``.
 
-Times: ``t ~ U(eps, T)``; or, given a ``chain`` (``sde.discretize(N)``), a uniform timestep ``i`` with the
-chain's own ``(scale_i, std_i)``. The discrete losses are then special cases:
+Times (``time_distribution``): ``"uniform"`` ``t ~ U(eps, T)``; ``"logit_normal"`` (SD3: ``t = eps + (T - eps)·
+sigmoid(m + s n)``, ``LogitNormal(mean, std)``); ``"log_normal"`` (EDM: ``ln σ̃ ~ N(P_mean, P_std²)``, ``t`` the time
+at that noise level, ``LogNormal(p_mean, p_std)``); or, given a ``chain`` (``path.discretize(N)``), a uniform
+timestep ``i`` with the chain's own ``(scale_i, std_i)``. ``coupling="ot"`` pairs the batch's data and noise by the
+exact minibatch optimal-transport assignment (``scipy.optimize.linear_sum_assignment`` on ``‖x_0^i - ε^j‖²``;
+OT-CFM, Tong et al., 2024; Pooladian et al., 2023).
+
+The discrete losses are special cases:
 
 - DDPM's ``L_simple = E_i ‖ε_θ(√ᾱ_i x_0 + √(1-ᾱ_i) z, i) - z‖²``: ``ddpm_loss`` (VP chain, λ = std²);
 - NCSN's ``Σ_i σ_i² · ½ E‖s_θ(x_0 + σ_i z, σ_i) + z/σ_i‖²`` (averaged over levels): ``ncsn_loss`` (VE chain, λ = σ²/2).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
+from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
+from .checks import choice, positive, real
+from .paths import VESDE, VPSDE, DiscreteChain, GaussianPath, batch_view
+from .predictions import predicts, score_coefficient, target
 from .score import ScoreModel
-from .sde import SDE, VESDE, DiscreteChain, VPSDE, _positive, batch_view
 
-__all__ = ["dsm_loss", "ddpm_loss", "ncsn_loss", "WEIGHTINGS", "sample_times"]
+__all__ = ["denoising_loss", "ddpm_loss", "ncsn_loss", "WEIGHTINGS", "TIME_DISTRIBUTIONS", "COUPLINGS", "Uniform",
+           "LogitNormal", "LogNormal", "sample_times", "ot_coupling", "dsm_weight"]
 
-WEIGHTINGS = ("std2", "likelihood", "edm")
+WEIGHTINGS = ("std2", "likelihood", "edm", "native")
+COUPLINGS = ("independent", "ot")
 
 
-def sample_times(sde: SDE, n: int, eps: float = 1e-5, chain: DiscreteChain | None = None,
-                 generator: torch.Generator | None = None, device=None, dtype=torch.float32) -> tuple[Tensor, Tensor, Tensor]:
-    """Draw ``t`` for a batch of ``n`` and return ``(t, scale, std)``: ``t ~ U(eps, T)``, or a uniform chain timestep."""
+@dataclass(frozen=True)
+class Uniform:
+    """``t ~ U(eps, T)``."""
+
+    def sample(self, sde: GaussianPath, n: int, eps: float, generator, device, dtype) -> Tensor:
+        return eps + (sde.T - eps) * torch.rand(n, generator=generator, device=device, dtype=dtype)
+
+
+@dataclass(frozen=True)
+class LogitNormal:
+    """SD3's logit-normal times (Esser et al., 2024): ``t = eps + (T - eps)·sigmoid(mean + std·n)``, ``n ~ N(0, 1)``."""
+
+    mean: float = 0.0
+    std: float = 1.0
+
+    def __post_init__(self):
+        real("mean", self.mean)
+        positive("std", self.std)
+
+    def sample(self, sde: GaussianPath, n: int, eps: float, generator, device, dtype) -> Tensor:
+        u = torch.sigmoid(self.mean + self.std * torch.randn(n, generator=generator, device=device, dtype=dtype))
+        return eps + (sde.T - eps) * u
+
+
+@dataclass(frozen=True)
+class LogNormal:
+    """EDM's training noise levels (Karras et al., 2022): ``ln σ̃ ~ N(p_mean, p_std²)``, ``t`` the path's time at
+    noise level ``σ̃ = σ/α`` (clamped to ``[eps, T]``)."""
+
+    p_mean: float = -1.2
+    p_std: float = 1.2
+
+    def __post_init__(self):
+        real("p_mean", self.p_mean)
+        positive("p_std", self.p_std)
+
+    def sample(self, sde: GaussianPath, n: int, eps: float, generator, device, dtype) -> Tensor:
+        level = torch.exp(self.p_mean + self.p_std * torch.randn(n, generator=generator, device=device,
+                                                                  dtype=torch.float64))
+        return sde.time_at_noise_level(level.cpu()).clamp(eps, sde.T).to(device=device, dtype=dtype)
+
+
+TIME_DISTRIBUTIONS = {"uniform": Uniform(), "logit_normal": LogitNormal(), "log_normal": LogNormal()}
+
+
+def _time_distribution(value):
+    if isinstance(value, str):
+        return TIME_DISTRIBUTIONS[choice("time_distribution", value, tuple(TIME_DISTRIBUTIONS))]
+    if not hasattr(value, "sample"):
+        raise TypeError(f"time_distribution must be one of {tuple(TIME_DISTRIBUTIONS)} or an object with "
+                        f"sample(sde, n, eps, generator, device, dtype), got {type(value).__name__}")
+    return value
+
+
+def sample_times(sde: GaussianPath, n: int, eps: float = 1e-5, chain: DiscreteChain | None = None,
+                 generator: torch.Generator | None = None, device=None, dtype=torch.float32,
+                 time_distribution="uniform") -> tuple[Tensor, Tensor, Tensor]:
+    """Draw ``t`` for a batch of ``n`` and return ``(t, scale, std)``: from ``time_distribution`` on ``(eps, T)``, or
+    a uniform chain timestep."""
     if chain is None:
-        eps = _positive("eps", eps)
+        eps = positive("eps", eps)
         if eps >= sde.T:
             raise ValueError(f"eps must lie in (0, T={sde.T}), got {eps}")
-        t = eps + (sde.T - eps) * torch.rand(n, generator=generator, device=device, dtype=dtype)
+        t = _time_distribution(time_distribution).sample(sde, n, eps, generator, device, dtype)
         scale, std = sde.marginal(t)
         return t, scale, std
     i = torch.randint(len(chain), (n,), generator=generator, device=device)
     return (chain.t.to(device)[i].to(dtype), chain.scale.to(device)[i].to(dtype), chain.std.to(device)[i].to(dtype))
 
 
-def dsm_loss(score: Callable[[Tensor, Tensor], Tensor], sde: SDE, x0: Tensor, *, t: Tensor | None = None,
-             noise: Tensor | None = None, weighting="std2", eps: float = 1e-5, chain: DiscreteChain | None = None,
-             generator: torch.Generator | None = None, reduce: bool = True, sigma_data: float = 0.5) -> Tensor:
-    """The DSM loss of ``score(x, t)`` on data ``x0``, averaged over the batch (per sample if ``reduce=False``);
-    ``sigma_data`` is the ``σ_d`` of the ``"edm"`` weighting.
+def ot_coupling(x0: Tensor, noise: Tensor) -> Tensor:
+    """The noise reordered to the exact minibatch optimal-transport pairing with ``x0``: the permutation ``π``
+    minimising ``Σ_i ‖x0_i - noise_π(i)‖²`` (``linear_sum_assignment``)."""
+    cost = torch.cdist(x0.detach().flatten(1).double().cpu(), noise.detach().flatten(1).double().cpu()) ** 2
+    rows, cols = linear_sum_assignment(cost.numpy())
+    order = np.empty_like(cols)
+    order[rows] = cols
+    return noise[torch.as_tensor(order, device=noise.device)]
+
+
+def dsm_weight(weighting, sde: GaussianPath, t: Tensor, scale: Tensor, std: Tensor,
+               sigma_data: float = 0.5) -> Tensor:
+    """The DSM weight ``λ(t)`` on ``‖s - s*‖²`` of a named weighting (``native`` has none: it is per kind)."""
+    if weighting == "std2":
+        return std**2
+    if weighting == "edm":
+        return std**2 * ((std / scale) ** 2 + sigma_data**2) / sigma_data**2
+    if weighting == "likelihood":
+        return sde.diffusion_squared(t)
+    return torch.as_tensor(weighting(t)).to(std)
+
+
+def denoising_loss(model: Callable[[Tensor, Tensor], Tensor], sde: GaussianPath, x0: Tensor, *,
+                   t: Tensor | None = None, noise: Tensor | None = None, weighting="std2", eps: float = 1e-5,
+                   chain: DiscreteChain | None = None, generator: torch.Generator | None = None, reduce: bool = True,
+                   sigma_data: float = 0.5, time_distribution="uniform", coupling: str = "independent") -> Tensor:
+    """The denoising loss of ``model(x, t)`` (a score function, or any model declaring what it ``predicts``) on data
+    ``x0``, averaged over the batch (per sample if ``reduce=False``); ``sigma_data`` is the ``σ_d`` of ``"edm"``.
 
     ``t`` and ``noise`` default to draws from ``generator`` (times first, then one ``randn``); with a given
     ``t`` and a ``chain``, each ``t`` must be one of the chain's times and takes its ``(scale, std)``.
@@ -63,9 +161,11 @@ def dsm_loss(score: Callable[[Tensor, Tensor], Tensor], sde: SDE, x0: Tensor, *,
                         f"{tuple(getattr(x0, 'shape', ()))}")
     if not (callable(weighting) or weighting in WEIGHTINGS):
         raise ValueError(f"weighting must be one of {WEIGHTINGS} or a callable λ(t), got {weighting!r}")
+    choice("coupling", coupling, COUPLINGS)
+    kind = predicts(model)
     n = x0.shape[0]
     if t is None:
-        t, scale, std = sample_times(sde, n, eps, chain, generator, x0.device, x0.dtype)
+        t, scale, std = sample_times(sde, n, eps, chain, generator, x0.device, x0.dtype, time_distribution)
     else:
         t = torch.as_tensor(t, dtype=x0.dtype, device=x0.device).expand(n)
         if chain is None:
@@ -77,37 +177,43 @@ def dsm_loss(score: Callable[[Tensor, Tensor], Tensor], sde: SDE, x0: Tensor, *,
         noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
     elif noise.shape != x0.shape:
         raise ValueError(f"noise must have the shape of x0 {tuple(x0.shape)}, got {tuple(noise.shape)}")
-    xt = batch_view(scale, x0) * x0 + batch_view(std, x0) * noise
-    s = score(xt, t)
-    if not isinstance(s, Tensor) or s.shape != x0.shape:
-        raise ValueError(f"score must return a tensor shaped like x0 {tuple(x0.shape)}, got "
-                         f"{tuple(getattr(s, 'shape', ()))}")
-    residual = (batch_view(std, s) * s + noise).flatten(1).pow(2).mean(1)
-    if weighting == "std2":
+    if coupling == "ot":
+        noise = ot_coupling(x0, noise)
+    a, s = batch_view(scale, x0), batch_view(std, x0)
+    d_a, d_s = (batch_view(f(t).to(x0.dtype), x0) for f in (sde.d_alpha, sde.d_sigma)) if kind == "velocity" \
+        else (None, None)
+    xt = a * x0 + s * noise
+    out = model(xt, t)
+    if not isinstance(out, Tensor) or out.shape != x0.shape:
+        raise ValueError(f"model must return a tensor shaped like x0 {tuple(x0.shape)}, got "
+                         f"{tuple(getattr(out, 'shape', ()))}")
+    residual = (out - target(kind, x0, noise, a, s, d_a, d_s)).flatten(1).pow(2).mean(1)
+    if weighting == "native":
         per_sample = residual
-    elif weighting == "edm":
-        per_sample = ((std / scale) ** 2 + sigma_data**2) / sigma_data**2 * residual
     else:
-        lam = sde.diffusion(t) ** 2 if weighting == "likelihood" else torch.as_tensor(weighting(t)).to(residual)
-        per_sample = lam / std**2 * residual
+        b = score_coefficient(kind, scale, std, None if d_a is None else d_a.flatten(), None if d_s is None
+                              else d_s.flatten())
+        lam = dsm_weight(weighting, sde, t, scale, std, sigma_data)
+        per_sample = lam / torch.as_tensor(b, dtype=residual.dtype, device=residual.device) ** 2 * residual
     return per_sample.mean() if reduce else per_sample
 
 
 def ddpm_loss(eps_model: Callable[[Tensor, Tensor], Tensor], x0: Tensor, chain: DiscreteChain,
               generator: torch.Generator | None = None) -> Tensor:
     """Ho et al.'s ``L_simple`` for an ε-network of integer timesteps on a VP chain (``VPSDE().discretize(N)``):
-    ``dsm_loss`` of ``ScoreModel(eps_model, sde, "eps", chain)`` with ``λ = std²``."""
+    ``denoising_loss`` of ``ScoreModel(eps_model, sde, "eps", chain)`` with ``λ = std²``."""
     if chain.betas is None:
         raise ValueError("chain must be a VP-type chain (sde.discretize(N) of a VPSDE)")
     sde = VPSDE()
-    return dsm_loss(ScoreModel(eps_model, sde, "eps", chain), sde, x0, chain=chain, generator=generator)
+    return denoising_loss(ScoreModel(eps_model, sde, "eps", chain), sde, x0, chain=chain, generator=generator)
 
 
 def ncsn_loss(score_model: Callable[[Tensor, Tensor], Tensor], x0: Tensor, chain: DiscreteChain,
               generator: torch.Generator | None = None) -> Tensor:
     """Song & Ermon's σ²-weighted loss ``½ σ_i² ‖s_θ(x̃, i) + z/σ_i‖²`` on a VE chain (``VESDE().discretize(L)``),
-    for a score network of integer level indices: ``dsm_loss`` with ``λ = σ²/2``."""
+    for a score network of integer level indices: ``denoising_loss`` with ``λ = σ²/2``."""
     if chain.betas is not None:
         raise ValueError("chain must be a VE chain (sde.discretize(L) of a VESDE)")
     sde = VESDE()
-    return 0.5 * dsm_loss(ScoreModel(score_model, sde, "score", chain), sde, x0, chain=chain, generator=generator)
+    return 0.5 * denoising_loss(ScoreModel(score_model, sde, "score", chain), sde, x0, chain=chain,
+                                generator=generator)

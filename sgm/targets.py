@@ -1,9 +1,14 @@
 """Gaussian mixtures: data distributions whose perturbed density and score are exact at every t.
 
-For ``p_0 = Σ_k w_k N(μ_k, diag(σ_k²))`` and an SDE with marginal ``x_t = scale·x_0 + std·z``,
+For ``p_0 = Σ_k w_k N(μ_k, diag(σ_k²))`` and a path with marginal ``x_t = α·x_0 + σ·z``, ``v_k = α²σ_k² + σ²``,
 
-    p_t(x) = Σ_k w_k N(x; scale·μ_k, diag(scale²σ_k² + std²)),
-    ∇ log p_t(x) = Σ_k r_k(x) (scale·μ_k - x) / (scale²σ_k² + std²),   r_k = w_k N_k(x) / p_t(x).
+    p_t(x) = Σ_k w_k N(x; α·μ_k, diag(v_k)),
+    ∇ log p_t(x) = Σ_k r_k(x) (α·μ_k - x) / v_k,   r_k = w_k N_k(x) / p_t(x),
+    E[x_0 | x_t = x] = Σ_k r_k (μ_k + α σ_k² (x - α μ_k)/v_k),      E[ε | x_t = x] = -σ ∇ log p_t(x),
+
+(Gaussian conditioning within each component), so the exact prediction of every kind (``prediction_fn``: score,
+ε, x̂_0, v, velocity) is defined at every ``t`` of every path, endpoints included: at ``α = 0`` (rectified flow's
+top) ``x̂_0 = Σ_k w_k μ_k``, at ``σ = 0`` ``x̂_0 = x/α``.
 
 Samples may have any shape ``(batch, *event)`` with ``prod(event) = dim``; they are flattened inside.
 
@@ -29,14 +34,15 @@ import torch
 from torch import Tensor
 
 from .labels import check_class_labels
-from .sde import SDE, DiscreteChain
+from .paths import SDE, DiscreteChain
+from .predictions import KINDS
 
 __all__ = ["GaussianMixture", "FullGaussianMixture", "ring_mixture", "random_mixture"]
 
 
 class _Mixture:
-    """What both mixtures share: ``means (K, D)``, ``weights (K,)`` and sampling (components by ``multinomial``
-    first, then one ``randn``, placed by ``_place``)."""
+    """What both mixtures share: ``means (K, D)``, ``weights (K,)``, the exact predictions from ``score`` and
+    ``denoise``, and sampling (components by ``multinomial`` first, then one ``randn``, placed by ``_place``)."""
 
     means: Tensor
     weights: Tensor
@@ -51,6 +57,23 @@ class _Mixture:
 
     def _place(self, comp: Tensor, z: Tensor) -> Tensor:
         raise NotImplementedError
+
+    def predict(self, x: Tensor, t: Tensor, sde: SDE, kind: str = "x0") -> Tensor:
+        """The exact prediction of ``kind`` (``score``, ``eps``, ``x0``, ``v``, ``velocity``) at ``(x, t)``: from the
+        exact pair ``(x̂_0, ε̂ = -σ s)``, each defined everywhere (see the module docstring)."""
+        return _exact_prediction(self, x, t, sde, kind)
+
+    def prediction_fn(self, sde: SDE, kind: str = "x0"):
+        """The exact model of ``kind``: ``m(x, t)`` with ``m.predicts = kind``. ``x0`` (the default) runs every sampler
+        from the exact top of every path (a score cannot give ``x̂_0`` where ``α = 0``)."""
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+
+        def model(x: Tensor, t: Tensor) -> Tensor:
+            return self.predict(x, t, sde, kind)
+
+        model.predicts = kind
+        return model
 
     def sample(self, n: int, generator: torch.Generator | None = None, return_components: bool = False):
         """Draw ``n`` samples ``(n, D)``: components by ``multinomial`` first, then one ``randn``."""
@@ -247,6 +270,23 @@ class GaussianMixture(_Mixture):
 
         return score
 
+    def denoise(self, x: Tensor, t: Tensor, sde: SDE) -> Tensor:
+        """The exact ``E[x_0 | x_t = x] = Σ_k r_k (μ_k + α σ_k² (x - α μ_k)/v_k)``, shaped like ``x``."""
+        flat, means, var = self._perturbed(x, t, sde)
+        log_p, prec, mean_prec = self._components(flat, means, var)
+        r = torch.softmax(log_p, dim=1)
+        alpha = self._alpha(x, t, sde)
+        s2 = (self.stds.to(x.dtype) ** 2)[None]
+        # Σ r μ + α (x Σ r σ_k²/v_k - Σ r σ_k² (αμ_k)/v_k)
+        out = _contract_components(r, self.means.to(x.dtype)[None]) + alpha * (
+            flat * _contract_components(r, s2 * prec) - _contract_components(r, s2 * mean_prec))
+        return out.reshape(x.shape)
+
+    def _alpha(self, x: Tensor, t: Tensor, sde: SDE) -> Tensor:
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
+        return sde.alpha(t).reshape(-1, 1)
+
+
     def chain_score_fn(self, chain: DiscreteChain):
         """The exact score of the mixture on a discrete chain: ``s(x, t) = ∇ log p_i(x)`` with ``p_i`` the law of
         ``scale_i·x_0 + std_i·z`` at the timestep ``i = chain.index(t)`` nearest each row's ``t``."""
@@ -288,26 +328,35 @@ class FullGaussianMixture(_Mixture):
         return self.means[comp] + (self._chol[comp] @ z[..., None])[..., 0]
 
     def _log_components(self, x: Tensor, t, sde: SDE | None):
-        """``log w_k + log N(x; m_k, V_k)`` ``(B, K)`` and ``V_k⁻¹(m_k - x)`` ``(B, K, D)``."""
+        """``log w_k + log N(x; α m_k, V_k)`` ``(B, K)``, ``V_k⁻¹(α m_k - x)`` ``(B, K, D)`` and ``α`` (``(B, 1)`` or a
+        float), with ``V_k = α² C_k + σ² I`` at each sample's own time (one set of components when the batch
+        shares one time)."""
         flat = x.reshape(x.shape[0], -1)
         if flat.shape[1] != self.dim:
             raise ValueError(f"x must have {self.dim} features per sample, got shape {tuple(x.shape)}")
-        means, covs = self.means.to(x.dtype), self.covs.to(x.dtype)
+        means, covs, alpha = self.means.to(x.dtype), self.covs.to(x.dtype), 1.0
         if t is not None:
-            t = torch.as_tensor(t, dtype=x.dtype, device=x.device).reshape(-1)[:1]  # one time for the batch
-            scale, std = (float(v) for v in sde.marginal(t))
-            means = scale * means
-            covs = scale**2 * covs + std**2 * torch.eye(self.dim, dtype=x.dtype, device=x.device)
-        L = torch.linalg.cholesky(covs)                                     # (K, D, D)
-        diff = means[None] - flat[:, None]                                  # (B, K, D)
-        white = torch.linalg.solve_triangular(L[None], diff[..., None], upper=False)[..., 0]
-        log_n = -0.5 * ((white**2).sum(-1) + 2 * torch.log(torch.diagonal(L, dim1=1, dim2=2)).sum(1)
+            t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+            eye = torch.eye(self.dim, dtype=x.dtype, device=x.device)
+            if t.numel() == 1 or (t.dim() == 1 and t.stride(0) == 0):
+                alpha, std = (float(v) for v in sde.marginal(t.reshape(-1)[:1]))
+                means, covs = alpha * means, alpha**2 * covs + std**2 * eye
+            else:
+                a, std = (v.reshape(-1, 1, 1) for v in sde.marginal(t.expand(x.shape[0])))
+                means = a * means[None]                                     # (B, K, D)
+                covs = a[..., None] ** 2 * covs[None] + std[..., None] ** 2 * eye
+                alpha = a[:, :, 0]
+        L = torch.linalg.cholesky(covs)                                     # (K|B·K, D, D)
+        Lb = L if L.dim() == 4 else L[None]
+        diff = (means if means.dim() == 3 else means[None]) - flat[:, None]  # (B, K, D)
+        white = torch.linalg.solve_triangular(Lb, diff[..., None], upper=False)[..., 0]
+        log_n = -0.5 * ((white**2).sum(-1) + 2 * torch.log(torch.diagonal(Lb, dim1=-2, dim2=-1)).sum(-1)
                         + self.dim * math.log(2 * math.pi))
-        grad = torch.cholesky_solve(diff[..., None], L[None])[..., 0]
-        return torch.log(self.weights.to(x.dtype)) + log_n, grad
+        grad = torch.cholesky_solve(diff[..., None], Lb)[..., 0]
+        return torch.log(self.weights.to(x.dtype)) + log_n, grad, alpha
 
     def log_prob(self, x: Tensor, t: Tensor | None = None, sde: SDE | None = None) -> Tensor:
-        """``log p_t(x)`` per sample (``t`` one time for the whole batch; ``log p_0`` when None)."""
+        """``log p_t(x)`` per sample (``log p_0`` when ``t`` is None)."""
         return torch.logsumexp(self._log_components(x, t, sde)[0], dim=1)
 
     def responsibilities(self, x: Tensor) -> Tensor:
@@ -315,12 +364,20 @@ class FullGaussianMixture(_Mixture):
         return torch.softmax(self._log_components(x, None, None)[0], dim=1)
 
     def score(self, x: Tensor, t: Tensor, sde: SDE) -> Tensor:
-        """The exact ``∇ log p_t(x) = Σ_k r_k V_k⁻¹ (m_k - x)``."""
-        log_p, grad = self._log_components(x, t, sde)
+        """The exact ``∇ log p_t(x) = Σ_k r_k V_k⁻¹ (α m_k - x)``."""
+        log_p, grad, _ = self._log_components(x, t, sde)
         return (torch.softmax(log_p, 1)[..., None] * grad).sum(1).reshape(x.shape)
 
     def score_fn(self, sde: SDE):
         return lambda x, t: self.score(x, t, sde)
+
+    def denoise(self, x: Tensor, t: Tensor, sde: SDE) -> Tensor:
+        """The exact ``E[x_0 | x_t = x] = Σ_k r_k (m_k - α C_k V_k⁻¹(α m_k - x))``."""
+        log_p, grad, alpha = self._log_components(x, t, sde)
+        r = torch.softmax(log_p, 1)[..., None]
+        x0 = self.means.to(x.dtype)[None] - (alpha[..., None] if torch.is_tensor(alpha) else alpha) * (
+            self.covs.to(x.dtype)[None] @ grad[..., None])[..., 0]
+        return (r * x0).sum(1).reshape(x.shape)
 
     def moments(self) -> tuple[Tensor, Tensor]:
         """Exact mean ``(D,)`` and covariance ``(D, D)``."""
@@ -328,6 +385,22 @@ class FullGaussianMixture(_Mixture):
         mean = (w[:, None] * self.means).sum(0)
         c = self.means - mean
         return mean, (w[:, None, None] * (self.covs + c[:, :, None] * c[:, None, :])).sum(0)
+
+
+def _exact_prediction(mixture, x: Tensor, t: Tensor, sde: SDE, kind: str) -> Tensor:
+    """``kind`` from the exact ``x̂_0`` and ``ε̂ = -σ s`` of ``mixture`` (``p·x̂_0 + q·ε̂``, ``sgm.predictions``)."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if kind == "score":
+        return mixture.score(x, t, sde)
+    t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
+    view = lambda v: v.to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))  # noqa: E731
+    alpha, sigma, d_alpha, d_sigma = (view(f(t)) for f in (sde.alpha, sde.sigma, sde.d_alpha, sde.d_sigma))
+    eps = -sigma * mixture.score(x, t, sde)
+    if kind == "eps":
+        return eps
+    x0 = mixture.denoise(x, t, sde)
+    return {"x0": x0, "v": alpha * eps - sigma * x0, "velocity": d_alpha * x0 + d_sigma * eps}[kind]
 
 
 def _check_labels(labels, k: int, device) -> Tensor:

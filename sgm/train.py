@@ -50,7 +50,7 @@ from .config import ARCHITECTURE_KEYS, RESUMABLE_KEYS, TENSOR_DATA, TrainConfig,
 from .device import resolve_device
 from .ema import EMA, SNAPSHOTS, PowerEMA, flatten_parameters
 from .loader import InMemory, StepBatches, Streamed
-from .losses import dsm_loss, sample_times
+from .losses import denoising_loss, sample_times
 
 __all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "Interrupted", "CheckpointError", "EMA", "load_checkpoint",
            "save_checkpoint", "build_sde", "build_net", "build_model", "model_from_checkpoint", "learning_rate",
@@ -333,7 +333,7 @@ class Trainer:
             with contextlib.nullcontext() if last else self.ddp.no_sync():
                 with torch.autocast(self.device.type, dtype=AUTOCAST.get(self.config.precision, torch.float32),
                                     enabled=self.config.precision != "fp32"):
-                    loss = dsm_loss(score, self.sde, x_k, t=t_k, noise=n_k, weighting=self.config.weighting,
+                    loss = denoising_loss(score, self.sde, x_k, t=t_k, noise=n_k, weighting=self.config.weighting,
                                     sigma_data=self.config.sigma_data) / parts
                 self.scaler.scale(loss).backward()
             total = loss.detach() if total is None else total + loss.detach()

@@ -37,11 +37,12 @@ def test_every_field_has_its_generated_flag_and_every_flag_a_field():
 
 
 def test_the_path_table_holds_every_path_with_its_parameters():
-    assert set(PATHS) == {"vp", "subvp", "cosine", "ve"}
+    assert set(PATHS) == {"vp", "subvp", "ve", "cosine", "edm", "rectified-flow"}
     for name, entry in PATHS.items():
         assert isinstance(make_path(name), entry.cls)
     assert make_path("ve", {"sigma_max": 8.0}).sigma_max == 8.0
-    assert path_parameters()["beta_max"] == (["vp", "subvp"], 20.0)
+    assert path_parameters()["beta_max"] == [("vp", 20.0), ("subvp", 20.0)]
+    assert path_parameters()["sigma_max"] == [("ve", 50.0), ("edm", 80.0)]
     with pytest.raises(ValueError, match="the 'cosine' path takes no parameters, not beta_max"):
         make_path("cosine", {"beta_max": 1.0})
     # the cosine path trains: its name reaches the network and the checkpoint

@@ -44,7 +44,7 @@ def test_samplers_draw_the_mixture_on_the_cosine_process():
         assert_matches_mixture(out.x, gm, n)
 
 
-@pytest.mark.parametrize("kwargs,match", [({"T": 1.0}, "T must be < 1"), ({"s": 0.0}, "s must be > 0")])
+@pytest.mark.parametrize("kwargs,match", [({"T": 1.5}, "T must be <= 1"), ({"s": 0.0}, "s must be > 0")])
 def test_bad_cosine_parameters(kwargs, match):
     with pytest.raises(ValueError, match=match):
         sgm.CosineVPSDE(**kwargs)

@@ -16,7 +16,7 @@ import sgm
 from sgm.checkpoint import load_checkpoint
 from sgm.cli import main
 from sgm.distributed import stream_seed
-from sgm.losses import dsm_loss
+from sgm.losses import denoising_loss
 from sgm.train import TrainConfig, Trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,7 +46,7 @@ def worker(rank, tmp):
         # 1. one step's gradient, in float64, without dropout
         trainer = Trainer(config(f"{tmp}/grad", dropout=0.0), data=data64())
         x0, t, noise, _ = trainer.batch()
-        dsm_loss(trainer.model, trainer.sde, x0, t=t, noise=noise).backward()
+        denoising_loss(trainer.model, trainer.sde, x0, t=t, noise=noise).backward()
         torch.save({"x0": x0, "t": t, "noise": noise, "grads": [p.grad for p in trainer.net.parameters()]},
                    f"{tmp}/grad_{rank}.pt")
         # 2. an uninterrupted run
@@ -93,7 +93,7 @@ def test_averaged_gradient_is_the_global_batch_gradient(runs):
     single = Trainer(config(runs / "single", dropout=0.0), data=data64())
     x0, t, noise = (torch.cat([p[k] for p in parts]) for k in ("x0", "t", "noise"))
     assert x0.shape == (8, 2) and x0.dtype == torch.float64
-    dsm_loss(single.model, single.sde, x0, t=t, noise=noise).backward()
+    denoising_loss(single.model, single.sde, x0, t=t, noise=noise).backward()
     for p, g0, g1 in zip(single.net.parameters(), parts[0]["grads"], parts[1]["grads"]):
         assert torch.equal(g0, g1)  # all-reduced: the same on both processes
         # mean of the two half-batch means = the global mean; float64 rounding is ~1e-16, 1e-10 is far below 1e-6

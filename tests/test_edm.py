@@ -3,7 +3,7 @@ formulas written out here; and the property that makes the probability-flow ODE 
 import torch
 
 import sgm
-from sgm.losses import dsm_loss
+from sgm.losses import denoising_loss
 
 D = torch.float64
 
@@ -18,7 +18,7 @@ def test_edm_loss_is_the_preconditioned_networks_own_regression():
     g = torch.Generator().manual_seed(0)
     x0, t, z = torch.randn(64, 2, generator=g, dtype=D), 0.01 + 0.99 * torch.rand(64, generator=g, dtype=D), \
         torch.randn(64, 2, generator=g, dtype=D)
-    loss = dsm_loss(model, sde, x0, t=t, noise=z, weighting="edm", sigma_data=sd, reduce=False)
+    loss = denoising_loss(model, sde, x0, t=t, noise=z, weighting="edm", sigma_data=sd, reduce=False)
     a, s = (v[:, None] for v in sde.marginal(t))
     x, sig = a * x0 + s * z, s / a
     c_skip, c_out, c_in = sd**2 / (sig**2 + sd**2), sig * sd / (sig**2 + sd**2).sqrt(), 1 / (sig**2 + sd**2).sqrt()
@@ -37,7 +37,8 @@ def test_a_bounded_network_gives_a_gaussian_pull_back_and_the_ode_stays_bounded(
     edm, eps = sgm.ScoreModel(zero, sde, "edm", sigma_data=sd), sgm.ScoreModel(zero, sde, "eps")
     x, t = torch.randn(32, 2, generator=torch.Generator().manual_seed(1), dtype=D) * 5, torch.linspace(0.01, 1, 32, dtype=D)
     a, s = (v[:, None] for v in sde.marginal(t))
-    torch.testing.assert_close(edm(x, t), -x / (s**2 + a**2 * sd**2), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(sgm.predictions.as_score(edm, sde)(x, t), -x / (s**2 + a**2 * sd**2), rtol=1e-12,
+                               atol=1e-12)
     kw = dict(sampler="ode", steps=50, method="heun2", dtype=D, denoise=False)
     x_edm = sgm.sample(edm, sde, (4000, 2), generator=torch.Generator().manual_seed(2), **kw).x
     x_eps = sgm.sample(eps, sde, (4000, 2), generator=torch.Generator().manual_seed(2), **kw).x

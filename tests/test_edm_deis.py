@@ -66,7 +66,7 @@ def test_heun_is_edm_algorithm_2(sde_name, churn, s_tmin, s_tmax):
     grid = time_grid(sde, n, spacing="karras", rho=7)
     lo, hi = (float(v) for v in sde.noise_level(torch.tensor([1e-3, sde.T], dtype=D)))
     sigmas = karras_sigmas(lo, hi, n)
-    torch.testing.assert_close(torch.tensor([v.sigma for v in grid.nodes], dtype=D), torch.tensor(sigmas, dtype=D),
+    torch.testing.assert_close(torch.tensor([v.noise_level for v in grid.nodes], dtype=D), torch.tensor(sigmas, dtype=D),
                                rtol=1e-12, atol=0)
     options = dict(churn=churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=1.007)
     out = sgm.sample(gm.score_fn(sde), sde, (64, 2), sampler="heun", grid=grid, generator=gen(0), dtype=D, **options)
@@ -116,13 +116,13 @@ def test_deis_coefficients_integrate_polynomials_exactly(variable, k):
     c = deis_coefficients(history, b, variable)
     if variable == "rho":
         antiderivatives = [lambda r: r, lambda r: r**2 / 2, lambda r: r**3 / 3]
-        value = [lambda n: 1.0, lambda n: n.sigma, lambda n: n.sigma**2]
+        value = [lambda n: 1.0, lambda n: n.noise_level, lambda n: n.noise_level**2]
     else:
         antiderivatives = [lambda r: r, lambda r: r - r * math.log(r),
                            lambda r: r * (math.log(r) ** 2 - 2 * math.log(r) + 2)]
         value = [lambda n: 1.0, lambda n: n.lam, lambda n: n.lam**2]
     for p in range(k):
-        exact = antiderivatives[p](b.sigma) - antiderivatives[p](history[0].sigma)
+        exact = antiderivatives[p](b.noise_level) - antiderivatives[p](history[0].noise_level)
         got = sum(cj * value[p](n) for cj, n in zip(c, history))
         assert got == pytest.approx(exact, rel=1e-12, abs=1e-14), (p, got, exact)
 
@@ -170,7 +170,7 @@ def test_langevin_step_rules():
     from sgm.samplers.langevin import AnnealedLangevin, ncsnv2_step
 
     grid = time_grid(sgm.VESDE(), 400)
-    u = ncsnv2_step((grid.noisy[0].sigma / grid.noisy[-1].sigma) ** (1 / 399), 5)
+    u = ncsnv2_step((grid.noisy[0].noise_level / grid.noisy[-1].noise_level) ** (1 / 399), 5)
     assert u == pytest.approx(0.0385, abs=1e-3)
     for options, expected in [({}, 0.1), ({"step_size": "ncsnv2"}, u), ({"step_size": 2e-5}, 1e-5 / grid.noisy[-1].std ** 2)]:
         deltas = AnnealedLangevin(**options).init(None, grid)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import sgm
-from sgm.interop import ChainVPSDE, load_diffusers, threshold_x0
+from sgm.interop import load_diffusers, threshold_x0
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -84,15 +84,14 @@ def test_every_sampler_runs(tmp_path):
     save_pipeline(tmp_path)
     pre = load_diffusers(tmp_path)
     for name in sgm.samplers.available():
-        options = {"ode": {"method": "heun2"}, "langevin": {"n_steps_each": 1}}.get(name, {})
         out = sgm.sample(pre.model, pre.sde, (2, *pre.shape), sampler=name, steps=4, dtype=torch.float32,
-                         generator=torch.Generator().manual_seed(0), **options)
+                         generator=torch.Generator().manual_seed(0), **sgm.samplers.entry(name).smoke)
         assert out.x.shape == (2, 3, 8, 8) and bool(torch.isfinite(out.x).all()), name
 
 
-def test_chain_vpsde_interpolates_its_chain():
+def test_alphas_cumprod_path_interpolates_its_chain():
     betas = torch.linspace(1e-2, 0.1, 50, dtype=torch.float64) ** 1.5
-    sde = ChainVPSDE(betas)
+    sde = sgm.GaussianPath.from_alphas_cumprod(torch.cumprod(1 - betas, 0))
     chain = sde.discretize(50)
     torch.testing.assert_close(chain.alphas_cumprod, torch.cumprod(1 - betas, 0), rtol=1e-13, atol=0)
     torch.testing.assert_close(sde.marginal(chain.t)[0], chain.scale, rtol=1e-13, atol=0)
@@ -118,5 +117,5 @@ def test_bad_folders(tmp_path):
         load_diffusers(tmp_path / "p")
     with pytest.raises(FileNotFoundError, match="no scheduler config at"):
         load_diffusers(tmp_path / "p" / "unet")
-    with pytest.raises(ValueError, match="a ChainVPSDE discretises only at its own N=3"):
-        ChainVPSDE([0.1, 0.2, 0.3]).discretize(4)
+    with pytest.raises(ValueError, match="discretises only at its own N=3"):
+        sgm.GaussianPath.from_alphas_cumprod([0.9, 0.8, 0.7]).discretize(4)

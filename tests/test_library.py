@@ -11,7 +11,7 @@ from sgm.train import TrainConfig, Trainer, model_from_checkpoint
 
 def test_import_sgm_reaches_the_submodules_the_docs_use():
     code = ("import sgm; sgm.metrics.sliced_wasserstein; sgm.likelihood.log_likelihood; sgm.train.Trainer; "
-            "sgm.data.toy_2d; sgm.nets.MLP; sgm.losses.dsm_loss")
+            "sgm.data.toy_2d; sgm.nets.MLP; sgm.losses.denoising_loss")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)  # a fresh interpreter
 
 

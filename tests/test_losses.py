@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import sgm
-from sgm.losses import ddpm_loss, dsm_loss, ncsn_loss
+from sgm.losses import ddpm_loss, denoising_loss, ncsn_loss
 from conftest import SDES, gen, mixture
 
 D = torch.float64
@@ -59,7 +59,7 @@ def test_continuous_loss_on_the_chain_times_is_the_discrete_loss(sde_name):
     for i in (0, 37, 99):
         z = torch.randn(x0.shape, generator=gen(i), dtype=D)
         t = chain.t[i].expand(64)
-        per = dsm_loss(model, forward, x0, t=t, noise=z, chain=chain, reduce=False)
+        per = denoising_loss(model, forward, x0, t=t, noise=z, chain=chain, reduce=False)
         a, s = chain.scale[i], chain.std[i]
         idx = torch.full((64,), i)
         if sde_name == "vp":
@@ -69,8 +69,8 @@ def test_continuous_loss_on_the_chain_times_is_the_discrete_loss(sde_name):
         torch.testing.assert_close(per, expected, rtol=1e-12, atol=0)
     if sde_name == "ve":  # NCSN's levels lie on the VE marginal: the continuous loss needs no chain at all
         cont = sgm.ScoreModel(lambda x, t: net(x, chain.index(t)), forward, "score")
-        torch.testing.assert_close(dsm_loss(cont, forward, x0, t=chain.t[5].expand(64), noise=z),
-                                   dsm_loss(model, forward, x0, t=chain.t[5].expand(64), noise=z, chain=chain))
+        torch.testing.assert_close(denoising_loss(cont, forward, x0, t=chain.t[5].expand(64), noise=z),
+                                   denoising_loss(model, forward, x0, t=chain.t[5].expand(64), noise=z, chain=chain))
 
 
 def test_likelihood_and_custom_weightings():
@@ -81,8 +81,8 @@ def test_likelihood_and_custom_weightings():
     scale, std = forward.marginal(t)
     s = score(scale[:, None] * x0 + std[:, None] * z, t)
     direct = (forward.diffusion(t) ** 2 * ((s + z / std[:, None]) ** 2).mean(1)).mean()
-    torch.testing.assert_close(dsm_loss(score, forward, x0, t=t, noise=z, weighting="likelihood"), direct)
-    torch.testing.assert_close(dsm_loss(score, forward, x0, t=t, noise=z, weighting=lambda t: forward.diffusion(t) ** 2),
+    torch.testing.assert_close(denoising_loss(score, forward, x0, t=t, noise=z, weighting="likelihood"), direct)
+    torch.testing.assert_close(denoising_loss(score, forward, x0, t=t, noise=z, weighting=lambda t: forward.diffusion(t) ** 2),
                                direct)
 
 
@@ -98,8 +98,8 @@ def test_the_true_score_minimises_dsm(sde_name):
     def delta(x, t):
         return 0.3 * torch.sin(x) / forward.marginal(t)[1][:, None]
 
-    base = dsm_loss(exact, forward, x0, t=t, noise=z, reduce=False)
-    worse = dsm_loss(lambda x, t: exact(x, t) + delta(x, t), forward, x0, t=t, noise=z, reduce=False)
+    base = denoising_loss(exact, forward, x0, t=t, noise=z, reduce=False)
+    worse = denoising_loss(lambda x, t: exact(x, t) + delta(x, t), forward, x0, t=t, noise=z, reduce=False)
     scale, std = forward.marginal(t)
     gap = (std**2 * delta(scale[:, None] * x0 + std[:, None] * z, t).pow(2).mean(1))
     diff = worse - base
@@ -112,12 +112,12 @@ def test_the_true_score_minimises_dsm(sde_name):
 def test_bad_arguments():
     forward, x0 = sgm.VPSDE(), torch.zeros(4, 2)
     with pytest.raises(ValueError, match="weighting"):
-        dsm_loss(lambda x, t: x, forward, x0, weighting="snr")
+        denoising_loss(lambda x, t: x, forward, x0, weighting="snr")
     with pytest.raises(ValueError, match="eps"):
-        dsm_loss(lambda x, t: x, forward, x0, eps=2.0)
+        denoising_loss(lambda x, t: x, forward, x0, eps=2.0)
     with pytest.raises(TypeError, match="x0"):
-        dsm_loss(lambda x, t: x, forward, torch.zeros(4, dtype=torch.long))
-    with pytest.raises(ValueError, match="score must return"):
-        dsm_loss(lambda x, t: x[:, :1], forward, x0)
+        denoising_loss(lambda x, t: x, forward, torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match="model must return"):
+        denoising_loss(lambda x, t: x[:, :1], forward, x0)
     with pytest.raises(ValueError, match="VP-type"):
         ddpm_loss(lambda x, t: x, x0, sgm.VESDE().discretize(10))

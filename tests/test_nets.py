@@ -61,15 +61,18 @@ def test_mlp_and_embedding():
 @pytest.mark.parametrize("prediction", sgm.score.PREDICTIONS)
 @pytest.mark.parametrize("sde_name", list(SDES))
 def test_every_parameterisation_gives_the_exact_score(prediction, sde_name):
-    """Networks predicting ε, x₀, v or the score from the exact mixture score all give back that score."""
+    """Networks predicting ε, x₀, v, the velocity or the score from the exact mixture score all give back that score
+    (through sgm.predictions, the one conversion module) and Tweedie's denoiser."""
     forward, gm = SDES[sde_name](), mixture()
     exact = gm.score_fn(forward)
 
     def net(x, t):
         scale, std = (v[:, None] for v in forward.marginal(t))
+        d_scale, d_std = forward.d_alpha(t)[:, None], forward.d_sigma(t)[:, None]
         s = exact(x, t)
         eps, x0 = -std * s, (x + std**2 * s) / scale
-        return {"score": s, "eps": eps, "x0": x0, "v": scale * eps - std * x0}[prediction]
+        return {"score": s, "eps": eps, "x0": x0, "v": scale * eps - std * x0,
+                "velocity": d_scale * x0 + d_std * eps}[prediction]
 
     def edm_net(u, c_noise):
         """Karras et al.'s F for the exact score: the input is (x/√(σ² + a²σ_d²), ¼ ln σ̃), σ̃ = σ/a."""
@@ -84,7 +87,8 @@ def test_every_parameterisation_gives_the_exact_score(prediction, sde_name):
     model = (sgm.ScoreModel(edm_net, forward, "edm", sigma_data=0.7) if prediction == "edm"
              else sgm.ScoreModel(net, forward, prediction))
     x, t = torch.randn(64, 2, generator=gen(0), dtype=D), torch.linspace(0.01, 1, 64, dtype=D)
-    torch.testing.assert_close(model(x, t), exact(x, t), rtol=1e-9, atol=1e-9)
+    assert model.predicts == {"edm": "x0"}.get(prediction, prediction)
+    torch.testing.assert_close(sgm.predictions.as_score(model, forward)(x, t), exact(x, t), rtol=1e-9, atol=1e-9)
     scale, std = (v[:, None] for v in forward.marginal(t))
     torch.testing.assert_close(model.denoise(x, t), (x + std**2 * exact(x, t)) / scale, rtol=1e-9, atol=1e-9)
 

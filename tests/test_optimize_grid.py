@@ -123,9 +123,11 @@ def test_a_grid_for_another_sde_is_refused(tmp_path):
 @pytest.mark.parametrize("content, match", [
     ("not json", "invalid JSON"),
     ('{"nodes": [[1.0, 1.0, 1.0]]}', "not an sgm time grid"),
-    ('{"format": "sgm.TimeGrid", "version": 2, "nodes": []}', "version 2"),
-    ('{"format": "sgm.TimeGrid", "version": 1, "nodes": [[1.0, 1.0]]}', "triples"),
-    ('{"format": "sgm.TimeGrid", "version": 1, "nodes": [[1.0, 0.0, 1.0]]}', "scale > 0"),
+    ('{"format": "sgm.TimeGrid", "version": 3, "nodes": []}', "version 3"),
+    ('{"format": "sgm.TimeGrid", "version": 1, "nodes": [[1.0, 1.0]]}', "nodes must be a list"),
+    ('{"format": "sgm.TimeGrid", "version": 2, "nodes": [[1.0, 1.0, 1.0, 0.5]]}', "nodes must be a list"),
+    ('{"format": "sgm.TimeGrid", "version": 1, "nodes": [[1.0, -1.0, 1.0]]}', "scale >= 0"),
+    ('{"format": "sgm.TimeGrid", "version": 1, "nodes": [[1.0, 1.0, 1.0], [0.5, 0.0, 1.0]]}', "only the first"),
     ('{"format": "sgm.TimeGrid", "version": 1, "nodes": [[0.5, 1.0, 1.0], [0.9, 1.0, 2.0]]}', "decrease"),
 ])
 def test_load_rejects_bad_files(tmp_path, content, match):

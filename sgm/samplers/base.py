@@ -9,6 +9,8 @@ from typing import Callable, NamedTuple
 import torch
 from torch import Tensor
 
+from ..predictions import predicts
+
 __all__ = ["SamplerOutput", "SamplerDiverged", "CheckedScore", "check_state"]
 
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
@@ -24,7 +26,8 @@ class SamplerDiverged(ValueError):
 
 
 class CheckedScore:
-    """``score(x, t)`` called with ``t`` as a ``(batch,)`` tensor; counts calls and checks each output.
+    """A model ``score(x, t)`` (a score function or any model declaring what it ``predicts``) called with ``t`` as a
+    ``(batch,)`` tensor; counts calls and checks each output.
 
     An output that is not a tensor shaped like ``x`` in ``x``'s dtype raises ``TypeError``/``ValueError``;
     with ``check_finite`` a NaN or inf raises ``SamplerDiverged`` (a ``ValueError``) naming the time where it appeared.
@@ -34,6 +37,7 @@ class CheckedScore:
         if not callable(score):
             raise TypeError(f"score must be callable as score(x, t), got {type(score).__name__}")
         self.score, self.check_finite, self.nfe = score, check_finite, 0
+        self.predicts = predicts(score)  # the kind of the wrapped model's output
 
     def __call__(self, x: Tensor, t) -> Tensor:
         tt = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])

@@ -21,7 +21,8 @@ A multistep method replaces ``ε̂`` by the polynomial through its last ``k`` va
   multiplies differences of ε̂ (O(h)): O(h³) per step, map error of order 2 whatever ``max_order``.
 
 Warm-up: the ``k``-th step (``k = 1, 2, …``) uses order ``min(order, k)`` — the history it has — so the
-first step is DDIM. The step into the data node is ``integrate``'s Tweedie step (``y - ρ ε̂ = x̂_0``, exactly
+first step is DDIM. From a node of ``α = 0`` (``ρ = ∞``) the step is ``from_noise``, DDIM's limit
+``x_b = scale_b x̂_0 + std_b ε̂``, and the warm-up starts after it. The step into the data node is ``integrate``'s Tweedie step (``y - ρ ε̂ = x̂_0``, exactly
 what any of these methods gives with a constant ``ε̂``), so ``steps`` noise levels cost ``steps`` evaluations.
 """
 from __future__ import annotations
@@ -30,6 +31,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from ..checks import choice, integer
+from .exponential import from_noise
 from .grid import Node
 from .solver import Model, Solver
 
@@ -51,15 +54,15 @@ def deis_coefficients(nodes: tuple[Node, ...], b: Node, variable: str = "lambda"
     ``b``, with the Lagrange basis ``ℓ_j`` in ``v = λ`` or ``v = ρ`` (float64 Gauss–Legendre; see the module)."""
     u, w = _gauss_legendre()
     if variable == "rho":
-        vs = np.array([n.sigma for n in nodes])
-        lo, hi = nodes[0].sigma, b.sigma
+        vs = np.array([n.noise_level for n in nodes])
+        lo, hi = nodes[0].noise_level, b.noise_level
         v = lo + (hi - lo) * u
         jac = (hi - lo) * w  # dρ
     else:
         vs = np.array([n.lam for n in nodes])
         lo, hi = nodes[0].lam, b.lam
         v = lo + (hi - lo) * u
-        jac = -(hi - lo) * w * nodes[0].sigma * np.exp(-(v - lo))  # dρ = -e^{-λ} dλ, e^{-λ} = ρ_a e^{-(λ-λ_a)}
+        jac = -(hi - lo) * w * nodes[0].noise_level * np.exp(-(v - lo))  # dρ = -e^{-λ} dλ, e^{-λ} = ρ_a e^{-(λ-λ_a)}
     coefficients = []
     for j in range(len(nodes)):
         basis = np.ones_like(v)
@@ -68,14 +71,6 @@ def deis_coefficients(nodes: tuple[Node, ...], b: Node, variable: str = "lambda"
                 basis *= (v - vs[m]) / (vs[j] - vs[m])
         coefficients.append(float(np.dot(jac, basis)))
     return coefficients
-
-
-def _order(name: str, order, most: int) -> int:
-    if isinstance(order, bool) or not isinstance(order, int):
-        raise TypeError(f"{name} must be an int, got {order!r}")
-    if not 1 <= order <= most:
-        raise ValueError(f"{name} must be in 1..{most}, got {order}")
-    return order
 
 
 class _Multistep(Solver):
@@ -92,7 +87,10 @@ class _Multistep(Solver):
         return ()
 
     def step(self, model: Model, x, a, b, history, noise):
-        history = ((a, model(x, a).eps),) + history
+        prediction = model(x, a)
+        if a.scale == 0:
+            return from_noise(prediction, b), history
+        history = ((a, prediction.eps),) + history
         coefficients = self.coefficients(tuple(n for n, _ in history), b)
         x = x.mul(b.scale / a.scale)
         for c, (_, eps) in zip(coefficients, history):
@@ -108,10 +106,8 @@ class DEIS(_Multistep):
     name = "deis"
 
     def __init__(self, order: int = 3, variable: str = "lambda"):
-        self.order = self.depth = _order("order", order, 3)
-        if variable not in DEIS_VARIABLES:
-            raise ValueError(f"variable must be one of {DEIS_VARIABLES}, got {variable!r}")
-        self.variable = variable
+        self.ode_order = self.depth = integer("order", order, 1, 3)
+        self.variable = choice("variable", variable, DEIS_VARIABLES)
 
     def coefficients(self, nodes, b):
         return deis_coefficients(nodes, b, self.variable)
@@ -120,15 +116,15 @@ class DEIS(_Multistep):
 class IPNDM(_Multistep):
     """Improved PNDM (Zhang & Chen, 2023): Adams–Bashforth in ρ = σ on ``x/scale`` with the fixed weights of
     equal steps over the last ``max_order`` (1–4) values of ε̂, fewer for the first steps (warm-up). One evaluation
-    per step. Its map error is of order ``min(max_order, 2)`` (declared as ``order``): the fixed weights are exact
+    per step. Its map error is of order ``min(max_order, 2)`` (declared as ``ode_order``): the fixed weights are exact
     only for equal ρ steps, and off by O(h) on any smoothly varying grid (see the module docstring)."""
 
     name = "ipndm"
 
     def __init__(self, max_order: int = 4):
-        self.max_order = _order("max_order", max_order, 4)
-        self.depth, self.order = self.max_order, min(self.max_order, 2)
+        self.max_order = integer("max_order", max_order, 1, 4)
+        self.depth, self.ode_order = self.max_order, min(self.max_order, 2)
 
     def coefficients(self, nodes, b):
-        h = b.sigma - nodes[0].sigma
+        h = b.noise_level - nodes[0].noise_level
         return [h * w for w in IPNDM_WEIGHTS[len(nodes) - 1]]

@@ -14,7 +14,12 @@ with ``N`` the grid's number of noisy nodes. EDM's last step, Euler from ``σ_{N
 evaluations. Churn applies to the ``N - 1`` Heun steps, not to the last level (where EDM's would only
 perturb what the Tweedie step then denoises); with EDM's published ``s_tmin ≥ 0.05`` and ``σ_min = 0.002``
 the last level is outside ``[s_tmin, s_tmax]`` anyway. ``σ̂`` is a noise level off the grid: its time is
-``sde.time_at_noise_level(σ̂)`` with the SDE's marginal there (on VE it is ``σ̂`` itself).
+``sde.time_at_noise_level(σ̂)`` with the path's marginal there (on VE and ``EDMPath`` it is ``σ̂`` itself, and on
+``EDMPath`` (``scale = 1``) every step is Algorithm 2 with no ``x/scale`` conversion at all).
+
+From a node of ``α = 0`` (``σ = ∞``, the exact top of rectified flow) Heun's trapezoid has no limit; the step is
+Euler's, ``y' = ŷ + (σ_b - σ_a) ε̂``, whose limit is ``x_b = scale_b x̂_0 + std_b ε̂`` (one evaluation), so such a grid
+costs ``2N - 2`` evaluations.
 """
 from __future__ import annotations
 
@@ -22,20 +27,11 @@ import math
 
 import torch
 
-from ..sde import _positive, _real
+from ..checks import nonnegative, positive
+from .exponential import from_noise
 from .solver import Model, Solver
 
 __all__ = ["Heun"]
-
-
-def _nonnegative(name: str, value, infinite: bool = False) -> float:
-    """A real ``>= 0`` (``+inf`` allowed when ``infinite``)."""
-    if infinite and isinstance(value, float) and value == math.inf:
-        return value
-    value = _real(name, value)
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return value
 
 
 class Heun(Solver):
@@ -43,31 +39,41 @@ class Heun(Solver):
     EDM's stochastic ``churn`` (``γ = min(churn/steps, √2 - 1)`` for ``σ`` in ``[s_tmin, s_tmax]``, noise
     scaled by ``s_noise``). Deterministic unless ``churn > 0``. EDM's default grid is ``spacing="karras"``, ``rho=7``."""
 
-    name, order, evals_per_step = "heun", 2, 2
+    name, evals_per_step = "heun", 2
 
     def __init__(self, churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf, s_noise: float = 1.0):
-        self.churn = _nonnegative("churn", churn)
-        self.s_tmin = _nonnegative("s_tmin", s_tmin)
-        self.s_tmax = _nonnegative("s_tmax", s_tmax, infinite=True)
+        self.churn = nonnegative("churn", churn)
+        self.s_tmin = nonnegative("s_tmin", s_tmin)
+        self.s_tmax = nonnegative("s_tmax", s_tmax, infinite=True)
         if self.s_tmax < self.s_tmin:
             raise ValueError(f"s_tmax must be >= s_tmin, got s_tmin={self.s_tmin}, s_tmax={self.s_tmax}")
-        self.s_noise = _positive("s_noise", s_noise)
+        self.s_noise = positive("s_noise", s_noise)
         self.stochastic = self.churn > 0
+        if self.stochastic:
+            self.strong_order, self.weak_order = None, 1.0  # churn: noise in, then removed by the ODE steps
+        else:
+            self.ode_order = 2
+
+    def grid_nfe(self, grid) -> int:
+        return super().grid_nfe(grid) - int(grid.nodes[0].scale == 0 and not grid.nodes[1].is_data)
 
     def init(self, x, grid) -> float:
         """State: the churn ``γ = min(churn/N, √2 - 1)`` for the grid's ``N`` noisy nodes."""
         return min(self.churn / len(grid.noisy), math.sqrt(2) - 1)
 
     def step(self, model: Model, x, a, b, gamma, noise):
-        if gamma > 0 and self.s_tmin <= a.sigma <= self.s_tmax:
-            sigma_hat = a.sigma * (1 + gamma)
+        if a.scale == 0:
+            return from_noise(model(x, a), b), gamma
+        sigma_a = a.noise_level
+        if gamma > 0 and self.s_tmin <= sigma_a <= self.s_tmax:
+            sigma_hat = sigma_a * (1 + gamma)
             a_hat = model.node(float(model.sde.time_at_noise_level(torch.tensor(sigma_hat, dtype=torch.float64))))
             # x̂ = scale(σ̂)·(x/scale_a + √(σ̂² - σ_a²)·s_noise·z)
-            z = noise()
-            x = x.mul(a_hat.scale / a.scale).add_(z, alpha=a_hat.scale * math.sqrt(sigma_hat**2 - a.sigma**2)
+            z = noise(a_hat.t, a.t)
+            x = x.mul(a_hat.scale / a.scale).add_(z, alpha=a_hat.scale * math.sqrt(sigma_hat**2 - sigma_a**2)
                                                   * self.s_noise)
             a = a_hat
-        h = b.sigma - a.sigma
+        h = b.noise_level - a.noise_level
         d = model(x, a).eps
         y = x.mul(1 / a.scale)  # ŷ; y' = ŷ + h d, evaluated at x' = scale_b·y'
         d2 = model(y.add(d, alpha=h).mul_(b.scale), b).eps

@@ -15,6 +15,12 @@ So every step here is
 
 with scalar weights ``w_j`` on the predictions ``m_j`` at earlier nodes (a method is its weights); the first
 order method, ``w = h φ_1(z)`` on the prediction at ``s``, is DDIM in both forms.
+
+From pure noise (``α_s = 0``, ``λ_s = -∞``: the exact top of rectified flow) ``h = ∞`` and every method's step is
+its first-order limit ``x_t = α_t x̂_0 + σ_t ε̂`` (``from_noise``; DDIM from ``α_s = 0``), as diffusers' solvers
+take it with flow sigmas. Such a node carries no information for a polynomial in ``λ`` (the Lagrange basis of a
+node at ``λ = -∞`` vanishes in the limit), so it never enters a history: the multistep warm-up starts at the first
+node with ``α > 0``.
 """
 from __future__ import annotations
 
@@ -23,12 +29,11 @@ from typing import NamedTuple, Sequence
 
 from torch import Tensor
 
-from ..sde import _check_steps
+from ..checks import integer
+from ..predictions import Prediction
 from .grid import Node
-from .solver import Prediction
 
-__all__ = ["PREDICTIONS", "phi", "Linear", "linear", "combine", "output", "check_order", "check_choice", "check_flag",
-           "lower_order"]
+__all__ = ["PREDICTIONS", "phi", "Linear", "linear", "combine", "output", "from_noise", "check_order", "lower_order"]
 
 PREDICTIONS = ("x0", "eps")
 
@@ -84,23 +89,14 @@ def output(prediction: Prediction, kind: str) -> Tensor:
     return prediction.x0 if kind == "x0" else prediction.eps
 
 
+def from_noise(prediction: Prediction, t: Node) -> Tensor:
+    """The step from a node of ``α = 0`` (pure noise) to ``t``: ``x_t = α_t x̂_0 + σ_t ε̂``."""
+    return prediction.combine(x0=t.scale, eps=t.std)
+
+
 def check_order(order, highest: int) -> int:
-    order = _check_steps("order", order)
-    if order > highest:
-        raise ValueError(f"order must be between 1 and {highest}, got {order}")
-    return order
+    return integer("order", order, 1, highest)
 
-
-def check_choice(name: str, value, choices: Sequence[str]) -> str:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
-    return value
-
-
-def check_flag(name: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {value!r}")
-    return value
 
 
 def lower_order(order: int, index: int, transitions: int, final: bool) -> int:

@@ -44,7 +44,8 @@ from torch import Tensor
 from torchdiffeq import odeint
 from tqdm.auto import tqdm
 
-from ..sde import SDE, _check_steps, _real
+from ..paths import SDE
+from ..checks import integer, real
 from .base import CheckedScore, SamplerDiverged, check_state
 from .grid import TimeGrid, check_eps, time_grid
 from .probability_flow import AdaptiveODE, _velocity
@@ -57,7 +58,7 @@ FIXED_SPACINGS = ("uniform", "quadratic", "logsnr", "karras")
 MIN_MOVE = 1e-3  # the descent stops when every node's step in u = (λ - λ(T))/(λ(eps) - λ(T)) is below this
 
 
-def flow_map(score, sde: SDE, x_T: Tensor, eps: float = 1e-3, tol: float = 1e-8) -> tuple[Tensor, int]:
+def flow_map(score, sde: SDE, x_T: Tensor, eps: float | None = None, tol: float = 1e-8) -> tuple[Tensor, int]:
     """``Φ(x_T)``: the probability-flow ODE by dopri5 at ``rtol = atol = tol`` from ``T`` to ``eps``, then Tweedie's
     denoising at ``eps``. Returns ``(x_0, nfe)``."""
     out = integrate(AdaptiveODE("dopri5", tol, tol), score, sde, check_state(x_T), time_grid(sde, 2, eps=eps))
@@ -181,7 +182,7 @@ def cheapest_path(cost: list[list[float]], nodes: int) -> list[int] | None:
 
 
 def optimize_grid(score, sde: SDE, steps: int, sampler: str = "ddim", *, shape, n: int = 256,
-                  generator: torch.Generator | None = None, eps: float = 1e-3, start: str | None = None,
+                  generator: torch.Generator | None = None, eps: float | None = None, start: str | None = None,
                   dp: bool = False, candidates: int | None = None, sweeps: int = 6, tol: float = 1e-3,
                   reference_tol: float = 1e-8, dtype: torch.dtype = torch.float64, device=None, progress: bool = False,
                   **options) -> TimeGrid:
@@ -202,7 +203,7 @@ def optimize_grid(score, sde: SDE, steps: int, sampler: str = "ddim", *, shape, 
         raise TypeError(f"score must be callable as score(x, t), got {type(score).__name__}")
     if not isinstance(sde, SDE):
         raise TypeError(f"sde must be an sgm SDE (VPSDE, SubVPSDE, VESDE), got {type(sde).__name__}")
-    steps = _check_steps("steps", steps)
+    steps = integer("steps", steps)
     if not isinstance(sampler, str):
         raise TypeError(f"sampler must be a sampler name (str), got {type(sampler).__name__}")
     method = _check_solver(sampler, options)
@@ -210,7 +211,7 @@ def optimize_grid(score, sde: SDE, steps: int, sampler: str = "ddim", *, shape, 
     n = _count("n", n, 1)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    eps = check_eps(eps, sde.T)
+    eps = check_eps(eps, sde)
     if start is not None and start not in FIXED_SPACINGS:
         raise ValueError(f"start must be None (the best of {FIXED_SPACINGS}) or one of them, got {start!r}")
     if not isinstance(dp, bool):
@@ -219,10 +220,10 @@ def optimize_grid(score, sde: SDE, steps: int, sampler: str = "ddim", *, shape, 
         candidates = min(max(3 * steps, 24), 64)
     candidates = _count("candidates", candidates, max(steps, 3))
     sweeps = _count("sweeps", sweeps, 0)
-    tol = _real("tol", tol)
+    tol = real("tol", tol)
     if tol < 0:
         raise ValueError(f"tol must be >= 0, got {tol}")
-    reference_tol = _real("reference_tol", reference_tol)
+    reference_tol = real("reference_tol", reference_tol)
     if not 0 < reference_tol < 1:
         raise ValueError(f"reference_tol must lie in (0, 1), got {reference_tol}")
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:

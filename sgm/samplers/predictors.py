@@ -5,8 +5,11 @@ Notation for a transition (``s = s(x, t_a)``, ``h = t_a - t_b``; nodes carry ``(
     r = scale_a / scale_b,   v = std_a² - r² std_b²
 
 so the forward process moves ``x_b ↦ x_a = r·x_b + √v·z`` (on DDPM's chain ``r = √α_i``, ``v = β_i``;
-on VE ``r = 1``, ``v = σ_a² - σ_b²``). Each is a ``Solver`` of one evaluation per step (the score at ``(x, t_a)``); ``integrate`` takes the step
-into the data node by Tweedie's formula.
+on VE ``r = 1``, ``v = σ_a² - σ_b²``; from the exact top of rectified flow ``r = 0``, ``v = std_a²``). Each is a
+``Solver`` of one evaluation per step (the model at ``(x, t_a)``); ``integrate`` takes the step into the data node by
+Tweedie's formula. Ancestral sampling and DDIM are written in ``x̂_0`` and ``ε̂`` (``Prediction.combine``), so they
+start from pure noise where ``α = 0``; Euler–Maruyama and the reverse-diffusion predictor discretise the SDE's drift,
+which is infinite there (``needs = {"positive_alpha"}``).
 """
 from __future__ import annotations
 
@@ -15,9 +18,12 @@ import math
 import torch
 from torch import Tensor
 
-from ..sde import SDE, _real
+from ..checks import real
+from ..paths import GaussianPath
+from ..predictions import Prediction
 from .grid import Node
-from .solver import Model, Noise, Solver
+from .noise import Noise
+from .solver import Model, Solver
 
 __all__ = ["EulerMaruyama", "ReverseDiffusion", "Ancestral", "DDIM", "PREDICTORS", "ANCESTRAL_VARIANCES"]
 
@@ -33,45 +39,45 @@ def _transition(a: Node, b: Node) -> tuple[float, float]:
 # every temporary costs a fresh allocation, and these steps run within 1.2× of a bare torch loop
 # (benchmarks/sampler_speed.py).
 
-def euler_maruyama_step(x: Tensor, s: Tensor, a: Node, b: Node, sde: SDE, z: Tensor) -> Tensor:
-    """Reverse SDE, Euler–Maruyama: ``x_b = x - [f(x, t_a) - g(t_a)² s] h + g(t_a) √h z``."""
+def euler_maruyama_step(p: Prediction, a: Node, b: Node, sde: GaussianPath, z: Tensor) -> Tensor:
+    """Reverse SDE, Euler–Maruyama: ``x_b = x - [f(t_a) x - g(t_a)² s] h + g(t_a) √h z``."""
     h = a.t - b.t
-    t = torch.full((x.shape[0],), a.t, dtype=x.dtype, device=x.device)
-    g = float(sde.diffusion(torch.tensor(a.t, dtype=torch.float64)))
-    return x.add(sde.drift(x, t), alpha=-h).add_(s, alpha=h * g**2).add_(z, alpha=g * math.sqrt(h))
+    t = torch.tensor(a.t, dtype=torch.float64)
+    f, g2 = float(sde.drift_coefficient(t)), float(sde.diffusion_squared(t))
+    return p.combine(1 - f * h, score=h * g2).add_(z, alpha=math.sqrt(g2 * h))
 
 
-def reverse_diffusion_step(x: Tensor, s: Tensor, a: Node, b: Node, z: Tensor) -> Tensor:
+def reverse_diffusion_step(p: Prediction, a: Node, b: Node, z: Tensor) -> Tensor:
     """Song et al. (2021)'s reverse diffusion predictor on the chain ``x_a = r x_b + √v z``:
     ``x_b = x - (r - 1) x + v s + √v z``."""
     r, v = _transition(a, b)
-    return x.mul(2 - r).add_(s, alpha=v).add_(z, alpha=math.sqrt(v))
+    return p.combine(2 - r, score=v).add_(z, alpha=math.sqrt(v))
 
 
-def ancestral_step(x: Tensor, s: Tensor, a: Node, b: Node, z: Tensor, variance: str = "posterior",
+def ancestral_step(p: Prediction, a: Node, b: Node, z: Tensor, variance: str = "posterior",
                    gamma=None) -> Tensor:
-    """Ancestral sampling: ``x_b = (x + v s)/r + σ z``, the posterior mean ``E[x_b | x_a, x̂_0]`` plus noise,
-    with ``σ² = std_b² v / std_a²`` (``posterior``: DDPM's β̃, SMLD's), ``σ² = v`` (``beta``: DDPM's β) or
-    Analytic-DPM's ``β̃ + (scale_b v/std_a²)² Var[x_0|x_a]`` from the Γ estimate ``gamma`` (``analytic``)."""
+    """Ancestral sampling: the posterior mean ``E[x_b | x_a, x_0 = x̂_0] = (r std_b²/std_a²) x + (scale_b v/std_a²) x̂_0``
+    (``= (x + v s)/r`` where ``r > 0``) plus ``σ z``, with ``σ² = std_b² v / std_a²`` (``posterior``: DDPM's β̃,
+    SMLD's), ``σ² = v`` (``beta``: DDPM's β) or Analytic-DPM's ``β̃ + (scale_b v/std_a²)² Var[x_0|x_a]`` from the Γ
+    estimate ``gamma`` (``analytic``)."""
     r, v = _transition(a, b)
     if variance == "analytic":
         var = gamma.reverse_variance((a.scale, a.std), (b.scale, b.std))
     else:
         var = v if variance == "beta" else b.std**2 * v / a.std**2
-    return x.add(s, alpha=v).div_(r).add_(z, alpha=math.sqrt(var))
+    return p.combine(r * b.std**2 / a.std**2, x0=b.scale * v / a.std**2).add_(z, alpha=math.sqrt(var))
 
 
-def ddim_step(x: Tensor, s: Tensor, a: Node, b: Node, noise: Noise, eta: float = 0.0, gamma=None) -> Tensor:
-    """DDIM (Song, Meng & Ermon, 2021): with ``ε̂ = -std_a s`` and ``x̂_0 = (x - std_a ε̂)/scale_a``,
-    ``x_b = scale_b x̂_0 + √(std_b² - c²) ε̂ + σ z``,  ``c = η std_b √v / std_a``, ``σ = c``; expanded,
-    ``x_b = (scale_b/scale_a) x + (scale_b std_a²/scale_a - √(std_b² - c²) std_a) s + σ z``.
-    ``η = 0`` is the exponential integrator of the probability-flow ODE (exact for constant ε̂). With a Γ
-    estimate ``gamma``, ``σ²`` is Analytic-DDIM's ``c² + (scale_b - √(std_b² - c²) scale_a/std_a)² Var[x_0|x_a]``."""
+def ddim_step(p: Prediction, a: Node, b: Node, noise: Noise, eta: float = 0.0, gamma=None) -> Tensor:
+    """DDIM (Song, Meng & Ermon, 2021): ``x_b = scale_b x̂_0 + √(std_b² - c²) ε̂ + σ z``,
+    ``c = η std_b √v / std_a``, ``σ = c``. ``η = 0`` is the exponential integrator of the probability-flow ODE (exact
+    for constant ε̂); from pure noise (``scale_a = 0``) it is ``scale_b x̂_0 + std_b ε̂``. With a Γ estimate
+    ``gamma``, ``σ²`` is Analytic-DDIM's ``c² + (scale_b - √(std_b² - c²) scale_a/std_a)² Var[x_0|x_a]``."""
     c = eta * b.std * math.sqrt(_transition(a, b)[1]) / a.std
     k = math.sqrt(max(b.std**2 - c**2, 0.0))
     sigma = c if gamma is None else math.sqrt(gamma.reverse_variance((a.scale, a.std), (b.scale, b.std), c**2))
-    x = x.mul(b.scale / a.scale).add_(s, alpha=b.scale * a.std**2 / a.scale - k * a.std)
-    return x.add_(noise(), alpha=sigma) if sigma > 0 else x
+    x = p.combine(x0=b.scale, eps=k)
+    return x.add_(noise(a.t, b.t), alpha=sigma) if sigma > 0 else x
 
 
 def check_variance(variance) -> str:
@@ -97,28 +103,27 @@ def check_gamma_grid(gamma, grid) -> None:
 
 
 def check_eta(eta) -> float:
-    eta = _real("eta", eta)
-    if eta < 0:
-        raise ValueError(f"eta must be >= 0, got {eta}")
-    return eta
+    return real("eta", eta, 0.0)
 
 
 class EulerMaruyama(Solver):
     """Euler–Maruyama on the reverse-time SDE ``dx = [f - g² s] dt + g dW̄``. One evaluation per step."""
 
-    name, order, stochastic = "euler_maruyama", 1, True
+    name, stochastic, needs = "euler_maruyama", True, frozenset({"positive_alpha"})
+    strong_order, weak_order = 1.0, 1.0  # the reverse SDE's noise is additive (g(t) free of x): strong order 1
 
     def step(self, model: Model, x, a, b, state, noise):
-        return euler_maruyama_step(x, model(x, a).score, a, b, model.sde, noise()), state
+        return euler_maruyama_step(model(x, a), a, b, model.sde, noise(a.t, b.t)), state
 
 
 class ReverseDiffusion(Solver):
     """Song et al. (2021)'s reverse diffusion predictor. One evaluation per step."""
 
-    name, order, stochastic = "reverse_diffusion", 1, True
+    name, stochastic, needs = "reverse_diffusion", True, frozenset({"positive_alpha"})
+    strong_order, weak_order = 1.0, 1.0
 
     def step(self, model: Model, x, a, b, state, noise):
-        return reverse_diffusion_step(x, model(x, a).score, a, b, noise()), state
+        return reverse_diffusion_step(model(x, a), a, b, noise(a.t, b.t)), state
 
 
 class Ancestral(Solver):
@@ -126,7 +131,7 @@ class Ancestral(Solver):
     β (``beta``) or Analytic-DPM's optimum (``analytic``, Bao et al. 2022; needs ``gamma``, a Γ estimate on the
     chain whose timesteps the grid visits). One evaluation per step."""
 
-    name, order, stochastic = "ancestral", 1, True
+    name, stochastic, strong_order, weak_order = "ancestral", True, 1.0, 1.0
 
     def __init__(self, variance: str = "posterior", gamma=None):
         self.variance = check_variance(variance)
@@ -137,7 +142,7 @@ class Ancestral(Solver):
             check_gamma_grid(self.gamma, grid)
 
     def step(self, model: Model, x, a, b, state, noise):
-        return ancestral_step(x, model(x, a).score, a, b, noise(), self.variance, self.gamma), state
+        return ancestral_step(model(x, a), a, b, noise(a.t, b.t), self.variance, self.gamma), state
 
 
 class DDIM(Solver):
@@ -145,7 +150,7 @@ class DDIM(Solver):
     Analytic-DDIM's optimal noise for that ``eta`` (``variance="analytic"`` with ``gamma``; Bao et al. 2022).
     One evaluation per step."""
 
-    name, order = "ddim", 1
+    name = "ddim"
 
     def __init__(self, eta: float = 0.0, variance: str | None = None, gamma=None):
         self.eta = check_eta(eta)
@@ -153,13 +158,17 @@ class DDIM(Solver):
             raise ValueError(f"variance must be None (DDIM's own η noise) or 'analytic', got {variance!r}")
         self.variance, self.gamma = variance, check_gamma(gamma, variance)
         self.stochastic = self.eta > 0 or variance == "analytic"
+        if self.stochastic:
+            self.strong_order, self.weak_order = 1.0, 1.0
+        else:
+            self.ode_order = 1
 
     def init(self, x, grid):
         if self.gamma is not None:
             check_gamma_grid(self.gamma, grid)
 
     def step(self, model: Model, x, a, b, state, noise):
-        return ddim_step(x, model(x, a).score, a, b, noise, self.eta, self.gamma), state
+        return ddim_step(model(x, a), a, b, noise, self.eta, self.gamma), state
 
 
 PREDICTORS = {cls.name: cls for cls in (EulerMaruyama, ReverseDiffusion, Ancestral, DDIM)}

@@ -1,6 +1,9 @@
-"""The probability-flow ODE ``dx/dt = f(x, t) - ½ g(t)² s(x, t)``.
+"""The probability-flow ODE ``dx/dt = u(x, t)``, the velocity ``u = α' x̂_0 + σ' ε̂ = f x - ½ g² s``.
 
-Its map ``x_T ↦ x_eps`` is deterministic and carries ``p_T`` to ``p_eps`` (Song et al., 2021).
+Its map ``x_T ↦ x_eps`` is deterministic and carries ``p_T`` to ``p_eps`` (Song et al., 2021). Written as the
+velocity (``Prediction.velocity``) it stays finite where ``α = 0`` (rectified flow at ``t = 1``, where ``f = -∞``), so
+these solvers start from the exact top of every path; on rectified flow, Euler on a ``uniform`` grid is diffusers'
+``FlowMatchEulerDiscreteScheduler`` and ``heun2`` its ``FlowMatchHeunDiscreteScheduler``.
 Adaptive methods (``dopri5``, ``dopri8``, ``bosh3``, ``fehlberg2``, ``adaptive_heun``) are torchdiffeq's:
 they choose their own steps under ``rtol``/``atol`` between the first and last noisy node. Fixed-step
 methods step exactly on the grid's noisy nodes with the explicit Runge–Kutta tableaus of torchdiffeq's
@@ -14,7 +17,7 @@ import torch
 from torch import Tensor
 from torchdiffeq import odeint
 
-from ..sde import _positive
+from ..checks import positive
 from .grid import TimeGrid
 from .solver import Model, Solver
 
@@ -56,11 +59,10 @@ def check_method(method) -> str:
 
 
 def _velocity(model: Model, first):
-    """``v(y, t) = f(y, t) - ½ g(t)² s(y, t)``, the probability-flow velocity; ``first`` is the node at the
-    step's start (a grid node: on a chain grid it carries the chain's marginal)."""
+    """``u(y, t)``, the probability-flow velocity; ``first`` is the node at the step's start (a grid node: on a
+    chain grid it carries the chain's marginal)."""
     def velocity(y: Tensor, t: float) -> Tensor:
-        tt = torch.full((y.shape[0],), t, dtype=y.dtype, device=y.device)
-        return model.sde.ode_drift(y, tt, model(y, first if t == first.t else t).score)
+        return model(y, first if t == first.t else t).velocity
     return velocity
 
 
@@ -72,7 +74,7 @@ class RungeKutta(Solver):
     def __init__(self, method: str = "rk4"):
         if method not in TABLEAUS:
             raise ValueError(f"method must be one of {FIXED_METHODS}, got {method!r}")
-        self.method, self.order, self.evals_per_step = method, ORDERS[method], len(TABLEAUS[method][0])
+        self.method, self.ode_order, self.evals_per_step = method, ORDERS[method], len(TABLEAUS[method][0])
         self.name = f"ode ({method})"
 
     def step(self, model: Model, x, a, b, state, noise):
@@ -87,8 +89,8 @@ class AdaptiveODE(Solver):
     def __init__(self, method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5):
         if method not in ADAPTIVE_METHODS:
             raise ValueError(f"method must be one of {ADAPTIVE_METHODS}, got {method!r}")
-        self.method, self.rtol, self.atol = method, _positive("rtol", rtol), _positive("atol", atol)
-        self.order = {"dopri5": 5, "dopri8": 8, "bosh3": 3, "fehlberg2": 2, "adaptive_heun": 2}[method]
+        self.method, self.rtol, self.atol = method, positive("rtol", rtol), positive("atol", atol)
+        self.ode_order = {"dopri5": 5, "dopri8": 8, "bosh3": 3, "fehlberg2": 2, "adaptive_heun": 2}[method]
         self.name = f"ode ({method})"
 
     def stepping_grid(self, grid: TimeGrid) -> TimeGrid:
@@ -111,5 +113,5 @@ def ode_solver(method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5) -
     """The probability-flow ODE solved by ``method``: a fixed-step Runge–Kutta method on the grid's noisy nodes
     (``euler``, ``midpoint``, ``heun2``, ``heun3``, ``rk4``) or torchdiffeq's adaptive one under ``rtol``/``atol``."""
     method = check_method(method)
-    rtol, atol = _positive("rtol", rtol), _positive("atol", atol)
+    rtol, atol = positive("rtol", rtol), positive("atol", atol)
     return RungeKutta(method) if method in TABLEAUS else AdaptiveODE(method, rtol, atol)

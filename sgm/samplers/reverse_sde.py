@@ -17,9 +17,10 @@ import torch
 import torchsde
 from torch import Tensor
 
-from ..sde import SDE, _positive
+from ..checks import flag, positive
 from .grid import TimeGrid
-from .solver import Model, Noise, Solver
+from .noise import Noise
+from .solver import Model, Solver
 
 __all__ = ["TorchSDE", "SDE_METHODS"]
 
@@ -61,7 +62,7 @@ class _StepBrownian(torchsde.BaseBrownian):
             raise ValueError("fixed-step Brownian increments answer W(tb) - W(ta) only")
         key = (float(ta), float(tb))
         if self._last is None or self._last[0] != key:
-            self._last = (key, self._noise(self._like).mul_((key[1] - key[0]) ** 0.5))
+            self._last = (key, self._noise(-key[0], -key[1], like=self._like).mul_((key[1] - key[0]) ** 0.5))
         return self._last[1]
 
     def __repr__(self):
@@ -78,16 +79,15 @@ class TorchSDE(Solver):
     fixed steps of the grid's mean spacing, or adaptive under ``rtol``/``atol``. Euler is Euler–Maruyama
     (weak order 1); ``srk`` is strong order 1. State: the fixed step ``dt``."""
 
-    stochastic = True
+    stochastic, needs = True, frozenset({"positive_alpha"})
 
     def __init__(self, method: str = "euler", adaptive: bool = False, rtol: float = 1e-5, atol: float = 1e-4):
         if method not in SDE_METHODS:
             raise ValueError(f"method must be one of {SDE_METHODS}, got {method!r}")
-        if not isinstance(adaptive, bool):
-            raise TypeError(f"adaptive must be a bool, got {adaptive!r}")
-        self.method, self.adaptive = method, adaptive
-        self.rtol, self.atol = _positive("rtol", rtol), _positive("atol", atol)
-        self.order, self.name = 1, f"sde ({method})"
+        self.method, self.adaptive = method, flag("adaptive", adaptive)
+        self.rtol, self.atol = positive("rtol", rtol), positive("atol", atol)
+        # additive noise (g(t) free of x): Euler and Milstein are of strong order 1, torchsde's SRK 1.5
+        self.strong_order, self.weak_order, self.name = 1.5 if method == "srk" else 1.0, 1.0, f"sde ({method})"
         # Euler and Milstein evaluate the drift once per fixed step; srk's stages and adaptive steps vary.
         self.evals_per_step = None if adaptive or method == "srk" else 1
 

@@ -1,78 +1,64 @@
-"""The solver protocol and the one loop that runs every solver.
+"""The solver protocol (version 2) and the one loop that runs every solver.
 
 A solver walks a ``TimeGrid`` from the prior to the data. It declares
 
-- ``order``: the order of its deterministic map error (the tests read it; weak order for stochastic solvers);
-- ``evals_per_step``: score evaluations per transition between noisy nodes (``None`` when adaptive), and
+- ``ode_order``: the order of its deterministic map error (``None`` for a stochastic solver);
+  ``strong_order`` and ``weak_order``: its pathwise and distributional orders as an SDE solver (``None`` for a
+  deterministic one) — separate from any ``order`` *option* (DPM-Solver's "3M" is of second order, say); the
+  order tests read these declarations;
+- ``evals_per_step``: model evaluations per transition between noisy nodes (``None`` when adaptive), and
   ``final_evals``: evaluations its ``finish`` spends at the last noisy node;
 - ``stochastic``: whether it draws noise;
+- ``needs``: what it needs of the path and grid — ``"positive_alpha"``: ``α > 0`` at every node it steps from
+  (a finite SDE drift; not the exact top of rectified flow), checked by ``integrate`` before any work;
 
 and provides ``init(x, grid) -> state`` and ``step(model, x, a, b, state, noise) -> (x, state)`` for a
 transition from node ``a`` to the less noisy node ``b`` (optionally ``finish``, run once at the last noisy
-node, and ``stepping_grid``, the nodes it steps on when that is not the whole grid).
+node, and ``stepping_grid``, the nodes it steps on when that is not the whole grid). **A state is a value**: a
+solver returns a new state and never changes the one it was given (tuples and named tuples, not lists or dicts),
+so a wrapper may run a step again from a saved state (RePaint's resampling, guidance, a learned correction).
 
 ``integrate`` owns what every solver shares: input checks, the counted and checked model calls, the progress
-bar, the per-step ``callback(x, node, prediction)`` and the final denoising step (Tweedie's
-``x̂_0 = (x + std² s)/scale`` at the last noisy node, one evaluation, into a grid's data node).
+bar, the per-step ``callback(x, node, prediction)`` and the final denoising step (Tweedie's ``x̂_0`` at the last
+noisy node, one evaluation, into a grid's data node).
 
-The model is seen through ``Model``: one call ``model(x, node)`` gives the score, ``ε̂ = -std·s`` and
-``x̂_0 = (x + std²·s)/scale`` together (``Prediction``), so noise- and data-prediction solvers convert
-nowhere else.
+The model is seen through ``Model``: one call ``model(x, node)`` gives a ``Prediction`` (``sgm.predictions``) in
+the model's native kind (score, ε, x̂_0, v or velocity), from which a solver reads the kinds its update is written
+in (``prediction.x0``, ``.eps``, ``.score``, ``.velocity``, or one fused ``prediction.combine(...)``), so that no
+solver converts, and none divides by ``α`` where the model's own output does not need it.
 
-Noise order: ``sgm.sample`` draws ``x_T`` first (one ``randn`` of the full shape), then each step draws
-``noise()`` (one ``randn`` of ``x``'s shape) per stochastic update, in the order the updates are made.
-With per-sample seeds (``SeededNoise``, as in EDM) sample ``i`` draws its ``x_T`` and every ``noise()`` from
-its own generator, in the same order, so it is the same whatever batch it is drawn in (for solvers whose
-updates act sample by sample: not the PC corrector's batch-averaged step size, nor adaptive step control).
+Noise (``sgm.samplers.noise``): a solver asks ``noise(t0, t1)`` for each standard normal it uses, naming the
+interval of path time the draw drives (the transition's ``a.t, b.t``, a sub-step's, or none for a draw that is
+not a Brownian increment, such as a corrector's); ``Noise`` answers from a generator in call order, a
+``BrownianNoise`` with the normalised increment of one Brownian path per sample over that interval.
 """
 from __future__ import annotations
 
-import hashlib
 from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..sde import SDE
+from ..paths import GaussianPath
+from ..predictions import Prediction
 from .base import CheckedScore, SamplerOutput, check_state
-from .grid import Node, TimeGrid
+from .grid import Node, TimeGrid, path_nodes
+from .noise import Noise
 
-__all__ = ["Prediction", "Model", "Noise", "SeededNoise", "Solver", "integrate", "Callback"]
+__all__ = ["Prediction", "Model", "Solver", "integrate", "Callback", "NEEDS"]
 
-
-class Prediction:
-    """The model's output at ``(x, node)``: ``score``, and on demand ``eps = -std·score`` and
-    ``x0 = (x + std²·score)/scale`` (Tweedie's denoiser), each computed once."""
-
-    __slots__ = ("x", "node", "score", "_eps", "_x0")
-
-    def __init__(self, x: Tensor, node: Node, score: Tensor):
-        self.x, self.node, self.score = x, node, score
-        self._eps = self._x0 = None
-
-    @property
-    def eps(self) -> Tensor:
-        if self._eps is None:
-            self._eps = self.score * -self.node.std
-        return self._eps
-
-    @property
-    def x0(self) -> Tensor:
-        if self._x0 is None:
-            self._x0 = self.x.add(self.score, alpha=self.node.std**2).div_(self.node.scale)
-        return self._x0
+NEEDS = ("positive_alpha",)
 
 
 class Model:
-    """A score function seen by solvers: ``model(x, node) -> Prediction``, counted (``nfe``) and checked.
+    """A model seen by solvers: ``model(x, node) -> Prediction`` in the model's native kind, counted (``nfe``) and
+    checked. ``node`` is a grid ``Node`` or a continuous time (a float), whose node then carries the path's
+    ``(α, σ, α', σ')``. ``last`` is the most recent prediction."""
 
-    ``node`` is a grid ``Node`` or a continuous time (a float), whose node then carries the SDE's marginal.
-    ``last`` is the most recent prediction.
-    """
-
-    def __init__(self, score, sde: SDE, bar=None):
+    def __init__(self, score, sde: GaussianPath, bar=None):
         self.score = score if isinstance(score, CheckedScore) else CheckedScore(score)
+        self.kind = self.score.predicts
         self.sde, self.bar, self.last = sde, bar, None
 
     @property
@@ -80,75 +66,41 @@ class Model:
         return self.score.nfe
 
     def node(self, t: float) -> Node:
-        """The node at continuous time ``t``, with ``(scale(t), std(t))`` of the SDE."""
-        scale, std = self.sde.marginal(torch.tensor(float(t), dtype=torch.float64))
-        return Node(float(t), float(scale), float(std))
+        """The node at continuous time ``t``, with the path's marginal and derivatives."""
+        return path_nodes(self.sde, torch.tensor([float(t)], dtype=torch.float64))[0]
 
     def __call__(self, x: Tensor, node) -> Prediction:
         node = node if isinstance(node, Node) else self.node(node)
-        self.last = Prediction(x, node, self.score(x, node.t))
+        self.last = Prediction.at_node(x, node, self.kind, self.score(x, node.t))
         if self.bar is not None:
             self.bar.update()
         return self.last
-
-
-class Noise:
-    """Standard normal draws shaped like the state, from ``generator``: ``noise()`` (or ``noise(like)``)."""
-
-    def __init__(self, generator: torch.Generator | None, x: Tensor):
-        self.generator, self.shape, self.dtype, self.device = generator, x.shape, x.dtype, x.device
-
-    def __call__(self, like: Tensor | None = None) -> Tensor:
-        shape = self.shape if like is None else like.shape
-        return torch.randn(shape, generator=self.generator, dtype=self.dtype, device=self.device)
-
-
-class SeededNoise(Noise):
-    """Per-sample streams: row ``i`` of every draw comes from ``torch.Generator(device).manual_seed(seeds[i])``."""
-
-    def __init__(self, seeds, x: Tensor):
-        seeds = list(seeds)
-        if any(isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < 2**63 for s in seeds):
-            raise ValueError(f"seeds must be ints in [0, 2**63), got {seeds[:8]!r}{'…' if len(seeds) > 8 else ''}")
-        if len(seeds) != x.shape[0]:
-            raise ValueError(f"seeds must hold one seed per sample ({x.shape[0]}), got {len(seeds)}")
-        super().__init__(None, x)
-        self.seeds = seeds
-        self.generators = [torch.Generator(x.device).manual_seed(s) for s in seeds]
-
-    @property
-    def generator(self) -> torch.Generator:
-        """A batch-wide generator, for solvers that draw a batch-wide Brownian path (``sde`` with ``srk`` or
-        adaptive steps): seeded by a hash of all the seeds, so such samples depend on their batch."""
-        if self._batch_generator is None:
-            digest = hashlib.sha256(repr(self.seeds).encode()).digest()
-            seed = int.from_bytes(digest[:8], "little") >> 1
-            self._batch_generator = torch.Generator(self.device).manual_seed(seed)
-        return self._batch_generator
-
-    @generator.setter
-    def generator(self, value):
-        self._batch_generator = value  # None from Noise.__init__: made on first use
-
-    def __call__(self, like: Tensor | None = None) -> Tensor:
-        shape = self.shape if like is None else like.shape
-        if shape[0] != len(self.generators):
-            raise ValueError(f"per-sample noise needs a leading batch of {len(self.generators)}, got {tuple(shape)}")
-        return torch.stack([torch.randn(shape[1:], generator=g, dtype=self.dtype, device=self.device)
-                            for g in self.generators])
 
 
 class Solver:
     """Base of every solver (see the module docstring for the protocol)."""
 
     name: str = "solver"
-    order: int = 1
+    ode_order: Optional[int] = None
+    strong_order: Optional[float] = None
+    weak_order: Optional[float] = None
     evals_per_step: Optional[int] = 1
     final_evals: int = 0
     stochastic: bool = False
+    needs: frozenset = frozenset()
+
+    def check(self, grid: TimeGrid) -> None:
+        """Refuse (``ValueError``) a grid this solver cannot run on, before any work (see ``needs``)."""
+        first = self.stepping_grid(grid).noisy[0]
+        if "positive_alpha" in self.needs and first.scale <= 0:
+            raise ValueError(f"{self.name} needs α > 0 at its first node (a finite SDE drift), but the grid starts "
+                             f"at t={first.t} where α = 0 (the exact top of the path); start below it "
+                             "(sgm.sample(..., t_max=...)) or use a sampler that starts from pure noise (ddim, "
+                             "ancestral, dpm_solver, unipc, deis, ipndm, heun, ode)")
 
     def init(self, x: Tensor, grid: TimeGrid) -> Any:
-        """State carried from step to step (history of predictions, step counters); ``None`` by default."""
+        """The first state, a value carried from step to step (history of predictions, step counters); ``None`` by
+        default."""
         return None
 
     def step(self, model: Model, x: Tensor, a: Node, b: Node, state: Any, noise: Noise) -> tuple[Tensor, Any]:
@@ -169,12 +121,24 @@ class Solver:
             return None
         return self.evals_per_step * (steps - 1) + self.final_evals + int(denoise)
 
+    def grid_nfe(self, grid: TimeGrid) -> int | None:
+        """The evaluations a run on ``grid`` spends: ``nfe(noisy nodes, denoise)`` (a solver whose step from pure
+        noise costs less says so)."""
+        return self.nfe(len(grid.noisy), grid.denoise)
+
     def steps_for_nfe(self, nfe: int, denoise: bool = True) -> int | None:
         """The most noisy nodes whose run spends at most ``nfe`` evaluations (at least 2), or ``None``."""
         if self.evals_per_step is None:
             return None
         steps = (nfe - self.final_evals - int(denoise)) // self.evals_per_step + 1
         return steps if steps >= 2 else None
+
+    @property
+    def orders(self) -> dict:
+        """The declared orders: ``{"ode": …}`` for a deterministic solver, ``{"strong": …, "weak": …}`` otherwise."""
+        if self.stochastic:
+            return {"strong": self.strong_order, "weak": self.weak_order}
+        return {"ode": self.ode_order}
 
     def __repr__(self) -> str:
         options = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
@@ -199,19 +163,22 @@ def _apply(callback: Callback | None, x: Tensor, node: Node, prediction: Predict
 
 
 @torch.no_grad()
-def integrate(solver: Solver, score, sde: SDE, x: Tensor, grid: TimeGrid, *, generator: torch.Generator | None = None,
-              progress: bool = False, callback: Callback | None = None, noise: Noise | None = None) -> SamplerOutput:
-    """Run ``solver`` over ``grid`` from ``x`` (the state at the grid's first node) with the score function
-    ``score(x, t)``; the transition into a data node is Tweedie's step. Noise comes from ``generator``, or from
-    ``noise`` (e.g. ``SeededNoise``) instead. Returns ``(x, nfe)``."""
+def integrate(solver: Solver, score, sde: GaussianPath, x: Tensor, grid: TimeGrid, *,
+              generator: torch.Generator | None = None, progress: bool = False, callback: Callback | None = None,
+              noise: Noise | None = None) -> SamplerOutput:
+    """Run ``solver`` over ``grid`` from ``x`` (the state at the grid's first node) with the model ``score(x, t)``
+    (a score function, or any model declaring what it ``predicts``); the transition into a data node is Tweedie's
+    step. Noise comes from ``generator``, or from ``noise`` (e.g. ``SeededNoise``) instead. Returns ``(x, nfe)``."""
     if not isinstance(solver, Solver):
         raise TypeError(f"solver must be an sgm Solver, got {type(solver).__name__}")
-    if not isinstance(sde, SDE):
-        raise TypeError(f"sde must be an sgm SDE (VPSDE, SubVPSDE, VESDE), got {type(sde).__name__}")
+    if not isinstance(sde, GaussianPath):
+        raise TypeError(f"sde must be an sgm path (GaussianPath: VPSDE, VESDE, RectifiedFlow, …), "
+                        f"got {type(sde).__name__}")
     x = check_state(x)
     if not isinstance(grid, TimeGrid):
         raise TypeError(f"grid must be a TimeGrid, got {type(grid).__name__}")
     grid.check_sde(sde)
+    solver.check(grid)
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable as callback(x, node, prediction), got {type(callback).__name__}")
     if generator is not None and not isinstance(generator, torch.Generator):
@@ -219,7 +186,7 @@ def integrate(solver: Solver, score, sde: SDE, x: Tensor, grid: TimeGrid, *, gen
     if noise is not None and (not isinstance(noise, Noise) or generator is not None):
         raise TypeError(f"noise must be an sgm Noise, given without a generator; got {type(noise).__name__} "
                         f"and generator {generator!r}")
-    total = solver.nfe(len(grid.noisy), grid.denoise)
+    total = solver.grid_nfe(grid)
     with tqdm(total=total, desc=solver.name, unit="nfe", disable=not progress, leave=False) as bar:
         model, noise = Model(score, sde, bar), noise or Noise(generator, x)
         state = solver.init(x, grid)

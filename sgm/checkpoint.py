@@ -5,8 +5,8 @@ Two formats:
 - ``checkpoint.pt`` (written by training): a ``torch.save`` of plain containers — ``dict``/``list``/``tuple`` of
   tensors, numbers, strings, booleans and ``None`` — with keys ``format``, ``step``, ``config``, ``data_shape``,
   ``model``, ``ema``, ``optimizer``, ``scheduler`` and, from format 3, ``data`` (the training set's fingerprint),
-  ``power_ema`` and ``scaler`` (no RNG state: training draws from streams seeded by seed, step and rank, see
-  ``sgm.distributed``). It is read with ``torch.load(..., weights_only=True)``:
+  ``power_ema``, ``log_variance`` (EDM2's learned uncertainty, or None) and ``scaler`` (no RNG state: training
+  draws from streams seeded by seed, step and rank, see ``sgm.distributed``). It is read with ``torch.load(..., weights_only=True)``:
   PyTorch's restricted unpickler builds only those types, so a file whose pickle names any other callable
   (an object whose ``__reduce__`` would run a shell command, say) is refused before anything in it runs.
 - ``*.safetensors`` (written by ``export``): the EMA weights as raw tensors, with the run's config and data

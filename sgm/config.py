@@ -25,14 +25,14 @@ from typing import Any, Callable, NamedTuple
 from torch import nn
 
 from . import data as datasets
-from .losses import WEIGHTINGS
+from .losses import COUPLINGS, MIN_SNR_GAMMA, TIME_DISTRIBUTIONS, WEIGHTINGS, LogitNormal, LogNormal
 from .nets import MLP, UNet
 from .score import PREDICTIONS, ScoreModel
 from .paths import SDE, CosineVPSDE, EDMPath, RectifiedFlow, SubVPSDE, VESDE, VPSDE
 
-__all__ = ["TrainConfig", "PATHS", "PathEntry", "make_path", "build_sde", "build_net", "build_model", "path_parameters",
-           "ARCHITECTURE_KEYS", "RESUMABLE_KEYS", "PRECISIONS", "LR_SCHEDULES", "NETS", "TENSOR_DATA",
-           "MAX_EMA_STD"]
+__all__ = ["TrainConfig", "PATHS", "PathEntry", "make_path", "build_sde", "build_net", "build_model",
+           "build_time_distribution", "path_parameters", "ARCHITECTURE_KEYS", "RESUMABLE_KEYS", "PRECISIONS",
+           "LR_SCHEDULES", "NETS", "TENSOR_DATA", "MAX_EMA_STD"]
 
 
 class PathEntry(NamedTuple):
@@ -101,7 +101,22 @@ class TrainConfig:
     sde_args: dict = _opt({}, "the path's constructor parameters", resume="architecture", cli=False)
     prediction: str = _opt("edm", "what the network predicts (edm: EDM's preconditioning)", resume="architecture",
                            choices=PREDICTIONS)
-    weighting: str = _opt("edm", "DSM loss weighting λ(t)", resume="architecture", choices=WEIGHTINGS)
+    weighting: str = _opt("edm", "loss weighting (sgm.losses: the DSM λ(t); edm2 learns a log-variance too)",
+                          resume="architecture", choices=WEIGHTINGS)
+    snr_gamma: float = _opt(MIN_SNR_GAMMA, "γ of --weighting min_snr / soft_min_snr", resume="fixed", low=0,
+                            open_low=True)
+    time_distribution: str = _opt("uniform", "training times: uniform on (eps, T), logit_normal (SD3), log_normal "
+                                             "(EDM: ln σ̃ ~ N(p_mean, p_std²))", resume="fixed",
+                                  choices=lambda: tuple(TIME_DISTRIBUTIONS))
+    p_mean: float = _opt(LogNormal.p_mean, "mean of ln σ̃ for --time-distribution log_normal", resume="fixed")
+    p_std: float = _opt(LogNormal.p_std, "std of ln σ̃ for --time-distribution log_normal", resume="fixed", low=0,
+                        open_low=True)
+    logit_mean: float = _opt(LogitNormal.mean, "mean of logit(t) for --time-distribution logit_normal",
+                             resume="fixed")
+    logit_std: float = _opt(LogitNormal.std, "std of logit(t) for --time-distribution logit_normal", resume="fixed",
+                            low=0, open_low=True)
+    coupling: str = _opt("independent", "pairing of data and noise in a batch (ot: minibatch optimal transport, "
+                                        "OT-CFM; solved on the CPU)", resume="fixed", choices=COUPLINGS)
     sigma_data: float | None = _opt(None, "σ_d of --prediction edm / --weighting edm (default: the training data's "
                                           "std, measured when the run begins)", resume="architecture", low=0,
                                     open_low=True)
@@ -285,6 +300,15 @@ def make_path(name: str, args: dict | None = None) -> SDE:
 def build_sde(config: TrainConfig) -> SDE:
     """The config's path with its ``sde_args``."""
     return make_path(config.sde, config.sde_args)
+
+
+def build_time_distribution(config: TrainConfig):
+    """The config's distribution of training times (``sgm.losses``), with its parameters."""
+    if config.time_distribution == "log_normal":
+        return LogNormal(config.p_mean, config.p_std)
+    if config.time_distribution == "logit_normal":
+        return LogitNormal(config.logit_mean, config.logit_std)
+    return TIME_DISTRIBUTIONS[config.time_distribution]
 
 
 def build_net(config: TrainConfig, data_shape: tuple[int, ...]) -> nn.Module:

@@ -32,6 +32,7 @@ import contextlib
 import csv
 import math
 import os
+import re
 import signal
 import threading
 import time
@@ -46,11 +47,12 @@ from . import distributed
 from .board import Board
 from .checkpoint import (CHECKPOINT, FORMAT_VERSION, CheckpointError, load_checkpoint, model_from_checkpoint,
                          remove_stale_temporaries, save_checkpoint, write_atomic)
-from .config import ARCHITECTURE_KEYS, RESUMABLE_KEYS, TENSOR_DATA, TrainConfig, build_model, build_net, build_sde
+from .config import (ARCHITECTURE_KEYS, RESUMABLE_KEYS, TENSOR_DATA, TrainConfig, build_model, build_net, build_sde,
+                     build_time_distribution)
 from .device import resolve_device
 from .ema import EMA, SNAPSHOTS, PowerEMA, flatten_parameters
 from .loader import InMemory, StepBatches, Streamed
-from .losses import denoising_loss, sample_times
+from .losses import LogVariance, denoising_loss, ot_coupling, sample_times
 
 __all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "Interrupted", "CheckpointError", "EMA", "load_checkpoint",
            "save_checkpoint", "build_sde", "build_net", "build_model", "model_from_checkpoint", "learning_rate",
@@ -155,7 +157,13 @@ class Trainer:
         self.model = build_model(self.forward, config)
         self.ema = EMA(self.net, config.ema_decay, config.ema_warmup)
         self.power_ema = PowerEMA(self.net, config.ema_stds)
-        self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.times = build_time_distribution(config)
+        # EDM2's learned uncertainty: trained with the network, its gradients averaged over the processes by hand
+        self.log_variance = (LogVariance(generator=torch.Generator().manual_seed(config.seed)).to(self.device, self.dtype)
+                             if config.weighting == "edm2" else None)
+        self.trained = list(self.net.parameters()) + ([] if self.log_variance is None else
+                                                      list(self.log_variance.parameters()))
+        self.optimizer = torch.optim.AdamW(self.trained, lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda k: learning_rate(self.config, k + 1) / self.config.lr)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
@@ -209,6 +217,7 @@ class Trainer:
         return {"format": FORMAT_VERSION, "step": self.step, "config": self.config.to_dict(),
                 "data_shape": list(self.data_shape), "data": self.fingerprint, "model": self.net.state_dict(),
                 "ema": self.ema.model.state_dict(), "power_ema": self.power_ema.state_dict(),
+                "log_variance": None if self.log_variance is None else self.log_variance.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict()}
 
@@ -225,6 +234,8 @@ class Trainer:
             self.ema.model.load_state_dict(state["ema"])
             if "power_ema" in state:
                 self.power_ema.load_state_dict(state["power_ema"])
+            if self.log_variance is not None:
+                self.log_variance.load_state_dict(state["log_variance"])
             self.optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError, KeyError) as err:
             raise CheckpointError(f"{self.path}: weights do not fit this run's network ({err})") from err
@@ -311,8 +322,11 @@ class Trainer:
         x0, y = self.batches(self.step) if data is None else data
         x0 = x0.to(self.device, non_blocking=True)
         g = self.generator.manual_seed(distributed.stream_seed(self.config.seed, self.step, self.rank))
-        t = sample_times(self.sde, len(x0), self.config.eps, generator=g, device=self.device, dtype=x0.dtype)[0]
+        t = sample_times(self.sde, len(x0), self.config.eps, generator=g, device=self.device, dtype=x0.dtype,
+                         time_distribution=self.times)[0]
         noise = torch.randn(x0.shape, generator=g, device=self.device, dtype=x0.dtype)
+        if self.config.coupling == "ot":  # over this process's whole part, before any micro-batch split
+            noise = ot_coupling(x0, noise)
         if y is None:
             return x0, t, noise, None
         drop = torch.rand(len(x0), generator=g, device=self.device) < self.config.label_dropout
@@ -334,15 +348,19 @@ class Trainer:
                 with torch.autocast(self.device.type, dtype=AUTOCAST.get(self.config.precision, torch.float32),
                                     enabled=self.config.precision != "fp32"):
                     loss = denoising_loss(score, self.sde, x_k, t=t_k, noise=n_k, weighting=self.config.weighting,
-                                    sigma_data=self.config.sigma_data) / parts
+                                          sigma_data=self.config.sigma_data, snr_gamma=self.config.snr_gamma,
+                                          log_variance=self.log_variance) / parts
                 self.scaler.scale(loss).backward()
             total = loss.detach() if total is None else total + loss.detach()
+        if self.log_variance is not None and self.world_size > 1:
+            for p in self.log_variance.parameters():
+                p.grad = distributed.mean_over_ranks(p.grad)
         self.scaler.unscale_(self.optimizer)
-        grad_norm = nn.utils.clip_grad_norm_(self.net.parameters(), self.config.grad_clip)
+        grad_norm = nn.utils.clip_grad_norm_(self.trained, self.config.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         with warnings.catch_warnings():  # a step fp16's scaler skipped makes the scheduler warn: expected
-            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()`", UserWarning)
+            warnings.filterwarnings("ignore", re.escape("Detected call of `lr_scheduler.step()`"), UserWarning)
             self.scheduler.step()
         self.step += 1
         self.ema.update(self.net, self.step)

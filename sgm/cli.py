@@ -200,7 +200,12 @@ def sample_checkpoint(args: argparse.Namespace) -> int:
     options = _sampler_options(args.sampler, args.option)
     if args.steps is not None and args.nfe is not None:
         raise UsageError("give --steps (noise levels) or --nfe (a budget of model evaluations), not both")
-    if args.steps is None and args.nfe is None:
+    if sampler_solver(args.sampler, **options).adaptive:
+        if args.steps is not None:
+            raise UsageError(f"--steps {args.steps}: sampler {args.sampler!r} with these options is adaptive and "
+                             f"chooses its own steps (set --option rtol=…/atol=…); for fixed steps give --option "
+                             f"method=heun2")
+    elif args.steps is None and args.nfe is None:
         args.steps = 100
     model, config, shape = model_from_checkpoint(args.checkpoint, ema=not args.raw_weights, device=device)
     score = _conditioned(model, args.label, args.guidance)
@@ -218,7 +223,7 @@ def sample_checkpoint(args: argparse.Namespace) -> int:
         return 0
     written = _write_samples(x, figure, tensors, arrays, f"{args.sampler}, {spent}",
                              _reference_data(config, shape, args.show), args.show)
-    print(f"{args.n} samples with {args.sampler} ({spent}) in {seconds:.2f}s{where}; wrote {', '.join(written)}")
+    print(f"{args.n} samples with {args.sampler} {where or f'({spent})'} in {seconds:.2f}s; wrote {', '.join(written)}")
     return 0
 
 
@@ -306,7 +311,8 @@ def _sample_shards(args: argparse.Namespace, score, sde, shape: tuple, device, o
             with np.load(path, allow_pickle=False) as f:
                 parts.append(torch.from_numpy(f["samples"]))
         x = torch.cat(parts)
-    return x, f"{args.nfe} NFE" if args.nfe else f"{args.steps} steps", f" ({len(paths)} shards in {out_dir})"
+    spent = f"{args.nfe} NFE" if args.nfe else f"{args.steps} steps" if args.steps else "adaptive steps"
+    return x, spent, f"in {len(paths)} shards in {out_dir}"
 
 
 def _fail(command: str, err: Exception) -> int:
@@ -460,7 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="a checkpoint.pt written by sgm train, or a .safetensors from sgm export")
     p.add_argument("--sampler", default="ode", choices=available(), help="sampler")
     p.add_argument("--steps", type=_positive_int, default=None,
-                   help="sampler steps (noise levels; 100 unless --nfe is given)")
+                   help="sampler steps (noise levels; 100 unless --nfe is given); an adaptive solver (the default ode, "
+                        "with dopri5) chooses its own and refuses --steps")
     p.add_argument("--nfe", type=_positive_int, default=None,
                    help="a budget of model evaluations instead of --steps: the most noise levels the sampler can "
                         "take within it")

@@ -78,7 +78,8 @@ def documented_failures(checkpoint, tmp):
     np.savez(tmp / "bytes.npz", samples=255 * np.random.default_rng(1).random((4, 3, 8, 8)).astype(np.float32))
     train = ["train", "--steps", "1", "--width", "8", "--depth", "1", "--batch-size", "8", "--n-data", "32",
              "--no-progress", "--out-dir", str(tmp / "r")]
-    sample = ["sample", checkpoint, "--steps", "2", "--n", "4", "--no-progress", "--out", str(tmp / "s.png")]
+    sample = ["sample", checkpoint, "--sampler", "ddim", "--steps", "2", "--n", "4", "--no-progress", "--out",
+              str(tmp / "s.png")]
     unwritable = "/proc/sgm-test/s.png"
     return [
         (["demo", "--sde", "cld"], "--sde"), (["demo", "--n", "0"], "--n"), (["demo", "--out", "d.txt"], "--out"),
@@ -91,8 +92,8 @@ def documented_failures(checkpoint, tmp):
         (train + ["--channel-mult", "1,x"], "--channel-mult"), (train + ["--ema-stds", "0.5"], "--ema-stds"),
         (train + ["--lr-schedule", "step"], "--lr-schedule"), (train + ["--grad-accumulation", "3"], "grad_accumulation"),
         (train + ["--data-path", str(tmp)], "--data-path"), (train + ["--precision", "fp8"], "--precision"),
-        (sample + ["--sampler", "ddim", "--option", "eta=abc"], "eta"), (sample + ["--sampler", "dpm_solver", "--option", "order=2.0"], "order"),
-        (sample + ["--sampler", "ddim", "--option", "variance=analytic"], "variance=analytic"),
+        (sample + ["--option", "eta=abc"], "eta"), (sample + ["--sampler", "ode"], "--steps 2: sampler 'ode'"), (sample + ["--sampler", "dpm_solver", "--option", "order=2.0"], "order"),
+        (sample + ["--option", "variance=analytic"], "variance=analytic"),
         (sample + ["--sampler", "pc", "--option", "corrector=0"], "corrector"), (sample + ["--label", "1"], "--label"),
         (sample + ["--guidance", "2"], "--guidance"), (sample[:-1] + [unwritable], "--out"),
         (["sample", str(tmp / "none.pt")], "none.pt"),

@@ -75,7 +75,7 @@ def demo(args: argparse.Namespace) -> int:
         out = sample(model, forward, (args.n, 2), sampler=name, generator=g, dtype=torch.float64,
                      progress=args.progress, **run)
         seconds = time.perf_counter() - t0
-        label = f"{name}, {sampler_entry(name).spacing}"
+        label = f"{name}, {sampler_entry(name).default_spacing(forward)}"
         sw = metrics.sliced_wasserstein(out.x, target.sample(args.n, generator=g), generator=g)
         mw = metrics.mode_weight_error(out.x, target)
         print(f"{label:<28}{out.nfe:>6}{sw:>9.4f}{mw:>11.4f}{seconds:>9.2f}")

@@ -80,7 +80,7 @@ def demo(args: argparse.Namespace) -> int:
         out = sample(model, forward, (args.n, 2), sampler=name, generator=g, dtype=torch.float64,
                      progress=args.progress, **run)
         seconds = time.perf_counter() - t0
-        label = f"{name}, {sampler_entry(name).spacing}"
+        label = f"{name}, {sampler_entry(name).default_spacing(forward)}"
         sw = metrics.sliced_wasserstein(out.x, target.sample(args.n, generator=g), generator=g)
         mw = metrics.mode_weight_error(out.x, target)
         print(f"{label:<28}{out.nfe:>6}{sw:>9.4f}{mw:>11.4f}{seconds:>9.2f}")
@@ -146,11 +146,15 @@ def sample_checkpoint(args: argparse.Namespace) -> int:
         raise UsageError(f"--option {unknown[0]}: sampler {args.sampler!r} takes no such option; its options: "
                          f"{', '.join(sampler_options(args.sampler)) or 'none'}")
     score = _conditioned(model, args.label, args.guidance)
+    if args.steps is not None and args.nfe is not None:
+        raise UsageError("give --steps (noise levels) or --nfe (a budget of model evaluations), not both")
+    if args.steps is None and args.nfe is None:
+        args.steps = 100
     if args.shard_dir or args.n > args.shard_size:
         return _sample_shards(args, score, model.sde, shape, device, options, figure)
     t0 = time.perf_counter()
     with torch.no_grad():
-        out = sample(score, model.sde, (args.n,) + shape, sampler=args.sampler, steps=args.steps,
+        out = sample(score, model.sde, (args.n,) + shape, sampler=args.sampler, steps=args.steps, nfe=args.nfe,
                      seeds=sample_seeds(args.seed, 0, args.n),
                      device=device, dtype=torch.float32, progress=not args.no_progress, **options)
     seconds = time.perf_counter() - t0
@@ -212,7 +216,7 @@ def _sample_shards(args: argparse.Namespace, score, sde, shape: tuple, device, o
     out_dir = args.shard_dir or _default_shard_dir(args.out)
     t0 = time.perf_counter()
     paths = sample_shards(score, sde, shape, args.n, out_dir, args.shard_size, args.seed, args.sampler,
-                          args.steps, device, progress=not args.no_progress,
+                          args.steps, device, progress=not args.no_progress, nfe=args.nfe,
                           record={"checkpoint": os.path.abspath(args.checkpoint), "raw_weights": args.raw_weights},
                           **options)
     if distributed.is_main() and figure:
@@ -223,7 +227,8 @@ def _sample_shards(args: argparse.Namespace, score, sde, shape: tuple, device, o
             with np.load(path, allow_pickle=False) as f:
                 shown.append(torch.from_numpy(f["samples"][:left]))
             left -= len(shown[-1])
-        save_samples(torch.cat(shown), figure, f"{args.sampler}, {args.steps} steps")
+        save_samples(torch.cat(shown), figure, f"{args.sampler}, " + (f"{args.nfe} NFE" if args.nfe else
+                                                                         f"{args.steps} steps"))
     if distributed.is_main():
         print(f"{args.n} samples with {args.sampler} in {len(paths)} shards in {out_dir} "
               f"({time.perf_counter() - t0:.2f}s){'; wrote ' + figure if figure else ''}")
@@ -419,7 +424,11 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("checkpoint", help="a checkpoint.pt written by sgm train, or a .safetensors from sgm export")
     p.add_argument("--sampler", default="ode", choices=available(), help="sampler")
-    p.add_argument("--steps", type=_positive_int, default=100, help="sampler steps")
+    p.add_argument("--steps", type=_positive_int, default=None,
+                   help="sampler steps (noise levels; 100 unless --nfe is given)")
+    p.add_argument("--nfe", type=_positive_int, default=None,
+                   help="a budget of model evaluations instead of --steps: the most noise levels the sampler can "
+                        "take within it")
     p.add_argument("--n", "--num-samples", dest="n", type=_positive_int, default=64,
                    help="samples to draw (under torchrun write --num-samples: torchrun takes --n for its own)")
     p.add_argument("--seed", type=int, default=0,

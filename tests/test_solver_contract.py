@@ -211,12 +211,14 @@ def test_adding_a_solver_is_one_module_and_one_entry(monkeypatch):
     from sgm.bench import runs
     from sgm.cli import demo_runs
 
-    entry = sgm.samplers.Entry(_ToyEuler, "a toy: Euler in λ", spacing="logsnr", steps=30,
+    entry = sgm.samplers.Entry(_ToyEuler, "a toy: Euler in λ", spacing={"vp": "logsnr", "ve": "karras", "rf": "uniform"},
+                               steps=30,
                                sweep={"scale": (1.0, 0.5)})
     monkeypatch.setitem(sgm.samplers.SAMPLERS, "toy", entry)
     assert "toy" in sgm.samplers.available() and sgm.samplers.options("toy") == ["scale"]
-    assert "| `toy` | a toy: Euler in λ | `scale` | 1 | ODE 1 | `logsnr` |" in sgm.samplers.markdown_table()
-    assert ("toy", "toy", "logsnr") in {(r.label, r.sampler, r.spacing) for r in runs.curve_runs()}
+    assert ("| `toy` | a toy: Euler in λ | `scale` | 1 | ODE 1 | vp `logsnr`, ve `karras`, rf `uniform` |"
+            in sgm.samplers.markdown_table())
+    assert ("toy", "toy") in {(r.label, r.sampler) for r in runs.curve_runs()}
     assert {("toy", (("scale", 1.0),)), ("toy", (("scale", 0.5),))} <= {
         (n, tuple(o.items())) for n, o in runs.sgm_configs()}
     assert demo_runs(sgm.VPSDE())["toy"] == {"steps": 30, "t_max": None}
@@ -275,3 +277,24 @@ def test_pc_composes_every_predictor_with_every_corrector():
             x = x + delta * gm.score(x, torch.full((8,), b.t, dtype=D), path) + (2 * delta) ** 0.5 * z
     x = gm.denoise(x, torch.full((8,), grid.noisy[-1].t, dtype=D), path)
     torch.testing.assert_close(out.x, x, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("name,options", [c for c in CASES if sgm.samplers.solver(c[0], **c[1]).evals_per_step],
+                         ids=[i for c, i in zip(CASES, IDS) if sgm.samplers.solver(c[0], **c[1]).evals_per_step])
+def test_an_nfe_budget_takes_the_most_noise_levels_that_fit(name, options):
+    """``sample(nfe=N)`` spends at most N evaluations, and one more noise level would not fit (on VP and from the
+    exact top of rectified flow, where a step from pure noise may cost less)."""
+    gm = mixture()
+    solver = sgm.samplers.solver(name, **options)
+    for path in (sgm.VPSDE(), sgm.RectifiedFlow()):
+        t_max = 0.99 if "positive_alpha" in solver.needs and isinstance(path, sgm.RectifiedFlow) else None
+        for nfe in (solver.nfe(2), 10, 21):
+            out = sgm.sample(gm.prediction_fn(path), path, (4, 2), name, nfe=nfe, t_max=t_max, dtype=D, **options)
+            spacing = sgm.samplers.entry(name).default_spacing(path)
+            grid = sgm.samplers.budget_grid(solver, path, nfe, spacing, t_max=t_max)
+            more = time_grid(path, len(grid.noisy) + 1, spacing, t_max=t_max)
+            assert out.nfe == solver.grid_nfe(grid) <= nfe < solver.grid_nfe(more)
+    with pytest.raises(ValueError, match="below the fewest evaluations"):
+        sgm.sample(gm.score_fn(sgm.VPSDE()), sgm.VPSDE(), (4, 2), name, nfe=solver.nfe(2) - 1, **options)
+    with pytest.raises(ValueError, match="not both"):
+        sgm.sample(gm.score_fn(sgm.VPSDE()), sgm.VPSDE(), (4, 2), name, nfe=10, steps=5, **options)

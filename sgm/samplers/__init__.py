@@ -5,7 +5,7 @@ runs them, noise sources, time grids, a registry of entries with their metadata,
 from .base import CheckedScore, SamplerDiverged, SamplerOutput
 from .grid import SPACINGS, Node, TimeGrid, time_grid
 from .noise import Noise, SeededNoise
-from .registry import SAMPLERS, Entry, available, entry, get, markdown_table, options, sample, solver
+from .registry import SAMPLERS, Entry, available, budget_grid, entry, get, markdown_table, options, sample, solver
 from .solver import Model, Prediction, Solver, integrate
 from .optimize import optimize_grid
 
@@ -29,6 +29,7 @@ dpmpp_2s_ancestral = get("dpmpp_2s_ancestral")
 __all__ = [
     "CheckedScore", "SamplerDiverged", "SamplerOutput", "SPACINGS", "Node", "TimeGrid", "time_grid",
     "Model", "Noise", "SeededNoise", "Prediction", "Solver", "integrate", "Entry", "entry", "markdown_table",
+    "budget_grid",
     "euler_maruyama", "reverse_diffusion", "ancestral", "ddim", "ode", "sde", "langevin", "pc", "dpm_solver", "unipc",
     "deis", "ipndm", "heun", "dpm_solver_sde", "euler_ancestral", "dpmpp_2s_ancestral",
     "SAMPLERS", "available", "get", "options", "solver", "sample", "optimize_grid",

@@ -2,8 +2,10 @@
 
 Its map ``x_T ↦ x_eps`` is deterministic and carries ``p_T`` to ``p_eps`` (Song et al., 2021). Written as the
 velocity (``Prediction.velocity``) it stays finite where ``α = 0`` (rectified flow at ``t = 1``, where ``f = -∞``), so
-these solvers start from the exact top of every path; on rectified flow, Euler on a ``uniform`` grid is diffusers'
-``FlowMatchEulerDiscreteScheduler`` and ``heun2`` its ``FlowMatchHeunDiscreteScheduler``.
+these solvers start from the exact top of every path. On ``RectifiedFlow()`` (whose time is diffusers' σ) Euler at
+the scheduler's sigmas is diffusers' ``FlowMatchEulerDiscreteScheduler`` and ``heun2`` its
+``FlowMatchHeunDiscreteScheduler``, for every shift of theirs (the shift is in their sigmas); on
+``RectifiedFlow(shift)`` these methods step in the shifted time, another discretisation (docs/paths.md).
 Adaptive methods (``dopri5``, ``dopri8``, ``bosh3``, ``fehlberg2``, ``adaptive_heun``) are torchdiffeq's:
 they choose their own steps under ``rtol``/``atol`` between the first and last noisy node. Fixed-step
 methods step exactly on the grid's noisy nodes with the explicit Runge–Kutta tableaus of torchdiffeq's

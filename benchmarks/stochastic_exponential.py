@@ -122,7 +122,8 @@ def weak(steps=(16, 32, 64, 128, 256), n=1_000_000):
                         mix.append(float((x.mean() - m_mix[0]).abs() + (x.var() - c_mix[0, 0]).abs()))
                 mix_slope = f"{slope(steps[:3], mix):>8.2f}" if mix else f"{'':>8}"
                 print(f"{sde_name:<6}{spacing:<9}{label(name, options):<42}{slope(steps, errors):>7.2f}{mix_slope}   "
-                      + " ".join(f"{e:.1e}" for e in errors) + ("; " + " ".join(f"{e:.1e}" for e in mix) if mix else ""),
+                      + " ".join(f"{e:.1e}" for e in errors)
+                      + ("; " + " ".join(f"{e:.1e}" for e in mix) if mix else ""),
                       flush=True)
 
 

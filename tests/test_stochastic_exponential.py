@@ -1,7 +1,8 @@
-"""The stochastic exponential integrators (``dpm_solver_sde``, ``euler_ancestral``, ``dpmpp_2s_ancestral``): for the same
-injected noise they are diffusers' ``sde-dpmsolver++`` (orders 1–3) and ``EulerAncestralDiscreteScheduler`` on DDPM's
-chain, and k-diffusion's DPM-Solver++ SDE and ancestral samplers (written out below) element by element; their noise
-is asked for the intervals k-diffusion's noise sampler is; and they sample random mixtures within 3× the SW₂ floor.
+"""The stochastic exponential integrators (``dpm_solver_sde``, ``euler_ancestral``, ``dpmpp_2s_ancestral``): for the
+same injected noise they are diffusers' ``sde-dpmsolver++`` (orders 1–3) and ``EulerAncestralDiscreteScheduler`` on
+DDPM's chain, and k-diffusion's DPM-Solver++ SDE and ancestral samplers (written out below) element by element; their
+noise is asked for the intervals k-diffusion's noise sampler is; their weak orders are the declared ones; and they
+sample random mixtures within 3× the SW₂ floor.
 
 **Why k-diffusion is written out here, not imported.** The only distribution of ``k_diffusion/sampling.py`` on PyPI is
 ``k-diffusion`` itself, whose requirements (torchvision, accelerate, wandb, clip-anytorch, kornia, …) replace the CPU
@@ -9,7 +10,7 @@ torch by another build, and an extra cannot ask for ``--no-deps``; ``k-samplers`
 So, as for DDPM, DDIM and EDM, the reference algorithms are written out in k-diffusion's own variables (``x/α``, its
 ``sigmas``, its ``get_ancestral_step``) from its ``sampling.py`` (0.1.1.post1, the same file as its repository's
 head): ``kd_*`` below follow its functions line by line. (They were also checked once, outside the suite, against
-that file loaded by path with its package imports stubbed: equal to 1e-15.)
+that file loaded by path with its package imports stubbed: equal to 1.3e-15.)
 """
 import math
 import pathlib
@@ -180,7 +181,8 @@ KD_CASES = [  # (k-diffusion reference, its options, the sgm sampler and options
     (kd_dpmpp_2s_ancestral, {}, "dpmpp_2s_ancestral", {}),
     (kd_dpmpp_2s_ancestral, {"eta": 0.5, "s_noise": 0.9}, "dpmpp_2s_ancestral", {"eta": 0.5, "s_noise": 0.9}),
     (kd_dpmpp_sde, {}, "dpm_solver_sde", {"method": "singlestep"}),
-    (kd_dpmpp_sde, {"eta": 0.7, "s_noise": 1.2}, "dpm_solver_sde", {"method": "singlestep", "eta": 0.7, "s_noise": 1.2}),
+    (kd_dpmpp_sde, {"eta": 0.7, "s_noise": 1.2}, "dpm_solver_sde",
+     {"method": "singlestep", "eta": 0.7, "s_noise": 1.2}),
     (kd_dpmpp_2m_sde, {}, "dpm_solver_sde", {"order": 2, "lower_order_final": False}),
     (kd_dpmpp_2m_sde, {"solver_type": "heun"}, "dpm_solver_sde",
      {"order": 2, "solver_type": "heun", "lower_order_final": False}),
@@ -412,11 +414,12 @@ WEAK += [(name, dict(sgm.samplers.entry(name).smoke)) for name in sgm.samplers.a
 @pytest.mark.parametrize("sde_name", ["vp", "ve"])
 @pytest.mark.parametrize("name, options", WEAK, ids=lambda v: v if isinstance(v, str) else str(v))
 def test_weak_order_from_exact_moments(name, options, sde_name):
-    """Weak error ``|E x - m| + |Var x - v|`` at eps on Gaussian data, where the samplers are affine in ``x_T`` and their
-    draws, so the moments from ``x_T ~ p_T`` are computed exactly (``benchmarks/stochastic_exponential.py``; the draws
-    of one Brownian path, as coefficients on unit normals), falls at the declared weak order on λ-uniform grids at
-    32–256 steps (these methods step in λ; on VP's grids uniform in t the order shows only at more steps). Also every registered stochastic sampler declaring a weak order above 1 (test_convergence's Monte-Carlo
-    test resolves order 1 only). Measured: 0.81–0.92 for the first-order methods, 1.75–2.33 for the others."""
+    """Weak error ``|E x - m| + |Var x - v|`` at eps on Gaussian data, where the samplers are affine in ``x_T`` and
+    their draws, so the moments from ``x_T ~ p_T`` are computed exactly (``benchmarks/stochastic_exponential.py``; the
+    draws of one Brownian path, as coefficients on unit normals), falls at the declared weak order on λ-uniform grids
+    at 32–256 steps (these methods step in λ; on VP's grids uniform in t the order shows only at more steps). Also
+    every registered stochastic sampler declaring a weak order above 1 (test_convergence's Monte-Carlo test resolves
+    order 1 only). Measured: 0.81–0.92 for the first-order methods, 1.75–2.33 for the others."""
     path, solver = SDES[sde_name](), sgm.samplers.solver(name, **options)
     steps, errors = (32, 64, 128, 256), []
     for k in steps:
@@ -448,6 +451,18 @@ def test_random_mixtures_within_3x_the_floor(name, options, sde_name):
     x = sgm.sample(gm.score_fn(path), path, (n, 3), sampler=name, steps=entry.steps, generator=gen(1), dtype=D,
                    **{**entry.options, **options}).x
     sw = metrics.sliced_wasserstein(x, gm.sample(n, generator=gen(2)), n_projections=100, generator=gen(3))
-    floor = statistics.median(metrics.sliced_wasserstein(gm.sample(n, generator=gen(10 + i)), gm.sample(n, generator=gen(20 + i)),
-                                                         n_projections=100, generator=gen(3)) for i in range(3))
+    floor = statistics.median(metrics.sliced_wasserstein(gm.sample(n, generator=gen(10 + i)),
+                                                         gm.sample(n, generator=gen(20 + i)), n_projections=100,
+                                                         generator=gen(3)) for i in range(3))
     assert sw < 3 * floor, (sw, floor)
+
+
+@pytest.mark.parametrize("name, options", STOCHASTIC[:1] + STOCHASTIC[2:],
+                         ids=lambda v: v if isinstance(v, str) else str(v))
+def test_per_sample_seeds_do_not_depend_on_the_batch(name, options):
+    """With ``seeds`` every draw of sample ``i`` comes from its own stream: the same in one batch as in batches of 5."""
+    path, gm = sgm.VPSDE(), mixture()
+    run = lambda s: sgm.sample(gm.score_fn(path), path, (len(s), 2), name, steps=6, seeds=s, dtype=D,  # noqa: E731
+                               **options).x
+    seeds = list(range(12))
+    assert torch.equal(run(seeds), torch.cat([run(seeds[i:i + 5]) for i in range(0, 12, 5)]))

@@ -7,8 +7,8 @@ k-diffusion works on ``x̃ = x/α`` in the noise level ``σ̃ = σ/α`` (its ``s
     σ̃_↑ = min(σ̃_b, η √(σ̃_b² (σ̃_a² - σ̃_b²)/σ̃_a²)),     σ̃_↓ = √(σ̃_b² - σ̃_↑²),
 
 a deterministic step of the probability-flow ODE from ``σ̃_a`` to ``σ̃_↓`` and noise ``σ̃_↑ s_noise z``. With the exact
-ODE map this is exact in distribution at every step (``p_{σ̃_↓} * N(0, σ̃_↑²) = p_{σ̃_b}``), so the method's error is its
-ODE step's. In λ the step down is the extra exponent ``δ = λ_↓ - λ_b = -½ log(1 - min(1, η²(1 - e^{-2h})))``
+ODE map this is exact in distribution at every step (``p_{σ̃_↓} * N(0, σ̃_↑²) = p_{σ̃_b}``), so the method's error is
+its ODE step's. In λ the step down is the extra exponent ``δ = λ_↓ - λ_b = -½ log(1 - min(1, η²(1 - e^{-2h})))``
 (``sgm.samplers.exponential.ancestral_extra``), and in sgm's units, from node ``a`` to node ``b``:
 
 - ``euler_ancestral`` (``sample_euler_ancestral``; diffusers' ``EulerAncestralDiscreteScheduler`` at η = 1): Euler in
@@ -45,8 +45,8 @@ class _Ancestral(Solver):
 
 
 class EulerAncestral(_Ancestral):
-    """k-diffusion's Euler–ancestral sampler: Euler in σ̃ on ``x/α`` down to ``σ̃_↓``, noise ``σ̃_↑`` up (``eta``, scaled by
-    ``s_noise``). One evaluation per step."""
+    """k-diffusion's Euler–ancestral sampler: Euler in σ̃ on ``x/α`` down to ``σ̃_↓``, noise ``σ̃_↑`` up (``eta``,
+    scaled by ``s_noise``). One evaluation per step."""
 
     name = "euler_ancestral"
     _ode_order, _stochastic_orders = 1, (1.0, 1.0)

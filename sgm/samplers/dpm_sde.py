@@ -21,14 +21,15 @@ k-diffusion's ancestral noise on both stages. With ``u`` the node at ``λ_u = λ
 -½ log(1 - min(1, η²(1 - e^{-2h'})))`` (``sgm.samplers.exponential.ancestral_extra``):
 
     x_u = first-order step a → u with extra exponent δ(λ_u - λ_a), plus σ_u √(1 - e^{-2δ}) s_noise z_1
-    x_b = (σ_b/σ_a) e^{-δ} x_a + α_b (1 - e^{-h-δ}) [(1 - 1/(2r)) x̂_0(x_a) + 1/(2r) x̂_0(x_u)] + σ_b √(1 - e^{-2δ}) s_noise z_2
+    x_b = (σ_b/σ_a) e^{-δ} x_a + α_b (1 - e^{-h-δ}) [(1 - 1/(2r)) x̂_0(x_a) + 1/(2r) x̂_0(x_u)]
+          + σ_b √(1 - e^{-2δ}) s_noise z_2
 
 with ``δ = δ(h)`` and ``r = (λ_u - λ_a)/h = 1/2``. ``z_1`` drives ``[t_u, t_a]`` and ``z_2`` the whole ``[t_b, t_a]``
 (k-diffusion's ``noise_sampler(σ_a, σ_u)`` and ``noise_sampler(σ_a, σ_b)``, by default a Brownian tree): ``z_2`` is the
 normalised Brownian increment made of ``z_1`` and a draw for ``[t_b, t_u]``, ``(√(t_a - t_u) z_1 + √(t_u - t_b) w)/
 √(t_a - t_b)``, so the pair is correlated as Brownian increments are whatever the noise source (with independent
-``z_1, z_2`` the method is of weak order 1, with the pair of weak order 2: measured). Here ``eta`` is k-diffusion's ``dpmpp_sde`` ``eta`` (the ancestral
-parametrisation of the noise, equal to the η-scaled exponent at 0 and 1).
+``z_1, z_2`` the method is of weak order 1, with the pair of weak order 2: measured). Here ``eta`` is k-diffusion's
+``dpmpp_sde`` ``eta`` (the ancestral parametrisation of the noise, equal to the η-scaled exponent at 0 and 1).
 
 k-diffusion writes these on ``x/α`` in ``σ̃ = σ/α`` (its ``sigmas``); sgm's steps use each node's own ``(α, σ, λ)``, so
 on VE and ``EDMPath`` (``α = 1``) they are k-diffusion's updates to rounding, and on VP the same methods on ``x/α``.

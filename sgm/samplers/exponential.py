@@ -37,14 +37,16 @@ from ``s`` to ``t`` is ``(σ_t/σ_s) e^{-ηh}`` and, in λ (``α_t e^{-(1+η)(λ
 the noise being the exact Itô integral: its variance is ``η ∫ (σ_t/σ_λ)² e^{-2η(λ_t-λ)} g² dt =
 σ_t² η ∫_0^h 2 e^{-2η(h-u)} du = σ_t² (1 - e^{-2ηh})``. The Taylor terms integrate as before with the exponent
 ``H = (1+η)h``: ``(1+η) ∫_0^h e^{-(1+η)(h-u)} u^k/k! du = H φ_{k+1}(-H)·h^k``: the φ-weight carries ``H``, the power
-``h^k`` goes with ``m^{(k)}`` into the divided difference normalised by ``h``. So an SDE step is the ODE step of the same method with ``H = (1+η)h`` in
+``h^k`` goes with ``m^{(k)}`` into the divided difference normalised by ``h``. So an SDE step is the ODE step of the
+same method with ``H = (1+η)h`` in
 its φ-weights (``h`` unchanged in its divided differences), ``A = (σ_t/σ_s) e^{-ηh}``, plus ``σ_t √(1 - e^{-2ηh}) z``:
 with one ``h`` for both, ``(1+η)h`` in the ratios ``r_i`` would count the correction twice. For ``η = 1``,
 ``A = (σ_t/σ_s) e^{-h}``, ``H φ_1(-H) = 1 - e^{-2h}`` and the noise ``σ_t √(1 - e^{-2h}) z``: SDE-DPM-Solver++1, which
 is DDPM's ancestral step.
 
 **The same step as "down, then up".** ``A = (σ_t/σ_s) e^{-δ}`` with ``δ = H - h`` and ``B H φ_1(-H) = α_t (1 - e^{-H})``
-are the first-order ODE step on ``x/α`` from noise level ``σ̃_s = e^{-λ_s}`` down to ``σ̃_↓ = σ̃_t e^{-δ}``, and the noise
+are the first-order ODE step on ``x/α`` from noise level ``σ̃_s = e^{-λ_s}`` down to ``σ̃_↓ = σ̃_t e^{-δ}``, and the
+noise
 ``α_t σ̃_t √(1 - e^{-2δ}) z`` brings the level back up to ``σ̃_t`` (``σ̃_↓² + σ̃_↑² = σ̃_t²``). Ancestral samplers
 (k-diffusion's ``get_ancestral_step``) choose ``σ̃_↑ = min(σ̃_t, η σ̃_t √(1 - σ̃_t²/σ̃_s²))``, i.e.
 ``δ = -½ log(1 - min(1, η² (1 - e^{-2h})))``; the η-scaled exponent chooses ``δ = ηh``. The two agree at ``η = 0``

@@ -409,11 +409,19 @@ def _exact_prediction(mixture, x: Tensor, t: Tensor, sde: SDE, kind: str) -> Ten
 
 
 def check_times(t: Tensor, sde: SDE) -> None:
-    """``t`` within ``[0, T]`` of the path (``ValueError`` naming the range): the perturbed density is defined there
-    only (beyond ``T`` a path's ``α, σ`` are extrapolations — negative ``α`` on rectified flow, NaN on cosine)."""
+    """``t ≥ 0`` where the path is a Gaussian perturbation, ``α(t) ≥ 0`` and ``σ(t)`` finite (``ValueError`` naming
+    the range otherwise). Beyond ``T`` the path's ``α, σ`` are extrapolations: EDM's churn evaluates there on VP and
+    VE, while rectified flow's ``α = 1 − t`` turns negative and cosine's too."""
     lo, hi = float(t.min()), float(t.max())
-    if not (lo >= 0 and hi <= sde.T * (1 + 1e-12)):
-        raise ValueError(f"t must lie in [0, T={sde.T}] of {sde!r}, got [{lo:.6g}, {hi:.6g}]")
+    beyond = lo < 0
+    if not beyond and hi > sde.T * (1 + 1e-12):
+        late = t[t > sde.T]
+        alpha, sigma = sde.marginal(late)
+        beyond = not (bool(torch.isfinite(alpha).all()) and bool(torch.isfinite(sigma).all())
+                      and float(alpha.min()) >= 0 and float(sigma.min()) > 0)
+    if beyond:
+        raise ValueError(f"t must lie in [0, T={sde.T}] of {sde!r} (or beyond T where its alpha(t) >= 0), "
+                         f"got [{lo:.6g}, {hi:.6g}]")
 
 
 def _check_labels(labels, k: int, device) -> Tensor:

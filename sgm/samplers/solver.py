@@ -62,6 +62,10 @@ class Model:
 
     def __init__(self, score, sde: GaussianPath, bar=None):
         self.score = score if isinstance(score, CheckedScore) else CheckedScore(score)
+        own = getattr(self.score.score, "sde", None)  # a ScoreModel knows the path it was trained on
+        if isinstance(own, GaussianPath) and own != sde:
+            raise ValueError(f"the model was made for {own!r}, but sde is {sde!r}: it would solve another process's "
+                             f"reverse; sample with the model's own path (model.sde)")
         self.kind = self.score.predicts
         self.sde, self.bar, self.last = sde, bar, None
 
@@ -91,6 +95,7 @@ class Solver:
     evals_per_step: Optional[int] = 1
     final_evals: int = 0
     stochastic: bool = False
+    adaptive: bool = False  # chooses its own steps between the grid's ends
     needs: frozenset = frozenset()
 
     def check(self, grid: TimeGrid) -> None:
@@ -217,4 +222,5 @@ def integrate(solver: Solver, score, sde: GaussianPath, x: Tensor, grid: TimeGri
         x = solver.finish(model, x, last, state, noise)
         if grid.denoise:
             x = _apply(callback, solver.denoise(model, x, last, state), grid.nodes[-1], model.last)
+        model.score.check()  # the finite flags an accelerator kept
     return SamplerOutput(x, model.nfe)

@@ -6,8 +6,8 @@ its output (PAS), or the nodes and the model it is given (AMED-Plugin, the analy
 so a calibrating wrapper may run a step again from the state it was given. Sampling goes through ``integrate`` like
 every solver, at no extra evaluations (one fewer with the analytical first step).
 
-The teacher of every calibration is the model's own probability-flow map: the states ``X_k`` of one dopri5 run at
-``rtol = atol = reference_tol`` from ``T`` that lands on every noisy node of the grid, and the final target
+The teacher of every calibration is the model's own probability-flow map: the states ``X_k`` of dopri5 (the ``ode``
+sampler's adaptive step) at ``rtol = atol = reference_tol`` from ``T`` to each noisy node in turn, and the final target
 ``D(X_last)``, Tweedie's denoiser at the exact state of the last noisy node — on a grid ending at ``eps`` this is
 ``optimize.flow_map``'s reference, the one every map error in sgm is measured against.
 """
@@ -23,7 +23,6 @@ from typing import Any, Mapping, NamedTuple
 
 import torch
 from torch import Tensor
-from torchdiffeq import odeint
 
 from ...checks import flag, integer, positive
 from ...paths import GaussianPath
@@ -31,6 +30,7 @@ from ...predictions import Prediction
 from ..base import CheckedScore
 from ..fingerprint import check_model, fingerprint
 from ..grid import Node, TimeGrid
+from ..probability_flow import AdaptiveODE
 from ..registry import budget_grid, entry, solver as make_solver
 from ..solver import Model, Solver, integrate
 
@@ -325,27 +325,17 @@ class Teacher(NamedTuple):
 
 @torch.no_grad()
 def teacher(score, sde: GaussianPath, x_T: Tensor, grid: TimeGrid, tol: float = 1e-8) -> Teacher:
-    """The probability-flow states from ``x_T`` at ``T`` at every noisy node of ``grid`` (one dopri5 run at
-    ``rtol = atol = tol`` landing on each node) and Tweedie's ``x̂_0`` at the last (see the module docstring)."""
+    """The probability-flow states from ``x_T`` at ``T`` at every noisy node of ``grid`` (``ode``'s dopri5 at
+    ``rtol = atol = tol`` from node to node) and Tweedie's ``x̂_0`` at the last (see the module docstring)."""
     checked = CheckedScore(score)
-    model = Model(checked, sde)
-    times = [n.t for n in grid.noisy]
-    start = [sde.T] if times[0] < sde.T else []
-    ts = torch.tensor(start + times, dtype=x_T.dtype, device=x_T.device)
-    top = model.node(float(sde.T)) if start else grid.noisy[0]
-
-    def velocity(t, y):
-        t = float(t)
-        return model(y, top if t == top.t else t).velocity
-
-    # A first step of a thousandth of the first interval: torchdiffeq's own guess probes the velocity beyond the
-    # interval (at t < 0 from the top of a VP path), where the model is not defined.
-    first = abs(float(ts[1] - ts[0])) / 1000 if len(ts) > 1 else None
-    path = odeint(velocity, x_T, ts, method="dopri5", rtol=tol, atol=tol,
-                  options={"step_t": ts, **({"first_step": first} if first else {})})
-    states = tuple(path[len(start):])
-    x0 = model(states[-1], grid.noisy[-1]).x0
-    return Teacher(states, x0, checked.nfe)
+    model, flow = Model(checked, sde), AdaptiveODE("dopri5", tol, tol)
+    nodes = grid.noisy
+    x = x_T if nodes[0].t == sde.T else flow.step(model, x_T, model.node(float(sde.T)), nodes[0], None, None)[0]
+    states = [x]
+    for a, b in zip(nodes, nodes[1:]):
+        states.append(flow.step(model, states[-1], a, b, None, None)[0])
+    x0 = model(states[-1], nodes[-1]).x0
+    return Teacher(tuple(states), x0, checked.nfe)
 
 
 # --- calibration set-up ----------------------------------------------------------------------------------------------
@@ -402,7 +392,7 @@ def setup(score, sde: GaussianPath, sampler: str, options: Mapping, *, grid, nfe
     x_T = sde.prior_sample((n, *shape), generator=generator, dtype=dtype, device=device)
     taught = teacher(score, sde, x_T, grid, reference_tol)
     record = {"n": n, "shape": list(shape), "dtype": str(dtype).replace("torch.", ""),
-              "reference": f"dopri5 rtol=atol={reference_tol:g} from T landing on every node, then Tweedie",
+              "reference": f"dopri5 rtol=atol={reference_tol:g} from T to each node in turn, then Tweedie",
               "reference_nfe": taught.nfe, "started": started}
     return Setup(method, grid, x_T, taught, record, moments_of(taught.x0) if afs == "moments" else None)
 

@@ -16,6 +16,7 @@ import sgm
 from sgm.samplers import Correction, integrate, solver, time_grid
 from sgm.samplers.corrections import AMED, afs, amed, analytic_prediction, ems, pas, pas_basis
 from sgm.samplers.dpm_v3 import EMS, derivatives
+from sgm.samplers.fingerprint import fingerprint
 from sgm.samplers.optimize import flow_map, map_error, optimize_grid
 
 D = torch.float64
@@ -418,6 +419,24 @@ def test_another_path_or_model_is_refused(name, tmp_path):
         Correction.load(tmp_path / "c.json", sde, model=other)
     with pytest.raises(ValueError, match="calibrated for another model: its class is .*score_fn"):
         sgm.sample(gm.prediction_fn(sde, "x0"), sde, (4, 2), correction=c, nfe=5)
+
+
+def test_a_network_is_known_by_its_weights():
+    """Two untrained MLPs of one architecture answer alike everywhere (a zero-initialised last layer), so only their
+    weights tell them apart: a correction made for one is refused for the other, accepted for itself."""
+    sde = sgm.VPSDE()
+    nets = []
+    for seed in (0, 1):
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            nets.append(sgm.ScoreModel(sgm.nets.MLP(2, width=16, depth=1).to(D), sde, prediction="eps"))
+    record, other = fingerprint(nets[0], sde, (2,)), fingerprint(nets[1], sde, (2,))
+    assert record["parameters"] == sum(p.numel() for p in nets[0].net.parameters()) > 0
+    assert record["probe"] == other["probe"] and len(record["weights"]) == len(list(nets[0].net.parameters()))
+    c = Correction("afs", "ddim", {}, {}, None, True, repr(sde), record)
+    c.check(nets[0], sde)
+    with pytest.raises(ValueError, match="correction was calibrated for another model: its weights differ"):
+        c.check(nets[1], sde)
 
 
 def test_the_published_afs_is_for_any_model_and_path():

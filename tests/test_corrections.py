@@ -96,22 +96,35 @@ def test_afs_with_the_models_moments_beats_ddim_at_the_same_budget(case):
         assert held_out(case, step.solver(), first) < 0.97 * held_out(case, solver("ddim"), plain)
 
 
+@functools.lru_cache(maxsize=None)
+def statistics(case):
+    """DPM-Solver-v3's EMS of the case's model on 40 intervals of λ, from the calibration draws."""
+    _, sde, score, _, _ = problem(*case)
+    return ems(score, sde, steps=40, **calibration(case))
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_dpm_solver_v3_with_ems_beats_it_without(case):
-    _, sde, score, _, _ = problem(*case)
-    statistics = ems(score, sde, steps=40, **calibration(case))
+    sde = problem(*case)[1]
     for nfe in (5, 10):
         grid = time_grid(sde, nfe, "logsnr")
-        assert held_out(case, statistics.solver(), grid) < 0.8 * held_out(case, solver("dpm_solver_v3"), grid)
+        assert held_out(case, statistics(case).solver(), grid) < 0.8 * held_out(case, solver("dpm_solver_v3"), grid)
 
 
-def test_corrections_compose_with_an_optimised_grid():
-    case = (3, 5, "vp")
+@pytest.mark.parametrize("case", [(3, 5, "vp"), (2, 2, "ve")])
+def test_corrections_compose_with_an_optimised_grid(case):
+    """PAS and AMED calibrated on optimize_grid's grid for ddim beat ddim on that grid; DPM-Solver-v3 with EMS on the
+    grid optimised for it with those EMS beats dpm_solver_v3 without them on the grid optimised for that. Measured
+    ratios on these two mixtures and on (1, 2, "vp"): PAS 0.34-0.64, AMED 0.53-0.76, v3 0.24-0.52."""
     _, sde, score, _, _ = problem(*case)
-    grid = optimize_grid(score, sde, 6, "ddim", shape=(5,), n=64, generator=gen(5), sweeps=1)
+    optimised = functools.partial(optimize_grid, score, sde, 6, shape=(case[1],), n=64, generator=gen(5), sweeps=1)
+    grid = optimised("ddim")
     for corrected in (pas(score, sde, "ddim", grid=grid, **calibration(case)),
                       amed(score, sde, "ddim", grid=grid, afs=False, **calibration(case))):
-        assert held_out(case, corrected.solver(), corrected.grid) < held_out(case, solver("ddim"), grid)
+        assert held_out(case, corrected.solver(), corrected.grid) < 0.9 * held_out(case, solver("ddim"), grid)
+    v3 = statistics(case).solver()
+    v3_grid, plain_grid = optimised("dpm_solver_v3", ems=v3.ems), optimised("dpm_solver_v3")
+    assert held_out(case, v3, v3_grid) < 0.9 * held_out(case, solver("dpm_solver_v3"), plain_grid)
 
 
 def test_rectified_flow_from_its_exact_top():

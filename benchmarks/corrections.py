@@ -112,7 +112,8 @@ def main(argv=None) -> list[dict]:
                                                            moments_afs.sde, moments_afs.model)
                             record("afs_m", *error(step.solver(), first), moments_afs.info["evaluations"], afs_seconds)
                         corrected, seconds = timed(lambda: pas(score, sde, name, grid=grid, **cal()))
-                        record("pas", *error(corrected.solver(), corrected.grid), corrected.info["evaluations"], seconds)
+                        record("pas", *error(corrected.solver(), corrected.grid), corrected.info["evaluations"],
+                               seconds)
                         corrected, seconds = timed(lambda: amed(score, sde, name, grid=grid, afs=False, **cal()))
                         record("amed", *error(corrected.solver(), corrected.grid), corrected.info["evaluations"],
                                seconds)

@@ -1,7 +1,8 @@
 """Samplers: solvers on one protocol (``Solver``: ``init``/``step`` with states as values, declared ``ode_order`` /
 ``strong_order`` / ``weak_order``, ``evals_per_step``, ``stochastic``, ``needs``), the one loop ``integrate`` that
 runs them, noise sources, time grids (optimised ones: ``optimize_grid``), learned corrections
-(``sgm.samplers.corrections``), a registry of entries with their metadata, and the one entry point ``sample``. ``sgm.samplers.NAME(score, sde, x, grid, **options)`` runs the sampler ``NAME``."""
+(``sgm.samplers.corrections``), a registry of entries with their metadata, and the one entry point ``sample``.
+``sgm.samplers.NAME(score, sde, x, grid, **options)`` runs the sampler ``NAME``."""
 from .base import CheckedScore, SamplerDiverged, SamplerOutput
 from .grid import SPACINGS, Node, TimeGrid, time_grid
 from .noise import Noise, SeededNoise

@@ -193,8 +193,9 @@ class DPMSolverV3(Solver):
         lo, hi = self.ems.range
         outside = [n.t for n in grid.noisy if n.scale > 0 and not lo - 1e-9 <= n.lam <= hi + 1e-9]
         if outside:
-            raise ValueError(f"grid nodes at t={outside} lie outside the EMS's half log-SNR range [{lo:.6g}, {hi:.6g}]; "
-                             "compute the EMS over this range (sgm.samplers.corrections.ems(..., eps=, t_max=))")
+            raise ValueError(f"grid nodes at t={outside} lie outside the EMS's half log-SNR range "
+                             f"[{lo:.6g}, {hi:.6g}]; compute the EMS over this range "
+                             "(sgm.samplers.corrections.ems(..., eps=, t_max=))")
 
     def init(self, x, grid: TimeGrid):
         if self.ems is not None and tuple(x.shape[1:]) != self.ems.shape:

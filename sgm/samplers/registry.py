@@ -113,7 +113,8 @@ SAMPLERS: dict[str, Entry] = {
                                "prediction": ("x0", "eps")}),
     "dpm_solver_v3": Entry(DPMSolverV3, "DPM-Solver-v3: the ODE in the parameterisation of the model's empirical "
                            "statistics (`ems`; without: DPM-Solver++'s), multistep predictor–corrector",
-                           spacing="logsnr", steps=50, sweep={"order": (1, 2, 3)}),
+                           spacing={"vp": "quadratic", "ve": "logsnr", "rf": "uniform"}, steps=50,
+                           sweep={"order": (1, 2, 3)}),
     "unipc": Entry(UniPC, "UniPC: the UniP predictor and the UniC corrector at no extra evaluation",
                    spacing={"vp": "quadratic", "ve": "logsnr", "rf": "karras"}, steps=50,
                    sweep={"order": (1, 2, 3), "variant": ("bh1", "bh2")}),

@@ -15,5 +15,5 @@ from .amed import AMED, amed
 from .afs import afs
 from .ems import ems
 
-__all__ = ["Correction", "Corrected", "AFS", "PAS", "AMED", "pas", "amed", "afs", "ems", "pas_basis", "analytic_prediction",
-           "teacher"]
+__all__ = ["Correction", "Corrected", "AFS", "PAS", "AMED", "pas", "amed", "afs", "ems", "pas_basis",
+           "analytic_prediction", "teacher"]

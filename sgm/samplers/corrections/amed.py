@@ -205,7 +205,8 @@ class AMEDCalibration(AMED):
             return loss if math.isfinite(loss) else 1e300
 
         r0 = min(max(fraction(a, b, end), R_BOUNDS[0]), R_BOUNDS[1])
-        u0 = [(r0 - R_BOUNDS[0]) / (R_BOUNDS[1] - R_BOUNDS[0])] + [0.5] * (int(self.scale_dir > 0) + int(self.scale_time > 0))
+        scalings = int(self.scale_dir > 0) + int(self.scale_time > 0)
+        u0 = [(r0 - R_BOUNDS[0]) / (R_BOUNDS[1] - R_BOUNDS[0])] + [0.5] * scalings
         before = objective(u0)
         simplex = [u0] + [[v + (0.1 if k == d and v <= 0.5 else -0.1 if k == d else 0.0) for k, v in enumerate(u0)]
                           for d in range(len(u0))]
@@ -237,9 +238,9 @@ def amed(score, sde, sampler: str = "ipndm", *, grid: TimeGrid | None = None, nf
     """Calibrate AMED-Plugin for the deterministic ``sampler`` (with ``options``) on ``grid`` (its odd noisy nodes are
     the intermediate times, moved by the fit) or on the budget ``nfe`` (the sampler's default ``spacing`` unless given),
     with ``n`` prior draws of per-sample ``shape`` from ``generator`` (see the module docstring: ``scale_dir``,
-    ``scale_time``; ``maxfev``: Nelder–Mead trials per step; ``guard``; ``afs``: the analytical first step, ``"moments"``,
-    ``True`` or ``False``). Returns a
-    ``Correction`` (``method="amed"``) whose grid holds the fitted intermediate nodes."""
+    ``scale_time``; ``maxfev``: Nelder–Mead trials per step; ``guard``; ``afs``: the analytical first step,
+    ``"moments"``, ``True`` or ``False``). Returns a ``Correction`` (``method="amed"``) whose grid holds the fitted
+    intermediate nodes."""
     scale_dir, scale_time = real("scale_dir", scale_dir, 0.0, 0.5), real("scale_time", scale_time, 0.0, 0.5)
     maxfev = integer("maxfev", maxfev, 1)
     s = setup(score, sde, sampler, options, grid=grid, nfe=nfe, spacing=spacing, shape=shape, n=n,
@@ -260,7 +261,7 @@ def amed(score, sde, sampler: str = "ipndm", *, grid: TimeGrid | None = None, nf
     info = finish_record(s.record, spent)
     info.update(method="AMED-Plugin (Zhou et al. 2024), per-step constants", fits=learner.fits,
                 parameters=len(learner.fits) * (1 + int(scale_dir > 0) + int(scale_time > 0)))
-    params = {"pairs": [{"r": f["r"], "scale_dir": f["scale_dir"], "scale_time": f["scale_time"]} for f in learner.fits],
+    params = {"pairs": [{k: f[k] for k in ("r", "scale_dir", "scale_time")} for f in learner.fits],
               "scale_dir_bound": scale_dir, "scale_time_bound": scale_time, **moments_params(s.moments)}
     return Correction("amed", sampler, options, params, fitted, bool(afs), repr(sde),
                       model_record(score, sde, s.record["shape"], dtype, s.x_T.device), info)

@@ -101,7 +101,8 @@ class Correction:
         if not isinstance(sde, GaussianPath):
             raise TypeError(f"sde must be an sgm path (GaussianPath), got {type(sde).__name__}")
         if self.sde is not None and self.sde != repr(sde):
-            raise ValueError(f"correction was calibrated for {self.sde}, not for sde={sde!r}; calibrate it for this path")
+            raise ValueError(f"correction was calibrated for {self.sde}, not for sde={sde!r}; calibrate it for this "
+                             "path")
         if self.grid is not None:
             self.grid.check_sde(sde)
         if model is not None:
@@ -162,9 +163,10 @@ def check_afs(afs):
 def analytic_prediction(x: Tensor, node: Node, moments: tuple[Tensor, Tensor] | None = None) -> Prediction:
     """AFS's prediction at the first node, no evaluation.
 
-    Without ``moments`` (Zhou et al., 2024): ``ε̂ = x/r``, ``x̂_0 = α x/(r(r + σ))``, ``r = √(α² + σ²)`` — in ``y = x/α``
-    and the noise level ``σ_n = σ/α`` their ``d = ε̂ = y/√(1 + σ_n²)``, the direction for data of zero mean and unit
-    variance at a high noise level; ``α x̂_0 + σ ε̂ = x``, and at ``α = 0`` (rectified flow's top) ``ε̂ = x`` is exact.
+    Without ``moments`` (Zhou et al., 2024): ``ε̂ = x/r``, ``x̂_0 = α x/(r(r + σ))``, ``r = √(α² + σ²)`` — in
+    ``y = x/α`` and the noise level ``σ_n = σ/α`` their ``d = ε̂ = y/√(1 + σ_n²)``, the direction for data of zero mean
+    and unit variance at a high noise level; ``α x̂_0 + σ ε̂ = x``, and at ``α = 0`` (rectified flow's top) ``ε̂ = x``
+    is exact.
 
     With ``moments = (μ, v)``, the mean and per-element variance of the model's own samples: the posterior mean of the
     Gaussian ``N(μ, diag v)``, ``x̂_0 = μ + α v (x - α μ)/(α² v + σ²)`` — exact at ``α = 0`` (``x̂_0 = E x_0``) and to
@@ -217,11 +219,11 @@ class AnalyticFirst:
 def check_base(method: Solver, sampler: str, options: Mapping) -> Solver:
     """``method`` is deterministic and fixed-step, as every correction needs."""
     if method.stochastic:
-        raise ValueError(f"sampler {sampler!r} with options {dict(options)} is stochastic; a learned correction needs a "
-                         "deterministic sampler (its map x_T -> x_0 is what is corrected)")
+        raise ValueError(f"sampler {sampler!r} with options {dict(options)} is stochastic; a learned correction needs "
+                         "a deterministic sampler (its map x_T -> x_0 is what is corrected)")
     if method.evals_per_step is None:
-        raise ValueError(f"sampler {sampler!r} with options {dict(options)} chooses its own steps (adaptive); a learned "
-                         "correction needs a fixed-step sampler")
+        raise ValueError(f"sampler {sampler!r} with options {dict(options)} chooses its own steps (adaptive); a "
+                         "learned correction needs a fixed-step sampler")
     return method
 
 

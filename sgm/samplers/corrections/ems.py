@@ -7,13 +7,13 @@ reference_tol`` from each ``λ_k`` to the next) give, element by element (see ``
 
     l_k = mean_i  v_i ⊙ σ_k (∇_x ε̂(x_k^i, λ_k) v_i)        (Hutchinson: Rademacher v, E[v ⊙ J v] = diag J; exact for a
                                                             diagonal Jacobian)
-    f_k^i = (σ_k ε̂(x_k^i) - l_k ⊙ x_k^i)/α_k,    f^(1)_k = df/dλ along each trajectory (second-order finite differences)
+    f_k^i = (σ_k ε̂(x_k^i) - l_k ⊙ x_k^i)/α_k,    f^(1)_k = df/dλ along each trajectory (2nd-order finite differences)
     s_k = Cov_i(f^(1)_k, f_k)/Var_i(f_k),    b_k = mean_i f^(1)_k - s_k mean_i f_k     (s_k = 0 where Var f vanishes)
 
-the minimisers of ``E‖σ∇ε̂ - diag l‖²_F`` and ``E‖f^(1) - s f - b‖²`` under the model's own marginals ``p_λ``. Their cost:
-the teacher's evaluations plus, per table point, one evaluation and one Jacobian–vector product (counted as one more
-evaluation) of the batch. ``ems`` returns a ``Correction`` for the ``dpm_solver_v3`` sampler (with ``options``) that
-runs on any grid within its λ range.
+the minimisers of ``E‖σ∇ε̂ - diag l‖²_F`` and ``E‖f^(1) - s f - b‖²`` under the model's own marginals ``p_λ``.
+Their cost: the teacher's evaluations plus, per table point, one evaluation and one Jacobian–vector product (counted
+as one more evaluation) of the batch. ``ems`` returns a ``Correction`` for the ``dpm_solver_v3`` sampler (with
+``options``) that runs on any grid within its λ range.
 """
 from __future__ import annotations
 

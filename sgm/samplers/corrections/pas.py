@@ -17,7 +17,7 @@ direction inside the span of the earlier ones, as with AFS's first direction ``d
 
 **Calibration** (PAS's adaptive search), step by step along the corrected trajectory of ``n`` prior draws:
 
-    c_i = argmin_c  mean |y_i + (σ_{i+1} - σ_i) Σ_j c_j u_j - Y_{i+1}|     (L1 over every element; ``loss="l2"``: squares)
+    c_i = argmin_c  mean |y_i + (σ_{i+1} - σ_i) Σ_j c_j u_j - Y_{i+1}|    (L1 over the elements; ``loss="l2"``: squares)
 
 against the teacher's ``Y_{i+1}`` (the exact flow state at node ``i+1``, in ``y``), by Adam (``lr`` 0.01) from
 ``c = (mean ‖d‖, 0, …, 0)`` (the uncorrected step, up to the spread of ‖d‖) for at most ``epochs`` (1000) full-batch
@@ -35,8 +35,9 @@ the teacher alone broke that (iPNDM at 10 NFE on the 16-D mixture: held-out 0.30
 published, 0.24 guarded; benchmarks/corrections.py).
 
 Cost: the teacher (a few hundred evaluations of the batch), one run of the base solver (its own evaluations) and, with
-the guard, two runs of the rest of the grid per searched step; the search itself evaluates nothing. From an ``α = 0`` node (rectified flow's top) ``y`` is undefined: that step is left
-uncorrected and the state at the next node stands in for ``y_T``.
+the guard, two runs of the rest of the grid per searched step; the search itself evaluates nothing. From an ``α = 0``
+node (rectified flow's top) ``y`` is undefined: that step is left uncorrected and the state at the next node stands in
+for ``y_T``.
 """
 from __future__ import annotations
 
@@ -243,7 +244,8 @@ def pas(score, sde, sampler: str = "ddim", *, grid: TimeGrid | None = None, nfe:
     spent = integrate(learner, score, sde, s.x_T, s.grid).nfe
     info = finish_record(s.record, spent)
     info.update(method="PAS (PCA-based adaptive search; Wang et al. 2025)", corrected=sorted(learner.coordinates),
-                losses={str(i): v for i, v in learner.losses.items()}, parameters=sum(map(len, learner.coordinates.values())))
+                losses={str(i): v for i, v in learner.losses.items()},
+                parameters=sum(map(len, learner.coordinates.values())))
     params = {"coordinates": {str(i): c for i, c in learner.coordinates.items()}, "components": components,
               "use_xT": use_xT, **moments_params(s.moments)}
     return Correction("pas", sampler, options, params, s.grid, bool(afs), repr(sde),

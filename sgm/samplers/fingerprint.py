@@ -84,7 +84,7 @@ def fingerprint(model, sde: GaussianPath, shape, dtype: torch.dtype = torch.floa
             "probe": probe, "weights": _weights(model), "shape": list(shape), "dtype": str(dtype).replace("torch.", "")}
 
 
-def check_model(recorded: dict | None, model, sde: GaussianPath, what: str = "it", device=None) -> None:
+def check_model(recorded: dict | None, model, sde: GaussianPath, device=None, *, what: str = "it") -> None:
     """Raise ``ValueError`` when ``model`` is not the model ``recorded`` (``None``: made for no model in particular,
     accepted for any); ``what`` names the calibrated object in the message."""
     if recorded is None:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .checks import integer
 from .targets import ring_mixture
 
 __all__ = ["TOY_SETS", "toy_2d", "load_digits", "load_mnist", "load_cifar10", "load_image_folder", "ImageFolder",
@@ -41,8 +42,7 @@ def toy_2d(name: str, n: int, generator: torch.Generator | None = None) -> Tenso
     """
     if name not in TOY_SETS:
         raise ValueError(f"name must be one of {TOY_SETS}, got {name!r}")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be an int >= 1, got {n!r}")
+    n = integer("n", n)
 
     def rand(*shape):
         return torch.rand(shape, generator=generator)
@@ -197,8 +197,7 @@ class ImageFolder:
         folder = _existing(folder, "image folder")
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels}")
-        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-            raise ValueError(f"size must be an int >= 1 or None, got {size!r}")
+        size = None if size is None else integer("size", size)
         self.folder, self.size, self.channels = folder, size, channels
         self.files = sorted(os.path.join(root, f) for root, _, names in os.walk(folder) for f in names
                             if f.lower().endswith(IMAGE_EXTENSIONS))

@@ -35,7 +35,7 @@ import math
 import torch
 from torch import Tensor
 
-from .checks import real
+from .checks import integer, real
 from .paths import SDE
 from .predictions import predict, predicts, score_coefficient
 from .samplers.solver import Solver
@@ -217,11 +217,10 @@ class RePaint(Solver):
                  generator: torch.Generator | None = None):
         if not isinstance(solver, Solver) or solver.evals_per_step is None:
             raise TypeError(f"solver must be a fixed-step sgm Solver, got {solver!r}")
-        if isinstance(resample, bool) or not isinstance(resample, int) or resample < 1:
-            raise ValueError(f"resample must be an int >= 1, got {resample!r}")
-        self.solver, self.resample, self.replace = solver, resample, Replacement(observation, generator)
+        self.solver, self.resample = solver, integer("resample", resample)
+        self.replace = Replacement(observation, generator)
         self.name, self.stochastic, self.needs = f"repaint({solver.name})", True, solver.needs
-        self.evals_per_step, self.final_evals = resample * solver.evals_per_step, solver.final_evals
+        self.evals_per_step, self.final_evals = self.resample * solver.evals_per_step, solver.final_evals
 
     def check(self, grid) -> None:
         if self.solver.stepping_grid(grid) != grid:

@@ -124,6 +124,5 @@ def log_likelihood(score: Callable[[Tensor, Tensor], Tensor], sde: SDE, x: Tenso
 def bits_per_dim(logp: Tensor, dim: int, levels: int = 256) -> Tensor:
     """Bits per dimension of data quantised to ``levels`` values and scaled to [-1, 1], with uniform dequantisation
     ``x = 2(k + u)/levels - 1``: ``bpd = -(log p(x) + D log(2/levels)) / (D log 2)`` (8 for a uniform model, 8-bit)."""
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-        raise ValueError(f"dim must be an int >= 1, got {dim!r}")
+    dim = integer("dim", dim)
     return -(logp + dim * math.log(2.0 / levels)) / (dim * math.log(2.0))

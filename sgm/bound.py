@@ -54,7 +54,7 @@ from torch import Tensor
 
 from .paths import SDE, DiscreteChain, batch_view
 from .predictions import as_score, convert, predicts
-from .checks import integer, positive
+from .checks import choice, integer, positive
 
 __all__ = ["Bound", "GammaEstimate", "estimate_gamma", "elbo", "continuous_elbo", "VARIANCES", "DECODERS",
            "T_PROPOSALS"]
@@ -337,10 +337,8 @@ def elbo(model: ScoreFn, chain: DiscreteChain, x0: Tensor, *, variance: str = "p
     x0 = _check_data(x0)
     if not callable(model):
         raise TypeError(f"model must be a score function model(x, t), got {type(model).__name__}")
-    if variance not in VARIANCES:
-        raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
-    if decoder not in DECODERS:
-        raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+    choice("variance", variance, VARIANCES)
+    choice("decoder", decoder, DECODERS)
     levels = integer("levels", levels)
     batch_size = integer("batch_size", batch_size)
     if levels < 2:
@@ -483,8 +481,7 @@ def continuous_elbo(score: ScoreFn, sde: SDE, x: Tensor, *, eps: float = 1e-5, n
     n_samples = integer("n_samples", n_samples)
     if n_samples < 2:
         raise ValueError(f"n_samples must be >= 2 for a standard error, got {n_samples}")
-    if proposal not in T_PROPOSALS:
-        raise ValueError(f"proposal must be one of {T_PROPOSALS}, got {proposal!r}")
+    choice("proposal", proposal, T_PROPOSALS)
     bins, pilot = integer("bins", bins), integer("pilot", pilot)
     B, d = x.shape[0], x[0].numel()
     f64 = dict(dtype=torch.float64, device=x.device)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .checks import integer
+from .checks import choice, integer
 from .targets import ring_mixture
 
 __all__ = ["TOY_SETS", "toy_2d", "LabelledImages", "FolderImages", "load_digits", "load_mnist", "load_cifar10",
@@ -42,8 +42,7 @@ def toy_2d(name: str, n: int, generator: torch.Generator | None = None) -> Tenso
     - ``8gaussians``: 8 equal Gaussians of std 0.3 on a circle of radius 2 (``sgm.targets.ring_mixture``);
     - ``checkerboard``: uniform on the black squares of a 4×4 board on [-2, 2]².
     """
-    if name not in TOY_SETS:
-        raise ValueError(f"name must be one of {TOY_SETS}, got {name!r}")
+    choice("name", name, TOY_SETS)
     n = integer("n", n)
 
     def rand(*shape):

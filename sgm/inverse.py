@@ -35,7 +35,7 @@ import math
 import torch
 from torch import Tensor
 
-from .checks import integer, real
+from .checks import choice, integer, real
 from .paths import SDE
 from .predictions import predict, predicts, score_coefficient
 from .samplers.solver import Solver
@@ -169,8 +169,7 @@ class PosteriorScore:
             raise TypeError(f"sde must be an sgm SDE, got {type(sde).__name__}")
         if not isinstance(observation, LinearObservation):
             raise TypeError(f"observation must be a LinearObservation, got {type(observation).__name__}")
-        if method not in self.METHODS:
-            raise ValueError(f"method must be one of {self.METHODS}, got {method!r}")
+        choice("method", method, self.METHODS)
         if method == "dps" and observation.sigma_y == 0:
             raise ValueError("method='dps' needs sigma_y > 0 (its likelihood is N(y; A x̂_0, σ_y² I))")
         self.data_var = real("data_var", data_var)

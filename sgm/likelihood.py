@@ -25,7 +25,7 @@ from .predictions import predict, predicts
 from .samplers.base import CheckedScore
 from .samplers.probability_flow import ADAPTIVE_METHODS, FIXED_METHODS
 from .paths import SDE
-from .checks import integer, positive, real
+from .checks import choice, integer, positive, real
 
 __all__ = ["log_likelihood", "bits_per_dim", "Likelihood", "DIVERGENCES", "PROBES",
            "elbo", "continuous_elbo", "estimate_gamma", "GammaEstimate", "Bound"]  # the bounds: sgm.bound
@@ -74,12 +74,9 @@ def log_likelihood(score: Callable[[Tensor, Tensor], Tensor], sde: SDE, x: Tenso
     """
     if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() < 2:
         raise TypeError(f"x must be a floating tensor of shape (batch, ...), got {type(x).__name__}")
-    if divergence not in DIVERGENCES:
-        raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
-    if probe not in PROBES:
-        raise ValueError(f"probe must be one of {PROBES}, got {probe!r}")
-    if method not in ADAPTIVE_METHODS + FIXED_METHODS:
-        raise ValueError(f"method must be one of {ADAPTIVE_METHODS + FIXED_METHODS}, got {method!r}")
+    choice("divergence", divergence, DIVERGENCES)
+    choice("probe", probe, PROBES)
+    choice("method", method, ADAPTIVE_METHODS + FIXED_METHODS)
     n_probes = integer("n_probes", n_probes)
     steps = integer("steps", steps)
     rtol, atol, eps = positive("rtol", rtol), positive("atol", atol), positive("eps", eps)

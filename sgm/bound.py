@@ -53,8 +53,9 @@ from tqdm.auto import tqdm
 from torch import Tensor
 
 from .paths import SDE, DiscreteChain, batch_view
-from .predictions import as_score, convert, predicts
 from .checks import choice, integer, positive
+from .predictions import as_score, convert, predicts
+from .samplers.grid import Transition
 
 __all__ = ["Bound", "GammaEstimate", "estimate_gamma", "elbo", "continuous_elbo", "VARIANCES", "DECODERS",
            "T_PROPOSALS"]
@@ -100,7 +101,7 @@ def _check_vp_chain(chain) -> DiscreteChain:
     if len(chain) < 2:
         raise ValueError(f"chain must have at least 2 timesteps, got {len(chain)}")
     scale, std = chain.scale, chain.std
-    v = std[1:] ** 2 - (scale[1:] / scale[:-1]) ** 2 * std[:-1] ** 2
+    v = Transition.between(scale[1:], std[1:], scale[:-1], std[:-1]).v
     if not (bool(torch.isfinite(scale).all()) and bool((scale > 0).all()) and bool((std > 0).all())
             and bool((v > 0).all())):
         raise ValueError("chain must have 0 < scale and noise that grows at every step (all β_i < 1); got an "
@@ -189,7 +190,7 @@ class GammaEstimate:
         DDPM's ``β̃ = std_b² v/std_a²`` (then ``c = scale_b v/std_a²``); DDIM's is ``η² β̃``."""
         (scale_a, std_a), (scale_b, std_b) = a, b
         if lam2 is None:
-            lam2 = std_b**2 * (std_a**2 - (scale_a / scale_b) ** 2 * std_b**2) / std_a**2
+            lam2 = Transition.between(scale_a, std_a, scale_b, std_b).posterior_var
         c = scale_b - math.sqrt(max(std_b**2 - lam2, 0.0)) * scale_a / std_a
         return lam2 + c**2 * self.x0_variance(self.timestep(scale_a, std_a), data_range)
 
@@ -272,15 +273,15 @@ def _steps(chain: DiscreteChain, idx: list[int], variance: str, gamma: GammaEsti
     b = [(1.0, 0.0)] + [(s, d) for _, s, d in a[:-1]]
     var = []
     for (i, scale_a, std_a), (scale_b, std_b) in zip(a, b):
-        r = scale_a / scale_b
-        v = std_a**2 - r**2 * std_b**2
         if variance == "analytic":
             var.append(gamma.reverse_variance((scale_a, std_a), (scale_b, std_b), data_range=data_range))
         elif std_b == 0:  # Ho et al.'s decoder: β̃ of the chain's step 1 → 0
-            s0, s1, r1 = float(chain.std[0]), float(chain.std[1]), float(chain.scale[1] / chain.scale[0])
-            var.append(s0**2 * (s1**2 - r1**2 * s0**2) / s1**2)
+            step_1 = Transition.between(*(float(v) for v in (chain.scale[1], chain.std[1], chain.scale[0],
+                                                               chain.std[0])))
+            var.append(step_1.posterior_var)
         else:
-            var.append(v if variance == "beta" else std_b**2 * v / std_a**2)
+            step = Transition.between(scale_a, std_a, scale_b, std_b)
+            var.append(step.v if variance == "beta" else step.posterior_var)
     if not all(s > 0 for s in var):
         raise ValueError(f"gamma gives a decoder variance <= 0 (Γ >= 1 at timestep {idx[0]}); estimate it on "
                          "more data")
@@ -302,10 +303,8 @@ def _terms(model, chain, steps: _Steps, j: Tensor, x0: Tensor, z: Tensor, decode
         out[dec] = decoder_nll(x0[dec], x0_hat[dec], var[dec], decoder, levels)
     kl = ~dec
     if bool(kl.any()):
-        r = scale_a[kl] / scale_b[kl]
-        v = std_a[kl] ** 2 - r**2 * std_b[kl] ** 2
-        c0 = scale_b[kl] * v / std_a[kl] ** 2
-        out[kl] = _gaussian_kl(c0**2 * (x0[kl] - x0_hat[kl]) ** 2, std_b[kl] ** 2 * v / std_a[kl] ** 2, var[kl])
+        step = Transition.between(scale_a[kl], std_a[kl], scale_b[kl], std_b[kl])
+        out[kl] = _gaussian_kl(step.c_0**2 * (x0[kl] - x0_hat[kl]) ** 2, step.posterior_var, var[kl])
     return out
 
 

@@ -231,8 +231,8 @@ class RePaint(Solver):
         return self.solver.init(x, grid)
 
     def step(self, model, x, a, b, state, noise):
-        r = a.scale / b.scale
-        v = max(a.std**2 - r**2 * b.std**2, 0.0)
+        r, v = a.transition(b)[:2]
+        v = max(v, 0.0)
         for k in range(self.resample):
             x_b, new_state = self.solver.step(model, x, a, b, state, noise)
             x_b = self.replace(x_b, b, None)

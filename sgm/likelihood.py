@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torchdiffeq import odeint
 
-from .bound import Bound, GammaEstimate, continuous_elbo, elbo, estimate_gamma
+from .bounds import Bound, GammaEstimate, continuous_elbo, elbo, estimate_gamma
 from .predictions import predict, predicts
 from .samplers.base import CheckedScore
 from .samplers.probability_flow import ADAPTIVE_METHODS, FIXED_METHODS
@@ -28,7 +28,7 @@ from .paths import SDE
 from .checks import choice, integer, positive, real
 
 __all__ = ["log_likelihood", "bits_per_dim", "Likelihood", "DIVERGENCES", "PROBES",
-           "elbo", "continuous_elbo", "estimate_gamma", "GammaEstimate", "Bound"]  # the bounds: sgm.bound
+           "elbo", "continuous_elbo", "estimate_gamma", "GammaEstimate", "Bound"]  # the bounds: sgm.bounds
 
 DIVERGENCES = ("exact", "hutchinson")
 PROBES = ("rademacher", "gaussian")

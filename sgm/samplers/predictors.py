@@ -79,7 +79,7 @@ def check_variance(variance) -> str:
 
 
 def check_gamma(gamma, variance: str):
-    """The Γ estimate (``sgm.bound.GammaEstimate``) that ``variance="analytic"`` needs, and only it."""
+    """The Γ estimate (``sgm.bounds.GammaEstimate``) that ``variance="analytic"`` needs, and only it."""
     if variance == "analytic" and not (hasattr(gamma, "reverse_variance") and hasattr(gamma, "timestep")):
         raise TypeError("gamma must be a GammaEstimate (sgm.likelihood.estimate_gamma on the sampling chain) for "
                         f"variance='analytic', got {type(gamma).__name__}")

@@ -500,6 +500,7 @@ def _bad(kind):
         "sampler": lambda: afs(3),
         "v3_ems": lambda: solver("dpm_solver_v3", ems="table"),
         "sde": lambda: pas(score, "vp", "ddim", grid=grid, **common),
+        "method": lambda: Correction("lms", "ddim"),
     }
     return calls[kind]
 
@@ -514,6 +515,7 @@ def _bad(kind):
     ("steps", ValueError, "steps"), ("t_max", ValueError, "t_max"), ("ems_option", ValueError, "order"),
     ("afs_half", TypeError, "sde must be an sgm path"), ("sampler", TypeError, "sampler must be a sampler name"),
     ("v3_ems", TypeError, "ems must be an EMS"), ("sde", TypeError, "sde must be an sgm path"),
+    ("method", ValueError, "method must be one of"),
 ])
 def test_bad_arguments_name_themselves(kind, error, match):
     with pytest.raises(error, match=match):

@@ -24,7 +24,7 @@ from typing import Any, Mapping, NamedTuple
 import torch
 from torch import Tensor
 
-from ...checks import flag, integer, positive
+from ...checks import choice, flag, integer, positive
 from ...paths import GaussianPath
 from ...predictions import Prediction
 from ..base import CheckedScore
@@ -80,8 +80,7 @@ class Correction:
     info: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {sorted(METHODS)}, got {self.method!r}")
+        choice("method", self.method, sorted(METHODS))
         entry(self.sampler)  # a registered sampler
         if self.grid is not None and not isinstance(self.grid, TimeGrid):
             raise TypeError(f"grid must be a TimeGrid or None, got {type(self.grid).__name__}")

@@ -4,8 +4,9 @@ runs them, noise sources, time grids, a registry of entries with their metadata,
 ``sample``. ``sgm.samplers.NAME(score, sde, x, grid, **options)`` runs the sampler ``NAME``."""
 from .base import CheckedScore, SamplerDiverged, SamplerOutput
 from .grid import SPACINGS, Node, TimeGrid, time_grid
-from .noise import Noise, SeededNoise
-from .registry import SAMPLERS, Entry, available, budget_grid, entry, get, markdown_table, options, sample, solver
+from .noise import BrownianNoise, Noise, SeededNoise
+from .registry import (SAMPLERS, Entry, available, budget_grid, configurations, declaring, entry, get, markdown_table,
+                       options, sample, solver)
 from .solver import Model, Prediction, Solver, integrate
 from .optimize import optimize_grid
 
@@ -25,7 +26,8 @@ heun = get("heun")
 
 __all__ = [
     "CheckedScore", "SamplerDiverged", "SamplerOutput", "SPACINGS", "Node", "TimeGrid", "time_grid",
-    "Model", "Noise", "SeededNoise", "Prediction", "Solver", "integrate", "Entry", "entry", "markdown_table",
+    "Model", "Noise", "SeededNoise", "BrownianNoise", "Prediction", "Solver", "integrate", "Entry", "entry",
+    "configurations", "declaring", "markdown_table",
     "budget_grid",
     "euler_maruyama", "reverse_diffusion", "ancestral", "ddim", "ode", "sde", "langevin", "pc", "dpm_solver", "unipc",
     "deis", "ipndm", "heun",

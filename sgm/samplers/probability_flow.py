@@ -84,7 +84,7 @@ class RungeKutta(Solver):
 class AdaptiveODE(Solver):
     """torchdiffeq's adaptive ``method`` under ``rtol``/``atol`` from the grid's first to its last noisy node."""
 
-    stochastic, evals_per_step = False, None
+    stochastic, evals_per_step, samplewise = False, None, False  # the step-size control reads the whole batch
 
     def __init__(self, method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5):
         if method not in ADAPTIVE_METHODS:

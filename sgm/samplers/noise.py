@@ -59,6 +59,7 @@ from torch import Tensor
 import torchsde
 
 from ..checks import positive
+from ..device import randn
 
 __all__ = ["Noise", "SeededNoise", "BrownianNoise", "make_noise", "splitmix64", "counter_normals", "stream_keys"]
 
@@ -197,7 +198,7 @@ class Noise:
         return self._draw(shape)
 
     def _draw(self, shape) -> Tensor:
-        return torch.randn(shape, generator=self.generator, dtype=self.dtype, device=self.device)
+        return randn(shape, self.generator, self.dtype, self.device)  # a CPU generator's draws, moved to a GPU
 
     def brownian_interval(self, like: Tensor, ta: float, tb: float, levy_area: str = "none"):
         """A ``torchsde`` Brownian motion over ``τ ∈ [ta, tb]`` (τ = -t) for solvers that choose their own steps or

@@ -237,7 +237,8 @@ class RePaint(Solver):
             x_b, new_state = self.solver.step(model, x, a, b, state, noise)
             x_b = self.replace(x_b, b, None)
             if k < self.resample - 1:
-                x = x_b.mul(r).add_(noise(b.t, a.t), alpha=math.sqrt(v))
+                # a forward draw, not an increment of the reverse path: no interval (fresh under Brownian noise)
+                x = x_b.mul(r).add_(noise(), alpha=math.sqrt(v))
         return x_b, new_state
 
     def finish(self, model, x, node, state, noise):

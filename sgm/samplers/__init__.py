@@ -5,8 +5,9 @@ runs them, noise sources, time grids (optimised ones: ``optimize_grid``), learne
 ``sgm.samplers.NAME(score, sde, x, grid, **options)`` runs the sampler ``NAME``."""
 from .base import CheckedScore, SamplerDiverged, SamplerOutput
 from .grid import SPACINGS, Node, TimeGrid, time_grid
-from .noise import Noise, SeededNoise
-from .registry import SAMPLERS, Entry, available, budget_grid, entry, get, markdown_table, options, sample, solver
+from .noise import BrownianNoise, Noise, SeededNoise
+from .registry import (SAMPLERS, Entry, available, budget_grid, configurations, declaring, entry, get, markdown_table,
+                       options, sample, solver)
 from .solver import Model, Prediction, Solver, integrate
 from .optimize import optimize_grid
 from . import corrections
@@ -32,7 +33,8 @@ dpmpp_2s_ancestral = get("dpmpp_2s_ancestral")
 
 __all__ = [
     "CheckedScore", "SamplerDiverged", "SamplerOutput", "SPACINGS", "Node", "TimeGrid", "time_grid",
-    "Model", "Noise", "SeededNoise", "Prediction", "Solver", "integrate", "Entry", "entry", "markdown_table",
+    "Model", "Noise", "SeededNoise", "BrownianNoise", "Prediction", "Solver", "integrate", "Entry", "entry",
+    "configurations", "declaring", "markdown_table",
     "budget_grid",
     "euler_maruyama", "reverse_diffusion", "ancestral", "ddim", "ode", "sde", "langevin", "pc", "dpm_solver",
     "dpm_solver_v3", "unipc", "deis", "ipndm", "heun", "dpm_solver_sde", "euler_ancestral", "dpmpp_2s_ancestral",

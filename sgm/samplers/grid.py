@@ -133,6 +133,17 @@ class TimeGrid:
         if self.sde is not None and self.sde != repr(sde):
             raise ValueError(f"grid was made for {self.sde}, not for sde={sde!r}; build or optimise a grid for this path")
 
+    def check_model(self, model, sde: GaussianPath, device=None) -> None:
+        """Raise ``ValueError`` when the grid was made for another path than ``sde`` or calibrated for another model
+        than ``model`` (``info["model"]``: the fingerprint ``optimize_grid`` records — class, parameter count,
+        predicted kind and outputs on a fixed probe batch, see ``sgm.samplers.optimize.fingerprint``). A grid without
+        a fingerprint is accepted for any model."""
+        self.check_sde(sde)
+        recorded = self.info.get("model")
+        if recorded is not None:
+            from .optimize.fingerprint import check_model
+            check_model(recorded, model, sde, device)
+
     def save(self, path: str | os.PathLike) -> None:
         """Write the grid to ``path`` as JSON: nodes ``[t, scale, std, d_scale, d_std]`` (floats round-trip exactly),
         ``sde``, ``info``."""
@@ -142,8 +153,9 @@ class TimeGrid:
             json.dump(data, f, indent=1, allow_nan=False)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, sde: GaussianPath | None = None) -> "TimeGrid":
-        """Read a grid written by ``save``; with ``sde``, refuse (``ValueError``) a grid made for another path."""
+    def load(cls, path: str | os.PathLike, sde: GaussianPath | None = None, model=None) -> "TimeGrid":
+        """Read a grid written by ``save``; with ``sde``, refuse (``ValueError``) a grid made for another path, and with
+        ``model`` too, one calibrated for another model (``check_model``)."""
         if sde is not None and not isinstance(sde, GaussianPath):
             raise TypeError(f"sde must be an sgm path or None, got {type(sde).__name__}")
         with open(path) as f:
@@ -172,6 +184,10 @@ class TimeGrid:
                    data.get("info") or {})
         if sde is not None:
             grid.check_sde(sde)
+        if model is not None:
+            if sde is None:
+                raise ValueError("TimeGrid.load(path, model=...) needs the path too: TimeGrid.load(path, sde, model)")
+            grid.check_model(model, sde)
         return grid
 
     @classmethod

@@ -12,8 +12,9 @@ and the calibration's cost (``grid.info["cost"]``: evaluations of a batch of ``n
         [--targets ring 16d] [--samplers ddim dpm_solver unipc ipndm heun2] [--optimizers descent gits dmn ays ld3]
         [--variants] [--json out.json] [--markdown out.md]
 
-``--variants`` adds the measured alternatives to the defaults: the descent with its first node pinned, GITS and LD3
-with a free first node, GITS with the code's ``dev`` metric and LD3 started from the best fixed spacing on its calibration draws.
+``--variants [NAME ...]`` adds the measured alternatives to the defaults (all of them when no name is given): each
+optimiser with its first node free and pinned, GITS with the code's ``dev`` metric, LD3 started uniformly in ``u`` (the
+paper's start) and from the best fixed spacing on its calibration draws.
 """
 from __future__ import annotations
 
@@ -34,9 +35,15 @@ PATHS = {"vp": sgm.VPSDE, "ve": sgm.VESDE, "rf": sgm.RectifiedFlow}
 TARGETS = {"ring": ("2d ring", ring_mixture), "16d": ("16d mixture", lambda: random_mixture(16, seed=0))}
 SAMPLERS = {"ddim": ("ddim", {}), "dpm_solver": ("dpm_solver", {}), "unipc": ("unipc", {}), "ipndm": ("ipndm", {}),
             "heun2": ("ode", {"method": "heun2"}), "deis": ("deis", {}), "rk4": ("ode", {"method": "rk4"})}
-VARIANTS = {"descent pinned": ("descent", {"free_start": False}), "gits free": ("gits", {"free_start": True}),
-            "gits dev": ("gits", {"optimizer_options": {"metric": "dev"}}), "ld3 free": ("ld3", {"free_start": True}),
-            "ld3 best start": ("ld3", {"optimizer_options": {"init": "best"}})}
+VARIANTS = {  # explicit settings, whatever the defaults
+    "descent free": ("descent", {"free_start": True}), "descent pinned": ("descent", {"free_start": False}),
+    "gits free": ("gits", {"free_start": True}), "gits pinned": ("gits", {"free_start": False}),
+    "gits dev": ("gits", {"free_start": False, "optimizer_options": {"metric": "dev"}}),
+    "ld3 uniform pinned": ("ld3", {"free_start": False, "optimizer_options": {"init": "uniform"}}),
+    "ld3 uniform free": ("ld3", {"free_start": True, "optimizer_options": {"init": "uniform"}}),
+    "ld3 best pinned": ("ld3", {"free_start": False, "optimizer_options": {"init": "best"}}),
+    "ld3 best free": ("ld3", {"free_start": True, "optimizer_options": {"init": "best"}}),
+}
 
 
 def model_for(target, sde, path: str):
@@ -60,13 +67,14 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--samplers", nargs="+", default=["ddim", "dpm_solver", "unipc", "ipndm", "heun2"],
                         choices=list(SAMPLERS))
     parser.add_argument("--optimizers", nargs="+", default=["descent", "gits", "dmn", "ays", "ld3"])
-    parser.add_argument("--variants", action="store_true", help="add the measured alternatives (see above)")
+    parser.add_argument("--variants", nargs="*", default=None, choices=list(VARIANTS),
+                        help="add these measured alternatives (all with no name; see above)")
     parser.add_argument("--json", help="write the rows here")
     parser.add_argument("--markdown", help="write the table here")
     args = parser.parse_args(argv)
     runs = {name: (name, {}) for name in args.optimizers}
-    if args.variants:
-        runs.update({k: v for k, v in VARIANTS.items() if v[0] in args.optimizers})
+    if args.variants is not None:
+        runs.update({k: v for k, v in VARIANTS.items() if v[0] in args.optimizers and k in (args.variants or VARIANTS)})
     rows = []
     for key in args.targets:
         target_name, make = TARGETS[key]

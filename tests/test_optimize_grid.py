@@ -295,16 +295,15 @@ def test_ays_search_lowers_its_bound_from_the_best_fixed_spacing():
 def test_ays_grid_lowers_the_kl_of_a_stochastic_sampler():
     """AYS bounds the KL of a stochastic sampler (DDIM with η = 1, ancestral sampling): on Gaussian data, where its
     samples are Gaussian and the KL to ``N(0, c²I)`` follows from their variance, the AYS grid of 10 steps on VP has
-    less KL than every fixed spacing (measured 0.11 against 0.17–0.40; the variance from 40 000 draws is good to 1 %)."""
+    less KL than every fixed spacing (measured 0.11 against 0.17–0.40; the variance from 20 000 draws is good to 1 %)."""
     c, d, sde = 0.5, 2, sgm.VPSDE()
     target = sgm.GaussianMixture(torch.zeros(1, d, dtype=D), [c], dtype=D)
     score = target.score_fn(sde)
-    grid = optimize_grid(score, sde, 10, "ddim", shape=(d,), n=128, generator=gen(0), optimizer="ays", sweeps=3,
-                         eta=1.0)
+    grid = optimize_grid(score, sde, 10, "ddim", shape=(d,), n=128, generator=gen(0), optimizer="ays", eta=1.0)
     assert grid.info["error"] is None  # a stochastic sampler has no map error
 
     def kl(g):
-        x = sgm.sample(score, sde, (40000, d), "ddim", grid=g, generator=gen(5), dtype=D, eta=1.0).x
+        x = sgm.sample(score, sde, (20000, d), "ddim", grid=g, generator=gen(5), dtype=D, eta=1.0).x
         ratio = x.var(0) / c**2
         return float((0.5 * (ratio - 1 - torch.log(ratio))).sum())
 

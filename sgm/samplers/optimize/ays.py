@@ -75,16 +75,23 @@ class KLUB:
         self.c2 = max(float(x0.flatten(1).var(0).mean()), 1e-12)
 
     def _quantile(self, r_a: float, r_b: float) -> Tensor:
-        """``r`` at the quantiles ``q`` of ``π`` on ``[r_a, r_b]``: bisection on ``P``."""
-        total = float(proposal_cdf(torch.tensor(r_b, dtype=torch.float64), r_a, self.c2))
-        lo = torch.full_like(self.q, r_a)
-        hi = torch.full_like(self.q, r_b)
-        target = self.q * total
-        for _ in range(45):  # to 3e-14 of the interval
-            mid = 0.5 * (lo + hi)
-            below = proposal_cdf(mid, r_a, self.c2) < target
-            lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
-        return 0.5 * (lo + hi)
+        """``r`` at the quantiles ``q`` of ``π`` on ``[r_a, r_b]``: interpolated on a table of ``√P`` (``P`` grows like
+        ``(r - r_a)²`` at ``r_a``), then three Newton steps on ``P(r) = q P(r_b)`` (``P' = r (g(r) - g(r_a))``)."""
+        r_grid = torch.linspace(r_a, r_b, 257, dtype=torch.float64)
+        total = float(proposal_cdf(r_grid[-1:], r_a, self.c2))
+        s_grid = (proposal_cdf(r_grid, r_a, self.c2) / total).clamp_min(0).sqrt()
+        s_grid = torch.cummax(s_grid, 0).values
+        s = self.q.sqrt()
+        i = torch.searchsorted(s_grid, s).clamp(1, 256)
+        lo, hi = s_grid[i - 1], s_grid[i]
+        f = ((s - lo) / (hi - lo).clamp_min(1e-300)).clamp(0, 1)
+        r = r_grid[i - 1] + f * (r_grid[i] - r_grid[i - 1])
+        g_a = _g(torch.tensor(r_a, dtype=torch.float64), self.c2)
+        for _ in range(3):
+            slope = r * (_g(r, self.c2) - g_a) / total
+            step = (proposal_cdf(r, r_a, self.c2) / total - self.q) / slope.clamp_min(1e-300)
+            r = torch.where(slope > 0, r - step, r).clamp(r_a, r_b)
+        return r
 
     def __call__(self, a: Node, b: Node) -> float:
         r_a = a.scale / a.std

@@ -40,7 +40,7 @@ from .common import Positions
 
 __all__ = ["ld3", "soft_teacher_loss", "LD3_DEFAULTS", "positions_of"]
 
-LD3_DEFAULTS = {"init": "uniform", "rounds": 2, "batch": 2, "lr": 0.005, "momentum": 0.9, "clip": 1.0, "radius": None,
+LD3_DEFAULTS = {"init": "best", "rounds": 2, "batch": 2, "lr": 0.005, "momentum": 0.9, "clip": 1.0, "radius": None,
                 "shift_lr": None, "patience": 5, "lr_decay": 0.8, "min_lr": 5e-5, "fd_step": None, "validation": 0.5}
 
 _integrate_with_graph = inspect.unwrap(integrate)  # the loop without its no_grad decorator

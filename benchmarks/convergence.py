@@ -64,7 +64,7 @@ def exponential(steps=(16, 32, 64, 128, 256), fine=(64, 128, 256, 512)):
             errors = [float((sgm.samplers.integrate(solver, score, forward, x, time_grid(forward, k + 1, "logsnr",
                                                                                           denoise=False)).x
                              - ref).norm(dim=1).mean()) for k in steps + fine]
-            print(f"{name:<6}{label:<20}{solver.order:>9}{slope(steps, errors[:len(steps)]):>7.2f}"
+            print(f"{name:<6}{label:<20}{solver.ode_order:>9}{slope(steps, errors[:len(steps)]):>7.2f}"
                   f"{slope(fine, errors[len(steps):]):>7.2f}   " + " ".join(f"{e:.2e}" for e in errors), flush=True)
 
 

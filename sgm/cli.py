@@ -7,7 +7,7 @@
   (many samples: ``.npz`` shards as they are drawn, resumable, shared by torchrun's processes).
 - ``sgm export``: a checkpoint's EMA weights and config as a ``.safetensors`` file (no pickle) to share.
 - ``sgm eval``: FID, KID and Inception Score of samples against a reference (Inception weights from a local file).
-- ``sgm bench``: the step-count-vs-quality sweep (``sgm.bench``).
+- ``sgm bench``: the step-count-vs-quality sweep (``sgm.bench.sweep``).
 
 Expected failures (a bad argument, a missing or foreign file, a refused setting) end in one line on stderr naming
 what is wrong and exit status 2, never a traceback: argparse's own errors, ``UsageError`` raised by a command, and
@@ -25,7 +25,7 @@ import torch
 from . import distributed, metrics
 from .plotting import scatter_panels
 from .samplers import available, sample
-from .samplers.registry import options as sampler_options
+from .samplers.registry import entry as sampler_entry, options as sampler_options, solver as sampler_solver
 from .paths import SDE
 from .train import SDE_CLASSES
 from .targets import ring_mixture
@@ -45,29 +45,23 @@ class _Parser(argparse.ArgumentParser):
 
 SDE_NAMES = SDE_CLASSES
 
-# The demo's (sampler, steps, options): a few score evaluations for the ODE samplers, more for the SDE ones.
-DEMO_RUNS = (
-    ("ode", 2, {"method": "dopri5", "rtol": 1e-4, "atol": 1e-4}),
-    ("ode", 20, {"method": "heun2"}),
-    ("ddim", 20, {}),
-    ("ancestral", 200, {}),
-    ("euler_maruyama", 200, {}),
-    ("reverse_diffusion", 200, {}),
-    ("sde", 200, {}),
-    ("pc", 100, {}),
-    ("langevin", 100, {"n_steps_each": 5, "spacing": "geometric"}),
-    ("dpm_solver", 10, {"order": 2, "spacing": "logsnr"}),
-    ("unipc", 10, {"order": 3, "spacing": "logsnr"}),
-    ("deis", 10, {"order": 3, "spacing": "logsnr"}),
-    ("ipndm", 10, {"spacing": "logsnr"}),
-    ("heun", 10, {"spacing": "karras"}),
-)
-
-
 def make_sde(name: str) -> SDE:
     if name not in SDE_NAMES:
         raise ValueError(f"sde must be one of {sorted(SDE_NAMES)}, got {name!r}")
     return SDE_NAMES[name]()
+
+
+def demo_runs(forward: SDE) -> dict[str, dict]:
+    """The demo's runs: every registered sampler with ``sample``'s keywords from its registry entry (steps, options,
+    default grid), started just below the top where the path's ``α(T) = 0`` and the sampler needs ``α > 0``."""
+    top_is_noise = float(forward.alpha(torch.tensor([forward.T], dtype=torch.float64))) == 0
+    runs = {}
+    for name in available():
+        entry = sampler_entry(name)
+        needs_drift = "positive_alpha" in sampler_solver(name, **entry.options).needs
+        runs[name] = {"steps": entry.steps, "t_max": forward.T * (1 - 1e-3) if top_is_noise and needs_drift else None,
+                      **entry.options}
+    return runs
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -80,13 +74,13 @@ def demo(args: argparse.Namespace) -> int:
     panels = [(f"target ({target.n_components} modes)\nSW₂ floor {floor:.3f}", reference)]
     print(f"{args.sde.upper()} SDE, exact score; SW2 floor (target vs target, {args.n} each): {floor:.4f}")
     print(f"{'sampler':<28}{'NFE':>6}{'SW2':>9}{'modes err':>11}{'seconds':>9}")
-    for name, steps, options in DEMO_RUNS:
+    model = target.prediction_fn(forward, "x0")  # exact x̂₀: every sampler starts from every path's top
+    for name, run in demo_runs(forward).items():
         t0 = time.perf_counter()
-        out = sample(target.score_fn(forward), forward, (args.n, 2), sampler=name, steps=steps, generator=g,
-                     dtype=torch.float64, progress=args.progress, **options)
+        out = sample(model, forward, (args.n, 2), sampler=name, generator=g, dtype=torch.float64,
+                     progress=args.progress, **run)
         seconds = time.perf_counter() - t0
-        label = name if "method" not in options else f"{name} ({options['method']})"
-        label += f", {options['spacing']}" if "spacing" in options else ""
+        label = f"{name}, {sampler_entry(name).default_spacing(forward)}"
         sw = metrics.sliced_wasserstein(out.x, target.sample(args.n, generator=g), generator=g)
         mw = metrics.mode_weight_error(out.x, target)
         print(f"{label:<28}{out.nfe:>6}{sw:>9.4f}{mw:>11.4f}{seconds:>9.2f}")
@@ -152,11 +146,15 @@ def sample_checkpoint(args: argparse.Namespace) -> int:
         raise UsageError(f"--option {unknown[0]}: sampler {args.sampler!r} takes no such option; its options: "
                          f"{', '.join(sampler_options(args.sampler)) or 'none'}")
     score = _conditioned(model, args.label, args.guidance)
+    if args.steps is not None and args.nfe is not None:
+        raise UsageError("give --steps (noise levels) or --nfe (a budget of model evaluations), not both")
+    if args.steps is None and args.nfe is None:
+        args.steps = 100
     if args.shard_dir or args.n > args.shard_size:
         return _sample_shards(args, score, model.sde, shape, device, options, figure)
     t0 = time.perf_counter()
     with torch.no_grad():
-        out = sample(score, model.sde, (args.n,) + shape, sampler=args.sampler, steps=args.steps,
+        out = sample(score, model.sde, (args.n,) + shape, sampler=args.sampler, steps=args.steps, nfe=args.nfe,
                      seeds=sample_seeds(args.seed, 0, args.n),
                      device=device, dtype=torch.float32, progress=not args.no_progress, **options)
     seconds = time.perf_counter() - t0
@@ -218,7 +216,7 @@ def _sample_shards(args: argparse.Namespace, score, sde, shape: tuple, device, o
     out_dir = args.shard_dir or _default_shard_dir(args.out)
     t0 = time.perf_counter()
     paths = sample_shards(score, sde, shape, args.n, out_dir, args.shard_size, args.seed, args.sampler,
-                          args.steps, device, progress=not args.no_progress,
+                          args.steps, device, progress=not args.no_progress, nfe=args.nfe,
                           record={"checkpoint": os.path.abspath(args.checkpoint), "raw_weights": args.raw_weights},
                           **options)
     if distributed.is_main() and figure:
@@ -229,7 +227,8 @@ def _sample_shards(args: argparse.Namespace, score, sde, shape: tuple, device, o
             with np.load(path, allow_pickle=False) as f:
                 shown.append(torch.from_numpy(f["samples"][:left]))
             left -= len(shown[-1])
-        save_samples(torch.cat(shown), figure, f"{args.sampler}, {args.steps} steps")
+        save_samples(torch.cat(shown), figure, f"{args.sampler}, " + (f"{args.nfe} NFE" if args.nfe else
+                                                                         f"{args.steps} steps"))
     if distributed.is_main():
         print(f"{args.n} samples with {args.sampler} in {len(paths)} shards in {out_dir} "
               f"({time.perf_counter() - t0:.2f}s){'; wrote ' + figure if figure else ''}")
@@ -425,7 +424,11 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("checkpoint", help="a checkpoint.pt written by sgm train, or a .safetensors from sgm export")
     p.add_argument("--sampler", default="ode", choices=available(), help="sampler")
-    p.add_argument("--steps", type=_positive_int, default=100, help="sampler steps")
+    p.add_argument("--steps", type=_positive_int, default=None,
+                   help="sampler steps (noise levels; 100 unless --nfe is given)")
+    p.add_argument("--nfe", type=_positive_int, default=None,
+                   help="a budget of model evaluations instead of --steps: the most noise levels the sampler can "
+                        "take within it")
     p.add_argument("--n", "--num-samples", dest="n", type=_positive_int, default=64,
                    help="samples to draw (under torchrun write --num-samples: torchrun takes --n for its own)")
     p.add_argument("--seed", type=int, default=0,
@@ -467,11 +470,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the reference's mu and sigma here, to pass as REFERENCE next time")
     p.set_defaults(func=eval_samples)
 
-    from . import bench
+    from .bench import sweep  # the harness loads only with the command line, never with ``import sgm``
 
     p = sub.add_parser("bench", help="sweep every sampler over NFE on exact-score mixtures (and peers, a checkpoint)")
-    bench.add_arguments(p)
-    p.set_defaults(func=bench.run_from_args)
+    sweep.add_arguments(p)
+    p.set_defaults(func=sweep.run_from_args)
     return parser
 
 

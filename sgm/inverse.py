@@ -203,11 +203,13 @@ def posterior_score(score, sde: SDE, observation: LinearObservation, method: str
 
 
 class RePaint(Solver):
-    """RePaint's resampling (Lugmayr et al., 2022) around any one-step ``solver``: each transition ``a → b`` is
-    made ``resample`` times; after each, the observed part is replaced (``Replacement``), and all but the last
-    are sent back to ``a`` by the forward transition ``x_a = r·x_b + √v·z`` (``r = scale_a/scale_b``,
-    ``v = std_a² - r² std_b²``), so that the unknown part is harmonised with the known one.
-    ``evals_per_step = resample × solver.evals_per_step``. Noise: the solver's, then the re-noising ``z``."""
+    """RePaint's resampling (Lugmayr et al., 2022) around any fixed-step ``solver`` that steps on the grid's nodes:
+    each transition ``a → b`` is made ``resample`` times from the same solver state (states are values, so a
+    multistep solver's history is the one it had at ``a`` every time); after each, the observed part is replaced
+    (``Replacement``), and all but the last are sent back to ``a`` by the forward transition ``x_a = r·x_b + √v·z``
+    (``r = scale_a/scale_b``, ``v = std_a² - r² std_b²``), so that the unknown part is harmonised with the known one.
+    ``evals_per_step = resample × solver.evals_per_step``. Noise: the solver's, then the re-noising ``z``. A solver
+    that chooses its own steps or steps across the grid (adaptive ODE, torchsde) is refused by name."""
 
     def __init__(self, solver: Solver, observation: LinearObservation, resample: int = 10,
                  generator: torch.Generator | None = None):
@@ -216,8 +218,14 @@ class RePaint(Solver):
         if isinstance(resample, bool) or not isinstance(resample, int) or resample < 1:
             raise ValueError(f"resample must be an int >= 1, got {resample!r}")
         self.solver, self.resample, self.replace = solver, resample, Replacement(observation, generator)
-        self.name, self.order, self.stochastic = f"repaint({solver.name})", solver.order, True
+        self.name, self.stochastic, self.needs = f"repaint({solver.name})", True, solver.needs
         self.evals_per_step, self.final_evals = resample * solver.evals_per_step, solver.final_evals
+
+    def check(self, grid) -> None:
+        if self.solver.stepping_grid(grid) != grid:
+            raise ValueError(f"RePaint cannot wrap {self.solver.name}: it steps across the grid's nodes "
+                             "(torchsde, adaptive ODE), so there is no transition a → b to resample")
+        self.solver.check(grid)
 
     def init(self, x: Tensor, grid):
         return self.solver.init(x, grid)
@@ -226,11 +234,11 @@ class RePaint(Solver):
         r = a.scale / b.scale
         v = max(a.std**2 - r**2 * b.std**2, 0.0)
         for k in range(self.resample):
-            x, state = self.solver.step(model, x, a, b, state, noise)
-            x = self.replace(x, b, None)
+            x_b, new_state = self.solver.step(model, x, a, b, state, noise)
+            x_b = self.replace(x_b, b, None)
             if k < self.resample - 1:
-                x = x.mul(r).add_(noise(), alpha=math.sqrt(v))
-        return x, state
+                x = x_b.mul(r).add_(noise(b.t, a.t), alpha=math.sqrt(v))
+        return x_b, new_state
 
     def finish(self, model, x, node, state, noise):
         return self.solver.finish(model, x, node, state, noise)

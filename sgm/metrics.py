@@ -17,6 +17,10 @@ All take samples of shape ``(n, *event)`` (flattened to ``(n, D)``) and return a
 
 The Monte-Carlo floor of a distance is its value between two independent samples of the target of the
 same sizes: a sampler can be no closer to the target than that, and ``floor`` computes it.
+
+Every metric is deterministic: the random ones (SW₂'s directions, KID's subsets, the floor's samples) draw from
+the ``generator`` given, or else from a fresh one seeded with ``DEFAULT_SEED``, never from torch's global RNG
+(which they leave untouched); the same inputs give the same value.
 """
 from __future__ import annotations
 
@@ -28,9 +32,21 @@ from torch import Tensor
 
 from .targets import GaussianMixture
 
-__all__ = ["sliced_wasserstein", "mmd", "energy_distance", "frechet_distance", "frechet_of_features", "frechet_to_gaussian",
+__all__ = ["DEFAULT_SEED", "sliced_wasserstein", "mmd", "energy_distance", "frechet_distance", "frechet_of_features", "frechet_to_gaussian",
            "gaussian_frechet",
            "kid", "inception_score", "nll", "mode_weight_error", "floor"]
+
+
+DEFAULT_SEED = 0
+
+
+def _generator(generator: torch.Generator | None) -> torch.Generator:
+    """``generator``, or a fresh CPU generator seeded with ``DEFAULT_SEED``."""
+    if generator is None:
+        return torch.Generator().manual_seed(DEFAULT_SEED)
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    return generator
 
 
 def _flat_pair(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -62,12 +78,14 @@ def _quantiles(v: Tensor, n: int) -> Tensor:
 
 def sliced_wasserstein(x: Tensor, y: Tensor, n_projections: int = 256,
                        generator: torch.Generator | None = None) -> float:
-    """``SW₂(x, y)`` over ``n_projections`` random directions (drawn from ``generator``)."""
+    """``SW₂(x, y)`` over ``n_projections`` random directions drawn from ``generator`` (default: seeded with
+    ``DEFAULT_SEED``)."""
     x, y = _flat_pair(x, y)
     if isinstance(n_projections, bool) or not isinstance(n_projections, int) or n_projections < 1:
         raise ValueError(f"n_projections must be an int >= 1, got {n_projections!r}")
+    generator = _generator(generator)
     theta = torch.randn((x.shape[1], n_projections), generator=generator, dtype=x.dtype,
-                        device="cpu" if generator is None else generator.device).to(x.device)
+                        device=generator.device).to(x.device)
     theta = theta / theta.norm(dim=0, keepdim=True)
     n = max(x.shape[0], y.shape[0])
     qx, qy = _quantiles(x @ theta, n), _quantiles(y @ theta, n)
@@ -173,14 +191,15 @@ def frechet_of_features(fx: Tensor, fy: Tensor) -> float:
 def kid(fx: Tensor, fy: Tensor, n_subsets: int = 100, subset_size: int = 1000,
         generator: torch.Generator | None = None) -> tuple[float, float]:
     """KID between feature sets ``fx`` and ``fy`` (``(n, d)``): mean and standard deviation over ``n_subsets``
-    subsets of ``min(subset_size, n, m)`` rows of each, drawn without replacement from ``generator``."""
+    subsets of ``min(subset_size, n, m)`` rows of each, drawn without replacement from ``generator`` (default:
+    seeded with ``DEFAULT_SEED``)."""
     fx, fy = _flat_pair(fx, fy)
     fx, fy = fx.to(torch.float64), fy.to(torch.float64)
     for name, value in (("n_subsets", n_subsets), ("subset_size", subset_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 2:
             raise ValueError(f"{name} must be an int >= 2, got {value!r}")
     m, d = min(subset_size, len(fx), len(fy)), fx.shape[1]
-    values = []
+    generator, values = _generator(generator), []
     for _ in range(n_subsets):
         x = fx[torch.randperm(len(fx), generator=generator)[:m]]
         y = fy[torch.randperm(len(fy), generator=generator)[:m]]
@@ -228,6 +247,7 @@ def mode_weight_error(x: Tensor, target: GaussianMixture) -> float:
 
 def floor(metric: Callable[[Tensor, Tensor], float], target: GaussianMixture, n: int, m: int | None = None,
           generator: torch.Generator | None = None) -> float:
-    """The Monte-Carlo floor: ``metric`` between two independent target samples of sizes ``n`` and ``m``."""
-    target = _check_mixture(target)
+    """The Monte-Carlo floor: ``metric`` between two independent target samples of sizes ``n`` and ``m`` drawn
+    from ``generator`` (default: seeded with ``DEFAULT_SEED``)."""
+    target, generator = _check_mixture(target), _generator(generator)
     return metric(target.sample(n, generator=generator), target.sample(m or n, generator=generator))

@@ -499,8 +499,9 @@ class RectifiedFlow(GaussianPath):
     ``σ = τ`` with SD3's time shift ``τ(t) = s t/(1 + (s - 1) t)`` (Esser et al., 2024; ``s = shift``, 1: ``τ = t``),
     on ``t ∈ [0, 1]``. The prior ``N(0, I)`` is exactly ``p_1`` (``α(1) = 0``). The velocity is
     ``u = α' x̂_0 + σ' ε̂ = τ'(t) (ε̂ - x̂_0)``, ``τ' = s/(1 + (s - 1)t)²``. The shift moves the grid's nodes
-    towards the noise (``uniform`` in ``t`` is diffusers' FlowMatch grid with that shift); the marginals it passes
-    through are the same for every shift."""
+    towards the noise (``uniform`` in ``t`` to ``eps = s/(N + s - 1)`` has the noise levels of diffusers' FlowMatch
+    grid with that shift); the marginals it passes through are the same for every shift, only the clock differs
+    (diffusers' Euler steps in ``σ``, the time of shift 1: docs/paths.md)."""
 
     def __init__(self, shift: float = 1.0):
         self.shift = positive("shift", shift)

@@ -53,16 +53,19 @@ def _check_manifest(out_dir: str, manifest: dict) -> None:
 
 
 def sample_shards(score: Callable[[Tensor, Tensor], Tensor], sde: SDE, shape: tuple[int, ...], n: int, out_dir: str,
-                  shard_size: int = 1000, seed: int = 0, sampler: str = "ode", steps: int = 100, device="cpu",
-                  dtype=torch.float32, progress: bool = True, record: dict | None = None, **options) -> list[str]:
+                  shard_size: int = 1000, seed: int = 0, sampler: str = "ode", steps: int | None = 100, device="cpu",
+                  dtype=torch.float32, progress: bool = True, record: dict | None = None, nfe: int | None = None,
+                  **options) -> list[str]:
     """Draw ``n`` samples of event shape ``shape`` into ``out_dir``'s shards (this process's share, skipping
-    shards already there) and return every shard's path once all processes are done. ``record``: more settings
-    (e.g. the checkpoint) that a resumed run must share."""
+    shards already there) and return every shard's path once all processes are done (``steps`` noise levels, or a
+    budget of ``nfe`` evaluations: ``sgm.sample``'s). ``record``: more settings (e.g. the checkpoint) that a resumed
+    run must share."""
     for name, value in (("n", n), ("shard_size", shard_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
     os.makedirs(out_dir, exist_ok=True)
-    manifest = {"n": n, "shard_size": shard_size, "seed": seed, "sampler": sampler, "steps": steps,
+    steps = None if nfe is not None else steps
+    manifest = {"n": n, "shard_size": shard_size, "seed": seed, "sampler": sampler, "steps": steps, "nfe": nfe,
                 "options": {k: options[k] for k in sorted(options)}, "shape": list(shape), "dtype": str(dtype),
                 **(record or {})}
     _check_manifest(out_dir, json.loads(json.dumps(manifest)))
@@ -72,7 +75,7 @@ def sample_shards(score: Callable[[Tensor, Tensor], Tensor], sde: SDE, shape: tu
     for k in tqdm(todo, desc=f"shards (process {rank})", disable=not (progress and rank == 0), unit="shard"):
         first, size = k * shard_size, min(shard_size, n - k * shard_size)
         with torch.no_grad():
-            x = sample(score, sde, (size,) + tuple(shape), sampler=sampler, steps=steps,
+            x = sample(score, sde, (size,) + tuple(shape), sampler=sampler, steps=steps, nfe=nfe,
                        seeds=sample_seeds(seed, first, size), device=device, dtype=dtype, **options).x
         array = x.detach().cpu().numpy()
         write_atomic(shard_path(out_dir, k), lambda f: np.savez(f, samples=array))

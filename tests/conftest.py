@@ -32,3 +32,11 @@ def sde(request):
 
 def gen(seed):
     return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture(scope="session")
+def bench_problems():
+    """The benchmark's problems of the 3-mode mixture under VP and VE, 64 draws each (tests/test_bench_*.py)."""
+    from sgm.bench.problems import make_problem
+
+    return {name: make_problem("3 modes", mixture(), name, 64, 0) for name in ("vp", "ve")}

@@ -90,7 +90,7 @@ def test_ve_sigma_max_weight_decay_and_eps_reach_the_config(tmp_path):
 
 
 def test_bench_checks_its_checkpoint_before_the_sweep(checkpoint, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("sgm.bench.run_sweep", lambda *a, **k: pytest.fail("the sweep started"))
+    monkeypatch.setattr("sgm.bench.sweep.run_sweep", lambda *a, **k: pytest.fail("the sweep started"))
     code, err = run(["bench", "--quick", "--checkpoint", checkpoint, "--out", str(tmp_path)], capsys)
     assert code == 2 and "digits" in err and checkpoint in err and err.count("\n") == 1, err
     code, err = run(["bench", "--quick", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path)], capsys)
@@ -100,7 +100,7 @@ def test_bench_checks_its_checkpoint_before_the_sweep(checkpoint, tmp_path, caps
 def test_help_shows_defaults_and_choices_and_version(capsys):
     for command, expected in (("train", ["{vp,subvp,ve,cosine,edm,rectified-flow}", "(default: vp)", "(default: edm)",
                                          "{auto,mlp,unet}", "{eps,score,x0,v,velocity,edm}", "--sigma-max", "--weight-decay", "--eps", "--sigma-data"]),
-                              ("sample", ["(default: ode)", "(default: 100)"]), ("demo", ["(default: vp)"])):
+                              ("sample", ["(default: ode)", "100 unless --nfe is given", "--nfe"]), ("demo", ["(default: vp)"])):
         with pytest.raises(SystemExit):
             main([command, "--help"])
         text = capsys.readouterr().out
@@ -110,3 +110,16 @@ def test_help_shows_defaults_and_choices_and_version(capsys):
     with pytest.raises(SystemExit):
         main(["--version"])
     assert capsys.readouterr().out.strip() == f"sgm {sgm.__version__}"
+
+
+def test_sample_takes_an_nfe_budget(checkpoint, tmp_path, capsys):
+    """``sgm sample --nfe N`` spends the most noise levels that fit N evaluations (heun: 2·steps − 1, so 10 → 9);
+    with --steps too it is one line naming both."""
+    out = tmp_path / "s.pt"
+    assert main(["sample", checkpoint, "--sampler", "heun", "--nfe", "10", "--n", "8", "--out", str(out),
+                 "--no-progress"]) == 0
+    assert "(9 NFE)" in capsys.readouterr().out and torch.load(out).shape == (8, 2)
+    code, err = run(["sample", checkpoint, "--nfe", "10", "--steps", "5", "--out", str(out), "--no-progress"], capsys)
+    assert code == 2 and "--steps" in err and "--nfe" in err and err.count("\n") == 1, err
+    code, err = run(["sample", checkpoint, "--nfe", "10", "--out", str(out), "--no-progress"], capsys)  # ode: dopri5
+    assert code == 2 and "nfe is a budget for a fixed-step sampler" in err, err

@@ -1,10 +1,10 @@
 """Figures a user reads: the demo names its SDE and floor and has axes; a 2-D sample scatter overlays the data
-and keeps every point in the frame; a diverged sampler does not squash the benchmark curves; clean file names."""
+and keeps every point in the frame; a diverged sampler does not squash the benchmark curves."""
 import matplotlib.pyplot as plt
 import pytest
 import torch
 
-from sgm import bench, plotting
+from sgm import plotting
 
 
 @pytest.fixture
@@ -37,11 +37,6 @@ def test_a_diverged_sampler_is_clipped_and_marked(figures):
     ax = figures[0].axes[0]
     assert ax.get_ylim()[1] < 1e3  # the good curves are not squashed into the bottom of a 1e6 axis
     assert "bad (clipped)" in [t.get_text() for t in ax.get_legend().get_texts()]
-
-
-def test_benchmark_file_names_have_single_underscores():
-    assert bench._slug("2d ring / vp") == "2d_ring_vp"
-    assert bench._slug("16d mixture / ve") == "16d_mixture_ve"
 
 
 def test_demo_figure_names_the_sde_and_the_floor(figures, capsys, tmp_path):

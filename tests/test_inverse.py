@@ -117,9 +117,8 @@ def test_replacement_runs_with_every_sampler(name):
     """The callback works with any predictor and corrector: the known coordinate ends at y, the rest stay finite."""
     gm, obs, _ = problem()
     sde = sgm.VPSDE()
-    options = {"ode": {"method": "heun2"}, "langevin": {"n_steps_each": 2, "spacing": "geometric"}}.get(name, {})
     x = sgm.sample(gm.score_fn(sde), sde, (64, 2), sampler=name, steps=10, generator=gen(0), dtype=D,
-                   callback=replacement(obs, gen(1)), **options).x
+                   callback=replacement(obs, gen(1)), **sgm.samplers.entry(name).smoke).x
     torch.testing.assert_close(x[:, 1], torch.full((64,), 0.5, dtype=D), rtol=0, atol=1e-12)
     assert bool(torch.isfinite(x).all())
 

@@ -1,4 +1,5 @@
 """Metrics against cases with known answers: Gaussians in closed form, identical sets, exact mixtures."""
+import inspect
 import math
 
 import numpy as np
@@ -96,3 +97,39 @@ def test_floor_and_bad_input():
         metrics.nll(torch.zeros(5, 2), "mixture")
     with pytest.raises(ValueError, match="n_projections"):
         metrics.sliced_wasserstein(torch.zeros(5, 2), torch.zeros(5, 2), 0)
+
+
+RANDOM_METRICS = {  # every metric that draws random numbers, called without a generator
+    "sliced_wasserstein": lambda x, y: metrics.sliced_wasserstein(x, y),
+    "kid": lambda x, y: metrics.kid(x, y, n_subsets=4, subset_size=50),
+    "floor": lambda x, y: metrics.floor(metrics.sliced_wasserstein, mixture(), 200),
+}
+
+
+def test_every_random_metric_is_checked_for_determinism():
+    takes_generator = {name for name in metrics.__all__ if callable(getattr(metrics, name))
+                       and "generator" in inspect.signature(getattr(metrics, name)).parameters}
+    assert takes_generator == set(RANDOM_METRICS)
+
+
+@pytest.mark.parametrize("name", sorted(RANDOM_METRICS))
+def test_metrics_are_deterministic_by_default(name):
+    """Without a generator a metric draws from one seeded with DEFAULT_SEED: the same value whatever torch's
+    global RNG holds, which it leaves as it was."""
+    x, y = gaussians(300, 0.0, 1.0, 3, 0), gaussians(300, 0.5, 1.5, 3, 1)
+    values = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        state = torch.get_rng_state()
+        values.append(RANDOM_METRICS[name](x, y))
+        assert torch.equal(torch.get_rng_state(), state)
+    assert values[0] == values[1]
+
+
+def test_the_default_generator_is_seeded_with_the_default_seed():
+    x, y = gaussians(300, 0.0, 1.0, 3, 0), gaussians(300, 0.5, 1.5, 3, 1)
+    assert metrics.sliced_wasserstein(x, y) == metrics.sliced_wasserstein(x, y, generator=gen(metrics.DEFAULT_SEED))
+    assert metrics.sliced_wasserstein(x, y) != metrics.sliced_wasserstein(x, y, generator=gen(metrics.DEFAULT_SEED + 1))
+    assert metrics.kid(x, y, 4, 50) == metrics.kid(x, y, 4, 50, generator=gen(metrics.DEFAULT_SEED))
+    with pytest.raises(TypeError, match="generator"):
+        metrics.sliced_wasserstein(x, y, generator=0)

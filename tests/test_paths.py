@@ -147,6 +147,6 @@ def test_samplers_needing_a_finite_drift_are_refused_at_the_exact_top():
             sgm.sample(gm.prediction_fn(rf), rf, (4, 2), name, steps=5)
         out = sgm.sample(gm.prediction_fn(rf), rf, (4, 2), name, steps=5, t_max=0.99, dtype=D)
         assert bool(torch.isfinite(out.x).all())
-    with pytest.raises(ValueError, match=r"pc \(reverse_diffusion\) needs"):
+    with pytest.raises(ValueError, match=r"pc \(reverse_diffusion, langevin\) needs"):
         sgm.sample(gm.prediction_fn(rf), rf, (4, 2), "pc", steps=5)
     assert sgm.sample(gm.prediction_fn(rf), rf, (4, 2), "pc", steps=5, predictor="ancestral", dtype=D).nfe == 9

@@ -21,32 +21,6 @@ def _counting(gm, forward):
     return score, calls
 
 
-@pytest.mark.parametrize("name", sgm.samplers.available())
-@pytest.mark.parametrize("steps,denoise", [(2, True), (7, True), (7, False)])
-def test_declared_nfe_is_the_count(name, steps, denoise):
-    """Every fixed-step solver spends exactly ``solver.nfe(steps, denoise)`` evaluations; adaptive ones declare None."""
-    gm, forward = mixture(), sgm.VPSDE()
-    solver = sgm.samplers.solver(name)
-    score, calls = _counting(gm, forward)
-    x = forward.prior_sample((6, 2), generator=gen(0), dtype=D)
-    out = integrate(solver, score, forward, x, time_grid(forward, steps, denoise=denoise), generator=gen(1))
-    assert out.nfe == len(calls)
-    expected = solver.nfe(steps, denoise)
-    assert expected is None if solver.evals_per_step is None else out.nfe == expected
-
-
-@pytest.mark.parametrize("name", [n for n in sgm.samplers.available()
-                                  if sgm.samplers.solver(n).evals_per_step is not None])
-def test_steps_for_nfe_inverts_nfe(name):
-    solver = sgm.samplers.solver(name)
-    for nfe in range(1, 60):
-        steps = solver.steps_for_nfe(nfe)
-        if steps is None:
-            assert solver.nfe(2) > nfe
-        else:
-            assert solver.nfe(steps) <= nfe < solver.nfe(steps + 1)
-
-
 def test_callback_sees_every_node_and_the_latest_prediction():
     gm, forward = mixture(), sgm.VPSDE()
     x = forward.prior_sample((5, 2), generator=gen(0), dtype=D)
@@ -121,21 +95,12 @@ def test_sample_takes_a_ready_grid():
         sgm.sample(gm.score_fn(forward), sgm.VPSDE(T=0.5), (10, 2), sampler="ddim", grid=grid)
 
 
-def test_the_mixture_score_sees_one_time_per_call():
-    """Every evaluation gets one time for the whole batch (a stride-0 expansion): the mixture's fast path."""
-    gm, forward = mixture(), sgm.VPSDE()
-    for name in sgm.samplers.available():
-        score, calls = _counting(gm, forward)
-        sgm.sample(score, forward, (4, 2), sampler=name, steps=4, generator=gen(0), dtype=D)
-        assert calls and all(t.stride(0) == 0 for t in calls), name
-
-
 def test_a_solver_keeps_its_memory_in_the_state():
     """A custom solver: a two-step Adams–Bashforth in t on the probability-flow ODE, state = last velocity.
     Reusing one solver object for two runs gives the same result (no memory on the object)."""
 
     class AB2(Solver):
-        name, order = "ab2", 2
+        name, ode_order = "ab2", 2
 
         def step(self, model, x, a, b, state, noise):
             t = torch.full((x.shape[0],), a.t, dtype=x.dtype)

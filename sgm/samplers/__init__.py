@@ -1,10 +1,12 @@
-"""Samplers: solvers on one protocol (``Solver``: ``init``/``step``, declared ``order``, ``evals_per_step``,
-``stochastic``), the one loop ``integrate`` that runs them, time grids, a registry of names, and the one
-entry point ``sample``. ``sgm.samplers.NAME(score, sde, x, grid, **options)`` runs the sampler ``NAME``."""
+"""Samplers: solvers on one protocol (``Solver``: ``init``/``step`` with states as values, declared ``ode_order`` /
+``strong_order`` / ``weak_order``, ``evals_per_step``, ``stochastic``, ``needs``), the one loop ``integrate`` that
+runs them, noise sources, time grids, a registry of entries with their metadata, and the one entry point
+``sample``. ``sgm.samplers.NAME(score, sde, x, grid, **options)`` runs the sampler ``NAME``."""
 from .base import CheckedScore, SamplerDiverged, SamplerOutput
 from .grid import SPACINGS, Node, TimeGrid, time_grid
-from .registry import SAMPLERS, available, get, options, sample, solver
-from .solver import Model, Noise, Prediction, Solver, integrate
+from .noise import Noise, SeededNoise
+from .registry import SAMPLERS, Entry, available, budget_grid, entry, get, markdown_table, options, sample, solver
+from .solver import Model, Prediction, Solver, integrate
 from .optimize import optimize_grid
 
 euler_maruyama = get("euler_maruyama")
@@ -23,7 +25,8 @@ heun = get("heun")
 
 __all__ = [
     "CheckedScore", "SamplerDiverged", "SamplerOutput", "SPACINGS", "Node", "TimeGrid", "time_grid",
-    "Model", "Noise", "Prediction", "Solver", "integrate",
+    "Model", "Noise", "SeededNoise", "Prediction", "Solver", "integrate", "Entry", "entry", "markdown_table",
+    "budget_grid",
     "euler_maruyama", "reverse_diffusion", "ancestral", "ddim", "ode", "sde", "langevin", "pc", "dpm_solver", "unipc",
     "deis", "ipndm", "heun",
     "SAMPLERS", "available", "get", "options", "solver", "sample", "optimize_grid",

@@ -106,7 +106,7 @@ class DEIS(_Multistep):
     name = "deis"
 
     def __init__(self, order: int = 3, variable: str = "lambda"):
-        self.order = self.depth = integer("order", order, 1, 3)
+        self.ode_order = self.depth = integer("order", order, 1, 3)
         self.variable = choice("variable", variable, DEIS_VARIABLES)
 
     def coefficients(self, nodes, b):
@@ -116,14 +116,14 @@ class DEIS(_Multistep):
 class IPNDM(_Multistep):
     """Improved PNDM (Zhang & Chen, 2023): Adams–Bashforth in ρ = σ on ``x/scale`` with the fixed weights of
     equal steps over the last ``max_order`` (1–4) values of ε̂, fewer for the first steps (warm-up). One evaluation
-    per step. Its map error is of order ``min(max_order, 2)`` (declared as ``order``): the fixed weights are exact
+    per step. Its map error is of order ``min(max_order, 2)`` (declared as ``ode_order``): the fixed weights are exact
     only for equal ρ steps, and off by O(h) on any smoothly varying grid (see the module docstring)."""
 
     name = "ipndm"
 
     def __init__(self, max_order: int = 4):
         self.max_order = integer("max_order", max_order, 1, 4)
-        self.depth, self.order = self.max_order, min(self.max_order, 2)
+        self.depth, self.ode_order = self.max_order, min(self.max_order, 2)
 
     def coefficients(self, nodes, b):
         h = b.noise_level - nodes[0].noise_level

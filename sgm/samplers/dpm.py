@@ -34,12 +34,16 @@ From a node of ``α = 0`` the step is ``from_noise`` (its first-order limit); th
 """
 from __future__ import annotations
 
+from typing import NamedTuple, Optional
+
+from torch import Tensor
+
 from ..checks import choice, flag
 from .exponential import PREDICTIONS, check_order, combine, from_noise, linear, lower_order, output
 from .grid import TimeGrid
 from .solver import Model, Solver
 
-__all__ = ["DPMSolver", "METHODS", "singlestep_orders"]
+__all__ = ["DPMSolver", "METHODS", "singlestep_orders", "MultistepState", "SinglestepState"]
 
 METHODS = ("multistep", "singlestep")
 
@@ -83,6 +87,19 @@ def singlestep_weights(lin, lams: list[float], k: int) -> list[float]:
     return [p1 - p2 / r, 0.0, p2 / r]
 
 
+class MultistepState(NamedTuple):
+    transitions: int           # transitions after a step from pure noise
+    index: int                 # transitions taken (after it)
+    history: tuple = ()        # ((node, prediction), …), newest first, at most ``order`` long
+
+
+class SinglestepState(NamedTuple):
+    orders: tuple              # the per-transition orders
+    index: int
+    start: Optional[Tensor] = None  # the state at the segment's first node
+    segment: tuple = ()        # ((node, prediction), …) of the segment so far, oldest first
+
+
 class DPMSolver(Solver):
     """DPM-Solver / DPM-Solver++ of ``order`` 1–3, ``multistep`` or ``singlestep``, on the noise (``eps``) or data
     (``x0``, DPM-Solver++) prediction. One evaluation per transition."""
@@ -95,7 +112,7 @@ class DPMSolver(Solver):
         self.method = choice("method", method, METHODS)
         # The declared order of the map error: the published 3M formula weighs D_2 by h φ_3 where the Taylor term
         # needs 2 h φ_3 (D_2 ≈ h² m''/2), so multistep "order 3" is a second-order method (measured, tests).
-        self.order = 2 if (self.method, self.solver_order) == ("multistep", 3) else self.solver_order
+        self.ode_order = 2 if (self.method, self.solver_order) == ("multistep", 3) else self.solver_order
         self.prediction = choice("prediction", prediction, PREDICTIONS)
         self.lower_order_final = flag("lower_order_final", lower_order_final)
         self.name = f"dpm_solver ({'++' if prediction == 'x0' else 'eps'}, {method}, order {order})"
@@ -105,28 +122,26 @@ class DPMSolver(Solver):
         list and the segment."""
         transitions = len(grid) - int(grid.nodes[0].scale == 0)
         if self.method == "singlestep":
-            return {"orders": singlestep_orders(self.solver_order, transitions, self.lower_order_final), "index": 0}
-        return {"transitions": transitions, "index": 0, "history": []}
+            return SinglestepState(tuple(singlestep_orders(self.solver_order, transitions, self.lower_order_final)), 0)
+        return MultistepState(transitions, 0)
 
     def step(self, model: Model, x, a, b, state, noise):
         prediction = model(x, a)
         if a.scale == 0:
             return from_noise(prediction, b), state
         m = output(prediction, self.prediction)
-        i = state["index"]
-        state["index"] = i + 1
+        i = state.index
         if self.method == "singlestep":
-            k = state["orders"][i]
-            if k == 1:
-                state["start"], state["segment"] = x, []
-            state["segment"].append((a, m))
-            nodes, preds = zip(*state["segment"])
+            k = state.orders[i]
+            start, segment = (x, ((a, m),)) if k == 1 else (state.start, state.segment + ((a, m),))
+            nodes, preds = zip(*segment)
             lin = linear(nodes[0], b, self.prediction)
             weights = singlestep_weights(lin, [n.lam for n in nodes], k)
-            return combine(state["start"], lin.A, lin.B, weights, preds), state
-        history = ([(a, m)] + state["history"])[:self.solver_order]
-        state["history"] = history
-        k = lower_order(self.solver_order, i, state["transitions"], self.lower_order_final)
+            return combine(start, lin.A, lin.B, weights, preds), state._replace(index=i + 1, start=start,
+                                                                                segment=segment)
+        history = (((a, m),) + state.history)[:self.solver_order]
+        k = lower_order(self.solver_order, i, state.transitions, self.lower_order_final)
         lin = linear(a, b, self.prediction)
         weights = multistep_weights(lin, [n.lam for n, _ in history], k)
-        return combine(x, lin.A, lin.B, weights, [p for _, p in history]), state
+        return combine(x, lin.A, lin.B, weights, [p for _, p in history]), state._replace(index=i + 1,
+                                                                                          history=history)

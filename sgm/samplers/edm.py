@@ -39,7 +39,7 @@ class Heun(Solver):
     EDM's stochastic ``churn`` (``γ = min(churn/steps, √2 - 1)`` for ``σ`` in ``[s_tmin, s_tmax]``, noise
     scaled by ``s_noise``). Deterministic unless ``churn > 0``. EDM's default grid is ``spacing="karras"``, ``rho=7``."""
 
-    name, order, evals_per_step = "heun", 2, 2
+    name, evals_per_step = "heun", 2
 
     def __init__(self, churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf, s_noise: float = 1.0):
         self.churn = nonnegative("churn", churn)
@@ -49,6 +49,10 @@ class Heun(Solver):
             raise ValueError(f"s_tmax must be >= s_tmin, got s_tmin={self.s_tmin}, s_tmax={self.s_tmax}")
         self.s_noise = positive("s_noise", s_noise)
         self.stochastic = self.churn > 0
+        if self.stochastic:
+            self.strong_order, self.weak_order = None, 1.0  # churn: noise in, then removed by the ODE steps
+        else:
+            self.ode_order = 2
 
     def grid_nfe(self, grid) -> int:
         return super().grid_nfe(grid) - int(grid.nodes[0].scale == 0 and not grid.nodes[1].is_data)
@@ -65,7 +69,7 @@ class Heun(Solver):
             sigma_hat = sigma_a * (1 + gamma)
             a_hat = model.node(float(model.sde.time_at_noise_level(torch.tensor(sigma_hat, dtype=torch.float64))))
             # x̂ = scale(σ̂)·(x/scale_a + √(σ̂² - σ_a²)·s_noise·z)
-            z = noise()
+            z = noise(a_hat.t, a.t)
             x = x.mul(a_hat.scale / a.scale).add_(z, alpha=a_hat.scale * math.sqrt(sigma_hat**2 - sigma_a**2)
                                                   * self.s_noise)
             a = a_hat

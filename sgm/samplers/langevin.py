@@ -18,9 +18,14 @@ A Langevin step of size ``δ`` at a fixed noise level targets ``p_t``:  ``x ← 
   It steps less than the default (``u = 0.0385`` for 400 levels, 5 steps each) and measures worse on
   mixtures whose modes have a width (docs/samplers.md). With a number ``step_size = ε``, NCSN's rule:
   ``δ_i = α_i/2``, ``α_i = ε·std_i²/std_L²`` (``std_L`` the last noisy node's; NCSN: ``ε = 2e-5``).
-- Corrector (Song et al., 2021, Alg. 4/5): ``δ = 2·r²·(snr·‖z‖/‖s‖)²`` with the norms averaged over the
-  batch, as published, and ``r² = (scale_a/scale_b)²`` over the predictor's step (1 on VE,
-  ``α_i = 1 - β_i`` on DDPM's chain).
+- Predictor–corrector (Song et al., 2021, Alg. 1, as score_sde composes it): any one-step ``predictor``
+  (``euler_maruyama``, ``reverse_diffusion``, ``ancestral``, ``ddim`` or ``none``: the state stays) to each node,
+  then ``n_corrector`` steps of a ``corrector`` there: ``langevin`` (Alg. 4/5: ``δ = 2·r²·(snr·‖z‖/‖s‖)²`` with the
+  norms averaged over the batch, as published), ``ald`` (score_sde's annealed Langevin corrector:
+  ``δ = 2·r²·(snr·std_b)²``) or ``none``; ``r² = (scale_a/scale_b)²`` over the predictor's step (1 on VE,
+  ``α_i = 1 - β_i`` on DDPM's chain). An option a part does not use is refused.
+
+Langevin steps are not increments of a Brownian path in time: they draw ``noise()`` with no interval.
 """
 from __future__ import annotations
 
@@ -31,10 +36,12 @@ from torch import Tensor
 
 from ..checks import integer, positive
 from .grid import Node, TimeGrid
+from ..checks import choice
+from .noise import Noise
 from .predictors import PREDICTORS, check_eta, check_variance
-from .solver import Model, Noise, Solver
+from .solver import Model, Solver
 
-__all__ = ["AnnealedLangevin", "PredictorCorrector", "ncsnv2_step"]
+__all__ = ["AnnealedLangevin", "PredictorCorrector", "ncsnv2_step", "PC_PREDICTORS", "CORRECTORS"]
 
 NCSN_U = 0.1  # the default δ/std²: NCSN's ε = 2e-5 at σ_L = 0.01 (also NCSNv2's rule on a one-level grid, no γ)
 
@@ -66,7 +73,9 @@ class AnnealedLangevin(Solver):
     (NCSN's ``ε = 2e-5`` at ``σ_L = 0.01``), NCSNv2's ``u`` with ``step_size="ncsnv2"``, NCSN's
     ``δ_i = ½ step_size·std_i²/std_L²`` for a number ``step_size``. State: ``{node: δ}``."""
 
-    name, order, stochastic, needs = "langevin", 1, True, frozenset({"positive_alpha"})
+    # an MCMC at each level with a fixed step rule: it converges in neither the strong nor the weak sense as the
+    # levels grow (its bias is set by u), so it declares no order
+    name, stochastic, needs = "langevin", True, frozenset({"positive_alpha"})
 
     def __init__(self, n_steps_each: int = 5, step_size: float | str | None = None):
         self.n_steps_each = integer("n_steps_each", n_steps_each)
@@ -98,32 +107,51 @@ class AnnealedLangevin(Solver):
         return self._level(model, x, node, state, noise)
 
 
+PC_PREDICTORS = tuple(PREDICTORS) + ("none",)
+CORRECTORS = ("langevin", "ald", "none")
+
+
 class PredictorCorrector(Solver):
-    """Predictor–corrector (Song et al., 2021, Alg. 1): a ``predictor`` step to each node, then
-    ``n_corrector`` Langevin corrector steps there at signal-to-noise ratio ``snr``.
-    ``eta`` applies to the ``ddim`` predictor, ``variance`` to ``ancestral``.
-    Evaluations: ``1 + n_corrector`` per step into a noisy node, 1 into the data node."""
+    """Predictor–corrector (Song et al., 2021, Alg. 1): a ``predictor`` step to each node (``PC_PREDICTORS``), then
+    ``n_corrector`` steps of the ``corrector`` (``CORRECTORS``) there at signal-to-noise ratio ``snr`` (defaults
+    0.16 and 1). ``eta`` applies to the ``ddim`` predictor, ``variance`` to ``ancestral``; an option the chosen
+    parts do not use is refused. Evaluations: the predictor's (1, or 0 for ``none``) plus ``n_corrector`` per step
+    into a noisy node, 1 into the data node."""
 
-    name, order, stochastic = "pc", 1, True
+    stochastic = True  # the corrector's fixed-snr moves leave a bias of their own: no declared order
 
-    def __init__(self, predictor: str = "reverse_diffusion", snr: float = 0.16, n_corrector: int = 1,
-                 eta: float = 0.0, variance: str = "posterior"):
-        if predictor not in PREDICTORS:
-            raise ValueError(f"predictor must be one of {tuple(PREDICTORS)}, got {predictor!r}")
-        self.snr = positive("snr", snr)
-        self.n_corrector = integer("n_corrector", n_corrector, 0)
-        options = {"ddim": {"eta": check_eta(eta)}, "ancestral": {"variance": check_variance(variance)}}
-        self.predictor = PREDICTORS[predictor](**options.get(predictor, {}))
-        self.needs = self.predictor.needs
-        self.evals_per_step = 1 + self.n_corrector
-        self.name = f"pc ({predictor})"
+    def __init__(self, predictor: str = "reverse_diffusion", corrector: str = "langevin", snr: float | None = None,
+                 n_corrector: int | None = None, eta: float | None = None, variance: str | None = None):
+        choice("predictor", predictor, PC_PREDICTORS)
+        self.corrector = choice("corrector", corrector, CORRECTORS)
+        if corrector == "none" and (snr is not None or n_corrector is not None):
+            raise ValueError("snr and n_corrector set the corrector's steps; corrector='none' takes neither")
+        if eta is not None and predictor != "ddim":
+            raise ValueError(f"eta applies to the ddim predictor, not to predictor={predictor!r}")
+        if variance is not None and predictor != "ancestral":
+            raise ValueError(f"variance applies to the ancestral predictor, not to predictor={predictor!r}")
+        self.snr = 0.16 if snr is None else positive("snr", snr)
+        self.n_corrector = 0 if corrector == "none" else (1 if n_corrector is None else integer("n_corrector",
+                                                                                               n_corrector, 0))
+        options = {"eta": check_eta(eta)} if eta is not None else {}
+        options.update({"variance": check_variance(variance)} if variance is not None else {})
+        self.predictor = None if predictor == "none" else PREDICTORS[predictor](**options)
+        self.needs = frozenset() if self.predictor is None else self.predictor.needs
+        self.evals_per_step = int(self.predictor is not None) + self.n_corrector
+        self.name = f"pc ({predictor}, {corrector})"
 
     def step(self, model: Model, x, a, b, state, noise):
-        x, state = self.predictor.step(model, x, a, b, state, noise)
+        if self.predictor is not None:
+            x, state = self.predictor.step(model, x, a, b, state, noise)
         r2 = (a.scale / b.scale) ** 2
         for _ in range(self.n_corrector):
             s = model(x, b).score
             z = noise()
-            ratio = z.flatten(1).norm(dim=1).mean() / s.flatten(1).norm(dim=1).mean().clamp_min(torch.finfo(x.dtype).tiny)
-            x = langevin_step(x, s, float(2 * r2 * (self.snr * ratio) ** 2), z)
+            if self.corrector == "langevin":
+                tiny = torch.finfo(x.dtype).tiny
+                ratio = float(z.flatten(1).norm(dim=1).mean() / s.flatten(1).norm(dim=1).mean().clamp_min(tiny))
+                delta = 2 * r2 * (self.snr * ratio) ** 2
+            else:
+                delta = 2 * r2 * (self.snr * b.std) ** 2
+            x = langevin_step(x, s, delta, z)
         return x, state

@@ -22,7 +22,8 @@ from ..checks import real
 from ..paths import GaussianPath
 from ..predictions import Prediction
 from .grid import Node
-from .solver import Model, Noise, Solver
+from .noise import Noise
+from .solver import Model, Solver
 
 __all__ = ["EulerMaruyama", "ReverseDiffusion", "Ancestral", "DDIM", "PREDICTORS", "ANCESTRAL_VARIANCES"]
 
@@ -76,7 +77,7 @@ def ddim_step(p: Prediction, a: Node, b: Node, noise: Noise, eta: float = 0.0, g
     k = math.sqrt(max(b.std**2 - c**2, 0.0))
     sigma = c if gamma is None else math.sqrt(gamma.reverse_variance((a.scale, a.std), (b.scale, b.std), c**2))
     x = p.combine(x0=b.scale, eps=k)
-    return x.add_(noise(), alpha=sigma) if sigma > 0 else x
+    return x.add_(noise(a.t, b.t), alpha=sigma) if sigma > 0 else x
 
 
 def check_variance(variance) -> str:
@@ -108,19 +109,21 @@ def check_eta(eta) -> float:
 class EulerMaruyama(Solver):
     """Euler–Maruyama on the reverse-time SDE ``dx = [f - g² s] dt + g dW̄``. One evaluation per step."""
 
-    name, order, stochastic, needs = "euler_maruyama", 1, True, frozenset({"positive_alpha"})
+    name, stochastic, needs = "euler_maruyama", True, frozenset({"positive_alpha"})
+    strong_order, weak_order = 1.0, 1.0  # the reverse SDE's noise is additive (g(t) free of x): strong order 1
 
     def step(self, model: Model, x, a, b, state, noise):
-        return euler_maruyama_step(model(x, a), a, b, model.sde, noise()), state
+        return euler_maruyama_step(model(x, a), a, b, model.sde, noise(a.t, b.t)), state
 
 
 class ReverseDiffusion(Solver):
     """Song et al. (2021)'s reverse diffusion predictor. One evaluation per step."""
 
-    name, order, stochastic, needs = "reverse_diffusion", 1, True, frozenset({"positive_alpha"})
+    name, stochastic, needs = "reverse_diffusion", True, frozenset({"positive_alpha"})
+    strong_order, weak_order = 1.0, 1.0
 
     def step(self, model: Model, x, a, b, state, noise):
-        return reverse_diffusion_step(model(x, a), a, b, noise()), state
+        return reverse_diffusion_step(model(x, a), a, b, noise(a.t, b.t)), state
 
 
 class Ancestral(Solver):
@@ -128,7 +131,7 @@ class Ancestral(Solver):
     β (``beta``) or Analytic-DPM's optimum (``analytic``, Bao et al. 2022; needs ``gamma``, a Γ estimate on the
     chain whose timesteps the grid visits). One evaluation per step."""
 
-    name, order, stochastic = "ancestral", 1, True
+    name, stochastic, strong_order, weak_order = "ancestral", True, 1.0, 1.0
 
     def __init__(self, variance: str = "posterior", gamma=None):
         self.variance = check_variance(variance)
@@ -139,7 +142,7 @@ class Ancestral(Solver):
             check_gamma_grid(self.gamma, grid)
 
     def step(self, model: Model, x, a, b, state, noise):
-        return ancestral_step(model(x, a), a, b, noise(), self.variance, self.gamma), state
+        return ancestral_step(model(x, a), a, b, noise(a.t, b.t), self.variance, self.gamma), state
 
 
 class DDIM(Solver):
@@ -147,7 +150,7 @@ class DDIM(Solver):
     Analytic-DDIM's optimal noise for that ``eta`` (``variance="analytic"`` with ``gamma``; Bao et al. 2022).
     One evaluation per step."""
 
-    name, order = "ddim", 1
+    name = "ddim"
 
     def __init__(self, eta: float = 0.0, variance: str | None = None, gamma=None):
         self.eta = check_eta(eta)
@@ -155,6 +158,10 @@ class DDIM(Solver):
             raise ValueError(f"variance must be None (DDIM's own η noise) or 'analytic', got {variance!r}")
         self.variance, self.gamma = variance, check_gamma(gamma, variance)
         self.stochastic = self.eta > 0 or variance == "analytic"
+        if self.stochastic:
+            self.strong_order, self.weak_order = 1.0, 1.0
+        else:
+            self.ode_order = 1
 
     def init(self, x, grid):
         if self.gamma is not None:

@@ -2,8 +2,10 @@
 
 Its map ``x_T ↦ x_eps`` is deterministic and carries ``p_T`` to ``p_eps`` (Song et al., 2021). Written as the
 velocity (``Prediction.velocity``) it stays finite where ``α = 0`` (rectified flow at ``t = 1``, where ``f = -∞``), so
-these solvers start from the exact top of every path; on rectified flow, Euler on a ``uniform`` grid is diffusers'
-``FlowMatchEulerDiscreteScheduler`` and ``heun2`` its ``FlowMatchHeunDiscreteScheduler``.
+these solvers start from the exact top of every path. On ``RectifiedFlow()`` (whose time is diffusers' σ) Euler at
+the scheduler's sigmas is diffusers' ``FlowMatchEulerDiscreteScheduler`` and ``heun2`` its
+``FlowMatchHeunDiscreteScheduler``, for every shift of theirs (the shift is in their sigmas); on
+``RectifiedFlow(shift)`` these methods step in the shifted time, another discretisation (docs/paths.md).
 Adaptive methods (``dopri5``, ``dopri8``, ``bosh3``, ``fehlberg2``, ``adaptive_heun``) are torchdiffeq's:
 they choose their own steps under ``rtol``/``atol`` between the first and last noisy node. Fixed-step
 methods step exactly on the grid's noisy nodes with the explicit Runge–Kutta tableaus of torchdiffeq's
@@ -74,7 +76,7 @@ class RungeKutta(Solver):
     def __init__(self, method: str = "rk4"):
         if method not in TABLEAUS:
             raise ValueError(f"method must be one of {FIXED_METHODS}, got {method!r}")
-        self.method, self.order, self.evals_per_step = method, ORDERS[method], len(TABLEAUS[method][0])
+        self.method, self.ode_order, self.evals_per_step = method, ORDERS[method], len(TABLEAUS[method][0])
         self.name = f"ode ({method})"
 
     def step(self, model: Model, x, a, b, state, noise):
@@ -90,7 +92,7 @@ class AdaptiveODE(Solver):
         if method not in ADAPTIVE_METHODS:
             raise ValueError(f"method must be one of {ADAPTIVE_METHODS}, got {method!r}")
         self.method, self.rtol, self.atol = method, positive("rtol", rtol), positive("atol", atol)
-        self.order = {"dopri5": 5, "dopri8": 8, "bosh3": 3, "fehlberg2": 2, "adaptive_heun": 2}[method]
+        self.ode_order = {"dopri5": 5, "dopri8": 8, "bosh3": 3, "fehlberg2": 2, "adaptive_heun": 2}[method]
         self.name = f"ode ({method})"
 
     def stepping_grid(self, grid: TimeGrid) -> TimeGrid:

@@ -1,46 +1,123 @@
-"""The sampler registry, the per-name sampler functions and the one entry point ``sample``.
+"""The sampler registry: each name's solver factory and what the rest of sgm reads about it; the per-name sampler
+functions and the one entry point ``sample``.
 
-A registered name maps to a solver factory ``factory(**options) -> Solver`` (a ``Solver`` class or a function);
-its keyword parameters are the sampler's options. Adding a solver is one module and one line in ``SAMPLERS``.
+An ``Entry`` holds a solver factory ``factory(**options) -> Solver`` (a ``Solver`` class or a function; its keyword
+parameters are the sampler's options) and its metadata:
+
+- ``summary``: its line in the docs table (``markdown_table``);
+- ``spacing``: the default grid (``sample`` uses it unless told): one spacing, or one per path family
+  (``{"vp": …, "ve": …, "rf": …}``, ``grid.path_family``), the best measured for the sampler
+  (``benchmarks/default_spacing.py``; docs/samplers.md);
+- ``steps``, ``options``: a step count and options at which it draws an exact-score mixture to within Monte-Carlo
+  error at n = 10⁴ (the distribution tests and the demo use them);
+- ``smoke``: cheap valid options for quick runs at few steps;
+- ``curves``: the option sets the benchmark draws NFE curves of; ``sweep``: the option axes its comparison sweeps.
+
+The tests, the benchmark, the demo and the docs table read the entries, so adding a solver is one module and one
+entry in ``SAMPLERS``.
 """
 from __future__ import annotations
 
 import inspect
-from typing import Callable
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
 
 import torch
 
-from ..device import resolve_device
 from ..checks import integer
+from ..device import resolve_device
 from ..paths import GaussianPath
 from .base import SamplerOutput, check_state
-from .grid import KARRAS_RHO, TimeGrid, time_grid
 from .deis import DEIS, IPNDM
-from .edm import Heun
-from .langevin import AnnealedLangevin, PredictorCorrector
 from .dpm import DPMSolver
+from .edm import Heun
+from .grid import FAMILIES, KARRAS_RHO, SPACINGS, TimeGrid, path_family, time_grid
+from .langevin import AnnealedLangevin, PredictorCorrector
+from .noise import SeededNoise
 from .predictors import DDIM, Ancestral, EulerMaruyama, ReverseDiffusion
 from .probability_flow import ode_solver
 from .reverse_sde import TorchSDE
-from .solver import Callback, SeededNoise, Solver, integrate
+from .solver import Callback, Solver, integrate
 from .uni_pc import UniPC
 
-__all__ = ["SAMPLERS", "available", "get", "options", "solver", "sample"]
+__all__ = ["Entry", "SAMPLERS", "available", "entry", "get", "options", "solver", "sample", "budget_grid",
+           "markdown_table"]
 
-SAMPLERS: dict[str, Callable[..., Solver]] = {
-    "euler_maruyama": EulerMaruyama,
-    "reverse_diffusion": ReverseDiffusion,
-    "ancestral": Ancestral,
-    "ddim": DDIM,
-    "ode": ode_solver,
-    "sde": TorchSDE,
-    "langevin": AnnealedLangevin,
-    "pc": PredictorCorrector,
-    "dpm_solver": DPMSolver,
-    "unipc": UniPC,
-    "deis": DEIS,
-    "ipndm": IPNDM,
-    "heun": Heun,
+
+@dataclass(frozen=True)
+class Entry:
+    """A registered sampler (see the module docstring)."""
+
+    factory: Callable[..., Solver]
+    summary: str
+    spacing: str | Mapping[str, str] = "uniform"
+    steps: int = 100
+    options: Mapping[str, Any] = field(default_factory=dict)
+    smoke: Mapping[str, Any] = field(default_factory=dict)
+    curves: tuple = ({},)
+    sweep: Mapping[str, tuple] = field(default_factory=dict)
+
+    def __post_init__(self):
+        spacings = self.spacing if isinstance(self.spacing, Mapping) else {family: self.spacing for family in FAMILIES}
+        if set(spacings) != set(FAMILIES) or any(s not in SPACINGS for s in spacings.values()):
+            raise ValueError(f"spacing must be one of {SPACINGS} or a mapping of {FAMILIES} to them, "
+                             f"got {self.spacing!r}")
+        object.__setattr__(self, "spacing", MappingProxyType(dict(spacings)))
+        object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
+        object.__setattr__(self, "smoke", MappingProxyType(dict(self.smoke)))
+        object.__setattr__(self, "curves", tuple(MappingProxyType(dict(c)) for c in self.curves))
+        object.__setattr__(self, "sweep", MappingProxyType(dict(self.sweep)))
+
+    def default_spacing(self, sde: GaussianPath) -> str:
+        """The default grid on path ``sde`` (its family's)."""
+        return self.spacing[path_family(sde)]
+
+    @property
+    def deterministic(self) -> bool:
+        """Whether the sampler with its default options is deterministic (some options make it stochastic)."""
+        return not self.factory().stochastic
+
+
+# Default grids: the best of uniform / quadratic / logsnr / karras measured per path family at 5–50 NFE on
+# mixtures no test uses (OMP_NUM_THREADS=1 python benchmarks/default_spacing.py; docs/samplers.md has the table).
+SAMPLERS: dict[str, Entry] = {
+    "euler_maruyama": Entry(EulerMaruyama, "Euler–Maruyama on the reverse SDE", steps=500,
+                            spacing={"vp": "quadratic", "ve": "karras", "rf": "uniform"}),
+    "reverse_diffusion": Entry(ReverseDiffusion, "Song et al.'s reverse-diffusion predictor", steps=500,
+                               spacing={"vp": "uniform", "ve": "karras", "rf": "uniform"}),
+    "ancestral": Entry(Ancestral, "ancestral sampling (DDPM, SMLD): β̃, β or Analytic-DPM's variance", steps=500,
+                       spacing={"vp": "uniform", "ve": "karras", "rf": "uniform"},
+                       sweep={"variance": ("posterior", "beta")}),
+    "ddim": Entry(DDIM, "DDIM (η = 0: the first-order exponential integrator of the probability-flow ODE)",
+                  steps=500, spacing={"vp": "uniform", "ve": "karras", "rf": "uniform"}),
+    "ode": Entry(ode_solver, "the probability-flow ODE: torchdiffeq's adaptive methods or fixed-step Runge–Kutta",
+                 steps=2, options={"rtol": 1e-6, "atol": 1e-6}, smoke={"method": "heun2"},
+                 spacing={"vp": "quadratic", "ve": "karras", "rf": "uniform"},
+                 curves=({"method": "euler"}, {"method": "heun2"}, {"method": "rk4"}),
+                 sweep={"method": ("euler", "midpoint", "heun2", "heun3", "rk4")}),
+    "sde": Entry(TorchSDE, "the reverse SDE by torchsde (Euler, Milstein, SRK; fixed or adaptive steps)", steps=500),
+    # NCSN's geometric levels: at 5–50 NFE other grids measure better, but the hundreds of levels annealed Langevin
+    # needs to match a mixture (steps=160 here) relax only on geometric levels (docs/samplers.md)
+    "langevin": Entry(AnnealedLangevin, "annealed Langevin dynamics over the grid's noise levels (NCSN)",
+                      spacing="geometric", steps=160,
+                      options={"n_steps_each": 30}, smoke={"n_steps_each": 2}, curves=({"n_steps_each": 5},)),
+    "pc": Entry(PredictorCorrector, "predictor–corrector: a one-step predictor, then Langevin corrector steps",
+                steps=500, spacing={"vp": "uniform", "ve": "karras", "rf": "uniform"}),
+    "dpm_solver": Entry(DPMSolver, "DPM-Solver (ε̂) / DPM-Solver++ (x̂₀), orders 1–3, multistep or singlestep",
+                        spacing={"vp": "quadratic", "ve": "logsnr", "rf": "karras"}, steps=50,
+                        sweep={"order": (1, 2, 3), "method": ("multistep", "singlestep"),
+                               "prediction": ("x0", "eps")}),
+    "unipc": Entry(UniPC, "UniPC: the UniP predictor and the UniC corrector at no extra evaluation",
+                   spacing={"vp": "quadratic", "ve": "logsnr", "rf": "karras"}, steps=50,
+                   sweep={"order": (1, 2, 3), "variant": ("bh1", "bh2")}),
+    "deis": Entry(DEIS, "DEIS: exponential Adams–Bashforth with ε̂ extrapolated in λ or ρ", spacing="karras",
+                  steps=100, sweep={"order": (1, 2, 3), "variable": ("lambda", "rho")}),
+    "ipndm": Entry(IPNDM, "improved PNDM: Adams–Bashforth in ρ with the fixed weights of equal steps",
+                   spacing={"vp": "quadratic", "ve": "karras", "rf": "karras"}, steps=100,
+                   sweep={"max_order": (1, 2, 3, 4)}),
+    "heun": Entry(Heun, "EDM's sampler: Heun's method in σ on x/α with optional churn (Algorithm 2)",
+                  spacing={"vp": "uniform", "ve": "karras", "rf": "uniform"}, steps=100),
 }
 
 
@@ -49,10 +126,15 @@ def available() -> list[str]:
     return sorted(SAMPLERS)
 
 
-def _factory(name: str) -> Callable[..., Solver]:
+def entry(name: str) -> Entry:
+    """The registry entry of sampler ``name``."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; available: {', '.join(available())}")
     return SAMPLERS[name]
+
+
+def _factory(name: str) -> Callable[..., Solver]:
+    return entry(name).factory
 
 
 def options(name: str) -> list[str]:
@@ -62,13 +144,34 @@ def options(name: str) -> list[str]:
 
 
 def solver(name: str, **options_) -> Solver:
-    """The solver registered as ``name`` with the given options; it declares ``order``, ``evals_per_step``,
-    ``stochastic`` and ``nfe(steps)``."""
+    """The solver registered as ``name`` with the given options; it declares its orders, ``evals_per_step``,
+    ``stochastic``, ``needs`` and ``nfe(steps)``."""
     factory = _factory(name)
     unknown = sorted(set(options_) - set(options(name)))
     if unknown:
         raise TypeError(f"sampler {name!r} takes no option(s) {unknown}; its options: {options(name)}")
     return factory(**options_)
+
+
+def _orders(s: Solver) -> str:
+    labels = {"ode": "ODE", "strong": "strong", "weak": "weak"}
+    declared = [f"{labels[kind]} {value:g}" for kind, value in s.orders.items() if value is not None]
+    return ", ".join(declared) if declared else "—"
+
+
+def markdown_table() -> str:
+    """The sampler table of docs/samplers.md, from the registry: name, summary, options, evaluations per step,
+    declared orders and default grid (of the default options)."""
+    rows = ["| sampler | what | options | evaluations per step | declared orders | default grid (per path family) |",
+            "|---|---|---|---|---|---|"]
+    for name in available():
+        e, s = entry(name), solver(name)
+        per_step = "adaptive" if s.evals_per_step is None else str(s.evals_per_step)
+        opts = ", ".join(f"`{o}`" for o in options(name)) or "—"
+        grids = ", ".join(f"{f} `{e.spacing[f]}`" for f in FAMILIES) if len(set(e.spacing.values())) > 1 \
+            else f"`{e.spacing['vp']}`"
+        rows.append(f"| `{name}` | {e.summary} | {opts} | {per_step} | {_orders(s)} | {grids} |")
+    return "\n".join(rows) + "\n"
 
 
 def get(name: str) -> Callable[..., SamplerOutput]:
@@ -99,8 +202,29 @@ def _check_shape(shape) -> tuple[int, ...]:
         raise ValueError(f"shape must have positive sizes, got {tuple(shape)}") from None
 
 
-def sample(score, sde: GaussianPath, shape, sampler: str = "euler_maruyama", steps: int = 500, *,
-           generator: torch.Generator | None = None, spacing: str = "uniform", eps: float | None = None,
+def budget_grid(method: Solver, sde: GaussianPath, nfe: int, spacing: str, eps=None, denoise: bool = True,
+                train_steps: int = 1000, rho: float = KARRAS_RHO, t_max=None) -> TimeGrid:
+    """The grid of the most noise levels on which ``method`` spends at most ``nfe`` evaluations (``grid_nfe``:
+    exact, including a cheaper step from pure noise); ``ValueError`` when none fits or the solver is adaptive."""
+    nfe = integer("nfe", nfe)
+    if method.evals_per_step is None:
+        raise ValueError(f"nfe is a budget for a fixed-step sampler; {method.name} chooses its own steps (give rtol "
+                         "and atol instead)")
+    steps = method.steps_for_nfe(nfe, denoise)
+    if steps is None:
+        raise ValueError(f"nfe={nfe} is below the fewest evaluations {method.name} can spend ({method.nfe(2, denoise)}"
+                         f" for 2 noise levels)")
+    grid = time_grid(sde, steps, spacing, eps, denoise, train_steps, rho, t_max)
+    while True:  # a solver whose step from pure noise costs less may fit one more level
+        more = time_grid(sde, len(grid.noisy) + 1, spacing, eps, denoise, train_steps, rho, t_max)
+        if method.grid_nfe(more) > nfe:
+            return grid
+        grid = more
+
+
+def sample(score, sde: GaussianPath, shape, sampler: str = "euler_maruyama", steps: int | None = None, *,
+           nfe: int | None = None, generator: torch.Generator | None = None, spacing: str | None = None,
+           eps: float | None = None,
            denoise: bool = True, train_steps: int = 1000, rho: float = KARRAS_RHO, t_max: float | None = None,
            grid: TimeGrid | None = None, x_init: torch.Tensor | None = None, dtype: torch.dtype | None = None,
            device=None, progress: bool = False, callback: Callback | None = None, seeds=None,
@@ -108,9 +232,12 @@ def sample(score, sde: GaussianPath, shape, sampler: str = "euler_maruyama", ste
     """Draw samples of ``shape`` by solving the path ``sde`` backwards with the model ``score(x, t)`` (a score
     function, or any model declaring what it ``predicts``: see ``sgm.predictions``).
 
-    ``steps`` noise levels on a ``spacing`` grid from ``t_max`` (``T``) to ``eps`` (the path's ``default_eps``; see
-    ``sgm.samplers.grid``; ``rho`` for ``karras``), ending with Tweedie's denoising step when ``denoise`` — or any
-    ready ``grid`` (a ``TimeGrid``: user-made, precomputed, optimised) instead. ``x_T`` is ``x_init`` or a prior draw from ``generator``
+    ``steps`` noise levels (default 500), or the most the sampler can take within a budget of ``nfe`` model
+    evaluations (exclusive with ``steps``), on a ``spacing`` grid (the sampler's registered default unless given)
+    from ``t_max`` (``T``) to ``eps`` (the path's ``default_eps``; see ``sgm.samplers.grid``; ``rho`` for ``karras``),
+    ending with Tweedie's denoising step when ``denoise`` — or any ready ``grid`` (a ``TimeGrid``: user-made,
+    precomputed, optimised) instead; a ``grid`` takes none of ``steps``, ``nfe``, ``spacing``, ``eps``, ``rho``,
+    ``t_max``. ``x_T`` is ``x_init`` or a prior draw from ``generator``
     (drawn first, then the sampler's noise in step order). ``callback(x, node, prediction)`` runs after each
     step (see ``integrate``). ``options_`` go to the sampler (``sgm.samplers.options(name)`` lists them).
     ``seeds`` (one int per sample, instead of ``generator``): sample ``i`` draws its ``x_T`` and all its noise
@@ -123,13 +250,25 @@ def sample(score, sde: GaussianPath, shape, sampler: str = "euler_maruyama", ste
     if not callable(score):
         raise TypeError(f"score must be callable as score(x, t), got {type(score).__name__}")
     shape = _check_shape(shape)
+    method = solver(sampler, **options_)
+    if steps is not None and nfe is not None:
+        raise ValueError("give steps (noise levels) or nfe (a budget of model evaluations), not both")
     if grid is None:
-        grid = time_grid(sde, steps, spacing, eps, denoise, train_steps, rho, t_max)
+        spacing = entry(sampler).default_spacing(sde) if spacing is None else spacing
+        if nfe is not None:
+            grid = budget_grid(method, sde, nfe, spacing, eps, denoise, train_steps, rho, t_max)
+        else:
+            grid = time_grid(sde, 500 if steps is None else steps, spacing, eps, denoise, train_steps, rho, t_max)
     elif not isinstance(grid, TimeGrid):
         raise TypeError(f"grid must be a TimeGrid, got {type(grid).__name__}")
-    elif grid.noisy[0].t > sde.T:
-        raise ValueError(f"grid starts at t={grid.noisy[0].t}, after the SDE's T={sde.T}")
-    method = solver(sampler, **options_)
+    else:
+        given = [k for k, v in (("steps", steps), ("nfe", nfe), ("spacing", spacing), ("eps", eps),
+                                ("t_max", t_max)) if v is not None] + (["rho"] if rho != KARRAS_RHO else [])
+        if given:
+            raise ValueError(f"a ready grid fixes the nodes: {', '.join(given)} would be ignored; give them or the "
+                             "grid, not both")
+        if grid.noisy[0].t > sde.T:
+            raise ValueError(f"grid starts at t={grid.noisy[0].t}, after the SDE's T={sde.T}")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     if seeds is not None and generator is not None:

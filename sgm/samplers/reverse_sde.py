@@ -19,7 +19,8 @@ from torch import Tensor
 
 from ..checks import flag, positive
 from .grid import TimeGrid
-from .solver import Model, Noise, Solver
+from .noise import Noise
+from .solver import Model, Solver
 
 __all__ = ["TorchSDE", "SDE_METHODS"]
 
@@ -61,7 +62,7 @@ class _StepBrownian(torchsde.BaseBrownian):
             raise ValueError("fixed-step Brownian increments answer W(tb) - W(ta) only")
         key = (float(ta), float(tb))
         if self._last is None or self._last[0] != key:
-            self._last = (key, self._noise(self._like).mul_((key[1] - key[0]) ** 0.5))
+            self._last = (key, self._noise(-key[0], -key[1], like=self._like).mul_((key[1] - key[0]) ** 0.5))
         return self._last[1]
 
     def __repr__(self):
@@ -85,7 +86,8 @@ class TorchSDE(Solver):
             raise ValueError(f"method must be one of {SDE_METHODS}, got {method!r}")
         self.method, self.adaptive = method, flag("adaptive", adaptive)
         self.rtol, self.atol = positive("rtol", rtol), positive("atol", atol)
-        self.order, self.name = 1, f"sde ({method})"
+        # additive noise (g(t) free of x): Euler and Milstein are of strong order 1, torchsde's SRK 1.5
+        self.strong_order, self.weak_order, self.name = 1.5 if method == "srk" else 1.0, 1.0, f"sde ({method})"
         # Euler and Milstein evaluate the drift once per fixed step; srk's stages and adaptive steps vary.
         self.evals_per_step = None if adaptive or method == "srk" else 1
 

@@ -1,8 +1,11 @@
-"""The solver protocol and the one loop that runs every solver.
+"""The solver protocol (version 2) and the one loop that runs every solver.
 
 A solver walks a ``TimeGrid`` from the prior to the data. It declares
 
-- ``order``: the order of its deterministic map error (the tests read it; weak order for stochastic solvers);
+- ``ode_order``: the order of its deterministic map error (``None`` for a stochastic solver);
+  ``strong_order`` and ``weak_order``: its pathwise and distributional orders as an SDE solver (``None`` for a
+  deterministic one) — separate from any ``order`` *option* (DPM-Solver's "3M" is of second order, say); the
+  order tests read these declarations;
 - ``evals_per_step``: model evaluations per transition between noisy nodes (``None`` when adaptive), and
   ``final_evals``: evaluations its ``finish`` spends at the last noisy node;
 - ``stochastic``: whether it draws noise;
@@ -11,7 +14,9 @@ A solver walks a ``TimeGrid`` from the prior to the data. It declares
 
 and provides ``init(x, grid) -> state`` and ``step(model, x, a, b, state, noise) -> (x, state)`` for a
 transition from node ``a`` to the less noisy node ``b`` (optionally ``finish``, run once at the last noisy
-node, and ``stepping_grid``, the nodes it steps on when that is not the whole grid).
+node, and ``stepping_grid``, the nodes it steps on when that is not the whole grid). **A state is a value**: a
+solver returns a new state and never changes the one it was given (tuples and named tuples, not lists or dicts),
+so a wrapper may run a step again from a saved state (RePaint's resampling, guidance, a learned correction).
 
 ``integrate`` owns what every solver shares: input checks, the counted and checked model calls, the progress
 bar, the per-step ``callback(x, node, prediction)`` and the final denoising step (Tweedie's ``x̂_0`` at the last
@@ -22,15 +27,13 @@ the model's native kind (score, ε, x̂_0, v or velocity), from which a solver r
 in (``prediction.x0``, ``.eps``, ``.score``, ``.velocity``, or one fused ``prediction.combine(...)``), so that no
 solver converts, and none divides by ``α`` where the model's own output does not need it.
 
-Noise order: ``sgm.sample`` draws ``x_T`` first (one ``randn`` of the full shape), then each step draws
-``noise()`` (one ``randn`` of ``x``'s shape) per stochastic update, in the order the updates are made.
-With per-sample seeds (``SeededNoise``, as in EDM) sample ``i`` draws its ``x_T`` and every ``noise()`` from
-its own generator, in the same order, so it is the same whatever batch it is drawn in (for solvers whose
-updates act sample by sample: not the PC corrector's batch-averaged step size, nor adaptive step control).
+Noise (``sgm.samplers.noise``): a solver asks ``noise(t0, t1)`` for each standard normal it uses, naming the
+interval of path time the draw drives (the transition's ``a.t, b.t``, a sub-step's, or none for a draw that is
+not a Brownian increment, such as a corrector's); ``Noise`` answers from a generator in call order, a
+``BrownianNoise`` with the normalised increment of one Brownian path per sample over that interval.
 """
 from __future__ import annotations
 
-import hashlib
 from typing import Any, Callable, Optional
 
 import torch
@@ -41,8 +44,9 @@ from ..paths import GaussianPath
 from ..predictions import Prediction
 from .base import CheckedScore, SamplerOutput, check_state
 from .grid import Node, TimeGrid, path_nodes
+from .noise import Noise
 
-__all__ = ["Prediction", "Model", "Noise", "SeededNoise", "Solver", "integrate", "Callback", "NEEDS"]
+__all__ = ["Prediction", "Model", "Solver", "integrate", "Callback", "NEEDS"]
 
 NEEDS = ("positive_alpha",)
 
@@ -73,57 +77,13 @@ class Model:
         return self.last
 
 
-class Noise:
-    """Standard normal draws shaped like the state, from ``generator``: ``noise()`` (or ``noise(like)``)."""
-
-    def __init__(self, generator: torch.Generator | None, x: Tensor):
-        self.generator, self.shape, self.dtype, self.device = generator, x.shape, x.dtype, x.device
-
-    def __call__(self, like: Tensor | None = None) -> Tensor:
-        shape = self.shape if like is None else like.shape
-        return torch.randn(shape, generator=self.generator, dtype=self.dtype, device=self.device)
-
-
-class SeededNoise(Noise):
-    """Per-sample streams: row ``i`` of every draw comes from ``torch.Generator(device).manual_seed(seeds[i])``."""
-
-    def __init__(self, seeds, x: Tensor):
-        seeds = list(seeds)
-        if any(isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < 2**63 for s in seeds):
-            raise ValueError(f"seeds must be ints in [0, 2**63), got {seeds[:8]!r}{'…' if len(seeds) > 8 else ''}")
-        if len(seeds) != x.shape[0]:
-            raise ValueError(f"seeds must hold one seed per sample ({x.shape[0]}), got {len(seeds)}")
-        super().__init__(None, x)
-        self.seeds = seeds
-        self.generators = [torch.Generator(x.device).manual_seed(s) for s in seeds]
-
-    @property
-    def generator(self) -> torch.Generator:
-        """A batch-wide generator, for solvers that draw a batch-wide Brownian path (``sde`` with ``srk`` or
-        adaptive steps): seeded by a hash of all the seeds, so such samples depend on their batch."""
-        if self._batch_generator is None:
-            digest = hashlib.sha256(repr(self.seeds).encode()).digest()
-            seed = int.from_bytes(digest[:8], "little") >> 1
-            self._batch_generator = torch.Generator(self.device).manual_seed(seed)
-        return self._batch_generator
-
-    @generator.setter
-    def generator(self, value):
-        self._batch_generator = value  # None from Noise.__init__: made on first use
-
-    def __call__(self, like: Tensor | None = None) -> Tensor:
-        shape = self.shape if like is None else like.shape
-        if shape[0] != len(self.generators):
-            raise ValueError(f"per-sample noise needs a leading batch of {len(self.generators)}, got {tuple(shape)}")
-        return torch.stack([torch.randn(shape[1:], generator=g, dtype=self.dtype, device=self.device)
-                            for g in self.generators])
-
-
 class Solver:
     """Base of every solver (see the module docstring for the protocol)."""
 
     name: str = "solver"
-    order: int = 1
+    ode_order: Optional[int] = None
+    strong_order: Optional[float] = None
+    weak_order: Optional[float] = None
     evals_per_step: Optional[int] = 1
     final_evals: int = 0
     stochastic: bool = False
@@ -139,7 +99,8 @@ class Solver:
                              "ancestral, dpm_solver, unipc, deis, ipndm, heun, ode)")
 
     def init(self, x: Tensor, grid: TimeGrid) -> Any:
-        """State carried from step to step (history of predictions, step counters); ``None`` by default."""
+        """The first state, a value carried from step to step (history of predictions, step counters); ``None`` by
+        default."""
         return None
 
     def step(self, model: Model, x: Tensor, a: Node, b: Node, state: Any, noise: Noise) -> tuple[Tensor, Any]:
@@ -171,6 +132,13 @@ class Solver:
             return None
         steps = (nfe - self.final_evals - int(denoise)) // self.evals_per_step + 1
         return steps if steps >= 2 else None
+
+    @property
+    def orders(self) -> dict:
+        """The declared orders: ``{"ode": …}`` for a deterministic solver, ``{"strong": …, "weak": …}`` otherwise."""
+        if self.stochastic:
+            return {"strong": self.strong_order, "weak": self.weak_order}
+        return {"ode": self.ode_order}
 
     def __repr__(self) -> str:
         options = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))

@@ -23,6 +23,7 @@ predictor that reached ``b``. The correction is added to the state as ``x^c - x�
 from __future__ import annotations
 
 import math
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -31,7 +32,7 @@ from .exponential import PREDICTIONS, check_order, combine, from_noise, linear, 
 from .grid import TimeGrid
 from .solver import Model, Solver
 
-__all__ = ["UniPC", "VARIANTS"]
+__all__ = ["UniPC", "VARIANTS", "UniPCState"]
 
 VARIANTS = ("bh1", "bh2")
 
@@ -56,6 +57,13 @@ def unipc_weights(lin, lams: list[float], p: int, variant: str, corrector: bool)
     return [p1 - sum(per_node)] + per_node
 
 
+class UniPCState(NamedTuple):
+    transitions: int                 # transitions after a step from pure noise
+    index: int = 0                   # transitions taken (after it)
+    history: tuple = ()              # ((node, prediction), …), newest first
+    previous: Optional[tuple] = None  # (order, weights) of the predictor that reached the current node
+
+
 class UniPC(Solver):
     """UniPC of ``order`` 1–3 (predictor order; with the corrector the method's order is one higher), ``variant``
     ``bh1``/``bh2``, on the data (``x0``, default) or noise (``eps``) prediction. One evaluation per transition."""
@@ -69,30 +77,30 @@ class UniPC(Solver):
         self.corrector = flag("corrector", corrector)
         self.prediction = choice("prediction", prediction, PREDICTIONS)
         self.lower_order_final = flag("lower_order_final", lower_order_final)
-        self.order = self.predictor_order + int(self.corrector)
+        self.ode_order = self.predictor_order + int(self.corrector)
         self.name = f"unipc ({variant}, order {order}{', no corrector' if not corrector else ''})"
 
     def init(self, x, grid: TimeGrid):
         """The transitions in the grid, the history of (node, prediction), the last predictor's order and weights."""
-        return {"transitions": len(grid) - int(grid.nodes[0].scale == 0), "index": 0, "history": [], "previous": None}
+        return UniPCState(len(grid) - int(grid.nodes[0].scale == 0))
 
     def step(self, model: Model, x, a, b, state, noise):
         prediction = model(x, a)
         if a.scale == 0:
             return from_noise(prediction, b), state
         m = output(prediction, self.prediction)
-        i, history = state["index"], state["history"]
-        if self.corrector and state["previous"] is not None:
-            p, predictor = state["previous"]
+        i, history = state.index, state.history
+        if self.corrector and state.previous is not None:
+            p, predictor = state.previous
             (s0, _), past = history[0], history[:p]
             lin = linear(s0, a, self.prediction)
             weights = unipc_weights(lin, [n.lam for n, _ in past], p, self.variant, corrector=True)
             # x^c - x̃ = B Σ_j (w^c_j - w^p_j) m_j (the same linear part from s_0 cancels): added to the state
-            delta = [c - q for c, q in zip(weights, predictor + [0.0])]
+            delta = [c - q for c, q in zip(weights, predictor + (0.0,))]
             x = combine(x, 1.0, lin.B, delta, [q for _, q in past] + [m])
-        history = ([(a, m)] + history)[:self.predictor_order]
-        k = lower_order(self.predictor_order, i, state["transitions"], self.lower_order_final)
+        history = (((a, m),) + history)[:self.predictor_order]
+        k = lower_order(self.predictor_order, i, state.transitions, self.lower_order_final)
         lin = linear(a, b, self.prediction)
         weights = unipc_weights(lin, [n.lam for n, _ in history], k, self.variant, corrector=False)
-        state.update(index=i + 1, history=history, previous=(k, weights))
-        return combine(x, lin.A, lin.B, weights, [q for _, q in history]), state
+        return (combine(x, lin.A, lin.B, weights, [q for _, q in history]),
+                state._replace(index=i + 1, history=history, previous=(k, tuple(weights))))

@@ -1,0 +1,24 @@
+"""The peers: other libraries' samplers on the same problems, from the same draw ``z``, driven by the exact model.
+
+Each peer library is one module here, named in ``PEERS``, with ``available()`` (whether the library is
+installed) and ``rows(problem, nfes)`` (its comparison rows, ``side`` the library's name: the map error of every
+configuration a user could pick at each budget). A new library is a new module and its entry in ``PEERS``.
+"""
+from __future__ import annotations
+
+from importlib import import_module
+
+__all__ = ["PEERS", "installed", "peer_rows"]
+
+PEERS = ("diffusers",)
+
+
+def installed() -> list:
+    """The modules of ``PEERS`` whose library is installed."""
+    modules = [import_module(f"{__name__}.{name}") for name in PEERS]
+    return [m for m in modules if m.available()]
+
+
+def peer_rows(problem, nfes) -> list[dict]:
+    """Every installed peer's rows on ``problem`` at the budgets ``nfes``."""
+    return [row for module in installed() for row in module.rows(problem, nfes)]

@@ -1,0 +1,132 @@
+"""The sweep and its command (``sgm bench``, ``python benchmarks/sweep.py``): for each target and SDE, the curves
+(every sampler at each budget of ``NFE_GRID``, the adaptive ODE over ``TOLERANCES``, all metrics) and the
+comparison (every deterministic configuration of sgm and of each installed peer at each budget of
+``COMPARE_NFE``, map error), then the report."""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import torch
+
+from . import report
+from .judge import distribution_metrics, floors
+from .peers import peer_rows
+from .problems import TARGETS, Problem, make_problem, make_targets
+from .runs import checkpoint_rows, curve_rows, optimized_rows, sgm_rows
+
+__all__ = ["NFE_GRID", "QUICK_NFE", "TOLERANCES", "QUICK_TOLERANCES", "COMPARE_NFE", "QUICK_COMPARE_NFE",
+           "compare_rows", "run_sweep", "add_arguments", "check_checkpoint", "run_from_args", "main"]
+
+NFE_GRID = (5, 10, 20, 50, 100, 200, 500, 1000)
+QUICK_NFE = (5, 10, 20, 50)
+TOLERANCES = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5)
+QUICK_TOLERANCES = (1e-2, 1e-4)
+COMPARE_NFE = QUICK_COMPARE_NFE = (5, 10, 20)
+
+
+def compare_rows(problem: Problem, nfes, seed: int = 0, peers: bool = True, optimise: bool = True) -> list[dict]:
+    """The comparison on ``problem``: sgm's fixed grids, its optimised grids (with ``optimise``) and every
+    installed peer (with ``peers``)."""
+    fixed = sgm_rows(problem, nfes)
+    rows = fixed + (optimized_rows(problem, nfes, fixed, seed) if optimise else [])
+    return rows + (peer_rows(problem, nfes) if peers else [])
+
+
+def run_sweep(out_dir: str, quick: bool = False, n: int | None = None, seed: int = 0,
+              checkpoint: str | None = None, peers: bool = True, progress: bool = True, curves: bool = True,
+              compare: bool = True, n_compare: int | None = None, targets=None) -> list[dict]:
+    """Run the sweep, write its report to ``out_dir`` and return the curve rows (the comparison's rows and the
+    goal table are in ``results.json``). Seeds: the problem's draw ``seed``, the floors ``seed + 1``, the target
+    sample the curves are judged against ``seed + 2``, SW₂'s directions ``seed + 3``, stochastic samplers'
+    noise ``seed + 10``, ``optimize_grid``'s calibration draws ``seed + 20``."""
+    os.makedirs(out_dir, exist_ok=True)
+    n = n or (500 if quick else 4000)
+    n_compare = n_compare or min(n, 1000)
+    nfes, tolerances = (QUICK_NFE, QUICK_TOLERANCES) if quick else (NFE_GRID, TOLERANCES)
+    compare_nfes = QUICK_COMPARE_NFE if quick else COMPARE_NFE
+    rows, compared, floor_metrics, flow_maps, t_start = [], [], {}, {}, time.perf_counter()
+    for target_name, target in make_targets(quick, targets).items():
+        for sde_name in ("vp", "ve"):
+            key = f"{target_name} / {sde_name}"
+            if curves:
+                problem = make_problem(target_name, target, sde_name, n, seed)
+                floor_metrics[key] = floors(target, n, seed + 1)
+                reference = target.sample(n, generator=torch.Generator().manual_seed(seed + 2))
+                flow_maps[key] = distribution_metrics(problem.x_ref, reference, target,
+                                                      torch.Generator().manual_seed(seed + 3))
+                scatter_nfe = report.SCATTER_NFE if target.dim == 2 else ()
+                result = curve_rows(problem, nfes, tolerances, reference, seed, progress, scatter_nfe)
+                rows += result.rows
+                if result.scatter:
+                    report.scatter_figure(out_dir, target_name, sde_name, target, result.scatter)
+            if compare:
+                compared += compare_rows(make_problem(target_name, target, sde_name, n_compare, seed), compare_nfes,
+                                         seed, peers, optimise=not quick)
+            print(f"{key}: {time.perf_counter() - t_start:.0f}s so far", flush=True)
+    if checkpoint:
+        rows.extend(checkpoint_rows(checkpoint, nfes, seed, progress))
+    goal = report.goal_table(compared) if compared else []
+    meta = {"seed": seed, "n": n, "n_compare": n_compare, "quick": quick, "nfe_grid": list(nfes),
+            "compare_nfe": list(compare_nfes), "tolerances": list(tolerances), "floors": floor_metrics,
+            "flow_map": flow_maps, "seconds": time.perf_counter() - t_start, "versions": report.versions()}
+    report.write(out_dir, rows, meta, compared, goal)
+    return rows
+
+
+def add_arguments(parser) -> None:
+    """``sgm bench``'s arguments on ``parser``."""
+    parser.add_argument("--out", default="benchmarks/results", help="folder for results.csv/.json and figures")
+    parser.add_argument("--quick", action="store_true", help="2-D only, NFE up to 50, 500 samples, the comparison without "
+                        "optimised grids")
+    parser.add_argument("--n", type=int, default=None, help="samples per run (default 4000, the comparison 1000; 500 with --quick)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--checkpoint", default=None, help="a trained digits checkpoint to sweep as well (a network on a CPU: "
+                        "use with --quick, which took 9.4 min for the 8×8 U-Net on 2 cores)")
+    parser.add_argument("--no-peers", action="store_true", help="skip the peer libraries (diffusers) even if installed")
+    parser.add_argument("--progress", action="store_true", help="progress bars for each run")
+    parser.add_argument("--targets", nargs="+", choices=tuple(TARGETS), default=None,
+                        help="the targets to run (default: all; the 2-D ring with --quick)")
+    parser.add_argument("--only", choices=("curves", "compare"), default=None,
+                        help="run only the curves (all metrics) or only the sgm-vs-peers comparison (map error)")
+
+
+def check_checkpoint(path: str) -> None:
+    """Before any sweep: ``path`` must be a readable sgm checkpoint of an 8×8 one-channel image model (the
+    digits classifier judges its samples); otherwise a ``ValueError`` (``CheckpointError``) naming the file."""
+    from ..train import model_from_checkpoint
+
+    _, config, shape = model_from_checkpoint(path)
+    if tuple(shape) != (1, 8, 8):
+        raise ValueError(f"--checkpoint {path}: a model of {config.data!r} samples of shape {tuple(shape)}; the "
+                         f"checkpoint sweep judges digits models (1, 8, 8) with a digits classifier")
+
+
+def run_from_args(args) -> int:
+    """Run the sweep the parsed ``args`` ask for and print its summary and goal tables."""
+    if args.checkpoint:
+        check_checkpoint(args.checkpoint)
+    t0 = time.perf_counter()
+    rows = run_sweep(args.out, quick=args.quick, n=args.n, seed=args.seed, checkpoint=args.checkpoint,
+                     peers=not args.no_peers, progress=args.progress, curves=args.only != "compare",
+                     compare=args.only != "curves", targets=args.targets)
+    with open(os.path.join(args.out, "results.json")) as f:
+        goal = json.load(f)["goal"]
+    print(f"{len(rows)} curve runs in {time.perf_counter() - t0:.0f}s; wrote {args.out}/results.csv, compare.csv, "
+          f"goal.md, results.json and figures")
+    if rows:
+        print(report.summary_table(rows, (10, 20)))
+    if goal:
+        print(report.goal_markdown(goal))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python benchmarks/sweep.py``: the same as ``sgm bench``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="sgm bench", description="Step-count-vs-quality sweeps: every sampler over "
+                                     "score-evaluation budgets (NFE), and sgm against its peers.")
+    add_arguments(parser)
+    return run_from_args(parser.parse_args(argv))

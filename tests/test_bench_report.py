@@ -1,0 +1,69 @@
+"""sgm.bench.report: the goal table picks each side's best run within the budget, the tables print as markdown,
+and the report's files are named with single underscores."""
+import csv
+import json
+
+import pytest
+
+from sgm.bench import report
+
+
+def _row(side, name, nfe, err, spent=None, diverged=False, sde="vp"):
+    return {"target": "t", "sde": sde, "side": side, "sampler": name, "nfe_budget": nfe, "nfe": spent or nfe,
+            "map_error": err, "diverged": diverged}
+
+
+def test_goal_table_picks_each_sides_best_within_budget():
+    rows = [_row("diffusers", "a", 10, 0.2), _row("diffusers", "b", 10, 0.1), _row("diffusers", "c", 10, 0.01, 11),
+            _row("diffusers", "d", 10, float("nan"), diverged=True), _row("sgm", "x", 10, 0.04),
+            _row("sgm", "y", 10, 0.06), _row("sgm", "x", 20, 0.01)]
+    table = report.goal_table(rows, (10, 20))
+    assert table[0] == {"target": "t", "sde": "vp", "nfe": 10, "peer": "b", "peer_error": 0.1, "sgm": "x",
+                        "sgm_error": 0.04, "ratio": pytest.approx(0.4), "met": True}
+    assert table[1]["peer"] is None and not table[1]["met"]
+    md = report.goal_markdown(table).splitlines()
+    assert md[0].startswith("| target | SDE | NFE | best diffusers configuration |") and md[0].endswith("| ≤ 0.5 |")
+    assert md[2] == "| t | VP | 10 | b | 0.1 | x | 0.04 | 0.4 | yes |"
+    assert md[3] == "| t | VP | 20 | — | — | x | 0.01 | — | no |"
+    assert report.goal_table(rows, (10, 50)) == table[:1]  # a budget the rows do not have is left out
+
+
+def test_goal_table_against_another_peer():
+    rows = [_row("diffusers", "a", 10, 0.1), _row("k-diffusion", "k", 10, 0.05), _row("sgm", "x", 10, 0.04)]
+    (row,) = report.goal_table(rows, (10,), peer="k-diffusion")
+    assert row["peer"] == "k" and row["ratio"] == pytest.approx(0.8) and not row["met"]
+    assert "best k-diffusion configuration" in report.goal_markdown([row], peer="k-diffusion")
+
+
+def test_summary_table():
+    rows = [{"target": "t", "sde": "vp", "sampler": "ddim", "nfe_budget": b, "sw2": 0.1 * b, "map_error": 1e-3 / b}
+            for b in (10, 20)] + [{"target": "t", "sde": "vp", "sampler": "ddpm", "nfe_budget": 10, "sw2": 0.5,
+                                   "map_error": float("nan")}]
+    table = report.summary_table(rows, (10, 20)).splitlines()
+    assert table[0] == "| target | SDE | sampler | sw2 @ 10 | sw2 @ 20 | map_error @ 10 | map_error @ 20 |"
+    assert table[2:] == ["| t | vp | ddim | 1 | 2 | 0.0001 | 5e-05 |", "| t | vp | ddpm | 0.5 | — | — | — |"]
+
+
+def test_figure_names_have_single_underscores():
+    assert report.figure_name("scatter", "2d ring", "vp") == "scatter_2d_ring_vp.png"
+    assert report.figure_name("map_error", "16d mixture / ve") == "map_error_16d_mixture_ve.png"
+
+
+def test_write_names_every_file_with_single_underscores(tmp_path):
+    curves = [{"target": "2d ring", "sde": "vp", "sampler": s, "nfe_budget": b, "nfe": b, "sw2": 1 / b,
+               "frechet": 2 / b, "map_error": 3 / b, "diverged": False, "seconds": 0.1} for s in ("a", "b")
+              for b in (5, 10)]
+    compared = [{**_row(side, "c", 5, 0.1), "target": "2d ring", "steps": 5, "seconds": 0.0}
+                for side in ("sgm", "diffusers")]
+    meta = {"floors": {"2d ring / vp": {"sw2": 0.01, "frechet": 0.001}}, "flow_map": {"2d ring / vp": {"sw2": 0.02}}}
+    goal = report.goal_table(compared, (5,))
+    report.write(str(tmp_path), curves, meta, compared, goal)
+    names = {p.name for p in tmp_path.iterdir()}
+    assert names == {"results.csv", "compare.csv", "goal.md", "results.json", "sw2_2d_ring_vp.png",
+                     "frechet_2d_ring_vp.png", "map_error_2d_ring_vp.png"}
+    with open(tmp_path / "results.csv") as f:
+        assert [r["sampler"] for r in csv.DictReader(f)] == [r["sampler"] for r in curves]
+    with open(tmp_path / "compare.csv") as f:
+        assert [r["side"] for r in csv.DictReader(f)] == ["sgm", "diffusers"]
+    assert (tmp_path / "goal.md").read_text() == report.goal_markdown(goal) + "\n"
+    assert json.loads((tmp_path / "results.json").read_text())["goal"] == goal

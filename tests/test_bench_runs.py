@@ -1,0 +1,139 @@
+"""sgm.bench.runs: budgets are spent as the solvers declare, every deterministic sampler is compared over its
+options on every spacing, samplers that evaluate between timesteps stay off the chain, optimised grids run from
+the same x_T, and a trained checkpoint is swept on the same runs."""
+import math
+
+import pytest
+import torch
+
+import sgm
+from sgm.bench import runs
+from conftest import gen, mixture
+
+D = torch.float64
+
+
+@pytest.mark.parametrize("run", runs.curve_runs(), ids=lambda r: r.label)
+def test_curve_steps_spend_the_budget_the_solver_declares(run):
+    gm, sde = mixture(), sgm.VPSDE()
+    solver, spent = run.solver(), 0
+    for run_, budget, steps in runs.budgeted((5, 10, 20)):
+        if run_ != run:
+            continue
+        out = sgm.sample(gm.score_fn(sde), sde, (4, 2), sampler=run.sampler, steps=steps, spacing=run.spacing,
+                         generator=gen(0), dtype=D, **run.options)
+        assert out.nfe == solver.nfe(steps) <= budget < solver.nfe(steps + 1)
+        spent += 1
+    assert spent >= 1  # every curve run can spend 20 evaluations
+
+
+def test_curve_runs_are_every_registered_entrys_curves():
+    """One run per registered fixed-step sampler and per option set of its entry's ``curves``, on its default
+    spacing; labels unique."""
+    curve_runs = runs.curve_runs()
+    labels = [r.label for r in curve_runs]
+    assert len(labels) == len(set(labels))
+    expected = {(name, tuple(sorted(c.items())), None)
+                for name in sgm.samplers.available() for c in sgm.samplers.entry(name).curves
+                if sgm.samplers.solver(name, **c).evals_per_step is not None}
+    assert {(r.sampler, tuple(sorted(r.options.items())), r.spacing) for r in curve_runs} == expected
+    assert {"ode", "ddim", "euler_maruyama", "heun"} <= {r.sampler for r in curve_runs}
+
+
+def test_curve_rows_judge_every_run_and_keep_the_scatter_budgets(bench_problems):
+    p = bench_problems["vp"]
+    reference = p.target.sample(64, generator=gen(2))
+    result = runs.curve_rows(p, (5, 10), (1e-2,), reference, 0, False, scatter_nfe=(10,))
+    fixed = [r for r in result.rows if r["nfe_budget"] is not None]
+    assert len(fixed) == len(list(runs.budgeted((5, 10)))) and len(result.rows) == len(fixed) + 1
+    deterministic = {r.label for r in runs.curve_runs() if r.deterministic} | {"ode dopri5 (adaptive)"}
+    assert all((r["map_error"] == r["map_error"]) == (r["sampler"] in deterministic) for r in result.rows)
+    assert all(r["nfe"] <= r["nfe_budget"] for r in fixed)
+    assert len(result.scatter) == sum(r["nfe_budget"] == 10 and not r["diverged"] for r in fixed)
+    assert all(x.shape == (64, 2) for _, x in result.scatter)
+
+
+@pytest.mark.parametrize("sde_name", ["vp", "ve"])
+def test_every_comparison_run_counts_what_its_solver_declares(bench_problems, sde_name):
+    rows = runs.sgm_rows(bench_problems[sde_name], (5, 10))
+    assert {r["spacing"] for r in rows} == set(runs.CONTINUOUS_SPACINGS + runs.CHAIN_SPACINGS)
+    assert {(r["name"], tuple(r["options"].items())) for r in rows} == \
+        {(n, tuple(o.items())) for n, o in runs.sgm_configs()}
+    for r in rows:
+        solver = sgm.samplers.solver(r["name"], **r["options"])
+        assert r["nfe"] == solver.nfe(r["steps"]) <= r["nfe_budget"] and not solver.stochastic
+        assert not r["diverged"] and math.isfinite(r["map_error"])
+        assert r["sampler"] == runs.label(r["name"], r["options"], r["spacing"])
+
+
+def test_sgm_configs_are_every_deterministic_sampler_over_its_options():
+    configs = runs.sgm_configs()
+    names = {n for n, _ in configs}
+    for name in sgm.samplers.available():
+        assert (name in names) == (not sgm.samplers.solver(name).stochastic), name
+    for name, options in configs:
+        solver = sgm.samplers.solver(name, **options)
+        assert not solver.stochastic and solver.evals_per_step is not None
+    assert {o["method"] for n, o in configs if n == "ode"} == {"euler", "midpoint", "heun2", "heun3", "rk4"}
+    assert sum(n == "dpm_solver" for n, _ in configs) == 12  # orders 1-3 × multistep/singlestep × x0/eps
+
+
+def test_samplers_that_evaluate_between_timesteps_do_not_run_on_the_chain(bench_problems):
+    rows = [r for r in runs.sgm_rows(bench_problems["vp"], (10,)) if r["spacing"] in runs.CHAIN_SPACINGS]
+    methods = {r["options"].get("method") for r in rows if r["name"] == "ode"}
+    assert "euler" in methods and "rk4" not in methods and any(r["name"] == "ddim" for r in rows)
+
+
+def test_optimised_grids_run_the_best_configurations_from_x_T(bench_problems, monkeypatch):
+    """The two best distinct fixed configurations run on optimize_grid's grid (here a stand-in returning the logsnr
+    grid) from the same x_T, calibrated on per-sample shape (dim,); a failing optimisation is a diverged row."""
+    p = bench_problems["ve"]
+    fixed = runs.sgm_rows(p, (10,))
+    calls = []
+
+    def logsnr_grid(score, sde, steps, sampler, shape, n, generator, **options):
+        calls.append((sampler, steps, shape, n))
+        return sgm.samplers.time_grid(sde, steps, "logsnr")
+
+    monkeypatch.setattr(runs, "optimize_grid", logsnr_grid)
+    rows = runs.optimized_rows(p, (10,), fixed, 0, top=2)
+    assert len(rows) == len(calls) == 2 and all(c[2] == (2,) and c[3] == 256 for c in calls)
+    assert rows[0]["name"] != rows[1]["name"] or rows[0]["options"] != rows[1]["options"]  # two distinct samplers
+    for r in rows:
+        same = next(f for f in fixed if f["sampler"] == runs.label(r["name"], r["options"], "logsnr")
+                    and f["nfe_budget"] == 10)
+        assert r["spacing"] == "optimised" and r["nfe"] == same["nfe"] and r["map_error"] == same["map_error"]
+
+    def diverging(*args, **kwargs):
+        raise sgm.samplers.SamplerDiverged("diverged on every starting grid")
+
+    monkeypatch.setattr(runs, "optimize_grid", diverging)
+    rows = runs.optimized_rows(p, (10,), fixed, 0, top=1)
+    assert len(rows) == 1 and rows[0]["diverged"] and rows[0]["error"].startswith("optimize_grid: SamplerDiverged")
+
+
+def test_optimised_grids_use_sgms_optimize_grid(bench_problems):
+    p = bench_problems["vp"]
+    fixed = [r for r in runs.sgm_rows(p, (5,)) if r["sampler"] == "ddim, uniform"]
+    (row,) = runs.optimized_rows(p, (5,), fixed, 0, top=1)
+    assert row["sampler"] == "ddim, optimised grid" and row["nfe"] == 5 and row["optimize_seconds"] > 0
+    assert row["map_error"] <= fixed[0]["map_error"]  # the uniform grid is one of optimize_grid's starts
+
+
+def test_checkpoint_sweep_judges_a_trained_digits_model(tmp_path, monkeypatch):
+    from sgm.train import TrainConfig, Trainer
+
+    Trainer(TrainConfig(data="digits", steps=2, batch_size=8, channels=8, channel_mult=(1, 2), num_res_blocks=1,
+                        attn_levels=(), out_dir=str(tmp_path), sample_steps=2, n_samples=4, progress=False)).fit()
+    spacings, sample = [], runs.sample
+
+    def recording(*args, spacing, **kwargs):
+        spacings.append(spacing)
+        return sample(*args, spacing=spacing, **kwargs)
+
+    monkeypatch.setattr(runs, "sample", recording)
+    rows = runs.checkpoint_rows(str(tmp_path / "checkpoint.pt"), (5,), seed=0, progress=False, n=16)
+    planned = list(runs.budgeted((5,)))
+    assert [r["sampler"] for r in rows] == [r.label for r, _, _ in planned]
+    assert spacings == [r.spacing for r, _, _ in planned]  # each run on its own spacing, as in the curves
+    assert all(r["nfe"] <= 5 and r["frechet_classifier"] > 0 and 0 <= r["confident"] <= 1 for r in rows)

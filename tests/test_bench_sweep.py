@@ -1,0 +1,45 @@
+"""sgm.bench.sweep: the quick sweep writes every run, the comparison, the goal table and every figure; the
+harness is not part of ``import sgm``, and ``sgm bench`` reaches it."""
+import json
+import subprocess
+import sys
+
+from sgm.bench import report, runs, sweep
+from sgm.bench.peers import diffusers as peer
+
+
+def test_import_sgm_does_not_load_the_bench():
+    code = "import sys, sgm; sgm.samplers.optimize_grid; print(sorted(m for m in sys.modules if m.startswith('sgm.bench')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_sgm_bench_is_the_sweeps_command():
+    from sgm.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "--quick", "--only", "compare", "--targets", "16d mixture"])
+    assert args.func is sweep.run_from_args and args.quick and args.only == "compare"
+    assert args.targets == ["16d mixture"] and args.out == "benchmarks/results"
+
+
+def test_quick_sweep_writes_every_run_and_figure(tmp_path, monkeypatch):
+    monkeypatch.setattr(sweep, "QUICK_NFE", (5, 10))
+    monkeypatch.setattr(sweep, "QUICK_COMPARE_NFE", (10,))
+    monkeypatch.setattr(sweep, "QUICK_TOLERANCES", (1e-2,))
+    configs = [c for c in peer.configs() if c.label.endswith("trailing")][:3]
+    monkeypatch.setattr(peer, "configs", lambda: configs)
+    rows = sweep.run_sweep(str(tmp_path), quick=True, n=200, progress=False)
+    per_sde = len(list(runs.budgeted((5, 10)))) + 1
+    assert len(rows) == 2 * per_sde
+    assert not any(r["diverged"] for r in rows if r["nfe_budget"] == 10)
+    out = json.loads((tmp_path / "results.json").read_text())
+    meta, compared, goal = out["meta"], out["compare"], out["goal"]
+    assert set(meta["floors"]) == set(meta["flow_map"]) == {"2d ring / vp", "2d ring / ve"}
+    assert meta["n"] == 200 and meta["nfe_grid"] == [5, 10] and meta["compare_nfe"] == [10]
+    assert {r["side"] for r in compared} == ({"sgm", "diffusers"} if configs else {"sgm"})
+    assert not any(r["sampler"].endswith("optimised grid") for r in compared)  # --quick: no optimised grids
+    assert [(g["sde"], g["nfe"]) for g in goal] == [("vp", 10), ("ve", 10)]
+    assert all(g["sgm_error"] > 0 for g in goal)
+    figures = {f"{kind}_2d_ring_{sde}.png" for kind in ("scatter",) + report.CURVE_METRICS for sde in ("vp", "ve")}
+    assert {p.name for p in tmp_path.iterdir()} == figures | {"results.csv", "compare.csv", "goal.md", "results.json"}
+    assert all((tmp_path / name).stat().st_size > 0 for name in figures)

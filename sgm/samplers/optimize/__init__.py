@@ -3,8 +3,8 @@
 ``optimize_grid(score, sde, steps, sampler, shape=…, optimizer=…)`` is the one entry point; ``optimizer`` chooses
 the step optimiser (each module's docstring states its objective as an equation, its algorithm and its cost):
 
-- ``"descent"`` (default): coordinate pattern search on the sampler's map error ``E(G) = mean_i ‖S_G(x_T^i) - Φ(x_T^i)‖``
-  on the calibration draws, against the probability-flow map ``Φ`` by dopri5 (``descent``);
+- ``"descent"`` (default): coordinate pattern search on the sampler's map error
+  ``E(G) = mean_i ‖S_G(x_T^i) - Φ(x_T^i)‖`` on the calibration draws, against the probability-flow map ``Φ`` by dopri5 (``descent``);
 - ``"gits"``: GITS's dynamic programming over a fine candidate grid with its local Euler-step costs against a
   teacher trajectory (Chen et al., 2024; ``gits``);
 - ``"dmn"``: DM-NonUniform's model-free error bound of a multistep exponential integrator, minimised by the
@@ -48,7 +48,7 @@ __all__ = ["optimize_grid", "flow_map", "map_error", "cheapest_path", "fingerpri
            "FIXED_SPACINGS", "FREE_START", "MIN_MOVE"]
 
 OPTIMIZERS = ("descent", "gits", "dmn", "ays", "ld3")
-# free_start=None takes these (benchmarks/optimize_grid.py --free-start measures both; docs/samplers.md has the
+# free_start=None takes these (benchmarks/optimize_grid.py --variants measures both; docs/samplers.md has the
 # numbers); DMN's and AYS's objectives have no term for the mismatch of starting below T, so they cannot free it.
 FREE_START = {"descent": True, "gits": True, "dmn": False, "ays": False, "ld3": True}
 OPTIONS = {"descent": {}, "gits": {k: v for k, v in GITS_DEFAULTS.items() if k != "candidates"},
@@ -77,7 +77,8 @@ def _options(optimizer: str, given) -> dict:
 def _ld3_options(o: dict) -> dict:
     o = dict(o)
     o["init"] = choice("optimizer_options['init']", o["init"], ("uniform", "best"))
-    o["rounds"], o["batch"], o["patience"] = (integer(f"optimizer_options[{k!r}]", o[k], 1) for k in ("rounds", "batch", "patience"))
+    for k in ("rounds", "batch", "patience"):
+        o[k] = integer(f"optimizer_options[{k!r}]", o[k], 1)
     for k in ("lr", "momentum", "clip", "lr_decay", "min_lr"):
         o[k] = real(f"optimizer_options[{k!r}]", o[k], 0.0)
     for k in ("radius", "shift_lr", "fd_step"):
@@ -98,8 +99,8 @@ def optimize_grid(score, sde: GaussianPath, steps: int, sampler: str = "ddim", *
     ``score(x, t)`` on ``n`` prior draws of per-sample ``shape`` from ``generator`` in ``dtype`` on ``device``.
 
     ``start``: the initial spacing (default: the best of ``FIXED_SPACINGS`` by the optimiser's objective; LD3: uniform
-    in ``u``; DMN: ``logsnr``); ``dp``, ``candidates``, ``sweeps``, ``tol``: the descent's options (``candidates`` is also
-    GITS's fine-grid size, 61; ``sweeps`` and ``tol`` also AYS's); ``reference_tol``: dopri5's tolerance for ``Φ``;
+    in ``u``; DMN: ``logsnr``); ``dp``, ``candidates``, ``sweeps``, ``tol``: the descent's options (``candidates``
+    is also GITS's fine-grid size, 61; ``sweeps`` and ``tol`` also AYS's); ``reference_tol``: dopri5's tolerance for ``Φ``;
     ``optimizer_options``: the other hyper-parameters of the chosen optimiser (``OPTIONS``, their published values by
     default); ``progress``: a progress bar. The sampler must be deterministic, except for ``optimizer="ays"``, whose
     bound is that of a stochastic sampler.
@@ -107,7 +108,8 @@ def optimize_grid(score, sde: GaussianPath, steps: int, sampler: str = "ddim", *
     if not callable(score):
         raise TypeError(f"score must be callable as score(x, t), got {type(score).__name__}")
     if not isinstance(sde, GaussianPath):
-        raise TypeError(f"sde must be an sgm path (GaussianPath: VPSDE, VESDE, RectifiedFlow, …), got {type(sde).__name__}")
+        raise TypeError("sde must be an sgm path (GaussianPath: VPSDE, VESDE, RectifiedFlow, …), "
+                        f"got {type(sde).__name__}")
     steps = integer("steps", steps, 2)
     if not isinstance(sampler, str):
         raise TypeError(f"sampler must be a sampler name (str), got {type(sampler).__name__}")
@@ -127,8 +129,8 @@ def optimize_grid(score, sde: GaussianPath, steps: int, sampler: str = "ddim", *
         flag("free_start", free_start)
     free = FREE_START[optimizer] if free_start is None else free_start
     if free and optimizer in ("dmn", "ays"):
-        raise ValueError(f"free_start=True is not available with optimizer={optimizer!r}: its objective has no term for "
-                         "the mismatch of starting below T (use 'descent', 'gits' or 'ld3')")
+        raise ValueError(f"free_start=True is not available with optimizer={optimizer!r}: its objective has no "
+                         "term for the mismatch of starting below T (use 'descent', 'gits' or 'ld3')")
     if candidates is None:
         candidates = GITS_DEFAULTS["candidates"] if optimizer == "gits" else min(max(3 * steps, 24), 64)
     candidates = integer("candidates", candidates, max(steps, 3))
@@ -168,7 +170,8 @@ def optimize_grid(score, sde: GaussianPath, steps: int, sampler: str = "ddim", *
         elif optimizer == "gits":
             grid, record = gits(counted, sde, steps, x_T, eps, free_start=free, candidates=candidates, **settings)
         elif optimizer == "dmn":
-            grid, record = dmn(sde, steps, eps, ode_order(method), counted.predicts, positions, start=start or "logsnr", **settings)
+            grid, record = dmn(sde, steps, eps, ode_order(method), counted.predicts, positions,
+                               start=start or "logsnr", **settings)
         elif optimizer == "ays":
             klub = KLUB(counted, sde, reference, generator)
             grid, record = ays(klub, positions, steps, start=start, sweeps=sweeps, tol=tol, **settings)

@@ -10,7 +10,8 @@ integrates ``e^λ`` against each Lagrange basis polynomial ``ℓ_j``: ``J_{s,j} 
 (closed forms in ``H_k(h) = ∫_0^h e^q q^k dq``). An error ``δ_j`` of the prediction at node ``j`` moves the result by
 ``σ_N Σ_s J_{s,j} δ_j``; with ``|δ_j| ∝ w_j`` DMN bounds the total by
 
-    B(λ) = Σ_{s: p_s = 1} |J_{s,s} w_s| + Σ_{s < 3, p_s > 1} (Σ_j (J_{s,j} w_j)²)^{1/2} + Σ_j |Σ_{s ≥ 3, p_s > 1} J_{s,j} w_j|
+    B(λ) = Σ_{s: p_s = 1} |J_{s,s} w_s| + Σ_{s < 3, p_s > 1} (Σ_j (J_{s,j} w_j)²)^{1/2}
+           + Σ_j |Σ_{s ≥ 3, p_s > 1} J_{s,j} w_j|
 
 (the first steps' errors add in quadrature, the later ones node by node with their signs). DMN's weight
 ``w = σ²/α`` is the ``x̂_0`` error of a constant error in a VP score model's output; sgm takes the ``x̂_0`` error of a
@@ -68,8 +69,8 @@ def prediction_weight(sde, kind: str, lam: torch.Tensor) -> torch.Tensor:
     t = torch.where(torch.isinf(lam), torch.full_like(lam, sde.T), sde.time_at_lam(lam.clamp_min(-700)).to(lam))
     nodes = path_nodes(sde, t)
     try:
-        return torch.tensor([abs(float(coefficients("x0", kind, n.scale, n.std, n.d_scale, n.d_std)[1])) for n in nodes],
-                            dtype=torch.float64)
+        return torch.tensor([abs(float(coefficients("x0", kind, n.scale, n.std, n.d_scale, n.d_std)[1]))
+                             for n in nodes], dtype=torch.float64)
     except ValueError:
         raise ValueError(f"DMN's weight of a {kind} model's error is infinite at the top (α = 0: x̂_0 is undefined "
                          "from it); use a model that predicts x0, v or velocity on this path") from None
@@ -164,4 +165,5 @@ def dmn(sde, steps: int, eps: float, order: int, kind: str, positions: Positions
     x = np.maximum.accumulate(np.clip(res.x, -np.inf, lamN))  # monotone against the last rounding
     u = [0.0] + [positions.of_lam(float(v)) for v in x] + [1.0]
     return positions.grid(u), {"objective": float(res.fun), "start": start, "iterations": int(res.nit),
-                               "initial_objective": fun(x0)[0], "evaluations": int(res.nfev), "lams": [lam0, *map(float, x), lamN]}
+                               "initial_objective": fun(x0)[0], "evaluations": int(res.nfev),
+                               "lams": [lam0, *map(float, x), lamN]}

@@ -1,14 +1,14 @@
 """Which model a grid was calibrated for: a fingerprint recorded in ``grid.info["model"]`` and checked when the grid is
-loaded or sampled with (``TimeGrid.load(path, sde, model=…)``, ``grid.check_model(model)``, ``sgm.sample``).
+loaded or sampled with (``TimeGrid.load(path, sde, model=…)``, ``grid.check_model(model, sde)``, ``sgm.sample``).
 
-The fingerprint is the model's class (module and qualified name), its parameter count (of the model's ``torch.nn.Module`` or its ``net``; 0 for a plain function), the
-kind it predicts, a projection of each of its weight tensors on a fixed Gaussian direction (for a
-``torch.nn.Module`` or a model's ``net``) and a probe: its outputs on a fixed batch of ``PROBE_BATCH`` states ``√(α² + σ²)·z`` (``z`` from a
-fixed seed) at ``PROBE_TIMES`` fractions of ``[eps, T]``, reduced to two numbers per time — the inner product with a
-fixed Gaussian direction and the norm. Two models match when class, parameter count and kind are equal and the weight projections and
-the probe agree to a relative ``PROBE_RTOL`` (float rounding across devices and dtypes passes; other weights, another mixture
-or a retrained network do not). Probing costs ``len(PROBE_TIMES)`` evaluations of ``PROBE_BATCH`` states, outside any
-calibration count.
+The fingerprint is the model's class (module and qualified name), its parameter count (of the model's
+``torch.nn.Module`` or its ``net``; 0 for a plain function), the kind it predicts, a projection of each of its weight
+tensors on a fixed Gaussian direction and a probe: its outputs on a fixed batch of ``PROBE_BATCH`` states
+``√(α² + σ²)·z`` (``z`` from a fixed seed) at ``PROBE_TIMES`` fractions of ``[eps, T]``, reduced to two numbers per
+time — the inner product with a fixed Gaussian direction and the norm. Two models match when class, parameter count
+and kind are equal and the weight projections and the probe agree to a relative ``PROBE_RTOL`` (float rounding across
+devices and dtypes passes; other weights, another mixture or a retrained network do not). Probing costs
+``len(PROBE_TIMES)`` evaluations of ``PROBE_BATCH`` states, outside any calibration count.
 """
 from __future__ import annotations
 

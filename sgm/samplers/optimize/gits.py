@@ -105,7 +105,8 @@ def gits(model, sde, steps: int, x_T: Tensor, eps: float, *, free_start: bool, c
     path = cheapest_path(cost, steps, coeff, jump if free_start else None)
     if path is None:
         raise ValueError("GITS found no path of finite cost (the teacher or the Euler steps diverged)")
-    total = (jump[path[0]] if free_start else 0.0) + sum(coeff**e * cost[a][b] for e, (a, b) in enumerate(zip(path, path[1:])))
+    total = (jump[path[0]] if free_start else 0.0) + sum(
+        coeff**e * cost[a][b] for e, (a, b) in enumerate(zip(path, path[1:])))
     grid = TimeGrid((*(fine.noisy[k] for k in path), *fine.nodes[len(fine.noisy):]), fine.sde)
     return grid, {"candidates": candidates, "coeff": coeff, "metric": metric, "spacing": spacing,
                   "teacher": {"sampler": teacher, "options": teacher_options}, "path": path, "objective": total}

@@ -1,11 +1,12 @@
-"""``optimizer="ld3"``: Learning to Discretize Denoising Diffusion ODEs (Tong, Yan, Nguyen, Hoang & others, ICLR 2025;
-code ``vinhsuhi/LD3``): the grid learned by gradient descent on the soft teacher loss.
+"""``optimizer="ld3"``: Learning to Discretize Denoising Diffusion ODEs (Tong, Hoang, Liu, Van den Broeck &
+Niepert, ICLR 2025; code ``vinhsuhi/LD3``): the grid learned by gradient descent on the soft teacher loss.
 
 Parameters ``ξ``: the grid's positions are ``u = cumsum(softmax(ξ))`` between ``u = 0`` (the top, or with a free first
-node ``u_0 = softmax(ξ)_0 > 0``) and ``u = 1`` (``eps``), monotone by construction (LD3's λ mode: its uniform start
-``ξ = const`` is the uniform grid in ``u``, i.e. in λ on VP and VE). With the student ``Ψ_ξ`` (the sampler on that
-grid) and the teacher ``Φ`` (dopri5, the reference), the **soft teacher loss** of a draw ``x_T = s z`` (``s`` the
-prior std) is
+node ``u_0 = softmax(ξ)_0 > 0``) and ``u = 1`` (``eps``), monotone by construction (LD3's λ mode). ``ξ`` starts at
+the best fixed spacing on the calibration draws (``init="best"``, measured better than LD3's uniform start
+``ξ = const``, ``init="uniform"``: the uniform grid in ``u``, i.e. in λ on VP and VE). With the student ``Ψ_ξ`` (the
+sampler on that grid) and the teacher ``Φ`` (dopri5, the reference), the **soft teacher loss** of a draw
+``x_T = s z`` (``s`` the prior std) is
 
     ℓ(ξ; z) = min_{‖z' - z‖ ≤ r} ‖Ψ_ξ(s z') - Φ(s z)‖,    L(ξ) = mean over the training draws,
 

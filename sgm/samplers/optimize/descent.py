@@ -61,10 +61,11 @@ def cheapest_path(cost: list[list[float]], nodes: int, coeff: float = 1.0,
 
 def _trajectory(model: Model, x_T: Tensor, grid: TimeGrid, tol: float) -> list[Tensor]:
     """The probability-flow states at every noisy node of ``grid``: one dopri5 run at ``rtol = atol = tol`` that lands
-    on each node (``step_t``)."""
+    on each node (``step_t``); the initial step's probe is held inside the interval."""
     ts = torch.tensor([n.t for n in grid.noisy], dtype=x_T.dtype, device=x_T.device)
-    return list(odeint(lambda t, y: model(y, float(t)).velocity, x_T, ts, method="dopri5", rtol=tol, atol=tol,
-                       options={"step_t": ts}))
+    lo, hi = grid.noisy[-1].t, grid.noisy[0].t
+    return list(odeint(lambda t, y: model(y, min(max(float(t), lo), hi)).velocity, x_T, ts, method="dopri5",
+                       rtol=tol, atol=tol, options={"step_t": ts}))
 
 
 def _dp_start(objective: MapError, positions: Positions, steps: int, candidates: int, tol: float) -> TimeGrid | None:

@@ -42,6 +42,7 @@ import torch
 
 from ..checks import choice, flag, integer, positive, real
 from ..paths import DiscreteChain, GaussianPath
+from .fingerprint import check_model
 
 __all__ = ["Node", "TimeGrid", "time_grid", "SPACINGS", "FAMILIES", "path_family"]
 
@@ -136,13 +137,10 @@ class TimeGrid:
     def check_model(self, model, sde: GaussianPath, device=None) -> None:
         """Raise ``ValueError`` when the grid was made for another path than ``sde`` or calibrated for another model
         than ``model`` (``info["model"]``: the fingerprint ``optimize_grid`` records — class, parameter count,
-        predicted kind and outputs on a fixed probe batch, see ``sgm.samplers.optimize.fingerprint``). A grid without
+        predicted kind and outputs on a fixed probe batch, see ``sgm.samplers.fingerprint``). A grid without
         a fingerprint is accepted for any model."""
         self.check_sde(sde)
-        recorded = self.info.get("model")
-        if recorded is not None:
-            from .optimize.fingerprint import check_model
-            check_model(recorded, model, sde, device)
+        check_model(self.info.get("model"), model, sde, device=device)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the grid to ``path`` as JSON: nodes ``[t, scale, std, d_scale, d_std]`` (floats round-trip exactly),

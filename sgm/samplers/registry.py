@@ -294,8 +294,7 @@ def sample(score, sde: GaussianPath, shape, sampler: str = "euler_maruyama", ste
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     device = (generator.device if generator is not None else torch.device("cpu")) if device is None \
         else resolve_device(device)
-    if grid.info.get("model") is not None:  # an optimised grid is refused for another model than its own
-        grid.check_model(score, sde, device)
+    grid.check_model(score, sde, device)  # refused: a grid for another path, an optimised one for another model
     noise = None if seeds is None else SeededNoise(seeds, torch.empty(shape, dtype=dtype, device=device))
     if x_init is not None:
         x = x_init.to(dtype=dtype, device=device)

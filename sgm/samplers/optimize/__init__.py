@@ -4,7 +4,8 @@
 the step optimiser (each module's docstring states its objective as an equation, its algorithm and its cost):
 
 - ``"descent"`` (default): coordinate pattern search on the sampler's map error
-  ``E(G) = mean_i ‖S_G(x_T^i) - Φ(x_T^i)‖`` on the calibration draws, against the probability-flow map ``Φ`` by dopri5 (``descent``);
+  ``E(G) = mean_i ‖S_G(x_T^i) - Φ(x_T^i)‖`` on the calibration draws, against the probability-flow map ``Φ`` by
+  dopri5 (``descent``);
 - ``"gits"``: GITS's dynamic programming over a fine candidate grid with its local Euler-step costs against a
   teacher trajectory (Chen et al., 2024; ``gits``);
 - ``"dmn"``: DM-NonUniform's model-free error bound of a multistep exponential integrator, minimised by the
@@ -19,9 +20,9 @@ node leave ``T`` (the sampler then starts from the prior draw at ``t_0 < T``); `
 measured default (``FREE_START``). Every grid records in ``grid.info`` how it was made (``optimizer``, the sampler and
 options, the method's own record), its calibration cost (``info["cost"]``: evaluations of a batch of the ``n``
 calibration draws, ``draws``, ``sample_evaluations``, ``backward`` passes, ``seconds``) and the fingerprint of the
-model it was calibrated for (``info["model"]``, see ``fingerprint``; ``None`` for DMN, whose grid does not depend on the
-model); ``grid.save(path)`` writes it, ``TimeGrid.load(path, sde, model=…)`` refuses another path or model, and
-``sgm.sample`` refuses a grid calibrated for another model.
+model it was calibrated for (``info["model"]``, see ``sgm.samplers.fingerprint``; ``None`` for DMN, whose grid does
+not depend on the model); ``grid.save(path)`` writes it, ``TimeGrid.load(path, sde, model=…)`` refuses another path
+or model, and ``sgm.sample`` refuses a grid calibrated for another model or made for another path.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from tqdm.auto import tqdm
 from ...checks import choice, flag, integer, real
 from ...paths import GaussianPath
 from ..base import SamplerDiverged
+from ..fingerprint import fingerprint
 from ..grid import TimeGrid, check_eps, time_grid
 from ..solver import integrate
 from .ays import KLUB, ays
@@ -40,11 +42,10 @@ from .common import (FIXED_SPACINGS, Cost, Counted, MapError, Positions, check_s
                      map_error, ode_order)
 from .descent import MIN_MOVE, cheapest_path, descend
 from .dmn import dmn
-from .fingerprint import check_model, fingerprint
 from .gits import GITS_DEFAULTS, gits
 from .ld3 import LD3_DEFAULTS, ld3
 
-__all__ = ["optimize_grid", "flow_map", "map_error", "cheapest_path", "fingerprint", "check_model", "OPTIMIZERS",
+__all__ = ["optimize_grid", "flow_map", "map_error", "cheapest_path", "OPTIMIZERS",
            "FIXED_SPACINGS", "FREE_START", "MIN_MOVE"]
 
 OPTIMIZERS = ("descent", "gits", "dmn", "ays", "ld3")
@@ -98,9 +99,10 @@ def optimize_grid(score, sde: GaussianPath, steps: int, sampler: str = "ddim", *
     for the fixed-step ``sampler`` with ``options``, chosen by ``optimizer`` (see the package docstring) for the model
     ``score(x, t)`` on ``n`` prior draws of per-sample ``shape`` from ``generator`` in ``dtype`` on ``device``.
 
-    ``start``: the initial spacing (default: the best of ``FIXED_SPACINGS`` by the optimiser's objective; LD3: uniform
-    in ``u``; DMN: ``logsnr``); ``dp``, ``candidates``, ``sweeps``, ``tol``: the descent's options (``candidates``
-    is also GITS's fine-grid size, 61; ``sweeps`` and ``tol`` also AYS's); ``reference_tol``: dopri5's tolerance for ``Φ``;
+    ``start``: the initial spacing (default: the best of ``FIXED_SPACINGS`` by the optimiser's objective, for LD3 by
+    the map error on its calibration draws unless ``optimizer_options={"init": "uniform"}``, uniform in ``u``; DMN:
+    ``logsnr``); ``dp``, ``candidates``, ``sweeps``, ``tol``: the descent's options (``candidates`` is also GITS's
+    fine-grid size, 61; ``sweeps`` and ``tol`` also AYS's); ``reference_tol``: dopri5's tolerance for ``Φ``;
     ``optimizer_options``: the other hyper-parameters of the chosen optimiser (``OPTIONS``, their published values by
     default); ``progress``: a progress bar. The sampler must be deterministic, except for ``optimizer="ays"``, whose
     bound is that of a stochastic sampler.

@@ -1,14 +1,15 @@
-"""Which model a grid was calibrated for: a fingerprint recorded in ``grid.info["model"]`` and checked when the grid is
-loaded or sampled with (``TimeGrid.load(path, sde, model=…)``, ``grid.check_model(model, sde)``, ``sgm.sample``).
+"""Which model a calibrated object (an optimised grid, a learned correction) was made for: a record of the model,
+``fingerprint``, and a check against it, ``check_model`` (``TimeGrid.load(path, sde, model=…)``,
+``grid.check_model(model, sde)`` and ``sgm.sample`` use it for ``grid.info["model"]``).
 
 The fingerprint is the model's class (module and qualified name), its parameter count (of the model's
 ``torch.nn.Module`` or its ``net``; 0 for a plain function), the kind it predicts, a projection of each of its weight
 tensors on a fixed Gaussian direction and a probe: its outputs on a fixed batch of ``PROBE_BATCH`` states
 ``√(α² + σ²)·z`` (``z`` from a fixed seed) at ``PROBE_TIMES`` fractions of ``[eps, T]``, reduced to two numbers per
 time — the inner product with a fixed Gaussian direction and the norm. Two models match when class, parameter count
-and kind are equal and the weight projections and the probe agree to a relative ``PROBE_RTOL`` (float rounding across
-devices and dtypes passes; other weights, another mixture or a retrained network do not). Probing costs
-``len(PROBE_TIMES)`` evaluations of ``PROBE_BATCH`` states, outside any calibration count.
+and kind are equal and the weight projections (where recorded) and the probe agree to a relative ``PROBE_RTOL``
+(float rounding across devices and dtypes passes; other weights, another mixture or a retrained network do not).
+Probing costs ``len(PROBE_TIMES)`` evaluations of ``PROBE_BATCH`` states, outside any calibration count.
 """
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ import math
 
 import torch
 
-from ...paths import GaussianPath
-from ...predictions import predicts
+from ..paths import GaussianPath
+from ..predictions import predicts
 
 __all__ = ["fingerprint", "check_model", "PROBE_SEED", "PROBE_BATCH", "PROBE_TIMES", "PROBE_RTOL"]
 
@@ -80,9 +81,9 @@ def fingerprint(model, sde: GaussianPath, shape, dtype: torch.dtype = torch.floa
             "weights": _weights(model), "shape": list(shape), "dtype": str(dtype).replace("torch.", "")}
 
 
-def check_model(recorded: dict | None, model, sde: GaussianPath, device=None) -> None:
-    """Raise ``ValueError`` when ``model`` is not the model whose fingerprint is ``recorded`` (``None``: a grid that
-    does not depend on the model, accepted for any)."""
+def check_model(recorded: dict | None, model, sde: GaussianPath, what: str = "grid", device=None) -> None:
+    """Raise ``ValueError`` naming what differs when ``model`` is not the model whose fingerprint is ``recorded``
+    (``None``: an object that does not depend on the model, accepted for any); ``what`` names the calibrated object."""
     if recorded is None:
         return
     if not callable(model):
@@ -91,12 +92,14 @@ def check_model(recorded: dict | None, model, sde: GaussianPath, device=None) ->
     mine = fingerprint(model, sde, tuple(recorded["shape"]), dtype, device)
     for key in ("class", "parameters", "predicts"):
         if mine[key] != recorded.get(key):
-            raise ValueError(f"grid was calibrated for another model ({key} {recorded.get(key)!r}, this model's "
-                             f"{mine[key]!r}); optimise a grid for this model")
-    for key, what in (("probe", "its outputs on the probe batch"), ("weights", "its weights")):
-        a, b = mine[key], recorded.get(key, [])
+            raise ValueError(f"{what} was calibrated for another model ({key} {recorded.get(key)!r}, this model's "
+                             f"{mine[key]!r}); calibrate again for this model")
+    for key, how in (("probe", "its outputs on the probe batch"), ("weights", "its weights")):
+        if key not in recorded:  # a record without weight projections checks the probe alone
+            continue
+        a, b = mine[key], recorded[key]
         scale = max((abs(v) for v in b), default=0.0)
         if len(a) != len(b) or any(not math.isclose(x, y, rel_tol=PROBE_RTOL, abs_tol=PROBE_RTOL * scale)
                                    for x, y in zip(a, b)):
-            raise ValueError(f"grid was calibrated for another model ({what} differ: {b[:6]} recorded, {a[:6]} "
-                             "now); optimise a grid for this model")
+            raise ValueError(f"{what} was calibrated for another model ({how} differ: {b[:6]} recorded, {a[:6]} "
+                             "now); calibrate again for this model")

@@ -50,7 +50,8 @@ __all__ = ["optimize_grid", "flow_map", "map_error", "cheapest_path", "OPTIMIZER
 
 OPTIMIZERS = ("descent", "gits", "dmn", "ays", "ld3")
 # free_start=None takes these (benchmarks/optimize_grid.py --variants measures both; docs/samplers.md has the
-# numbers); DMN's and AYS's objectives have no term for the mismatch of starting below T, so they cannot free it.
+# descent's and GITS's numbers, free equal or better in every cell); DMN's and AYS's objectives have no term for the
+# mismatch of starting below T, so they cannot free it.
 FREE_START = {"descent": True, "gits": True, "dmn": False, "ays": False, "ld3": True}
 OPTIONS = {"descent": {}, "gits": {k: v for k, v in GITS_DEFAULTS.items() if k != "candidates"},
            "dmn": {"maxiter": 1000}, "ays": {"xatol": 1e-3}, "ld3": LD3_DEFAULTS}

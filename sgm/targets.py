@@ -33,6 +33,7 @@ import math
 import torch
 from torch import Tensor
 
+from .checks import choice
 from .labels import check_class_labels
 from .paths import SDE, DiscreteChain
 from .predictions import KINDS
@@ -66,8 +67,7 @@ class _Mixture:
     def prediction_fn(self, sde: SDE, kind: str = "x0"):
         """The exact model of ``kind``: ``m(x, t)`` with ``m.predicts = kind``. ``x0`` (the default) runs every sampler
         from the exact top of every path (a score cannot give ``x̂_0`` where ``α = 0``)."""
-        if kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        choice("kind", kind, KINDS)
 
         def model(x: Tensor, t: Tensor) -> Tensor:
             return self.predict(x, t, sde, kind)
@@ -394,8 +394,7 @@ class FullGaussianMixture(_Mixture):
 
 def _exact_prediction(mixture, x: Tensor, t: Tensor, sde: SDE, kind: str) -> Tensor:
     """``kind`` from the exact ``x̂_0`` and ``ε̂ = -σ s`` of ``mixture`` (``p·x̂_0 + q·ε̂``, ``sgm.predictions``)."""
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    choice("kind", kind, KINDS)
     if kind == "score":
         return mixture.score(x, t, sde)
     t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])

@@ -50,6 +50,29 @@ KARRAS_RHO = 7.0
 SPACINGS = ("uniform", "quadratic", "logsnr", "geometric", "karras", "leading", "trailing")
 
 
+class Transition(NamedTuple):
+    """The forward move from a node ``b`` to a noisier node ``a`` of one Gaussian path and DDPM's posterior of it:
+
+        x_a = r·x_b + √v·z,   r = scale_a/scale_b,   v = std_a² − r² std_b²,
+        q(x_b | x_a, x_0) = N(c_x·x_a + c_0·x_0, β̃),   c_x = r std_b²/std_a²,   c_0 = scale_b v/std_a²,
+        β̃ = std_b² v/std_a²
+
+    (on DDPM's chain ``r = √α_i``, ``v = β_i``; on VE ``r = 1``, ``v = σ_a² − σ_b²``; from rectified flow's exact
+    top ``r = 0``, ``v = std_a²``). The fields are floats, or tensors when built from tensors (``between``)."""
+
+    r: float
+    v: float
+    c_x: float
+    c_0: float
+    posterior_var: float
+
+    @classmethod
+    def between(cls, scale_a, std_a, scale_b, std_b) -> "Transition":
+        r = scale_a / scale_b
+        v = std_a**2 - r**2 * std_b**2
+        return cls(r, v, r * std_b**2 / std_a**2, scale_b * v / std_a**2, std_b**2 * v / std_a**2)
+
+
 class Node(NamedTuple):
     t: float
     scale: float
@@ -72,6 +95,10 @@ class Node(NamedTuple):
         if self.std == 0:
             return math.inf
         return math.log(self.scale / self.std) if self.scale > 0 else -math.inf
+
+    def transition(self, b: "Node") -> Transition:
+        """The forward move from the less noisy node ``b`` to this one (``Transition``)."""
+        return Transition.between(self.scale, self.std, b.scale, b.std)
 
 
 DATA_NODE = Node(0.0, 1.0, 0.0)

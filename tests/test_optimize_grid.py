@@ -505,6 +505,8 @@ def test_load_rejects_bad_files(tmp_path, content, match):
     ({"n": 1, "optimizer": "ld3"}, ValueError, "n must be"),
     ({"n": 2.5}, TypeError, "n must be"),
     ({"shape": 2}, TypeError, "shape"),
+    ({"shape": (0,)}, ValueError, "shape must have positive sizes"),
+    ({"shape": (2.5,)}, TypeError, "shape must be a non-empty tuple of ints"),
     ({"start": "trailing"}, ValueError, "start"),
     ({"sweeps": -1}, ValueError, "sweeps"),
     ({"dp": 1}, TypeError, "dp"),

@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from ..checks import integer
+from ..checks import integer, shape as check_shape
 from ..device import resolve_device
 from ..paths import GaussianPath
 from .base import SamplerOutput, check_state
@@ -199,19 +199,6 @@ def get(name: str) -> Callable[..., SamplerOutput]:
     return run
 
 
-def _check_shape(shape) -> tuple[int, ...]:
-    if isinstance(shape, torch.Size):
-        shape = tuple(shape)
-    if not isinstance(shape, (tuple, list)) or not shape:
-        raise TypeError(f"shape must be a non-empty tuple of ints (batch, ...), got {shape!r}")
-    try:
-        return tuple(integer("shape", n) for n in shape)
-    except TypeError:
-        raise TypeError(f"shape must be a non-empty tuple of ints (batch, ...), got {shape!r}") from None
-    except ValueError:
-        raise ValueError(f"shape must have positive sizes, got {tuple(shape)}") from None
-
-
 def budget_grid(method: Solver, sde: GaussianPath, nfe: int, spacing: str, eps=None, denoise: bool = True,
                 train_steps: int = 1000, rho: float = KARRAS_RHO, t_max=None) -> TimeGrid:
     """The grid of the most noise levels on which ``method`` spends at most ``nfe`` evaluations (``grid_nfe``:
@@ -259,7 +246,7 @@ def sample(score, sde: GaussianPath, shape, sampler: str = "euler_maruyama", ste
                         f"got {type(sde).__name__}")
     if not callable(score):
         raise TypeError(f"score must be callable as score(x, t), got {type(score).__name__}")
-    shape = _check_shape(shape)
+    shape = check_shape("shape", shape)
     method = solver(sampler, **options_)
     if steps is not None and nfe is not None:
         raise ValueError("give steps (noise levels) or nfe (a budget of model evaluations), not both")

@@ -31,14 +31,14 @@ import math
 import torch
 from tqdm.auto import tqdm
 
-from ...checks import choice, flag, integer, real
+from ...checks import choice, flag, integer, real, shape as check_shape
 from ...paths import GaussianPath
 from ..base import SamplerDiverged
 from ..fingerprint import fingerprint
 from ..grid import TimeGrid, check_eps, time_grid
 from ..solver import integrate
 from .ays import KLUB, ays
-from .common import (FIXED_SPACINGS, Cost, Counted, MapError, Positions, check_shape, check_solver, flow_map,
+from .common import (FIXED_SPACINGS, Cost, Counted, MapError, Positions, check_solver, flow_map,
                      map_error, ode_order)
 from .descent import MIN_MOVE, cheapest_path, descend
 from .dmn import dmn
@@ -118,7 +118,7 @@ def optimize_grid(score, sde: GaussianPath, steps: int, sampler: str = "ddim", *
         raise TypeError(f"sampler must be a sampler name (str), got {type(sampler).__name__}")
     optimizer = choice("optimizer", optimizer, OPTIMIZERS)
     method = check_solver(sampler, options, stochastic_ok=optimizer == "ays")
-    shape = check_shape(shape)
+    shape = check_shape("shape", shape)
     n = integer("n", n, 2 if optimizer == "ld3" else 1)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")

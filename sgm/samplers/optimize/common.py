@@ -21,11 +21,10 @@ from ...paths import GaussianPath
 from ...predictions import predicts
 from ..base import SamplerDiverged, check_state
 from ..grid import TimeGrid, time_grid
-from ..registry import _check_shape as check_shape  # noqa: F401  (the registry's own shape check)
 from ..registry import solver as make_solver
 from ..solver import Solver, integrate
 
-__all__ = ["FIXED_SPACINGS", "Positions", "Counted", "flow_map", "map_error", "MapError", "check_shape",
+__all__ = ["FIXED_SPACINGS", "Positions", "Counted", "flow_map", "map_error", "MapError",
            "check_solver", "ode_order", "Cost"]
 
 FIXED_SPACINGS = ("uniform", "quadratic", "logsnr", "karras")

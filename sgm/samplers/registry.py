@@ -31,7 +31,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from ..checks import integer
+from ..checks import integer, shape as check_shape
 from ..device import resolve_device
 from ..paths import GaussianPath
 from .base import SamplerOutput, check_state
@@ -249,19 +249,6 @@ def get(name: str) -> Callable[..., SamplerOutput]:
     return run
 
 
-def _check_shape(shape) -> tuple[int, ...]:
-    if isinstance(shape, torch.Size):
-        shape = tuple(shape)
-    if not isinstance(shape, (tuple, list)) or not shape:
-        raise TypeError(f"shape must be a non-empty tuple of ints (batch, ...), got {shape!r}")
-    try:
-        return tuple(integer("shape", n) for n in shape)
-    except TypeError:
-        raise TypeError(f"shape must be a non-empty tuple of ints (batch, ...), got {shape!r}") from None
-    except ValueError:
-        raise ValueError(f"shape must have positive sizes, got {tuple(shape)}") from None
-
-
 def budget_grid(method: Solver, sde: GaussianPath, nfe: int, spacing: str, eps=None, denoise: bool = True,
                 train_steps: int = 1000, rho: float = KARRAS_RHO, t_max=None) -> TimeGrid:
     """The grid of the most noise levels on which ``method`` spends at most ``nfe`` evaluations (``grid_nfe``:
@@ -315,7 +302,7 @@ def sample(score, sde: GaussianPath, shape, sampler: str | None = None, steps: i
                         f"got {type(sde).__name__}")
     if not callable(score):
         raise TypeError(f"score must be callable as score(x, t), got {type(score).__name__}")
-    shape = _check_shape(shape)
+    shape = check_shape("shape", shape)
     if correction is not None:
         from .corrections import Correction
         if not isinstance(correction, Correction):
@@ -366,6 +353,7 @@ def sample(score, sde: GaussianPath, shape, sampler: str | None = None, steps: i
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     device = (generator.device if generator is not None else torch.device("cpu")) if device is None \
         else resolve_device(device)
+    grid.check_model(score, sde, device)  # refused: a grid for another path, an optimised one for another model
     like = torch.empty(shape, dtype=dtype, device=device)
     if seeds is None and not isinstance(noise, Noise):
         # x_T from the generator first, then the noise made from it (a Brownian path's entropy after x_T)

@@ -36,6 +36,7 @@ from .noise import SeededNoise
 from .predictors import DDIM, Ancestral, EulerMaruyama, ReverseDiffusion
 from .probability_flow import ode_solver
 from .reverse_sde import TorchSDE
+from .sa_solver import SASolver
 from .solver import Callback, Solver, integrate
 from .uni_pc import UniPC
 
@@ -99,6 +100,9 @@ SAMPLERS: dict[str, Entry] = {
                    spacing="logsnr", steps=100, sweep={"max_order": (1, 2, 3, 4)}),
     "heun": Entry(Heun, "EDM's sampler: Heun's method in σ on x/α with optional churn (Algorithm 2)",
                   spacing="karras", steps=100),
+    "sa_solver": Entry(SASolver, "SA-Solver: stochastic Adams predictor and corrector on x̂₀, orders 1–4, "
+                                 "stochasticity τ(t)", spacing="logsnr", steps=100,
+                       sweep={"predictor_order": (1, 2, 3, 4), "corrector_order": (0, 2, 4)}),
 }
 
 

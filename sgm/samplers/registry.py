@@ -30,6 +30,7 @@ from .base import SamplerOutput, check_state
 from .deis import DEIS, IPNDM
 from .dpm import DPMSolver
 from .edm import Heun
+from .er_sde import ERSDE
 from .grid import KARRAS_RHO, SPACINGS, TimeGrid, time_grid
 from .langevin import AnnealedLangevin, PredictorCorrector
 from .noise import SeededNoise
@@ -103,6 +104,9 @@ SAMPLERS: dict[str, Entry] = {
     "sa_solver": Entry(SASolver, "SA-Solver: stochastic Adams predictor and corrector on x̂₀, orders 1–4, "
                                  "stochasticity τ(t)", spacing="logsnr", steps=100,
                        sweep={"predictor_order": (1, 2, 3, 4), "corrector_order": (0, 2, 4)}),
+    "er_sde": Entry(ERSDE, "ER-SDE-Solver: the extended reverse-time SDE of a noise-scale function, orders 1–3",
+                    spacing="logsnr", steps=100,
+                    sweep={"order": (1, 2, 3), "noise_scale": ("er_sde_5", "er_sde_1", "reverse_sde")}),
 }
 
 

@@ -36,6 +36,7 @@ from .langevin import AnnealedLangevin, PredictorCorrector
 from .noise import SeededNoise
 from .predictors import DDIM, Ancestral, EulerMaruyama, ReverseDiffusion
 from .probability_flow import ode_solver
+from .restart import Restart
 from .reverse_sde import TorchSDE
 from .sa_solver import SASolver
 from .solver import Callback, Solver, integrate
@@ -107,6 +108,9 @@ SAMPLERS: dict[str, Entry] = {
     "er_sde": Entry(ERSDE, "ER-SDE-Solver: the extended reverse-time SDE of a noise-scale function, orders 1–3",
                     spacing="logsnr", steps=100,
                     sweep={"order": (1, 2, 3), "noise_scale": ("er_sde_5", "er_sde_1", "reverse_sde")}),
+    "restart": Entry(Restart, "Restart sampling: EDM's Heun with forward re-noising jumps and Heun inner steps over "
+                              "restart intervals", spacing="karras", steps=100, smoke={"repeats": 1, "inner_steps": 3},
+                     sweep={"intervals": ("cifar10_vp", "cifar10_edm", "stable_diffusion")}),
 }
 
 

@@ -106,10 +106,10 @@ SAMPLERS: dict[str, Entry] = {
                                  "stochasticity τ(t)", spacing="logsnr", steps=100,
                        sweep={"predictor_order": (1, 2, 3, 4), "corrector_order": (0, 2, 4)}),
     "er_sde": Entry(ERSDE, "ER-SDE-Solver: the extended reverse-time SDE of a noise-scale function, orders 1–3",
-                    spacing="logsnr", steps=100,
+                    spacing="uniform", steps=100, smoke={"order": 1},
                     sweep={"order": (1, 2, 3), "noise_scale": ("er_sde_5", "er_sde_1", "reverse_sde")}),
     "restart": Entry(Restart, "Restart sampling: EDM's Heun with forward re-noising jumps and Heun inner steps over "
-                              "restart intervals", spacing="karras", steps=100, smoke={"repeats": 1, "inner_steps": 3},
+                              "restart intervals", spacing="uniform", steps=100, smoke={"repeats": 1, "inner_steps": 3},
                      sweep={"intervals": ("cifar10_vp", "cifar10_edm", "stable_diffusion")}),
 }
 

@@ -104,10 +104,10 @@ class Restart(Heun):
         self.segment_evals = sum(i.repeats * 2 * (i.levels - 1) for i in self.intervals)
         self.stochastic = any(i.repeats > 0 for i in self.intervals)
         if self.stochastic:
-            # The inner steps are fixed: their bias does not fall with the main grid's steps (no weak order). Pathwise
-            # the run converges to the restart process of its own inner grids as the main steps grow, at the rate the
-            # snapping of σ_min to the grid allows (measured: docs/samplers.md).
-            self.ode_order, self.strong_order, self.weak_order = None, 0.5, None
+            # no weak order: the inner steps are fixed, so their bias does not fall with the main grid's steps; no strong
+            # order: σ_min snaps to a node that moves irregularly with the step count (the pathwise error falls, at no
+            # steady rate: benchmarks/stochastic_samplers.py)
+            self.ode_order, self.strong_order, self.weak_order = None, None, None
         else:
             self.ode_order = 2
 

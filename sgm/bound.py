@@ -35,6 +35,10 @@ and let ``x_t = a_t x + σ_t z`` be the forward process from there (``a_t = scal
 where ``‖s + z/σ_t‖² - ‖z/σ_t‖² = ‖s‖² + 2 s·z/σ_t`` is denoising score matching minus its analytic
 constant, and ``-d log a_T = -∫ ∇·f dt`` for the linear drift. With the exact score the bound exceeds
 ``-log p_eps(x)`` only by ``E_{x_T|x}[log p_T(x_T) - log π(x_T)]`` (the model's paths are the data's).
+Where ``α(T) = 0`` (rectified flow: ``p_T = π`` exactly, so that gap is 0) ``-d log a_T`` and ``g²`` diverge at ``T``;
+the bound is still defined on ``[eps, T]``: the drift term and the control variate's constant are integrated as one
+bounded integrand (``_deterministic_integral``), and the Monte-Carlo times never reach ``T``, where
+``½ g² [‖s‖² + 2 s·z/σ_t + c‖z‖²/σ_t²]`` stays bounded (its bracket vanishes as ``α``).
 The integral is estimated by Monte Carlo over ``t`` (uniform, or importance-sampled from a pilot run) and ``z``
 (antithetic pairs, and a control variate in ``‖z‖² - d``); see ``continuous_elbo``.
 """
@@ -432,13 +436,24 @@ def _integrand(score: ScoreFn, sde: SDE, x: Tensor, t: Tensor, z: Tensor, eps: f
     return 0.5 * sde.diffusion(t.double()) ** 2 * ((pair[:B] + pair[B:]) / 2 + c * _sum_features(z.double() ** 2) / sig**2)
 
 
-def _constant_integral(sde: SDE, eps: float, d: int, nodes: int = 20001) -> float:
-    """``∫_eps^T ½ g² c d/σ_t² dt`` by the trapezoid rule (the integrand is smooth and bounded)."""
+def _deterministic_integral(sde: SDE, eps: float, d: int, nodes: int = 20001) -> float:
+    """``d ∫_eps^T K dt`` with ``K = f + ½ g² c/σ_t²``: the drift's ``-d log a_T = -d ∫ f dt`` and the control variate's
+    constant ``∫ ½ g² c d/σ_t² dt`` as one integral, by the trapezoid rule. Each diverges where ``α(T) = 0`` (``f`` and
+    ``g²`` grow as ``1/α``), their sum does not: with ``a = α/α_e``, ``σ_t² = σ² - a²σ_e²`` (``α_e, σ_e`` at ``eps``),
+    ``c/σ_t² = (2a² + σ_t²)/(a² + σ_t²)²`` and ``fa² = α'α/α_e²``,
+
+        K = [σσ' (2a² + σ_t²) + (α'α/α_e²)(a²(1 - 2σ_e²) - σ_e² σ_t²)] / (a² + σ_t²)²,
+
+    bounded on ``[eps, T]`` with no division by ``α`` or ``σ_t`` (1 at the top of rectified flow, ``2σσ' + f(1 - 2σ_e²)``
+    at ``eps``)."""
     t = torch.linspace(eps, sde.T, nodes, dtype=torch.float64)
-    t[0] = eps + (sde.T - eps) * 1e-9  # σ_t = 0 at eps itself; the integrand's limit there is finite
+    t[0] = eps  # linspace may round it
+    a_e, s_e = (float(v) for v in sde.marginal(torch.tensor(eps, dtype=torch.float64)))
     a, sig = _conditional(sde, t, eps)
-    c = 1 - (a**2 / (a**2 + sig**2)) ** 2
-    return float(torch.trapezoid(0.5 * sde.diffusion(t) ** 2 * c * d / sig**2, t))
+    a2, sig2 = a**2, sig**2
+    alpha_dalpha = sde.alpha(t) * sde.d_alpha(t) / a_e**2
+    k = (sde.half_dsigma2(t) * (2 * a2 + sig2) + alpha_dalpha * (a2 * (1 - 2 * s_e**2) - s_e**2 * sig2)) / (a2 + sig2) ** 2
+    return d * float(torch.trapezoid(k, t))
 
 
 @torch.no_grad()
@@ -478,7 +493,6 @@ def continuous_elbo(score: ScoreFn, sde: SDE, x: Tensor, *, eps: float = 1e-5, n
     var_pi = sde.prior_std**2
     prior = (0.5 * d * math.log(2 * math.pi * var_pi)
              + (a_T**2 * _sum_features(x.double() ** 2) + d * sig_T**2) / (2 * var_pi))
-    drift_div = -d * math.log(a_T)  # -∫ ∇·f dt for f = f'(t) x: ∫ f' dt = log a_T
     width = (sde.T - eps) / bins
     weights = torch.full((bins,), 1.0 / bins, **f64)
     nfe = 0
@@ -498,5 +512,5 @@ def continuous_elbo(score: ScoreFn, sde: SDE, x: Tensor, *, eps: float = 1e-5, n
     for k in tqdm(range(n_samples), desc="continuous elbo", disable=not progress, leave=False):
         values[:, k] = _integrand(score, sde, x, t[:, k], randn(x.shape), eps) / density[:, k]
     nfe += 2 * B * n_samples
-    nats = prior + drift_div - _constant_integral(sde, eps, d) + values.mean(1)
+    nats = prior - _deterministic_integral(sde, eps, d) + values.mean(1)
     return Bound(nats.to(x.dtype), (values.std(1) / math.sqrt(n_samples)).to(x.dtype), None, nfe, d)

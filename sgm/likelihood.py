@@ -21,11 +21,11 @@ from torch import Tensor
 from torchdiffeq import odeint
 
 from .bound import Bound, GammaEstimate, continuous_elbo, elbo, estimate_gamma
-from .predictions import predict
+from .predictions import predict, predicts
 from .samplers.base import CheckedScore
 from .samplers.probability_flow import ADAPTIVE_METHODS, FIXED_METHODS
 from .paths import SDE
-from .checks import integer, positive
+from .checks import integer, positive, real
 
 __all__ = ["log_likelihood", "bits_per_dim", "Likelihood", "DIVERGENCES", "PROBES",
            "elbo", "continuous_elbo", "estimate_gamma", "GammaEstimate", "Bound"]  # the bounds: sgm.bound
@@ -62,11 +62,15 @@ def log_likelihood(score: Callable[[Tensor, Tensor], Tensor], sde: SDE, x: Tenso
                    method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5, steps: int = 100,
                    divergence: str = "exact", probe: str = "rademacher", n_probes: int = 1,
                    generator: torch.Generator | None = None,
-                   prior_logp: Callable[[Tensor], Tensor] | None = None) -> Likelihood:
-    """``log p_eps(x)`` per sample of the model whose score is ``score`` (differentiable in ``x``).
+                   prior_logp: Callable[[Tensor], Tensor] | None = None, t_max: float | None = None) -> Likelihood:
+    """``log p_eps(x)`` per sample of the model ``score`` (a score function or any model declaring what it
+    ``predicts``; differentiable in ``x``), the ODE integrated from ``eps`` to ``t_max`` (``T``), where the prior
+    (or ``prior_logp``) stands for ``p_{t_max}``; the solver never evaluates the model beyond ``t_max``.
 
     ``method`` is an adaptive torchdiffeq method under ``rtol``/``atol``, or a fixed-step one taking
-    ``steps`` uniform steps from ``eps`` to ``T``.
+    ``steps`` uniform steps from ``eps`` to ``t_max``. Where ``α(t_max) = 0`` (``T`` on rectified flow, whose prior
+    is then exactly ``p_T``) the velocity needs ``x̂_0``, which a score or ε model does not give there: such a model
+    is refused (``ValueError``) unless ``t_max < T``.
     """
     if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() < 2:
         raise TypeError(f"x must be a floating tensor of shape (batch, ...), got {type(x).__name__}")
@@ -79,8 +83,14 @@ def log_likelihood(score: Callable[[Tensor, Tensor], Tensor], sde: SDE, x: Tenso
     n_probes = integer("n_probes", n_probes)
     steps = integer("steps", steps)
     rtol, atol, eps = positive("rtol", rtol), positive("atol", atol), positive("eps", eps)
-    if eps >= sde.T:
-        raise ValueError(f"eps must lie in (0, T={sde.T}), got {eps}")
+    t_max = sde.T if t_max is None else real("t_max", t_max, 0.0, sde.T, open_low=True)
+    if eps >= t_max:
+        raise ValueError(f"eps must lie in (0, t_max={t_max}), got {eps}")
+    kind = predicts(score)
+    if kind in ("score", "eps") and float(sde.alpha(torch.tensor(t_max, dtype=torch.float64))) == 0:
+        raise ValueError(f"a {kind} model gives no velocity at t_max={t_max}, where α = 0 on {sde!r} (x̂_0 is "
+                         "undefined there): pass t_max < T (the prior then stands for p_t_max) or a model that "
+                         "predicts x0, v or velocity")
     checked = score if isinstance(score, CheckedScore) else CheckedScore(score)
     probes = None
     if divergence == "hutchinson":
@@ -96,13 +106,14 @@ def log_likelihood(score: Callable[[Tensor, Tensor], Tensor], sde: SDE, x: Tenso
         y = state[0]
         with torch.enable_grad():
             y = y.detach().requires_grad_(True)
-            tt = t.to(y.dtype).expand(y.shape[0])
+            tt = t.to(y.dtype).clamp(eps, t_max).expand(y.shape[0])  # the initial step's probe held inside
             v = predict(checked, sde, y, tt).velocity
             div = _divergence_exact(v, y) if probes is None else _divergence_hutchinson(v, y, probes)
         return v.detach(), div.detach()
 
-    ts = torch.tensor([eps, sde.T], dtype=x.dtype, device=x.device)
-    options = {"step_size": (sde.T - eps) / steps} if method in FIXED_METHODS else {}
+    ts = torch.tensor([eps, t_max], dtype=x.dtype, device=x.device)
+    # step_t: the adaptive solver lands on t_max instead of stepping past it (a model beyond T is off its path)
+    options = {"step_size": (t_max - eps) / steps} if method in FIXED_METHODS else {"step_t": ts}
     state = (x.detach(), torch.zeros(x.shape[0], dtype=x.dtype, device=x.device))
     x_T, integral = (s[-1] for s in odeint(dynamics, state, ts, method=method, rtol=rtol, atol=atol,
                                            options=options))

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from .checks import integer, positive, real
+from .device import randn, wide_float
 
 __all__ = ["GaussianPath", "SDE", "VPSDE", "SubVPSDE", "VESDE", "CosineVPSDE", "EDMPath", "RectifiedFlow",
            "AlphasCumprodPath", "FunctionPath", "DiscreteChain", "batch_view"]
@@ -73,8 +74,9 @@ class DiscreteChain:
 
     def index(self, t: Tensor) -> Tensor:
         """The timestep whose time ``t[i]`` is nearest to each entry of ``t`` (a ``long`` tensor)."""
-        times = self.t.to(device=t.device, dtype=torch.float64)  # ascending
-        t = t.to(torch.float64)
+        wide = wide_float(t.device)  # float64 where the device has it
+        times = self.t.to(wide).to(t.device)  # ascending
+        t = t.to(wide)
         hi = torch.searchsorted(times, t.contiguous()).clamp_(min(1, len(self) - 1), len(self) - 1)
         lo = (hi - 1).clamp_(min=0)
         return torch.where(t - times[lo] <= times[hi] - t, lo, hi)  # a tie goes to the lower timestep
@@ -183,7 +185,7 @@ class GaussianPath:
     def prior_sample(self, shape, generator: torch.Generator | None = None,
                      dtype: torch.dtype | None = None, device=None) -> Tensor:
         """Draw ``x_T ~ N(0, prior_std² I)`` of the given shape (one ``randn`` call)."""
-        return self.prior_std * torch.randn(tuple(shape), generator=generator, dtype=dtype, device=device)
+        return self.prior_std * randn(shape, generator, dtype, device)
 
     def prior_logp(self, x: Tensor) -> Tensor:
         """``log N(x; 0, prior_std² I)`` per sample: ``-D/2·log(2π prior_std²) - ‖x‖²/(2 prior_std²)``."""
@@ -499,8 +501,9 @@ class RectifiedFlow(GaussianPath):
     ``σ = τ`` with SD3's time shift ``τ(t) = s t/(1 + (s - 1) t)`` (Esser et al., 2024; ``s = shift``, 1: ``τ = t``),
     on ``t ∈ [0, 1]``. The prior ``N(0, I)`` is exactly ``p_1`` (``α(1) = 0``). The velocity is
     ``u = α' x̂_0 + σ' ε̂ = τ'(t) (ε̂ - x̂_0)``, ``τ' = s/(1 + (s - 1)t)²``. The shift moves the grid's nodes
-    towards the noise (``uniform`` in ``t`` is diffusers' FlowMatch grid with that shift); the marginals it passes
-    through are the same for every shift."""
+    towards the noise (``uniform`` in ``t`` to ``eps = s/(N + s - 1)`` has the noise levels of diffusers' FlowMatch
+    grid with that shift); the marginals it passes through are the same for every shift, only the clock differs
+    (diffusers' Euler steps in ``σ``, the time of shift 1: docs/paths.md)."""
 
     def __init__(self, shift: float = 1.0):
         self.shift = positive("shift", shift)

@@ -62,38 +62,82 @@ DETERMINISTIC = [
 ]
 
 
+PATHS = {**SDES, "rf": sgm.RectifiedFlow}
+
+
+def exact_model(sde_name, forward):
+    """The exact score, or on rectified flow the exact velocity (a score gives no velocity at its top, α = 0)."""
+    gm = mixture()
+    return gm.prediction_fn(forward, "velocity") if sde_name == "rf" else gm.score_fn(forward)
+
+
 @functools.lru_cache(maxsize=None)
-def reference_map(sde_name):
-    """``x_T`` and its image under the exact flow map (dopri5, 1e-10), computed once per SDE (≈3 s each)."""
-    forward, gm = SDES[sde_name](), mixture()
+def reference_map(sde_name, t_max=None):
+    """``x_T`` and its image under the exact flow map from ``t_max`` (``T``; dopri5, 1e-10), computed once per path
+    (≈3 s each)."""
+    forward = PATHS[sde_name]()
     x = forward.prior_sample((300, 2), generator=gen(1), dtype=D)
-    return x, ode(gm.score_fn(forward), forward, x, time_grid(forward, 2, denoise=False), rtol=1e-10, atol=1e-10).x
+    return x, ode(exact_model(sde_name, forward), forward, x, time_grid(forward, 2, denoise=False, t_max=t_max),
+                  rtol=1e-10, atol=1e-10).x
+
+
+def measured_order(name, options, grid, sde_name, t_max=None):
+    """The solver and the slope of its map error against the steps (``grid``: spacing options and ``steps``)."""
+    forward = PATHS[sde_name]()
+    model = exact_model(sde_name, forward)
+    x, ref = reference_map(sde_name, t_max)
+    solver = sgm.samplers.solver(name, **options)
+    grid = dict(grid)
+    steps = grid.pop("steps", STEPS)
+    errors = [float((sgm.samplers.integrate(solver, model, forward, x,
+                                            time_grid(forward, k + 1, denoise=False, t_max=t_max, **grid)).x
+                     - ref).norm(dim=1).mean()) for k in steps]
+    return solver, slope(steps, errors), errors
 
 
 def _id(v):
+    if v is None or isinstance(v, float):
+        return f"t_max={v or 'T'}"
     return v if isinstance(v, str) else ",".join(f"{k}={o}" for k, o in v.items() if k != "steps")
 
 
 @pytest.mark.parametrize("name, options, grid", [(*case, {})[:3] for case in DETERMINISTIC], ids=_id)
 @pytest.mark.parametrize("sde_name", list(SDES))
 def test_deterministic_map_order(name, options, grid, sde_name):
-    forward, gm = SDES[sde_name](), mixture()
-    score = gm.score_fn(forward)
-    x, ref = reference_map(sde_name)
-    solver = sgm.samplers.solver(name, **options)
+    solver, order, errors = measured_order(name, options, grid, sde_name)
     assert not solver.stochastic
-    grid = dict(grid)
-    steps = grid.pop("steps", STEPS)
-    errors = [float((sgm.samplers.integrate(solver, score, forward, x,
-                                            time_grid(forward, k + 1, denoise=False, **grid)).x
-                     - ref).norm(dim=1).mean()) for k in steps]
-    assert abs(slope(steps, errors) - solver.ode_order) < 0.3, errors
+    assert abs(order - solver.ode_order) < 0.3, errors
 
 
-# every registered sampler that is stochastic with its smoke options and declares a weak order
+# Rectified flow (α(1) = 0), with the exact velocity. From the exact top, t = 1: the Runge–Kutta methods (which
+# integrate the velocity, smooth there) and the methods of order ≤ 2; measured heun2 1.89, rk4 3.87, ddim 1.02
+# (Euler in t on RectifiedFlow() is DDIM: x is linear in σ = t; the same errors), dpm_solver-2 1.80, EDM's heun 1.77.
+# The exponential integrators' first step from pure noise is first order (``from_noise``: its local error is O(h²),
+# tests/test_rectified_flow.py), which caps a method of order ≥ 3 at 2 from there (measured 2.4-2.6 at 16-256
+# steps); so they are measured from t_max = 0.99, as on VP/VE (unipc bh2 order 2 + corrector, declared 3: 2.87;
+# dpm_solver-3 singlestep 3.00; unipc order 3, declared 4: 3.88; DEIS-3, 2.81, left out for time). The stochastic
+# samplers' weak order on rectified flow (their VP/VE steps on other (α, σ)) is left out too, four 10-s runs; the
+# SW₂ test of tests/test_rectified_flow.py covers them there.
+RF_FROM_THE_TOP = [("ode", {"method": "heun2"}), ("ode", {"method": "rk4"}), ("ddim", {}),
+                   ("dpm_solver", {"order": 2, **EXP}, LOGSNR), ("heun", {})]
+RF_BELOW_THE_TOP = [("unipc", {"order": 2, **EXP}, LOGSNR_FINE),
+                    ("dpm_solver", {"order": 3, "method": "singlestep", "prediction": "eps", **EXP}, LOGSNR_FINE),
+                    ("unipc", {"order": 3, **EXP}, LOGSNR_FINE)]
+
+
+@pytest.mark.parametrize("name, options, grid, t_max", [(*case, {})[:3] + (None,) for case in RF_FROM_THE_TOP]
+                         + [(*case, 0.99) for case in RF_BELOW_THE_TOP], ids=_id)
+def test_map_order_on_rectified_flow(name, options, grid, t_max):
+    solver, order, errors = measured_order(name, options, grid, "rf", t_max)
+    assert abs(order - solver.ode_order) < 0.3, errors
+
+
+# every registered sampler that is stochastic with its smoke options and declares weak order 1. At n = 4e5 the Monte-Carlo
+# error (≈ 0.006) is reached by a second-order method's weak error within 16–64 steps, so a higher declared weak order
+# is checked with exact moments instead (test_stochastic_exponential.py::test_weak_order_from_exact_moments).
 STOCHASTIC = [name for name in sgm.samplers.available()
               if (s := sgm.samplers.solver(name, **sgm.samplers.entry(name).smoke)).stochastic
-              and s.weak_order is not None]
+              and s.weak_order == 1]
 
 
 @pytest.mark.parametrize("name", STOCHASTIC)

@@ -119,3 +119,84 @@ def test_bad_folders(tmp_path):
         load_diffusers(tmp_path / "p" / "unet")
     with pytest.raises(ValueError, match="discretises only at its own N=3"):
         sgm.GaussianPath.from_alphas_cumprod([0.9, 0.8, 0.7]).discretize(4)
+
+
+# --- flow matching: FlowMatchEulerDiscreteScheduler folders -----------------------------------------------------
+def save_flow_folder(folder, **scheduler_kw):
+    """A bare UNet2DModel folder with a FlowMatch scheduler config; the U-Net reloaded in float64 for diffusers."""
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1,
+                                 block_out_channels=(16, 32), down_block_types=("DownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=8)
+    unet.save_pretrained(str(folder))
+    diffusers.FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, **scheduler_kw).save_config(str(folder))
+    return diffusers.UNet2DModel.from_pretrained(str(folder)).double().eval()
+
+
+def flow_match_loop(unet, folder, x, monkeypatch):
+    """diffusers' own FlowMatch Euler loop (as its pipelines run it), in float64: the scheduler module's ``torch``
+    gets ``float32 = float64`` (it rounds the state to float32 in each step)."""
+    from test_exponential import Float64Torch
+
+    monkeypatch.setattr(diffusers.schedulers.scheduling_flow_match_euler_discrete, "torch", Float64Torch())
+    scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_pretrained(str(folder))
+    scheduler.set_timesteps(STEPS)
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            x = scheduler.step(unet(x, t.expand(x.shape[0])).sample, t, x).prev_sample
+    return x
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_flow_match_euler_equals_diffusers(tmp_path, shift, monkeypatch):
+    """sgm's DDIM on the loaded velocity model, on the uniform grid of RectifiedFlow(shift) to the scheduler's lowest σ,
+    is diffusers' FlowMatch Euler loop (an Euler step in σ on the linear path is DDIM's step); at shift 1 so is
+    ``ode`` ``euler`` on the default grid. float64 on both sides: the same arithmetic in another order (measured
+    ≤ 1e-15 relative), 1e-10 leaves room for the U-Net's summation order."""
+    unet = save_flow_folder(tmp_path, shift=shift)
+    pre = load_diffusers(tmp_path, dtype=D)
+    assert pre.sde == sgm.RectifiedFlow(shift) and pre.model.predicts == "velocity" and pre.shape == (3, 8, 8)
+    assert pre.train_steps == 1000
+    x_T = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(3), dtype=D)
+    expected = flow_match_loop(unet, tmp_path, x_T, monkeypatch)
+    eps = shift / (1000 + shift - 1)
+    ours = sgm.sample(pre.model, pre.sde, x_T.shape, sampler="ddim", steps=STEPS, eps=eps, x_init=x_T)
+    assert ours.nfe == STEPS
+    torch.testing.assert_close(ours.x, expected, rtol=1e-10, atol=1e-10)
+    euler = sgm.sample(pre.model, pre.sde, x_T.shape, sampler="ode", method="euler", steps=STEPS, eps=eps, x_init=x_T).x
+    assert torch.allclose(euler, expected, rtol=1e-10, atol=1e-10) == (shift == 1.0)  # Euler in t ≠ in σ for s ≠ 1
+    # the network sees diffusers' timestep σ·N and its output is dx/dσ = ε - x_0: u = σ'(t)·output
+    t = torch.full((2,), 0.3, dtype=D)
+    sigma = pre.sde.sigma(t)
+    with torch.no_grad():
+        out = unet(x_T, sigma * 1000).sample
+    torch.testing.assert_close(pre.model(x_T, t), pre.sde.d_sigma(t)[:, None, None, None] * out, rtol=1e-12, atol=1e-12)
+
+
+def test_every_sampler_runs_on_a_flow_model(tmp_path):
+    """From the exact top where a sampler can start there, from t_max = 0.99 where it needs α > 0 (refused at t = 1)."""
+    save_flow_folder(tmp_path, shift=3.0)
+    pre = load_diffusers(tmp_path)
+    for name in sgm.samplers.available():
+        options = {"ode": {"method": "heun2"}, "langevin": {"n_steps_each": 1}}.get(name, {})
+        t_max = 0.99 if "positive_alpha" in sgm.samplers.solver(name, **options).needs else None
+        out = sgm.sample(pre.model, pre.sde, (2, *pre.shape), sampler=name, steps=4, dtype=torch.float32, t_max=t_max,
+                         generator=torch.Generator().manual_seed(0), **options)
+        assert out.x.shape == (2, 3, 8, 8) and bool(torch.isfinite(out.x).all()), name
+
+
+def test_bad_flow_folders(tmp_path):
+    save_flow_folder(tmp_path / "f")
+    path = tmp_path / "f" / "scheduler_config.json"
+    cfg = json.loads(path.read_text())
+    for change, match in [({"invert_sigmas": True}, "invert_sigmas"), ({"use_dynamic_shifting": True}, "shift="),
+                          ({"_class_name": "FlowMatchLCMScheduler"}, "unsupported flow-matching scheduler"),
+                          ({"shift": 0.0}, "shift")]:
+        path.write_text(json.dumps({**cfg, **change}))
+        with pytest.raises(ValueError, match=match):
+            load_diffusers(tmp_path / "f")
+    path.write_text(json.dumps({**cfg, "use_dynamic_shifting": True}))
+    assert load_diffusers(tmp_path / "f", shift=2.0).sde == sgm.RectifiedFlow(2.0)
+    save_pipeline(tmp_path / "p")
+    with pytest.raises(ValueError, match="shift applies to flow-matching schedulers only"):
+        load_diffusers(tmp_path / "p", shift=2.0)

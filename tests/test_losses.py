@@ -121,3 +121,46 @@ def test_bad_arguments():
         denoising_loss(lambda x, t: x[:, :1], forward, x0)
     with pytest.raises(ValueError, match="VP-type"):
         ddpm_loss(lambda x, t: x, x0, sgm.VESDE().discretize(10))
+
+
+def implied_eps(kind, out, x, a, s, da, ds):
+    """The ε̂ of ``x = α x̂_0 + σ ε̂`` that an output of ``kind`` means, solved by hand (independently of sgm.predictions)."""
+    if kind == "eps":
+        return out
+    if kind == "x0":
+        return (x - a * out) / s
+    if kind == "v":  # v = α ε̂ - σ x̂_0: α v + σ x = (α² + σ²) ε̂
+        return (a * out + s * x) / (a**2 + s**2)
+    return (a * out - da * x) / (a * ds - s * da)  # u = α' x̂_0 + σ' ε̂: α u - α' x = (α σ' - σ α') ε̂
+
+
+@pytest.mark.parametrize("kind", ["velocity", "eps", "x0", "v"])
+@pytest.mark.parametrize("path", [sgm.RectifiedFlow(), sgm.RectifiedFlow(3.0), sgm.VPSDE(), sgm.EDMPath()], ids=repr)
+def test_native_loss_is_dsm_with_the_stated_weight(path, kind):
+    """The plain regression of a model's own prediction (``weighting="native"``: conditional flow matching
+    ``‖û - (α'x_0 + σ'ε)‖²`` for a velocity model) is, sample by sample, DSM on the score the model implies,
+    ``λ‖ŝ + ε/σ‖²``, with ``λ = b²``, ``b = ∂kind/∂s``: ``σ²`` (ε), ``σ⁴/α²`` (x̂_0), ``σ²(α² + σ²)²/α²`` (v) and
+    ``(σ²α'/α - σσ')² = g⁴/4`` (velocity; ``t²/(1 - t)²`` on ``RectifiedFlow()``); and each named weighting is the
+    same DSM loss for every kind."""
+    net, x0, n = TinyNet(), mixture().sample(256, generator=gen(0)), 256
+    t = path.T * (0.05 + 0.9 * torch.rand(n, generator=gen(1), dtype=D))
+    z = torch.randn(x0.shape, generator=gen(2), dtype=D)
+    a, s, da, ds = (f(t)[:, None] for f in (path.alpha, path.sigma, path.d_alpha, path.d_sigma))
+    model = sgm.predictions.with_prediction(lambda x, t: net(x, t), kind)
+    xt = a * x0 + s * z
+    score = -implied_eps(kind, net(xt, t), xt, a, s, da, ds) / s
+    b = {"eps": -s, "x0": s**2 / a, "v": -s * (a**2 + s**2) / a, "velocity": s**2 * da / a - s * ds}[kind][:, 0]
+    dsm = ((score + z / s) ** 2).mean(1)
+    native = denoising_loss(model, path, x0, t=t, noise=z, weighting="native", reduce=False)
+    torch.testing.assert_close(native, b**2 * dsm, rtol=1e-10, atol=0)
+    if kind == "velocity":
+        cfm = (net(xt, t) - (da * x0 + ds * z)).pow(2).mean(1)
+        torch.testing.assert_close(native, cfm, rtol=1e-12, atol=0)
+        torch.testing.assert_close(b**2, path.diffusion_squared(t) ** 2 / 4, rtol=1e-10, atol=0)
+        if path == sgm.RectifiedFlow():
+            torch.testing.assert_close(b**2, t**2 / (1 - t) ** 2, rtol=1e-12, atol=0)
+    implied_score = lambda x, t: -implied_eps(kind, net(x, t), x, a, s, da, ds) / s  # noqa: E731 (at these t)
+    for weighting in ("std2", "likelihood", "edm"):
+        torch.testing.assert_close(denoising_loss(model, path, x0, t=t, noise=z, weighting=weighting, reduce=False),
+                                   denoising_loss(implied_score, path, x0, t=t, noise=z, weighting=weighting,
+                                                  reduce=False), rtol=1e-10, atol=0)

@@ -211,12 +211,14 @@ def test_adding_a_solver_is_one_module_and_one_entry(monkeypatch):
     from sgm.bench import runs
     from sgm.cli import demo_runs
 
-    entry = sgm.samplers.Entry(_ToyEuler, "a toy: Euler in λ", spacing="logsnr", steps=30,
+    entry = sgm.samplers.Entry(_ToyEuler, "a toy: Euler in λ", spacing={"vp": "logsnr", "ve": "karras", "rf": "uniform"},
+                               steps=30,
                                sweep={"scale": (1.0, 0.5)})
     monkeypatch.setitem(sgm.samplers.SAMPLERS, "toy", entry)
     assert "toy" in sgm.samplers.available() and sgm.samplers.options("toy") == ["scale"]
-    assert "| `toy` | a toy: Euler in λ | `scale` | 1 | ODE 1 | `logsnr` |" in sgm.samplers.markdown_table()
-    assert ("toy", "toy", "logsnr") in {(r.label, r.sampler, r.spacing) for r in runs.curve_runs()}
+    assert ("| `toy` | a toy: Euler in λ | `scale` | 1 | ODE 1 | vp `logsnr`, ve `karras`, rf `uniform` |"
+            in sgm.samplers.markdown_table())
+    assert ("toy", "toy") in {(r.label, r.sampler) for r in runs.curve_runs()}
     assert {("toy", (("scale", 1.0),)), ("toy", (("scale", 0.5),))} <= {
         (n, tuple(o.items())) for n, o in runs.sgm_configs()}
     assert demo_runs(sgm.VPSDE())["toy"] == {"steps": 30, "t_max": None}
@@ -288,7 +290,7 @@ def test_an_nfe_budget_takes_the_most_noise_levels_that_fit(name, options):
         t_max = 0.99 if "positive_alpha" in solver.needs and isinstance(path, sgm.RectifiedFlow) else None
         for nfe in (solver.nfe(2), 10, 21):
             out = sgm.sample(gm.prediction_fn(path), path, (4, 2), name, nfe=nfe, t_max=t_max, dtype=D, **options)
-            spacing = sgm.samplers.entry(name).spacing
+            spacing = sgm.samplers.entry(name).default_spacing(path)
             grid = sgm.samplers.budget_grid(solver, path, nfe, spacing, t_max=t_max)
             more = time_grid(path, len(grid.noisy) + 1, spacing, t_max=t_max)
             assert out.nfe == solver.grid_nfe(grid) <= nfe < solver.grid_nfe(more)

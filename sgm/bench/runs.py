@@ -34,12 +34,13 @@ __all__ = ["Run", "CONTINUOUS_SPACINGS", "CHAIN_SPACINGS", "curve_runs", "budget
 
 @dataclass(frozen=True)
 class Run:
-    """A sampler with fixed options on a ``spacing``; its NFE per step count comes from its solver."""
+    """A sampler with fixed options on a ``spacing`` (``None``: the sampler's default for the path it runs on); its
+    NFE per step count comes from its solver."""
 
     label: str
     sampler: str
     options: dict = field(default_factory=dict)
-    spacing: str = "uniform"
+    spacing: str | None = None
 
     def solver(self):
         return samplers.solver(self.sampler, **self.options)
@@ -56,13 +57,12 @@ CHAIN_SPACINGS = ("trailing", "leading")
 # --- the curves: each sampler over the NFE grid, all metrics ----------------------------------------
 def curve_runs() -> tuple[Run, ...]:
     """Every registered fixed-step sampler with each of its entry's ``curves`` option sets, on its default spacing
-    (labelled by name and options)."""
+    for the problem's path (``spacing=None``; labelled by name and options)."""
     runs = []
     for name in samplers.available():
         entry = samplers.entry(name)
         for options in entry.curves:
-            run = Run(" ".join([name] + [f"{k}={v}" for k, v in options.items()]), name, dict(options),
-                      entry.spacing)
+            run = Run(" ".join([name] + [f"{k}={v}" for k, v in options.items()]), name, dict(options))
             if run.solver().evals_per_step is not None:
                 runs.append(run)
     return tuple(runs)
@@ -158,8 +158,9 @@ def _sgm_row(problem: Problem, score, sde, name: str, options: dict, nfe: int, s
            "nfe_budget": nfe, "steps": steps, "name": name, "options": options,
            "spacing": grid_kw.get("spacing", "optimised")}
     try:
-        out = sample(score, sde, tuple(problem.x_T.shape), sampler=name, steps=steps, x_init=problem.x_T,
-                     **grid_kw, **options)
+        budget = {} if "grid" in grid_kw else {"steps": steps}  # a ready grid fixes its own nodes
+        out = sample(score, sde, tuple(problem.x_T.shape), sampler=name, x_init=problem.x_T, **budget, **grid_kw,
+                     **options)
     except OffChain:
         return None
     except (ValueError, RuntimeError) as e:  # diverged (SamplerDiverged), or a solver refusing this grid

@@ -43,7 +43,7 @@ import torch
 from ..checks import choice, flag, integer, positive, real
 from ..paths import DiscreteChain, GaussianPath
 
-__all__ = ["Node", "TimeGrid", "time_grid", "SPACINGS"]
+__all__ = ["Node", "TimeGrid", "time_grid", "SPACINGS", "FAMILIES", "path_family"]
 
 KARRAS_RHO = 7.0
 SPACINGS = ("uniform", "quadratic", "logsnr", "geometric", "karras", "leading", "trailing")
@@ -201,6 +201,21 @@ class TimeGrid:
             nodes = [Node(*v) for v in zip(t.tolist(), scale.tolist(), std.tolist(), (f * scale).tolist(),
                                            ((f * std**2 + 0.5 * g2) / std).tolist())]
         return cls(tuple(nodes) + ((DATA_NODE,) if denoise else ()), None if sde is None else repr(sde))
+
+
+FAMILIES = ("vp", "ve", "rf")
+
+
+def path_family(sde: GaussianPath) -> str:
+    """Which family's measured default grids suit a path: ``"ve"`` where ``α ≡ 1`` (VE, EDM), ``"rf"`` where
+    ``α + σ ≡ 1`` (rectified flow and its shifts), ``"vp"`` otherwise (VP, sub-VP, cosine, a table, …)."""
+    t = torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64) * sde.T
+    alpha, sigma = sde.marginal(t)
+    if bool(torch.allclose(alpha, torch.ones_like(alpha))):
+        return "ve"
+    if bool(torch.allclose(alpha + sigma, torch.ones_like(alpha))):
+        return "rf"
+    return "vp"
 
 
 def check_eps(eps, sde: GaussianPath, t_max: float | None = None) -> float:

@@ -5,7 +5,9 @@ An ``Entry`` holds a solver factory ``factory(**options) -> Solver`` (a ``Solver
 parameters are the sampler's options) and its metadata:
 
 - ``summary``: its line in the docs table (``markdown_table``);
-- ``spacing``: the default grid (``sample`` uses it unless told);
+- ``spacing``: the default grid (``sample`` uses it unless told): one spacing, or one per path family
+  (``{"vp": …, "ve": …, "rf": …}``, ``grid.path_family``), the best measured for the sampler
+  (``benchmarks/default_spacing.py``; docs/samplers.md);
 - ``steps``, ``options``: a step count and options at which it draws an exact-score mixture to within Monte-Carlo
   error at n = 10⁴ (the distribution tests and the demo use them);
 - ``smoke``: cheap valid options for quick runs at few steps;
@@ -27,11 +29,13 @@ from ..checks import integer
 from ..device import resolve_device
 from ..paths import GaussianPath
 from .base import SamplerOutput, check_state
+from .ancestral_steps import DPMPP2SAncestral, EulerAncestral
 from .deis import DEIS, IPNDM
 from .dpm import DPMSolver
+from .dpm_sde import DPMSolverSDE
 from .edm import Heun
 from .er_sde import ERSDE
-from .grid import KARRAS_RHO, SPACINGS, TimeGrid, time_grid
+from .grid import FAMILIES, KARRAS_RHO, SPACINGS, TimeGrid, path_family, time_grid
 from .langevin import AnnealedLangevin, PredictorCorrector
 from .noise import SeededNoise
 from .predictors import DDIM, Ancestral, EulerMaruyama, ReverseDiffusion
@@ -52,7 +56,7 @@ class Entry:
 
     factory: Callable[..., Solver]
     summary: str
-    spacing: str = "uniform"
+    spacing: str | Mapping[str, str] = "uniform"
     steps: int = 100
     options: Mapping[str, Any] = field(default_factory=dict)
     smoke: Mapping[str, Any] = field(default_factory=dict)
@@ -60,12 +64,19 @@ class Entry:
     sweep: Mapping[str, tuple] = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.spacing not in SPACINGS:
-            raise ValueError(f"spacing must be one of {SPACINGS}, got {self.spacing!r}")
+        spacings = self.spacing if isinstance(self.spacing, Mapping) else {family: self.spacing for family in FAMILIES}
+        if set(spacings) != set(FAMILIES) or any(s not in SPACINGS for s in spacings.values()):
+            raise ValueError(f"spacing must be one of {SPACINGS} or a mapping of {FAMILIES} to them, "
+                             f"got {self.spacing!r}")
+        object.__setattr__(self, "spacing", MappingProxyType(dict(spacings)))
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
         object.__setattr__(self, "smoke", MappingProxyType(dict(self.smoke)))
         object.__setattr__(self, "curves", tuple(MappingProxyType(dict(c)) for c in self.curves))
         object.__setattr__(self, "sweep", MappingProxyType(dict(self.sweep)))
+
+    def default_spacing(self, sde: GaussianPath) -> str:
+        """The default grid on path ``sde`` (its family's)."""
+        return self.spacing[path_family(sde)]
 
     @property
     def deterministic(self) -> bool:
@@ -73,35 +84,53 @@ class Entry:
         return not self.factory().stochastic
 
 
+# Default grids: the best of uniform / quadratic / logsnr / karras measured per path family at 5–50 NFE on
+# mixtures no test uses (OMP_NUM_THREADS=1 python benchmarks/default_spacing.py; docs/samplers.md has the table).
 SAMPLERS: dict[str, Entry] = {
-    "euler_maruyama": Entry(EulerMaruyama, "Euler–Maruyama on the reverse SDE", steps=500),
-    "reverse_diffusion": Entry(ReverseDiffusion, "Song et al.'s reverse-diffusion predictor", steps=500),
+    "euler_maruyama": Entry(EulerMaruyama, "Euler–Maruyama on the reverse SDE", steps=500,
+                            spacing={"vp": "quadratic", "ve": "karras", "rf": "uniform"}),
+    "reverse_diffusion": Entry(ReverseDiffusion, "Song et al.'s reverse-diffusion predictor", steps=500,
+                               spacing={"vp": "uniform", "ve": "karras", "rf": "uniform"}),
     "ancestral": Entry(Ancestral, "ancestral sampling (DDPM, SMLD): β̃, β or Analytic-DPM's variance", steps=500,
+                       spacing={"vp": "uniform", "ve": "karras", "rf": "uniform"},
                        sweep={"variance": ("posterior", "beta")}),
     "ddim": Entry(DDIM, "DDIM (η = 0: the first-order exponential integrator of the probability-flow ODE)",
-                  steps=500),
+                  steps=500, spacing={"vp": "uniform", "ve": "karras", "rf": "uniform"}),
     "ode": Entry(ode_solver, "the probability-flow ODE: torchdiffeq's adaptive methods or fixed-step Runge–Kutta",
                  steps=2, options={"rtol": 1e-6, "atol": 1e-6}, smoke={"method": "heun2"},
+                 spacing={"vp": "quadratic", "ve": "karras", "rf": "uniform"},
                  curves=({"method": "euler"}, {"method": "heun2"}, {"method": "rk4"}),
                  sweep={"method": ("euler", "midpoint", "heun2", "heun3", "rk4")}),
     "sde": Entry(TorchSDE, "the reverse SDE by torchsde (Euler, Milstein, SRK; fixed or adaptive steps)", steps=500),
+    # NCSN's geometric levels: at 5–50 NFE other grids measure better, but the hundreds of levels annealed Langevin
+    # needs to match a mixture (steps=160 here) relax only on geometric levels (docs/samplers.md)
     "langevin": Entry(AnnealedLangevin, "annealed Langevin dynamics over the grid's noise levels (NCSN)",
-                      spacing="geometric", steps=160, options={"n_steps_each": 30}, smoke={"n_steps_each": 2},
-                      curves=({"n_steps_each": 5},)),
+                      spacing="geometric", steps=160,
+                      options={"n_steps_each": 30}, smoke={"n_steps_each": 2}, curves=({"n_steps_each": 5},)),
     "pc": Entry(PredictorCorrector, "predictor–corrector: a one-step predictor, then Langevin corrector steps",
-                steps=500),
+                steps=500, spacing={"vp": "uniform", "ve": "karras", "rf": "uniform"}),
     "dpm_solver": Entry(DPMSolver, "DPM-Solver (ε̂) / DPM-Solver++ (x̂₀), orders 1–3, multistep or singlestep",
-                        spacing="logsnr", steps=50,
+                        spacing={"vp": "quadratic", "ve": "logsnr", "rf": "karras"}, steps=50,
                         sweep={"order": (1, 2, 3), "method": ("multistep", "singlestep"),
                                "prediction": ("x0", "eps")}),
     "unipc": Entry(UniPC, "UniPC: the UniP predictor and the UniC corrector at no extra evaluation",
-                   spacing="logsnr", steps=50, sweep={"order": (1, 2, 3), "variant": ("bh1", "bh2")}),
-    "deis": Entry(DEIS, "DEIS: exponential Adams–Bashforth with ε̂ extrapolated in λ or ρ", spacing="logsnr",
+                   spacing={"vp": "quadratic", "ve": "logsnr", "rf": "karras"}, steps=50,
+                   sweep={"order": (1, 2, 3), "variant": ("bh1", "bh2")}),
+    "deis": Entry(DEIS, "DEIS: exponential Adams–Bashforth with ε̂ extrapolated in λ or ρ", spacing="karras",
                   steps=100, sweep={"order": (1, 2, 3), "variable": ("lambda", "rho")}),
     "ipndm": Entry(IPNDM, "improved PNDM: Adams–Bashforth in ρ with the fixed weights of equal steps",
-                   spacing="logsnr", steps=100, sweep={"max_order": (1, 2, 3, 4)}),
+                   spacing={"vp": "quadratic", "ve": "karras", "rf": "karras"}, steps=100,
+                   sweep={"max_order": (1, 2, 3, 4)}),
+    "dpm_solver_sde": Entry(DPMSolverSDE, "SDE-DPM-Solver++ 1/2M/3M (η-scaled exponent) and DPM-Solver++(2S) SDE",
+                            spacing={"vp": "quadratic", "ve": "logsnr", "rf": "karras"}, steps=100,
+                            sweep={"order": (1, 2, 3), "method": ("multistep", "singlestep"),
+                                   "solver_type": ("midpoint", "heun")}),
+    "euler_ancestral": Entry(EulerAncestral, "k-diffusion's Euler–ancestral: Euler in σ down to σ↓, noise up",
+                             spacing={"vp": "uniform", "ve": "karras", "rf": "uniform"}, steps=500),
+    "dpmpp_2s_ancestral": Entry(DPMPP2SAncestral, "k-diffusion's DPM-Solver++(2S) ancestral: 2S down to σ↓, noise up",
+                                spacing={"vp": "quadratic", "ve": "karras", "rf": "uniform"}, steps=100),
     "heun": Entry(Heun, "EDM's sampler: Heun's method in σ on x/α with optional churn (Algorithm 2)",
-                  spacing="karras", steps=100),
+                  spacing={"vp": "uniform", "ve": "karras", "rf": "uniform"}, steps=100),
     "sa_solver": Entry(SASolver, "SA-Solver: stochastic Adams predictor and corrector on x̂₀, orders 1–4, "
                                  "stochasticity τ(t)", spacing="logsnr", steps=100,
                        sweep={"predictor_order": (1, 2, 3, 4), "corrector_order": (0, 2, 4)}),
@@ -155,13 +184,15 @@ def _orders(s: Solver) -> str:
 def markdown_table() -> str:
     """The sampler table of docs/samplers.md, from the registry: name, summary, options, evaluations per step,
     declared orders and default grid (of the default options)."""
-    rows = ["| sampler | what | options | evaluations per step | declared orders | default grid |",
+    rows = ["| sampler | what | options | evaluations per step | declared orders | default grid (per path family) |",
             "|---|---|---|---|---|---|"]
     for name in available():
         e, s = entry(name), solver(name)
         per_step = "adaptive" if s.evals_per_step is None else str(s.evals_per_step)
         opts = ", ".join(f"`{o}`" for o in options(name)) or "—"
-        rows.append(f"| `{name}` | {e.summary} | {opts} | {per_step} | {_orders(s)} | `{e.spacing}` |")
+        grids = ", ".join(f"{f} `{e.spacing[f]}`" for f in FAMILIES) if len(set(e.spacing.values())) > 1 \
+            else f"`{e.spacing['vp']}`"
+        rows.append(f"| `{name}` | {e.summary} | {opts} | {per_step} | {_orders(s)} | {grids} |")
     return "\n".join(rows) + "\n"
 
 
@@ -245,7 +276,7 @@ def sample(score, sde: GaussianPath, shape, sampler: str = "euler_maruyama", ste
     if steps is not None and nfe is not None:
         raise ValueError("give steps (noise levels) or nfe (a budget of model evaluations), not both")
     if grid is None:
-        spacing = entry(sampler).spacing if spacing is None else spacing
+        spacing = entry(sampler).default_spacing(sde) if spacing is None else spacing
         if nfe is not None:
             grid = budget_grid(method, sde, nfe, spacing, eps, denoise, train_steps, rho, t_max)
         else:

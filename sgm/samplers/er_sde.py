@@ -28,10 +28,10 @@ Noise-scale functions (the paper's and its official code's list; ``noise_scale``
     er_sde_4   φ(x) = x^0.9 log₁₀(1 + 100 x^1.5)                               er_sde_5  φ(x) = x (e^{x^0.3} + 10)
 
 ``er_sde_5`` is the paper's default. From a node of ``α = 0`` (``ρ = ∞``, the exact top of rectified flow) the step
-is its limit ``x_t = α_t (x̂_0 + L φ(ρ_t) ε̂ + √(ρ_t² - L² φ(ρ_t)²) z)`` with ``L = lim ρ/φ(ρ)`` (1 for ``ode``, 1/11 for
-``er_sde_1``, 0 for the others), and that node never enters the history; ``er_sde_4`` (``ρ/φ → ∞``: ``φ/ρ`` decreases
-beyond ρ ≈ 1000) needs ``α > 0``. A grid on which ``φ/ρ`` decreases between two nodes (a negative noise variance) is
-refused before any work.
+is its limit ``x_t = α_t (x̂_0 + L φ(ρ_t) ε̂ + √(ρ_t² - L² φ(ρ_t)²) z)`` with ``L = lim ρ/φ(ρ)`` (1 for ``ode``, 1/11
+for ``er_sde_1``, 0 for the others), and that node never enters the history; ``er_sde_4`` (``ρ/φ → ∞``: ``φ/ρ``
+decreases beyond ρ ≈ 1000) needs ``α > 0``. A grid on which ``φ/ρ`` decreases between two nodes (a negative noise
+variance) is refused before any work.
 """
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ __all__ = ["ERSDE", "NOISE_SCALES", "noise_scale_integrals", "ERSDEState"]
 
 
 class NoiseScale(NamedTuple):
-    """``φ(x) = x ψ(x)``: ``psi``, ``gap(s, t) = ψ(s) - ψ(t)`` without cancellation, and ``limit = lim_{x→∞} 1/ψ(x)``."""
+    """``φ(x) = x ψ(x)``: ``psi``, ``gap(s, t) = ψ(s) - ψ(t)`` without cancellation and ``limit = lim_{x→∞} 1/ψ(x)``."""
 
     psi: Callable[[float], float]
     gap: Callable[[float, float], float]
@@ -119,7 +119,7 @@ class ERSDE(Solver):
         self._scale = NOISE_SCALES[noise_scale]
         self.stochastic = noise_scale != "ode"
         if self.stochastic:
-            # measured (benchmarks/stochastic_samplers.py): strong 0.88–1.09; weak 0.98 (order 1), 2.0–2.4 (orders 2, 3)
+            # measured (benchmarks/stochastic_samplers.py): strong 0.88–1.24; weak 0.98 (order 1), 2.0–2.4 (2, 3)
             self.strong_order, self.weak_order = 1.0, (1.0 if self.order == 1 else 2.0)
         else:
             # order 3 measures 2.0: its D_1 is f[s, s_1], first order in f'(ρ_s), which W_1 = O(h²) carries into an

@@ -103,10 +103,9 @@ SAMPLERS: dict[str, Entry] = {
                  sweep={"method": ("euler", "midpoint", "heun2", "heun3", "rk4")}),
     "sde": Entry(TorchSDE, "the reverse SDE by torchsde (Euler, Milstein, SRK; fixed or adaptive steps)", steps=500),
     # NCSN's geometric levels: at 5–50 NFE other grids measure better, but the hundreds of levels annealed Langevin
-    # needs to match a mixture (steps=160 here) relax only on geometric levels (docs/samplers.md)
+    # needs to match a mixture (its defaults at 400 here) relax only on geometric levels (docs/samplers.md)
     "langevin": Entry(AnnealedLangevin, "annealed Langevin dynamics over the grid's noise levels (NCSN)",
-                      spacing="geometric", steps=160,
-                      options={"n_steps_each": 30}, smoke={"n_steps_each": 2}, curves=({"n_steps_each": 5},)),
+                      spacing="geometric", steps=400, smoke={"n_steps_each": 2}),
     "pc": Entry(PredictorCorrector, "predictor–corrector: a one-step predictor, then Langevin corrector steps",
                 steps=500, spacing={"vp": "uniform", "ve": "karras", "rf": "uniform"}),
     "dpm_solver": Entry(DPMSolver, "DPM-Solver (ε̂) / DPM-Solver++ (x̂₀), orders 1–3, multistep or singlestep",
@@ -132,13 +131,15 @@ SAMPLERS: dict[str, Entry] = {
     "heun": Entry(Heun, "EDM's sampler: Heun's method in σ on x/α with optional churn (Algorithm 2)",
                   spacing={"vp": "uniform", "ve": "karras", "rf": "uniform"}, steps=100),
     "sa_solver": Entry(SASolver, "SA-Solver: stochastic Adams predictor and corrector on x̂₀, orders 1–4, "
-                                 "stochasticity τ(t)", spacing="logsnr", steps=100,
+                                 "stochasticity τ(t)", spacing={"vp": "quadratic", "ve": "logsnr", "rf": "logsnr"},
+                       steps=100,
                        sweep={"predictor_order": (1, 2, 3, 4), "corrector_order": (0, 2, 4)}),
     "er_sde": Entry(ERSDE, "ER-SDE-Solver: the extended reverse-time SDE of a noise-scale function, orders 1–3",
-                    spacing="uniform", steps=100, smoke={"order": 1},
+                    spacing={"vp": "uniform", "ve": "karras", "rf": "karras"}, steps=100, smoke={"order": 1},
                     sweep={"order": (1, 2, 3), "noise_scale": ("er_sde_5", "er_sde_1", "reverse_sde")}),
     "restart": Entry(Restart, "Restart sampling: EDM's Heun with forward re-noising jumps and Heun inner steps over "
-                              "restart intervals", spacing="uniform", steps=100, smoke={"repeats": 1, "inner_steps": 3},
+                              "restart intervals", spacing={"vp": "uniform", "ve": "karras", "rf": "uniform"},
+                     steps=200, smoke={"repeats": 1, "inner_steps": 3},
                      sweep={"intervals": ("cifar10_vp", "cifar10_edm", "stable_diffusion")}),
 }
 

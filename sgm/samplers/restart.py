@@ -104,9 +104,9 @@ class Restart(Heun):
         self.segment_evals = sum(i.repeats * 2 * (i.levels - 1) for i in self.intervals)
         self.stochastic = any(i.repeats > 0 for i in self.intervals)
         if self.stochastic:
-            # no weak order: the inner steps are fixed, so their bias does not fall with the main grid's steps; no strong
-            # order: σ_min snaps to a node that moves irregularly with the step count (the pathwise error falls, at no
-            # steady rate: benchmarks/stochastic_samplers.py)
+            # no weak order: the inner steps are fixed, so their bias does not fall with the main grid's steps; no
+            # strong order: σ_min snaps to a node that moves irregularly with the step count (the pathwise error
+            # falls, at no steady rate: benchmarks/stochastic_samplers.py)
             self.ode_order, self.strong_order, self.weak_order = None, None, None
         else:
             self.ode_order = 2

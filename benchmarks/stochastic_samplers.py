@@ -28,7 +28,7 @@ import torch
 import sgm
 from sgm import metrics
 from sgm.samplers import integrate, time_grid
-from stochastic_exponential import Brownian, exact_moments, slope
+from stochastic_exponential import Brownian, BrownianUnitDraws, exact_moments, slope
 
 D = torch.float64
 SDES = {"vp": sgm.VPSDE, "subvp": sgm.SubVPSDE, "ve": sgm.VESDE}
@@ -51,6 +51,28 @@ def gaussian_weak_error(name: str, options: dict, sde, steps: int, spacing: str 
     mean, var = exact_moments(sgm.samplers.solver(name, **options), sde, mu, s, grid, 2 * steps + 64)
     a, sd = grid.noisy[-1].scale, grid.noisy[-1].std
     return abs(mean - a * mu) + abs(var - a**2 * s**2 - sd**2)
+
+
+def gaussian_strong_error(name: str, options: dict, sde, steps, fine: int, spacing: str = "logsnr", mu: float = 1.5,
+                          s: float = 0.5) -> list[float]:
+    """``√E|x_k - x_fine|²`` at ``eps`` for each ``k`` in ``steps`` on the target ``N(mu, s²)``, exactly: both runs are
+    affine in ``x_T`` and the unit normals of one Brownian path (``BrownianUnitDraws``, shared, so a time both grids
+    visit is the same point of the path), so the error's second moment is a sum of squared coefficients."""
+    gm = sgm.GaussianMixture([[mu]], [s], dtype=D)
+    x = torch.zeros(4 + 2 * fine + 2 * max(steps), 1, dtype=D)
+    x[1] = 1.0
+    noise, solver = BrownianUnitDraws(x, sde.T), sgm.samplers.solver(name, **options)
+    run = lambda k: integrate(solver, gm.score_fn(sde), sde, x,  # noqa: E731
+                              time_grid(sde, k + 1, spacing, denoise=False), noise=noise).x[:, 0]
+    ref = run(fine)
+    top = time_grid(sde, 2, spacing, denoise=False).noisy[0]
+    mean_T, var_T = top.scale * mu, top.scale**2 * s**2 + top.std**2
+    errors = []
+    for k in steps:
+        d = run(k) - ref
+        c, a, b = d[0], d[1] - d[0], d[2:2 + noise.calls] - d[0]
+        errors.append(math.sqrt(float((c + a * mean_T) ** 2 + a**2 * var_T + (b**2).sum())))
+    return errors
 
 
 def strong(names, n: int = 1000, fine: int = 4096, steps=(16, 32, 64, 128, 256), spacing: str = "logsnr"):

@@ -42,3 +42,17 @@ def bench_problems():
     from sgm.bench.problems import make_problem
 
     return {name: make_problem("3 modes", mixture(), name, 64, 0) for name in ("vp", "ve")}
+
+
+class RecordedNoise(sgm.samplers.Noise):
+    """A generator's noise that keeps every draw with the interval it was asked for: ``draws`` holds
+    ``(t0, t1, z)`` in call order (``t0 = t1 = None`` for a draw that names no interval)."""
+
+    def __init__(self, generator, x):
+        super().__init__(generator, x)
+        self.draws = []
+
+    def __call__(self, t0=None, t1=None, *, like=None):
+        z = super().__call__(t0, t1, like=like)
+        self.draws.append((t0, t1, z))
+        return z

@@ -10,7 +10,7 @@ from importlib import import_module
 
 __all__ = ["PEERS", "installed", "peer_rows"]
 
-PEERS = ("diffusers",)
+PEERS = ("diffusers", "diffusers_flow")
 
 
 def installed() -> list:

@@ -4,8 +4,9 @@ Two formats:
 
 - ``checkpoint.pt`` (written by training): a ``torch.save`` of plain containers — ``dict``/``list``/``tuple`` of
   tensors, numbers, strings, booleans and ``None`` — with keys ``format``, ``step``, ``config``, ``data_shape``,
-  ``model``, ``ema``, ``optimizer``, ``scheduler`` (no RNG state: training draws from streams seeded by
-  seed, step and rank, see ``sgm.distributed``). It is read with ``torch.load(..., weights_only=True)``:
+  ``model``, ``ema``, ``optimizer``, ``scheduler`` and, from format 3, ``data`` (the training set's fingerprint),
+  ``power_ema``, ``log_variance`` (EDM2's learned uncertainty, or None) and ``scaler`` (no RNG state: training
+  draws from streams seeded by seed, step and rank, see ``sgm.distributed``). It is read with ``torch.load(..., weights_only=True)``:
   PyTorch's restricted unpickler builds only those types, so a file whose pickle names any other callable
   (an object whose ``__reduce__`` would run a shell command, say) is refused before anything in it runs.
 - ``*.safetensors`` (written by ``export``): the EMA weights as raw tensors, with the run's config and data
@@ -13,23 +14,31 @@ Two formats:
 
 Every failure to read — missing keys, a foreign or truncated file, pickled code, a newer format — is a
 ``CheckpointError`` whose message starts with the file's path.
+
+Writes go to ``PATH.tmp-PID`` and are renamed into place; a process killed mid-write leaves that file behind, and
+``remove_stale_temporaries`` (run when training starts) removes those whose process is gone.
 """
 from __future__ import annotations
 
 import json
 import os
 import pickle
+import re
 from typing import BinaryIO, Callable
 
 import torch
 from torch import Tensor
 
+from .config import TrainConfig, build_model, build_net
+
 __all__ = ["CheckpointError", "write_atomic", "save_checkpoint", "load_checkpoint", "export", "read_weights",
-           "model_from_checkpoint", "FORMAT_VERSION", "CHECKPOINT"]
+           "model_from_checkpoint", "saved_config", "remove_stale_temporaries", "FORMAT_VERSION", "CHECKPOINT"]
 
 CHECKPOINT = "checkpoint.pt"
-FORMAT_VERSION = 2  # 1 also held RNG states (byte tensors), which are now ignored: training draws from streams
-READABLE_FORMATS = (1, 2)  # seeded by (seed, step, rank), so a format-1 run resumes, with new draws from then on
+# 1 also held RNG states (byte tensors), which are now ignored: training draws from streams seeded by (seed, step,
+# rank), so a format-1 run resumes, with new draws from then on; 3 added the data fingerprint, power EMAs, loss scale
+FORMAT_VERSION = 3
+READABLE_FORMATS = (1, 2, 3)
 SAFETENSORS_FORMAT = "sgm-ema-1"
 NEEDED = ("format", "step", "config", "model", "ema", "optimizer", "scheduler", "data_shape")
 
@@ -52,6 +61,34 @@ def write_atomic(path: str, write: Callable[[BinaryIO], object]) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+_TEMPORARY = re.compile(r"\.tmp-(\d+)$")
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # a file of our own pid was left by an earlier process that had it: we are not writing it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str) -> list[str]:
+    """Remove the ``*.tmp-PID`` files ``write_atomic`` left in ``folder`` (and its sub-folders) whose process is
+    gone; returns their paths."""
+    removed = []
+    for root, _, names in os.walk(folder):
+        for name in names:
+            match = _TEMPORARY.search(name)
+            if match and not _alive(int(match.group(1))):
+                os.remove(os.path.join(root, name))
+                removed.append(os.path.join(root, name))
+    return removed
 
 
 def save_checkpoint(path: str, state: dict) -> None:
@@ -90,16 +127,27 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
     return state
 
 
-def export(checkpoint: str, out: str) -> str:
-    """Write a training checkpoint's EMA weights, config and data shape to the safetensors file ``out``."""
+def export(checkpoint: str, out: str, ema_std: float | None = None, ema_step: int | None = None) -> str:
+    """Write a training checkpoint's EMA weights, config and data shape to the safetensors file ``out``; with
+    ``ema_std``, the power-function EMA of that relative std at ``ema_step`` (default: the last snapshot's)
+    reconstructed post hoc from the run's snapshots (``sgm.ema.posthoc_weights``) instead."""
     from safetensors.torch import save
 
-    state = load_checkpoint(checkpoint)
+    from .ema import SNAPSHOTS, posthoc_weights
+
     if not out.endswith(".safetensors"):
         raise ValueError(f"out must end in .safetensors, got {out!r}")
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state["ema"].items()}
+    if ema_std is None and ema_step is not None:
+        raise ValueError("ema_step needs ema_std (the post-hoc EMA to reconstruct)")
+    state = load_checkpoint(checkpoint)
+    weights, step, extra = state["ema"], int(state["step"]), {}
+    if ema_std is not None:
+        weights, info = posthoc_weights(os.path.join(os.path.dirname(os.path.abspath(checkpoint)), SNAPSHOTS),
+                                        ema_std, ema_step)
+        step, extra = info["step"], {"posthoc_ema": json.dumps(info)}
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in weights.items()}
     metadata = {"format": SAFETENSORS_FORMAT, "config": json.dumps(state["config"]),
-                "data_shape": json.dumps(list(state["data_shape"])), "step": str(int(state["step"]))}
+                "data_shape": json.dumps(list(state["data_shape"])), "step": str(step), **extra}
     write_atomic(out, lambda f: f.write(save(tensors, metadata=metadata)))
     return out
 
@@ -136,14 +184,10 @@ def model_from_checkpoint(path: str, ema: bool = True, device="cpu"):
     """The score function of a saved run (EMA weights by default), its ``TrainConfig`` and the data shape;
     ``path`` is a training checkpoint or a file written by ``export``."""
     from .device import resolve_device
-    from .train import TrainConfig, build_model, build_net  # train imports this module: import here
 
     device = resolve_device(device)
     weights, config, shape = read_weights(path, ema, device)
-    try:
-        config = TrainConfig.from_dict(config)
-    except (TypeError, ValueError) as err:
-        raise CheckpointError(f"{path}: its config is not a TrainConfig ({err})") from None
+    config = _config_of(path, config)
     net = build_net(config, shape).to(device)
     try:
         net.load_state_dict(weights)
@@ -151,3 +195,18 @@ def model_from_checkpoint(path: str, ema: bool = True, device="cpu"):
         raise CheckpointError(f"{path}: weights do not fit the network its config builds ({err})") from None
     net.eval()
     return build_model(net, config), config, shape
+
+
+def _config_of(path: str, values: dict) -> TrainConfig:
+    try:
+        return TrainConfig.from_dict(values)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: its config is not a TrainConfig ({err})") from None
+
+
+def saved_config(out_dir: str) -> TrainConfig | None:
+    """The config saved in ``out_dir``'s checkpoint (None if there is none): what a resumed run starts from."""
+    path = os.path.join(out_dir, CHECKPOINT)
+    if not os.path.exists(path):
+        return None
+    return _config_of(path, load_checkpoint(path)["config"])

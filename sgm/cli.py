@@ -16,21 +16,23 @@ the library's ``ValueError`` / ``OSError`` (with ``CheckpointError`` and ``Sampl
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import re
 import sys
 import time
 
 import torch
 
 from . import distributed, metrics
+from .config import PATHS, TENSOR_DATA, TrainConfig, make_path, path_parameters
 from .plotting import scatter_panels
 from .samplers import available, sample
+from .paths import GaussianPath
 from .samplers.registry import entry as sampler_entry, options as sampler_options, solver as sampler_solver
-from .paths import SDE
-from .train import SDE_CLASSES
 from .targets import ring_mixture
 
-__all__ = ["main", "make_sde", "UsageError"]
+__all__ = ["main", "UsageError", "add_config_arguments", "config_from_args"]
 
 
 class UsageError(Exception):
@@ -43,15 +45,7 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
 
-SDE_NAMES = SDE_CLASSES
-
-def make_sde(name: str) -> SDE:
-    if name not in SDE_NAMES:
-        raise ValueError(f"sde must be one of {sorted(SDE_NAMES)}, got {name!r}")
-    return SDE_NAMES[name]()
-
-
-def demo_runs(forward: SDE) -> dict[str, dict]:
+def demo_runs(forward: GaussianPath) -> dict[str, dict]:
     """The demo's runs: every registered sampler with ``sample``'s keywords from its registry entry (steps, options,
     default grid), started just below the top where the path's ``α(T) = 0`` and the sampler needs ``α > 0``."""
     top_is_noise = float(forward.alpha(torch.tensor([forward.T], dtype=torch.float64))) == 0
@@ -65,7 +59,8 @@ def demo_runs(forward: SDE) -> dict[str, dict]:
 
 
 def demo(args: argparse.Namespace) -> int:
-    target, forward = ring_mixture(), make_sde(args.sde)
+    _figure_output(args.out)
+    target, forward = ring_mixture(), make_path(args.sde)
     g = torch.Generator().manual_seed(args.seed)
     reference = target.sample(args.n, generator=g)
     g_floor = torch.Generator().manual_seed(args.seed + 1)  # its own stream: the samplers' draws stay as they were
@@ -93,18 +88,9 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def train(args: argparse.Namespace) -> int:
-    from .train import TrainConfig, Trainer, TrainingDiverged
+    from .train import Interrupted, Trainer, TrainingDiverged
 
-    fields = {f: getattr(args, f) for f in TRAIN_OPTIONS if getattr(args, f) is not None}
-    fields["progress"] = not args.no_progress
-    if args.conditional:
-        fields["conditional"] = True
-    fields["tensorboard"] = args.tensorboard
-    fields["ema_warmup"] = not args.no_ema_warmup
-    sde_args = _sde_args(args)
-    if sde_args:
-        fields["sde_args"] = sde_args
-    config = TrainConfig(**fields)
+    config = config_from_args(args)
     with distributed.session(config.device) as (rank, world_size):  # under torchrun: one of world_size processes
         trainer = Trainer(config)
         resumed = trainer.resume()
@@ -118,60 +104,164 @@ def train(args: argparse.Namespace) -> int:
         try:
             trainer.fit(resume=False)
         except TrainingDiverged as err:
-            print(f"training stopped: {err}", file=sys.stderr)
+            print(f"sgm train: training stopped: {err}", file=sys.stderr)
             return 1
+        except Interrupted as err:
+            print(f"sgm train: {err}: run the same command to resume", file=sys.stderr)
+            return 128 + err.signum
         except KeyboardInterrupt:
-            print(f"\ninterrupted at step {trainer.step}; {trainer.path} holds it: run the same command to resume",
-                  file=sys.stderr)
+            print(f"sgm train: interrupted at step {trainer.step}; {trainer.path} holds the last checkpoint: run the "
+                  f"same command to resume", file=sys.stderr)
             return 130
     if rank == 0:
         print(f"wrote {trainer.path} and {trainer.log_path}")
     return 0
 
 
-def sample_checkpoint(args: argparse.Namespace) -> int:
-    import numpy as np
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The run's config: the one saved in ``--out-dir``'s checkpoint when there is one (else the defaults), with
+    the flags given on the command line — and only those — changed; checked (``TrainConfig.validate``), its
+    errors naming the flag."""
+    from .checkpoint import saved_config
 
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    given = {k: v for k, v in vars(args).items() if k in names}
+    path_args = {k[len(_PATH_ARG):]: v for k, v in vars(args).items() if k.startswith(_PATH_ARG)}
+    saved = saved_config(given.get("out_dir", TrainConfig.out_dir))
+    if saved is not None and saved.data == TENSOR_DATA:
+        raise UsageError(f"{saved.out_dir if 'out_dir' not in given else given['out_dir']} was trained on a tensor "
+                         f"given in Python (Trainer(config, data=...)); resume it there, with the same tensor")
+    base = saved or TrainConfig()
+    sde = given.get("sde", base.sde)
+    wrong = [k for k in path_args if k not in PATHS[sde].params]
+    if wrong:
+        takes = [f"--{p.replace('_', '-')}" for p in PATHS[sde].params]
+        raise UsageError(f"--{wrong[0].replace('_', '-')} does not apply to --sde {sde} "
+                         f"({'/'.join(takes) + ' do' if takes else 'it takes no parameters'})")
+    sde_args = {**(base.sde_args if sde == base.sde else {}), **path_args}
+    try:
+        return base.replace(**given, sde_args=sde_args).validate()
+    except ValueError as err:  # the field named first: say it as the flag the user typed
+        raise UsageError(re.sub(r"^(\w+)", lambda m: f"--{m.group(1).replace('_', '-')}" if m.group(1) in names
+                                else m.group(1), str(err))) from None
+
+
+_PATH_ARG = "path_arg:"
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per ``TrainConfig`` field (its name with dashes), from the field's metadata (help, choices,
+    default), and one per path parameter (``sde_args``); none has an argparse default, so the namespace holds only
+    the flags given."""
+    for f in dataclasses.fields(TrainConfig):
+        meta = f.metadata
+        if not meta["cli"]:
+            continue
+        kind = str(f.type).replace(" | None", "")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        shown = ",".join(str(v) for v in default) if isinstance(default, tuple) else default
+        text = meta["help"] if default is None else f"{meta['help']} (default: {shown if shown != '' else 'none'})"
+        flag = f"--{f.name.replace('_', '-')}"
+        if kind == "bool":
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                                help=text)
+            continue
+        choices = meta["choices"]() if callable(meta["choices"]) else meta["choices"]
+        parse = {"int": int, "float": float, "str": str, "tuple[int, ...]": _list_of(int),
+                 "tuple[float, ...]": _list_of(float)}[kind]
+        parser.add_argument(flag, dest=f.name, type=parse, choices=choices, default=argparse.SUPPRESS, help=text,
+                            metavar=None if choices else f.name.upper())
+    for param, paths in path_parameters().items():
+        defaults = ", ".join(f"{path}: {default}" for path, default in paths)
+        parser.add_argument(f"--{param.replace('_', '-')}", dest=_PATH_ARG + param, type=float,
+                            default=argparse.SUPPRESS, metavar=param.upper(),
+                            help=f"the path's {param} (default: {defaults})")
+
+
+def _list_of(kind):
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(kind(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__}s, e.g. 1,2,2; got "
+                                             f"{text!r}") from None
+
+    parse.__name__ = f"list of {kind.__name__}s"
+    return parse
+
+
+def sample_checkpoint(args: argparse.Namespace) -> int:
     from .checkpoint import model_from_checkpoint
     from .device import resolve_device
-    from .plotting import save_samples
     from .shards import sample_seeds
 
     device = distributed.local_device(resolve_device(args.device))
     figure, tensors, arrays = _sample_outputs(args.out)
-    model, config, shape = model_from_checkpoint(args.checkpoint, ema=not args.raw_weights, device=device)
-    options = {k: _parse_value(v) for k, v in args.option}
-    unknown = sorted(set(options) - set(sampler_options(args.sampler)))
-    if unknown:
-        raise UsageError(f"--option {unknown[0]}: sampler {args.sampler!r} takes no such option; its options: "
-                         f"{', '.join(sampler_options(args.sampler)) or 'none'}")
-    score = _conditioned(model, args.label, args.guidance)
+    options = _sampler_options(args.sampler, args.option)
     if args.steps is not None and args.nfe is not None:
         raise UsageError("give --steps (noise levels) or --nfe (a budget of model evaluations), not both")
-    if args.steps is None and args.nfe is None:
+    if sampler_solver(args.sampler, **options).adaptive:
+        if args.steps is not None:
+            raise UsageError(f"--steps {args.steps}: sampler {args.sampler!r} with these options is adaptive and "
+                             f"chooses its own steps (set --option rtol=…/atol=…); for fixed steps give --option "
+                             f"method=heun2")
+    elif args.steps is None and args.nfe is None:
         args.steps = 100
-    if args.shard_dir or args.n > args.shard_size:
-        return _sample_shards(args, score, model.sde, shape, device, options, figure)
+    model, config, shape = model_from_checkpoint(args.checkpoint, ema=not args.raw_weights, device=device)
+    score = _conditioned(model, args.label, args.guidance)
     t0 = time.perf_counter()
-    with torch.no_grad():
-        out = sample(score, model.sde, (args.n,) + shape, sampler=args.sampler, steps=args.steps, nfe=args.nfe,
-                     seeds=sample_seeds(args.seed, 0, args.n),
-                     device=device, dtype=torch.float32, progress=not args.no_progress, **options)
+    if args.shard_dir or args.n > args.shard_size:
+        x, spent, where = _sample_shards(args, score, model.sde, shape, device, options)
+    else:
+        with torch.no_grad():
+            out = sample(score, model.sde, (args.n,) + shape, sampler=args.sampler, steps=args.steps, nfe=args.nfe,
+                         seeds=sample_seeds(args.seed, 0, args.n),
+                         device=device, dtype=torch.float32, progress=not args.no_progress, **options)
+        x, spent, where = out.x.cpu(), f"{out.nfe} NFE", ""
     seconds = time.perf_counter() - t0
-    x = out.x.cpu()
+    if not distributed.is_main():
+        return 0
+    written = _write_samples(x, figure, tensors, arrays, f"{args.sampler}, {spent}",
+                             _reference_data(config, shape, args.show), args.show)
+    print(f"{args.n} samples with {args.sampler} {where or f'({spent})'} in {seconds:.2f}s; wrote {', '.join(written)}")
+    return 0
+
+
+def _sampler_options(name: str, pairs: list[tuple[str, str]]) -> dict:
+    """``--option KEY=VALUE`` pairs as the sampler's options, checked by building its solver before any work."""
+    options = {k: _parse_value(v) for k, v in pairs}
+    unknown = sorted(set(options) - set(sampler_options(name)))
+    if unknown:
+        raise UsageError(f"--option {unknown[0]}: sampler {name!r} takes no such option; its options: "
+                         f"{', '.join(sampler_options(name)) or 'none'}")
+    if options.get("variance") == "analytic":
+        raise UsageError("--option variance=analytic needs a Γ estimate (gamma), which the command line cannot "
+                         "build; in Python pass gamma=sgm.likelihood.estimate_gamma(...) to sgm.sample")
+    try:
+        sampler_solver(name, **options)
+    except (TypeError, ValueError) as err:
+        raise UsageError(f"--option: {err}") from None
+    return options
+
+
+def _write_samples(x: torch.Tensor, figure: str | None, tensors: str | None, arrays: str | None, title: str,
+                   reference, show: int) -> list[str]:
+    """The samples to the files ``--out`` asked for (``_sample_outputs``); returns their paths, the figure first."""
+    import numpy as np
+
+    from .plotting import save_samples
+
     written = []
+    if figure:
+        save_samples(x[:show], figure, title, reference=reference)
+        written.append(figure)
     if tensors:
         torch.save(x, tensors)
         written.append(tensors)
     if arrays:
         np.savez_compressed(arrays, samples=x.numpy())
         written.append(arrays)
-    if figure:
-        data = _reference_data(config, shape, args.show)
-        save_samples(x[: args.show], figure, f"{args.sampler}, {out.nfe} NFE", reference=data)
-        written.insert(0, figure)
-    print(f"{args.n} samples with {args.sampler} ({out.nfe} NFE) in {seconds:.2f}s; wrote {', '.join(written)}")
-    return 0
+    return written
 
 
 def _conditioned(model, label: int | None, guidance: float | None):
@@ -199,40 +289,30 @@ def sample_command(args: argparse.Namespace) -> int:
 
 
 def _default_shard_dir(out: str) -> str:
-    import os
-
     return os.path.splitext(out)[0] + "_shards"
 
 
-def _sample_shards(args: argparse.Namespace, score, sde, shape: tuple, device, options: dict, figure: str | None) -> int:
-    """``args.n`` samples into ``.npz`` shards (resumable); process 0 then draws the figure of the first ones."""
-    import os
-
+def _sample_shards(args: argparse.Namespace, score, sde, shape: tuple, device, options: dict):
+    """``args.n`` samples into ``.npz`` shards (resumable, shared by torchrun's processes); returns, on process 0,
+    all of them read back for ``--out`` (None elsewhere), the steps spent and where the shards are."""
     import numpy as np
 
-    from .plotting import save_samples
     from .shards import sample_shards
 
     out_dir = args.shard_dir or _default_shard_dir(args.out)
-    t0 = time.perf_counter()
     paths = sample_shards(score, sde, shape, args.n, out_dir, args.shard_size, args.seed, args.sampler,
                           args.steps, device, progress=not args.no_progress, nfe=args.nfe,
                           record={"checkpoint": os.path.abspath(args.checkpoint), "raw_weights": args.raw_weights},
                           **options)
-    if distributed.is_main() and figure:
-        shown, left = [], args.show
-        for path in paths:
-            if left <= 0:
-                break
-            with np.load(path, allow_pickle=False) as f:
-                shown.append(torch.from_numpy(f["samples"][:left]))
-            left -= len(shown[-1])
-        save_samples(torch.cat(shown), figure, f"{args.sampler}, " + (f"{args.nfe} NFE" if args.nfe else
-                                                                         f"{args.steps} steps"))
+    x = None
     if distributed.is_main():
-        print(f"{args.n} samples with {args.sampler} in {len(paths)} shards in {out_dir} "
-              f"({time.perf_counter() - t0:.2f}s){'; wrote ' + figure if figure else ''}")
-    return 0
+        parts = []
+        for path in paths:
+            with np.load(path, allow_pickle=False) as f:
+                parts.append(torch.from_numpy(f["samples"]))
+        x = torch.cat(parts)
+    spent = f"{args.nfe} NFE" if args.nfe else f"{args.steps} steps" if args.steps else "adaptive steps"
+    return x, spent, f"in {len(paths)} shards in {out_dir}"
 
 
 def _fail(command: str, err: Exception) -> int:
@@ -245,24 +325,25 @@ def export_checkpoint(args: argparse.Namespace) -> int:
     from .checkpoint import CheckpointError, export
 
     try:
-        out = export(args.checkpoint, args.out)
+        out = export(args.checkpoint, args.out, args.ema_std, args.ema_step)
     except (CheckpointError, FileNotFoundError, ValueError) as err:
         return _fail("export", err)
-    print(f"wrote {out} (EMA weights and config of {args.checkpoint})")
+    what = "EMA weights" if args.ema_std is None else f"post-hoc EMA (std {args.ema_std}) weights"
+    print(f"wrote {out} ({what} and config of {args.checkpoint})")
     return 0
 
 
 def eval_samples(args: argparse.Namespace) -> int:
     from .checkpoint import CheckpointError
-    from .evaluate import evaluate, load_input
+    from .evaluate import evaluate, read_input, stats_of
     from .nets.inception import load_inception
     from .device import resolve_device
 
     try:
         device = resolve_device(args.device)
+        inputs = [read_input(p, args.value_range) for p in (args.samples, args.reference)]  # checked before work
         net = load_inception(args.inception, device)
-        samples, reference = (load_input(p, net, args.batch_size, device, progress=True)
-                              for p in (args.samples, args.reference))
+        samples, reference = (stats_of(read, net, args.batch_size, device, progress=True) for read in inputs)
         if args.save_reference_stats:
             reference.save(args.save_reference_stats)
         scores = evaluate(samples, reference, kid_subset_size=args.kid_subset_size)
@@ -273,7 +354,7 @@ def eval_samples(args: argparse.Namespace) -> int:
         text += f"  KID {scores['kid']:.6f} ± {scores['kid_std']:.6f}"
     if "is" in scores:
         text += f"  IS {scores['is']:.4f} ± {scores['is_std']:.4f}"
-    print(text)
+    print(f"{text}  (samples: {samples.source}; reference: {reference.source})")
     return 0
 
 
@@ -287,10 +368,32 @@ def _sample_outputs(out: str) -> tuple[str | None, str | None, str | None]:
     if ext.lower() not in FIGURE_EXTENSIONS + (".pt", ".npz", ""):
         raise UsageError(f"--out {out!r}: the extension must be one of {', '.join(FIGURE_EXTENSIONS)}, .pt, .npz "
                          f"or none (all three)")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    _writable_folder(out)
     if ext.lower() in (".pt", ".npz"):
         return None, (out if ext.lower() == ".pt" else None), (out if ext.lower() == ".npz" else None)
     return (out if ext else stem + ".png"), stem + ".pt", stem + ".npz"
+
+
+def _writable_folder(out: str) -> None:
+    """Make ``out``'s folder and check that a file can be written there, before any work (a ``UsageError``
+    naming ``--out`` otherwise)."""
+    import tempfile
+
+    folder = os.path.dirname(os.path.abspath(out))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise UsageError(f"--out {out!r}: cannot write in {folder} ({err.strerror or err})") from None
+
+
+def _figure_output(out: str) -> str:
+    """``--out`` of a command that writes one figure: a figure extension and a folder it can write in."""
+    if os.path.splitext(out)[1].lower() not in FIGURE_EXTENSIONS:
+        raise UsageError(f"--out {out!r}: the extension must be one of {', '.join(FIGURE_EXTENSIONS)}")
+    _writable_folder(out)
+    return out
 
 
 def _reference_data(config, shape: tuple, n: int):
@@ -326,17 +429,6 @@ def _key_value(text: str) -> tuple[str, str]:
     return key, value
 
 
-def _sde_args(args: argparse.Namespace) -> dict:
-    """``--beta-min/--beta-max`` (vp, subvp) and ``--sigma-min/--sigma-max`` (ve) as the config's ``sde_args``."""
-    given = {k: getattr(args, k) for k in ("beta_min", "beta_max", "sigma_min", "sigma_max") if getattr(args, k) is not None}
-    sde = args.sde or "vp"
-    wrong = [k for k in given if k.startswith("sigma" if sde != "ve" else "beta")]
-    if wrong:
-        raise UsageError(f"--{wrong[0].replace('_', '-')} does not apply to --sde {sde} "
-                         f"({'--sigma-min/--sigma-max' if sde == 've' else '--beta-min/--beta-max'} do)")
-    return given
-
-
 def _parse_value(text: str):
     for kind in (int, float):
         try:
@@ -346,45 +438,9 @@ def _parse_value(text: str):
     return {"true": True, "false": False}.get(text.lower(), text)
 
 
-# TrainConfig fields the command line sets (name: type, help); choices in TRAIN_CHOICES, defaults from TrainConfig
-TRAIN_OPTIONS = {
-    "data": (str, "dataset"),
-    "data_path": (str, "folder of the mnist / cifar10 / folder data"),
-    "image_size": (int, "resize folder images to this size"),
-    "n_data": (int, "how many points of a generated 2-D set"),
-    "sde": (str, "forward SDE"),
-    "prediction": (str, "what the network predicts"),
-    "weighting": (str, "DSM loss weighting λ(t)"),
-    "eps": (float, "smallest training time: t ~ U(eps, T)"),
-    "sigma_data": (float, "σ_d of --prediction edm / --weighting edm (default: the training data's std)"),
-    "net": (str, "network (auto: mlp for vectors, unet for images)"),
-    "width": (int, "MLP width"), "depth": (int, "MLP residual blocks"),
-    "channels": (int, "U-Net base channels"), "num_res_blocks": (int, "U-Net blocks per level"),
-    "dropout": (float, "dropout"),
-    "label_dropout": (float, "rate of training without the label (for classifier-free guidance), default 0.1"),
-    "steps": (int, "training steps"), "batch_size": (int, "global batch size (split over torchrun's processes)"),
-    "lr": (float, "learning rate"), "weight_decay": (float, "AdamW weight decay"),
-    "warmup": (int, "warm-up steps"), "grad_clip": (float, "gradient-norm clip"), "ema_decay": (float, "EMA decay"),
-    "seed": (int, "seed"), "device": (_device, "auto, cpu, cuda or cuda:N"), "out_dir": (str, "the run's folder"),
-    "checkpoint_every": (int, "steps between checkpoints"),
-    "checkpoint_minutes": (float, "minutes between checkpoints (also written on Ctrl-C)"),
-    "sample_every": (int, "steps between sample grids"),
-    "n_samples": (int, "samples per grid"), "sample_steps": (int, "ODE steps for the grids"),
-}
-
-
-def _train_choices() -> dict:
-    from .data import DATASETS
-    from .losses import WEIGHTINGS
-    from .score import PREDICTIONS
-
-    return {"data": DATASETS, "sde": tuple(SDE_NAMES), "prediction": PREDICTIONS, "weighting": WEIGHTINGS,
-            "net": ("auto", "mlp", "unet")}
-
-
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
-    from .train import TrainConfig
+    from .evaluate import VALUE_RANGES
 
     parser = _Parser(prog="sgm", description="sgm: score-based generative modelling with SDEs "
                                      "and ODEs (demo, train, sample, bench)")
@@ -392,32 +448,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="sample an 8-mode ring mixture with its exact score, one panel per sampler",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--sde", default="vp", choices=sorted(SDE_NAMES), help="forward SDE")
+    p.add_argument("--sde", default="vp", choices=tuple(PATHS), help="forward path")
     p.add_argument("--n", type=_positive_int, default=2000, help="samples per sampler")
     p.add_argument("--seed", type=int, default=0, help="seed")
     p.add_argument("--out", default="outputs/demo.png", help="the PNG to write")
     p.add_argument("--progress", action="store_true", help="show progress bars")
     p.set_defaults(func=demo)
 
-    p = sub.add_parser("train", help="train a score network by denoising score matching (resumes if it can)")
-    defaults, choices = TrainConfig(), _train_choices()
-    for name, (kind, text) in TRAIN_OPTIONS.items():
-        default = getattr(defaults, name)
-        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None, choices=choices.get(name),
-                       help=f"{text} (default: {default})" if default is not None else text)
-    for name, text in (("beta_min", "VP / sub-VP β_min (default: 0.1)"), ("beta_max", "VP / sub-VP β_max (default: 20)"),
-                       ("sigma_min", "VE σ_min (default: 0.01)"), ("sigma_max", "VE σ_max (default: 50)")):
-        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=float, default=None, help=text)
-    p.add_argument("--no-ema-warmup", action="store_true", help="a constant EMA decay from the first step")
-    p.add_argument("--channel-mult", dest="channel_mult", type=lambda v: tuple(int(c) for c in v.split(",")),
-                   default=None, help="U-Net channel multipliers, e.g. 1,2,2")
-    p.add_argument("--attn-levels", dest="attn_levels", type=lambda v: tuple(int(c) for c in v.split(",") if c),
-                   default=None, help="U-Net levels with self-attention, e.g. 1")
-    p.add_argument("--conditional", action="store_true", default=None,
-                   help="class-conditional training on the dataset's labels")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--tensorboard", action="store_true",
-                   help="also log the scalars and sample figures to OUT_DIR/tensorboard")
+    p = sub.add_parser("train", help="train a score network by denoising score matching (resumes if it can)",
+                       description="Train a score network by denoising score matching. Run the same command again "
+                                   "to resume: the run keeps every saved setting, and only the flags given change.")
+    add_config_arguments(p)
     p.set_defaults(func=train)
 
     p = sub.add_parser("sample", help="sample a trained checkpoint with any sampler",
@@ -425,7 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="a checkpoint.pt written by sgm train, or a .safetensors from sgm export")
     p.add_argument("--sampler", default="ode", choices=available(), help="sampler")
     p.add_argument("--steps", type=_positive_int, default=None,
-                   help="sampler steps (noise levels; 100 unless --nfe is given)")
+                   help="sampler steps (noise levels; 100 unless --nfe is given); an adaptive solver (the default ode, "
+                        "with dopri5) chooses its own and refuses --steps")
     p.add_argument("--nfe", type=_positive_int, default=None,
                    help="a budget of model evaluations instead of --steps: the most noise levels the sampler can "
                         "take within it")
@@ -454,6 +496,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write a checkpoint's EMA weights and config to a .safetensors file to share")
     p.add_argument("checkpoint", help="a checkpoint.pt written by sgm train")
     p.add_argument("out", help="the .safetensors file to write")
+    p.add_argument("--ema-std", type=float, default=None,
+                   help="reconstruct the power-function EMA of this relative std (e.g. 0.1) from the run's snapshots "
+                        "(sgm train --ema-stds ... --snapshot-every N) instead of exporting the EMA")
+    p.add_argument("--ema-step", type=_positive_int, default=None,
+                   help="the step of the reconstructed EMA (default: the last snapshot's)")
     p.set_defaults(func=export_checkpoint)
 
     p = sub.add_parser("eval", help="FID, KID and Inception Score of samples against a reference set",
@@ -466,6 +513,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=100, help="images per forward pass")
     p.add_argument("--kid-subset-size", type=_positive_int, default=1000, help="KID subset size")
     p.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--value-range", default="auto", choices=("auto",) + tuple(VALUE_RANGES),
+                   help="the range of float images (uint8 ones are 0:255); auto: -1:1 (sgm's samples) when they "
+                        "hold a negative value, 0:1 when they lie in it, refused otherwise")
     p.add_argument("--save-reference-stats", default=None, metavar="NPZ",
                    help="write the reference's mu and sigma here, to pass as REFERENCE next time")
     p.set_defaults(func=eval_samples)

@@ -2,11 +2,17 @@
 and image folders. Images come back as float32 ``(N, C, H, W)`` in ``[-1, 1]``; 2-D sets as ``(N, 2)``.
 
 Nothing is downloaded: the real-data loaders read files already on disk, in their published formats
-(MNIST's idx files, optionally gzipped; CIFAR-10's python pickle batches; any PNG/JPEG/BMP/GIF folder).
+(MNIST's idx files, optionally gzipped; CIFAR-10's python pickle batches, read by an unpickler that builds
+nothing but the documented dict of arrays, lists, bytes and ints; any PNG/JPEG/BMP/GIF folder, also as an
+``ImageFolder`` that decodes each image when it is asked for).
+
+Training sets are checked once (``check_finite``: the first non-finite value by index) and identified by
+``fingerprint`` (shape, dtype and a SHA-256 of the values), which a resumed run compares with its checkpoint's.
 """
 from __future__ import annotations
 
 import gzip
+import hashlib
 import math
 import os
 import pickle
@@ -18,8 +24,8 @@ from torch import Tensor
 
 from .targets import ring_mixture
 
-__all__ = ["TOY_SETS", "toy_2d", "load_digits", "load_mnist", "load_cifar10", "load_image_folder", "load_dataset",
-           "DATASETS"]
+__all__ = ["TOY_SETS", "toy_2d", "load_digits", "load_mnist", "load_cifar10", "load_image_folder", "ImageFolder",
+           "load_dataset", "DATASETS", "FILE_DATASETS", "check_finite", "fingerprint"]
 
 TOY_SETS = ("moons", "swiss_roll", "8gaussians", "checkerboard")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -124,6 +130,45 @@ def load_mnist(folder: str, split: str = "train") -> tuple[Tensor, Tensor]:
     return _to_unit_range(images[:, None], 255.0), torch.from_numpy(labels.astype(np.int64))
 
 
+_RECONSTRUCT = np.zeros(1).__reduce__()[0]  # numpy's array-unpickling function, whatever module numpy keeps it in
+_CIFAR_GLOBALS = {("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
+                  ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
+                  ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Builds plain containers and numpy arrays only: any other global a pickle names (a function it would call,
+    a class it would make) is refused before anything runs."""
+
+    def find_class(self, module, name):
+        if (module, name) in _CIFAR_GLOBALS:
+            return _CIFAR_GLOBALS[(module, name)]
+        raise pickle.UnpicklingError(f"refused: the pickle names {module}.{name}, which a CIFAR-10 batch never does "
+                                     f"(it may carry code, which sgm never runs)")
+
+
+def _read_cifar_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(data (N, 3072) uint8, labels (N,) int64)`` of one python batch: ``{b"data": uint8 array, b"labels": list
+    of ints, ...}`` (the other keys, bytes and lists of bytes, are ignored); a ``ValueError`` naming the file
+    otherwise."""
+    try:
+        with open(path, "rb") as f:
+            batch = _CifarUnpickler(f, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, TypeError, ValueError, AttributeError, IndexError) as err:
+        raise ValueError(f"{path}: not a CIFAR-10 python batch ({err})") from None
+    if not isinstance(batch, dict) or not {b"data", b"labels"} <= set(batch):
+        raise ValueError(f"{path}: not a CIFAR-10 python batch (expected a dict with b'data' and b'labels', got "
+                         f"{type(batch).__name__} {sorted(batch)[:4] if isinstance(batch, dict) else ''})")
+    data, labels = batch[b"data"], batch[b"labels"]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise ValueError(f"{path}: expected b'data' a uint8 array (N, 3072), got {type(data).__name__} "
+                         f"{getattr(data, 'dtype', '')} {getattr(data, 'shape', '')}")
+    if not isinstance(labels, list) or len(labels) != len(data) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 <= v for v in labels):
+        raise ValueError(f"{path}: expected b'labels' a list of {len(data)} non-negative ints")
+    return data, np.asarray(labels, dtype=np.int64)
+
+
 def load_cifar10(folder: str, split: str = "train") -> tuple[Tensor, Tensor]:
     """CIFAR-10 from its python pickle batches in ``folder`` (``data_batch_1`` … ``data_batch_5``, ``test_batch``):
     ``(N, 3, 32, 32)`` in [-1, 1] and labels."""
@@ -136,59 +181,109 @@ def load_cifar10(folder: str, split: str = "train") -> tuple[Tensor, Tensor]:
         raise FileNotFoundError(f"CIFAR-10 folder {folder!r} has none of {names}")
     images, labels = [], []
     for path in paths:
-        try:
-            with open(path, "rb") as f:
-                batch = pickle.load(f, encoding="bytes")
-            data, lab = np.asarray(batch[b"data"], dtype=np.uint8), np.asarray(batch[b"labels"], dtype=np.int64)
-        except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"{path}: not a CIFAR-10 python batch ({err})") from err
-        if data.ndim != 2 or data.shape[1] != 3072 or len(lab) != len(data):
-            raise ValueError(f"{path}: expected data (N, 3072) with N labels, got {data.shape} and {len(lab)}")
+        data, lab = _read_cifar_batch(path)
         images.append(data.reshape(-1, 3, 32, 32))
         labels.append(lab)
     return _to_unit_range(np.concatenate(images), 255.0), torch.from_numpy(np.concatenate(labels))
+
+
+class ImageFolder:
+    """Every image file under ``folder`` (sorted by path), decoded when indexed: ``folder[i]`` is a float32
+    ``(channels, H, W)`` tensor in ``[-1, 1]``, resized to ``size``×``size`` (bilinear) when given. With
+    ``labels``, ``self.labels[i]`` is image ``i``'s class: its top-level sub-folder, classes numbered in sorted
+    name order (``self.classes``). Without ``size`` every image must have the first one's size."""
+
+    def __init__(self, folder: str, size: int | None = None, channels: int = 3, labels: bool = False):
+        folder = _existing(folder, "image folder")
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {channels}")
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            raise ValueError(f"size must be an int >= 1 or None, got {size!r}")
+        self.folder, self.size, self.channels = folder, size, channels
+        self.files = sorted(os.path.join(root, f) for root, _, names in os.walk(folder) for f in names
+                            if f.lower().endswith(IMAGE_EXTENSIONS))
+        if not self.files:
+            raise FileNotFoundError(f"image folder {folder!r} holds no {'/'.join(IMAGE_EXTENSIONS)} files")
+        self.labels = self.classes = None
+        if labels:
+            parts = [os.path.relpath(f, folder).split(os.sep) for f in self.files]
+            loose = [os.path.join(folder, *p) for p in parts if len(p) == 1]
+            if loose:
+                raise ValueError(f"image folder {folder!r}: labels come from sub-folders, but {loose[0]} is not in one")
+            self.classes = sorted({p[0] for p in parts})
+            self.labels = torch.tensor([self.classes.index(p[0]) for p in parts], dtype=torch.long)
+        self.shape = (channels,) + self._array(0).shape[:2]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _array(self, i: int) -> np.ndarray:
+        from PIL import Image, UnidentifiedImageError
+
+        path = self.files[i]
+        try:
+            with Image.open(path) as img:
+                img = img.convert("L" if self.channels == 1 else "RGB")
+                if self.size is not None:
+                    img = img.resize((self.size, self.size), Image.BILINEAR)
+                return np.asarray(img, dtype=np.uint8)
+        except (UnidentifiedImageError, OSError) as err:
+            raise ValueError(f"{path}: not a readable image ({err})") from err
+
+    def images(self, indices) -> Tensor:
+        """Images ``indices`` as one ``(len(indices), channels, H, W)`` batch."""
+        arrays = [self._array(int(i)) for i in indices]
+        for i, a in zip(indices, arrays):
+            if a.shape[:2] != self.shape[1:]:
+                raise ValueError(f"images in {self.folder!r} differ in size ({self.files[int(i)]} is "
+                                 f"{a.shape[1]}×{a.shape[0]}, the first {self.shape[2]}×{self.shape[1]}); pass "
+                                 f"size= to resize them")
+        stacked = np.stack(arrays)
+        return _to_unit_range(stacked[:, None] if self.channels == 1 else stacked.transpose(0, 3, 1, 2), 255.0)
+
+    def __getitem__(self, i: int) -> Tensor:
+        return self.images([i])[0]
+
+    def fingerprint(self) -> dict:
+        """Shape, dtype and a SHA-256 of every file's relative path and size (not their bytes: that would read
+        the whole set at every start), with the labels."""
+        h = hashlib.sha256(repr((self.size, self.channels)).encode())
+        for path in self.files:
+            h.update(f"{os.path.relpath(path, self.folder)}\0{os.path.getsize(path)}\0".encode())
+        if self.labels is not None:
+            h.update(self.labels.numpy().tobytes())
+        return {"shape": [len(self)] + list(self.shape), "dtype": "float32", "sha256": h.hexdigest()}
 
 
 def load_image_folder(folder: str, size: int | None = None, channels: int = 3, labels: bool = False):
     """Every image file under ``folder`` (sorted), as ``(N, channels, H, W)`` in [-1, 1], resized to ``size``×``size``
     (bilinear) when given; otherwise all images must share one size. With ``labels``, returns ``(images, labels,
     class_names)``: each image's class is its top-level sub-folder, classes numbered in sorted name order."""
-    from PIL import Image, UnidentifiedImageError
-
-    folder = _existing(folder, "image folder")
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels}")
-    files = sorted(os.path.join(root, f) for root, _, names in os.walk(folder) for f in names
-                   if f.lower().endswith(IMAGE_EXTENSIONS))
-    if not files:
-        raise FileNotFoundError(f"image folder {folder!r} holds no {'/'.join(IMAGE_EXTENSIONS)} files")
-    if labels:
-        parts = [os.path.relpath(f, folder).split(os.sep) for f in files]
-        loose = [os.path.join(folder, *p) for p in parts if len(p) == 1]
-        if loose:
-            raise ValueError(f"image folder {folder!r}: labels come from sub-folders, but {loose[0]} is not in one")
-        names = sorted({p[0] for p in parts})
-        classes = torch.tensor([names.index(p[0]) for p in parts], dtype=torch.long)
-    arrays = []
-    for path in files:
-        try:
-            with Image.open(path) as img:
-                img = img.convert("L" if channels == 1 else "RGB")
-                if size is not None:
-                    img = img.resize((size, size), Image.BILINEAR)
-                arrays.append(np.asarray(img, dtype=np.uint8))
-        except (UnidentifiedImageError, OSError) as err:
-            raise ValueError(f"{path}: not a readable image ({err})") from err
-    shapes = {a.shape for a in arrays}
-    if len(shapes) > 1:
-        raise ValueError(f"images in {folder!r} differ in size ({sorted(shapes)[:3]}…); pass size= to resize them")
-    stacked = np.stack(arrays)
-    stacked = stacked[:, None] if channels == 1 else stacked.transpose(0, 3, 1, 2)
-    images = _to_unit_range(stacked, 255.0)
-    return (images, classes, names) if labels else images
+    images = ImageFolder(folder, size, channels, labels)
+    x = images.images(range(len(images)))
+    return (x, images.labels, images.classes) if labels else x
 
 
-DATASETS = TOY_SETS + ("digits", "mnist", "cifar10", "folder")
+FILE_DATASETS = ("mnist", "cifar10", "folder")
+DATASETS = TOY_SETS + ("digits",) + FILE_DATASETS
+
+
+def check_finite(x: Tensor, what: str = "data") -> Tensor:
+    """``x`` if every value is finite; else a ``ValueError`` naming the first non-finite value by its index."""
+    bad = ~torch.isfinite(x)
+    if bool(bad.any()):
+        index = tuple(int(i) for i in bad.nonzero()[0])
+        raise ValueError(f"{what} holds {int(bad.sum())} non-finite value(s); the first is {x[index].item()} at index "
+                         f"{index if len(index) > 1 else index[0]}")
+    return x
+
+
+def fingerprint(x: Tensor, labels: Tensor | None = None) -> dict:
+    """``{"shape", "dtype", "sha256"}`` of a tensor (and its labels): equal exactly when the values are."""
+    h = hashlib.sha256(x.detach().cpu().contiguous().numpy().tobytes())
+    if labels is not None:
+        h.update(labels.detach().cpu().long().numpy().tobytes())
+    return {"shape": list(x.shape), "dtype": str(x.dtype).replace("torch.", ""), "sha256": h.hexdigest()}
 
 
 def load_dataset(name: str, path: str | None = None, n: int = 50_000, seed: int = 0, size: int | None = None,

@@ -1,9 +1,10 @@
-"""Which torch device a run uses: ``"auto"`` (CUDA when present, else the CPU) or a name checked before any work."""
+"""Which torch device a run uses (``"auto"``: CUDA when present, else the CPU; or a name checked before any work), and
+the two things a device changes: where a generator's draws are made, and whether float64 exists there (not on MPS)."""
 from __future__ import annotations
 
 import torch
 
-__all__ = ["resolve_device"]
+__all__ = ["resolve_device", "randn", "wide_float"]
 
 
 def resolve_device(name="auto") -> torch.device:
@@ -31,3 +32,18 @@ def resolve_device(name="auto") -> torch.device:
     elif device.type != "cpu":
         raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {name!r}")
     return device
+
+
+def wide_float(device) -> torch.dtype:
+    """float64 — or float32 on a device without float64 (MPS): the dtype for times and tables kept wide."""
+    return torch.float32 if torch.device(device).type == "mps" else torch.float64
+
+
+def randn(shape, generator: torch.Generator | None = None, dtype: torch.dtype | None = None, device=None) -> torch.Tensor:
+    """``torch.randn`` of ``shape`` on ``device`` from ``generator``, wherever the generator lives: drawn on the
+    generator's device and moved when they differ (a CPU generator feeding a GPU run gives the draws it gives on
+    the CPU)."""
+    device = torch.device("cpu") if device is None else torch.device(device)
+    if generator is None or generator.device.type == device.type:
+        return torch.randn(tuple(shape), generator=generator, dtype=dtype, device=device)
+    return torch.randn(tuple(shape), generator=generator, dtype=dtype, device=generator.device).to(device)

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["world", "is_main", "setup", "teardown", "session", "barrier", "mean_over_ranks", "stream_seed",
-           "local_device"]
+__all__ = ["world", "is_main", "setup", "teardown", "session", "barrier", "mean_over_ranks", "max_over_ranks",
+           "stream_seed", "local_device"]
 
 
 def world() -> tuple[int, int]:
@@ -81,6 +81,16 @@ def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
     value = value.detach().clone()
     dist.all_reduce(value)
     return value / world()[1]
+
+
+def max_over_ranks(value: int, device: torch.device) -> int:
+    """The largest of every process's ``value`` (``value`` itself with one); the tensor lives on ``device`` (the
+    backend's: CUDA for NCCL)."""
+    if world()[1] == 1:
+        return value
+    t = torch.tensor([value], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
 
 
 def stream_seed(*key: int) -> int:

@@ -98,6 +98,8 @@ class LinearObservation:
         A = torch.as_tensor(A)
         if A.dim() != 2 or not A.is_floating_point():
             raise ValueError(f"A must be a floating (m, D) matrix, got shape {tuple(A.shape)} dtype {A.dtype}")
+        if not bool(torch.isfinite(A).all()):
+            raise ValueError("A must be finite")
         self.event_shape = (A.shape[1],) if event_shape is None else _event_shape(event_shape)
         if math.prod(self.event_shape) != A.shape[1]:
             raise ValueError(f"A has {A.shape[1]} columns but samples of event_shape {self.event_shape} have "
@@ -106,9 +108,9 @@ class LinearObservation:
         if y.dim() not in (1, 2) or y.shape[-1] != A.shape[0]:
             raise ValueError(f"y must have shape ({A.shape[0]},) or (batch, {A.shape[0]}) for A of shape "
                              f"{tuple(A.shape)}, got {tuple(y.shape)}")
-        self.sigma_y = real("sigma_y", sigma_y)
-        if self.sigma_y < 0:
-            raise ValueError(f"sigma_y must be >= 0, got {self.sigma_y}")
+        if not bool(torch.isfinite(y).all()):
+            raise ValueError("y must be finite (an observation with NaN or inf would poison every step)")
+        self.sigma_y = real("sigma_y", sigma_y, 0.0)
         self.A, self.y = A, y
         self.pinv = torch.linalg.pinv(A)
 

@@ -18,6 +18,8 @@ def check_class_labels(y, n_classes: int, batch: int | None = None, device=None)
         y = y.expand(batch)
     if y.dim() != 1 or (batch is not None and y.shape[0] != batch):
         raise ValueError(f"labels must have shape ({batch if batch is not None else 'batch'},), got {tuple(y.shape)}")
-    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= n_classes):
+    # The range is read on the CPU only: on an accelerator it would make the host wait for the device at every
+    # call; there an out-of-range label trips the embedding's own device-side index check instead.
+    if y.numel() and y.device.type == "cpu" and (int(y.min()) < 0 or int(y.max()) >= n_classes):
         raise ValueError(f"labels must lie in [0, {n_classes - 1}], got values in [{int(y.min())}, {int(y.max())}]")
     return y.long()

@@ -106,7 +106,7 @@ def log_likelihood(score: Callable[[Tensor, Tensor], Tensor], sde: SDE, x: Tenso
         y = state[0]
         with torch.enable_grad():
             y = y.detach().requires_grad_(True)
-            tt = t.to(y.dtype).expand(y.shape[0])
+            tt = t.to(y.dtype).clamp(eps, t_max).expand(y.shape[0])  # the initial step's probe held inside
             v = predict(checked, sde, y, tt).velocity
             div = _divergence_exact(v, y) if probes is None else _divergence_hutchinson(v, y, probes)
         return v.detach(), div.detach()

@@ -18,6 +18,14 @@ loss for every kind:
 - ``"native"``: ``w = 1``, the plain regression of the model's own prediction (``λ = b²``): ``L_simple`` for ε, the
   conditional flow-matching loss ``‖û - (α'x_0 + σ'ε)‖²`` for a velocity model (``b = -½g²``, so ``λ = g⁴/4``; on
   rectified flow ``‖û - (ε - x_0)‖²`` is DSM with ``λ = t²/(1 - t)²``);
+- ``"min_snr"``: Hang et al.'s (2023) Min-SNR-γ, weight ``min(SNR, γ)`` on ``‖x̂_0 - x_0‖²`` with ``SNR = α²/σ²``
+  (``b = σ²/α`` for x̂_0): ``λ = σ² min(1, γσ²/α²)``; for an ε-network ``min(SNR, γ)/SNR``, for v on VP
+  ``min(SNR, γ)/(SNR + 1)``, as the paper writes them;
+- ``"soft_min_snr"``: Crowson et al.'s (2024, HDiT) soft minimum ``1/(1/SNR + 1/γ)`` in place of ``min(SNR, γ)``:
+  ``λ = γσ⁴/(α² + γσ²)`` (k-diffusion's ``(σ̃σ_d)²/(σ̃² + σ_d²)²`` on the EDM network's output is ``γ = 1/σ_d²``);
+- ``"edm2"``: EDM's weighting with EDM2's learned uncertainty (Karras et al., 2024): a per-sample loss ``L`` becomes
+  ``L/e^u + u`` with ``u = log_variance`` (``LogVariance``, a learned function of the noise level, trained with
+  the network), which equalises the loss's scale over noise levels;
 - any callable ``λ(t) -> (batch,)``.
 
 Times (``time_distribution``): ``"uniform"`` ``t ~ U(eps, T)``; ``"logit_normal"`` (SD3: ``t = eps + (T - eps)·
@@ -34,24 +42,26 @@ The discrete losses are special cases:
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
-from torch import Tensor
+from torch import Tensor, nn
 
 from .checks import choice, positive, real
 from .paths import VESDE, VPSDE, DiscreteChain, GaussianPath, batch_view
 from .predictions import predicts, score_coefficient, target
-from .score import ScoreModel
+from .score import ScoreModel, edm_noise_input
 
 __all__ = ["denoising_loss", "ddpm_loss", "ncsn_loss", "WEIGHTINGS", "TIME_DISTRIBUTIONS", "COUPLINGS", "Uniform",
-           "LogitNormal", "LogNormal", "sample_times", "ot_coupling", "dsm_weight"]
+           "LogitNormal", "LogNormal", "sample_times", "ot_coupling", "dsm_weight", "LogVariance", "MIN_SNR_GAMMA"]
 
-WEIGHTINGS = ("std2", "likelihood", "edm", "native")
+WEIGHTINGS = ("std2", "likelihood", "edm", "native", "min_snr", "soft_min_snr", "edm2")
 COUPLINGS = ("independent", "ot")
+MIN_SNR_GAMMA = 5.0  # Hang et al.'s γ
 
 
 @dataclass(frozen=True)
@@ -91,9 +101,8 @@ class LogNormal:
         positive("p_std", self.p_std)
 
     def sample(self, sde: GaussianPath, n: int, eps: float, generator, device, dtype) -> Tensor:
-        level = torch.exp(self.p_mean + self.p_std * torch.randn(n, generator=generator, device=device,
-                                                                  dtype=torch.float64))
-        return sde.time_at_noise_level(level.cpu()).clamp(eps, sde.T).to(device=device, dtype=dtype)
+        level = torch.exp(self.p_mean + self.p_std * torch.randn(n, generator=generator, device=device, dtype=dtype))
+        return sde.time_at_noise_level(level).clamp(eps, sde.T).to(dtype)  # on the device: no wait for it
 
 
 TIME_DISTRIBUTIONS = {"uniform": Uniform(), "logit_normal": LogitNormal(), "log_normal": LogNormal()}
@@ -121,7 +130,7 @@ def sample_times(sde: GaussianPath, n: int, eps: float = 1e-5, chain: DiscreteCh
         scale, std = sde.marginal(t)
         return t, scale, std
     i = torch.randint(len(chain), (n,), generator=generator, device=device)
-    return (chain.t.to(device)[i].to(dtype), chain.scale.to(device)[i].to(dtype), chain.std.to(device)[i].to(dtype))
+    return tuple(v.to(dtype).to(device)[i] for v in (chain.t, chain.scale, chain.std))  # cast first: no float64 there
 
 
 def ot_coupling(x0: Tensor, noise: Tensor) -> Tensor:
@@ -135,23 +144,49 @@ def ot_coupling(x0: Tensor, noise: Tensor) -> Tensor:
 
 
 def dsm_weight(weighting, sde: GaussianPath, t: Tensor, scale: Tensor, std: Tensor,
-               sigma_data: float = 0.5) -> Tensor:
+               sigma_data: float = 0.5, snr_gamma: float = MIN_SNR_GAMMA) -> Tensor:
     """The DSM weight ``λ(t)`` on ``‖s - s*‖²`` of a named weighting (``native`` has none: it is per kind)."""
     if weighting == "std2":
         return std**2
-    if weighting == "edm":
+    if weighting in ("edm", "edm2"):
         return std**2 * ((std / scale) ** 2 + sigma_data**2) / sigma_data**2
     if weighting == "likelihood":
         return sde.diffusion_squared(t)
+    if weighting == "min_snr":  # σ² min(1, γσ²/α²): σ² where α = 0
+        return std**2 * torch.clamp(snr_gamma * std**2 / scale**2, max=1.0)
+    if weighting == "soft_min_snr":
+        return snr_gamma * std**4 / (scale**2 + snr_gamma * std**2)
     return torch.as_tensor(weighting(t)).to(std)
+
+
+class LogVariance(nn.Module):
+    """EDM2's learned uncertainty ``u(σ̃)``: a linear map (zero at the start) of ``channels`` fixed random Fourier
+    features ``√2 cos(2π(f_k c + φ_k))`` of EDM's ``c = ¼ ln σ̃`` (``f_k ~ N(0, 1)``, ``φ_k ~ U(0, 1)`` drawn from
+    ``generator``). ``module(scale, std)`` gives ``u`` per sample."""
+
+    def __init__(self, channels: int = 128, generator: torch.Generator | None = None):
+        super().__init__()
+        self.register_buffer("freqs", 2 * math.pi * torch.randn(channels, generator=generator))
+        self.register_buffer("phases", 2 * math.pi * torch.rand(channels, generator=generator))
+        self.linear = nn.Linear(channels, 1)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, scale: Tensor, std: Tensor) -> Tensor:
+        c = edm_noise_input(scale, std).to(self.freqs.dtype)
+        features = math.sqrt(2) * torch.cos(c[:, None] * self.freqs + self.phases)
+        return self.linear(features)[:, 0]
 
 
 def denoising_loss(model: Callable[[Tensor, Tensor], Tensor], sde: GaussianPath, x0: Tensor, *,
                    t: Tensor | None = None, noise: Tensor | None = None, weighting="std2", eps: float = 1e-5,
                    chain: DiscreteChain | None = None, generator: torch.Generator | None = None, reduce: bool = True,
-                   sigma_data: float = 0.5, time_distribution="uniform", coupling: str = "independent") -> Tensor:
+                   sigma_data: float = 0.5, time_distribution="uniform", coupling: str = "independent",
+                   snr_gamma: float = MIN_SNR_GAMMA, log_variance=None) -> Tensor:
     """The denoising loss of ``model(x, t)`` (a score function, or any model declaring what it ``predicts``) on data
-    ``x0``, averaged over the batch (per sample if ``reduce=False``); ``sigma_data`` is the ``σ_d`` of ``"edm"``.
+    ``x0``, averaged over the batch (per sample if ``reduce=False``); ``sigma_data`` is the ``σ_d`` of ``"edm"``,
+    ``snr_gamma`` the ``γ`` of ``"min_snr"`` and ``"soft_min_snr"``, ``log_variance`` the ``LogVariance`` module
+    (or a per-sample tensor ``u``) that ``"edm2"`` needs.
 
     ``t`` and ``noise`` default to draws from ``generator`` (times first, then one ``randn``); with a given
     ``t`` and a ``chain``, each ``t`` must be one of the chain's times and takes its ``(scale, std)``.
@@ -162,6 +197,11 @@ def denoising_loss(model: Callable[[Tensor, Tensor], Tensor], sde: GaussianPath,
     if not (callable(weighting) or weighting in WEIGHTINGS):
         raise ValueError(f"weighting must be one of {WEIGHTINGS} or a callable λ(t), got {weighting!r}")
     choice("coupling", coupling, COUPLINGS)
+    positive("snr_gamma", snr_gamma)
+    if (weighting == "edm2") != (log_variance is not None):
+        raise ValueError("weighting 'edm2' needs log_variance (a LogVariance module or a per-sample tensor), and only "
+                         f"it takes one; got weighting={weighting!r} with log_variance "
+                         f"{'given' if log_variance is not None else 'None'}")
     kind = predicts(model)
     n = x0.shape[0]
     if t is None:
@@ -172,7 +212,7 @@ def denoising_loss(model: Callable[[Tensor, Tensor], Tensor], sde: GaussianPath,
             scale, std = sde.marginal(t)
         else:
             i = chain.index(t)
-            scale, std = chain.scale.to(x0.device)[i].to(x0.dtype), chain.std.to(x0.device)[i].to(x0.dtype)
+            scale, std = (v.to(x0.dtype).to(x0.device)[i] for v in (chain.scale, chain.std))
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
     elif noise.shape != x0.shape:
@@ -190,11 +230,15 @@ def denoising_loss(model: Callable[[Tensor, Tensor], Tensor], sde: GaussianPath,
     residual = (out - target(kind, x0, noise, a, s, d_a, d_s)).flatten(1).pow(2).mean(1)
     if weighting == "native":
         per_sample = residual
-    else:
+    else:  # check=False: where the kind is undefined (α = 0 for x̂_0) its weight is λ/∞² = 0, read from no device
         b = score_coefficient(kind, scale, std, None if d_a is None else d_a.flatten(), None if d_s is None
-                              else d_s.flatten())
-        lam = dsm_weight(weighting, sde, t, scale, std, sigma_data)
+                              else d_s.flatten(), check=False)
+        lam = dsm_weight(weighting, sde, t, scale, std, sigma_data, snr_gamma)
         per_sample = lam / torch.as_tensor(b, dtype=residual.dtype, device=residual.device) ** 2 * residual
+    if log_variance is not None:
+        u = log_variance(scale, std) if isinstance(log_variance, nn.Module) else torch.as_tensor(log_variance)
+        u = u.to(per_sample).expand(n)
+        per_sample = per_sample * torch.exp(-u) + u
     return per_sample.mean() if reduce else per_sample
 
 

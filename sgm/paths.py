@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from .checks import integer, positive, real
+from .device import randn, wide_float
 
 __all__ = ["GaussianPath", "SDE", "VPSDE", "SubVPSDE", "VESDE", "CosineVPSDE", "EDMPath", "RectifiedFlow",
            "AlphasCumprodPath", "FunctionPath", "DiscreteChain", "batch_view"]
@@ -73,8 +74,9 @@ class DiscreteChain:
 
     def index(self, t: Tensor) -> Tensor:
         """The timestep whose time ``t[i]`` is nearest to each entry of ``t`` (a ``long`` tensor)."""
-        times = self.t.to(device=t.device, dtype=torch.float64)  # ascending
-        t = t.to(torch.float64)
+        wide = wide_float(t.device)  # float64 where the device has it
+        times = self.t.to(wide).to(t.device)  # ascending
+        t = t.to(wide)
         hi = torch.searchsorted(times, t.contiguous()).clamp_(min(1, len(self) - 1), len(self) - 1)
         lo = (hi - 1).clamp_(min=0)
         return torch.where(t - times[lo] <= times[hi] - t, lo, hi)  # a tie goes to the lower timestep
@@ -183,7 +185,7 @@ class GaussianPath:
     def prior_sample(self, shape, generator: torch.Generator | None = None,
                      dtype: torch.dtype | None = None, device=None) -> Tensor:
         """Draw ``x_T ~ N(0, prior_std² I)`` of the given shape (one ``randn`` call)."""
-        return self.prior_std * torch.randn(tuple(shape), generator=generator, dtype=dtype, device=device)
+        return self.prior_std * randn(shape, generator, dtype, device)
 
     def prior_logp(self, x: Tensor) -> Tensor:
         """``log N(x; 0, prior_std² I)`` per sample: ``-D/2·log(2π prior_std²) - ‖x‖²/(2 prior_std²)``."""

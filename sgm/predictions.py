@@ -66,8 +66,10 @@ def _undefined(k: str, n: str) -> ValueError:
                       f"as at the top of RectifiedFlow); use a model that predicts x0, v or velocity, or start below T")
 
 
-def coefficients(k: str, n: str, alpha, sigma, d_alpha=None, d_sigma=None):
-    """``(a, b)`` with ``k = a·x + b·n`` (floats, or tensors of per-sample values; see the module docstring)."""
+def coefficients(k: str, n: str, alpha, sigma, d_alpha=None, d_sigma=None, check: bool = True):
+    """``(a, b)`` with ``k = a·x + b·n`` (floats, or tensors of per-sample values; see the module docstring).
+    ``check=False`` (per-sample tensors only): where ``k`` is undefined ``b`` is ``inf`` and ``a`` NaN instead of a
+    ``ValueError``, so that nothing is read back from the device (the training loss, which weights them by 0)."""
     if k == n:
         return 0.0, 1.0
     pk, qk = _pq(k, alpha, sigma, d_alpha, d_sigma)
@@ -81,20 +83,24 @@ def coefficients(k: str, n: str, alpha, sigma, d_alpha=None, d_sigma=None):
         return cross / det, (alpha * qk - sigma * pk) / det
     cross, det = torch.as_tensor(cross), torch.as_tensor(det)
     proportional = cross == 0
-    if bool(((det == 0) & ~proportional).any()):
+    undefined = (det == 0) & ~proportional
+    if check and bool(undefined.any()):
         raise _undefined(k, n)
     ratio = torch.where(torch.as_tensor(qn) != 0, torch.as_tensor(qk) / qn, torch.as_tensor(pk) / pn)
     safe = torch.where(det == 0, torch.ones_like(det), det)
     a = torch.where(proportional, torch.zeros_like(cross), cross / safe)
     b = torch.where(proportional, ratio, (alpha * qk - sigma * pk) / safe)
+    if not check:
+        a = torch.where(undefined, torch.full_like(a, float("nan")), a)
+        b = torch.where(undefined, torch.full_like(b, float("inf")), b)
     return a, b
 
 
-def score_coefficient(kind: str, alpha, sigma, d_alpha=None, d_sigma=None):
+def score_coefficient(kind: str, alpha, sigma, d_alpha=None, d_sigma=None, check: bool = True):
     """``∂ kind/∂ s`` at fixed ``x`` (the ``b`` of ``kind = a·x + b·s``): 1, ``-σ``, ``σ²/α``, ``-σ(α² + σ²)/α``,
     ``-½g² = σ²α'/α - σσ'`` for score, eps, x0, v, velocity. A score correction ``δs`` (guidance, likelihood gradients)
     moves a prediction of ``kind`` by ``score_coefficient·δs``; ``‖k - k*‖² = b²‖s - s*‖²`` relates losses."""
-    return coefficients(kind, "score", alpha, sigma, d_alpha, d_sigma)[1]
+    return coefficients(kind, "score", alpha, sigma, d_alpha, d_sigma, check)[1]
 
 
 def target(kind: str, x0: Tensor, eps: Tensor, alpha, sigma, d_alpha=None, d_sigma=None) -> Tensor:

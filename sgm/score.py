@@ -41,11 +41,16 @@ from .labels import check_class_labels
 from .paths import DiscreteChain, GaussianPath, batch_view
 from .predictions import Prediction
 
-__all__ = ["ScoreModel", "PREDICTIONS", "NATIVE_KIND"]
+__all__ = ["ScoreModel", "PREDICTIONS", "NATIVE_KIND", "edm_noise_input"]
 
 PREDICTIONS = ("eps", "score", "x0", "v", "velocity", "edm")
 EDM_LOG_SIGMA_MAX = 20.0  # c_noise = ¼ ln σ̃ is capped at ¼·20 (σ̃ ≤ 4.9e8): finite where α = 0
 NATIVE_KIND = {"eps": "eps", "score": "score", "x0": "x0", "v": "v", "velocity": "velocity", "edm": "x0"}
+
+
+def edm_noise_input(alpha: Tensor, sigma: Tensor) -> Tensor:
+    """EDM's ``c_noise = ¼ ln σ̃`` of the noise level ``σ̃ = σ/α``, capped at ``¼·20`` (finite where ``α = 0``)."""
+    return 0.25 * (sigma / alpha).log().clamp(max=EDM_LOG_SIGMA_MAX)
 
 
 class ScoreModel:
@@ -101,22 +106,30 @@ class ScoreModel:
             y = fixed.expand(x.shape[0]) if fixed.shape[0] == 1 and not isinstance(labels, Tensor) else fixed
             return self(x, t, check_class_labels(y, n + 1, x.shape[0], x.device))
 
-        model.predicts = self.predicts
+        model.predicts, model.sde = self.predicts, self.sde
         return model
 
     def __call__(self, x: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
+        dtype = self._net_dtype()
+        if dtype is not None and dtype != x.dtype:  # a float32 network in a float64 sampler: it computes in its own
+            return self(x.to(dtype), torch.as_tensor(t).to(dtype), labels).to(x.dtype)
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
         if self.prediction == "edm":
             return self._edm_denoiser(x, t, labels)
         net_t = self._net_time(t)
         return self.net(x, net_t) if labels is None else self.net(x, net_t, labels)
 
+    def _net_dtype(self) -> torch.dtype | None:
+        """The dtype of the network's first floating parameter (None for a plain function)."""
+        params = getattr(self.net, "parameters", None)
+        return next((p.dtype for p in params() if p.is_floating_point()), None) if callable(params) else None
+
     def _marginal(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         if self.chain is None:
             scale, std = self.sde.marginal(t)
         else:
             i = self.chain.index(t)
-            scale, std = self.chain.scale.to(x.device)[i].to(x.dtype), self.chain.std.to(x.device)[i].to(x.dtype)
+            scale, std = self.chain.scale.to(x.dtype).to(x.device)[i], self.chain.std.to(x.dtype).to(x.device)[i]
         return batch_view(scale, x), batch_view(std, x)
 
     def _edm_denoiser(self, x: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
@@ -124,7 +137,7 @@ class ScoreModel:
         a, s = self._marginal(x, t)
         sd = self.sigma_data
         norm = (s**2 + (a * sd) ** 2).sqrt()  # α·√(σ̃² + σ_d²)
-        c_noise = 0.25 * (s / a).log().clamp(max=EDM_LOG_SIGMA_MAX).reshape(x.shape[0], -1)[:, 0]
+        c_noise = edm_noise_input(a.reshape(x.shape[0], -1)[:, 0], s.reshape(x.shape[0], -1)[:, 0])
         x_in = x / norm
         out = self.net(x_in, c_noise) if labels is None else self.net(x_in, c_noise, labels)
         return (sd**2 * a / norm**2) * x + (s * sd / norm) * out

@@ -101,13 +101,15 @@ class GaussianMixture(_Mixture):
             stds = stds[:, None].expand(k, d)
         if stds.shape != (k, d):
             raise ValueError(f"stds must have shape ({k},) or ({k}, {d}), got {tuple(stds.shape)}")
-        if not bool((stds > 0).all()):
-            raise ValueError("stds must all be > 0")
+        if not bool(torch.isfinite(means).all()):
+            raise ValueError("means must be finite")
+        if not bool((stds > 0).all()) or not bool(torch.isfinite(stds).all()):
+            raise ValueError("stds must all be finite and > 0")
         weights = torch.full((k,), 1.0 / k) if weights is None else weights
         weights = torch.as_tensor(weights, dtype=means.dtype, device=means.device)
         if weights.shape != (k,):
             raise ValueError(f"weights must have shape ({k},), got {tuple(weights.shape)}")
-        if not bool((weights > 0).all()) or abs(float(weights.sum()) - 1) > 1e-6:
+        if not bool((weights > 0).all()) or not abs(float(weights.sum()) - 1) <= 1e-6:
             raise ValueError(f"weights must be positive and sum to 1, got {weights.tolist()}")
         self.means, self.stds, self.weights = means, stds.contiguous(), weights
         self.labels = torch.arange(k, device=means.device) if labels is None else _check_labels(labels, k, means.device)
@@ -220,7 +222,9 @@ class GaussianMixture(_Mixture):
                 raise ValueError("sde must be given with t")
             t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
             shared = t.numel() == 1 or (t.dim() == 1 and t.stride(0) == 0)
-            scale_std = sde.marginal(t.reshape(-1)[:1] if shared else t.expand(x.shape[0]))
+            t = t.reshape(-1)[:1] if shared else t.expand(x.shape[0])
+            check_times(t, sde)
+            scale_std = sde.marginal(t)
         if scale_std is not None:
             scale, std = (torch.as_tensor(v, dtype=x.dtype, device=x.device).reshape(-1, 1, 1) for v in scale_std)
             means, var = scale * means, scale**2 * var + std**2
@@ -337,6 +341,7 @@ class FullGaussianMixture(_Mixture):
         means, covs, alpha = self.means.to(x.dtype), self.covs.to(x.dtype), 1.0
         if t is not None:
             t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+            check_times(t, sde)
             eye = torch.eye(self.dim, dtype=x.dtype, device=x.device)
             if t.numel() == 1 or (t.dim() == 1 and t.stride(0) == 0):
                 alpha, std = (float(v) for v in sde.marginal(t.reshape(-1)[:1]))
@@ -401,6 +406,22 @@ def _exact_prediction(mixture, x: Tensor, t: Tensor, sde: SDE, kind: str) -> Ten
         return eps
     x0 = mixture.denoise(x, t, sde)
     return {"x0": x0, "v": alpha * eps - sigma * x0, "velocity": d_alpha * x0 + d_sigma * eps}[kind]
+
+
+def check_times(t: Tensor, sde: SDE) -> None:
+    """``t ≥ 0`` where the path is a Gaussian perturbation, ``α(t) ≥ 0`` and ``σ(t)`` finite (``ValueError`` naming
+    the range otherwise). Beyond ``T`` the path's ``α, σ`` are extrapolations: EDM's churn evaluates there on VP and
+    VE, while rectified flow's ``α = 1 − t`` turns negative and cosine's too."""
+    lo, hi = float(t.min()), float(t.max())
+    beyond = lo < 0
+    if not beyond and hi > sde.T * (1 + 1e-12):
+        late = t[t > sde.T]
+        alpha, sigma = sde.marginal(late)
+        beyond = not (bool(torch.isfinite(alpha).all()) and bool(torch.isfinite(sigma).all())
+                      and float(alpha.min()) >= 0 and float(sigma.min()) > 0)
+    if beyond:
+        raise ValueError(f"t must lie in [0, T={sde.T}] of {sde!r} (or beyond T where its alpha(t) >= 0), "
+                         f"got [{lo:.6g}, {hi:.6g}]")
 
 
 def _check_labels(labels, k: int, device) -> Tensor:

@@ -1,38 +1,42 @@
-"""Training a score network by denoising score matching: config, trainer, EMA, atomic checkpoints, exact resume.
+"""Training a score network by denoising score matching: the trainer, its checkpoints, exact resume.
 
-A run lives in ``config.out_dir``: ``checkpoint.pt`` (model, EMA, optimizer, scheduler, step and the full
-config; written and read by ``sgm.checkpoint``, safe to load), ``loss.csv`` (step, loss, learning rate,
-gradient norm, seconds), and ``samples/`` (a PNG grid or scatter every ``sample_every`` steps). Starting the
-same run again resumes from the checkpoint; on CPU the resumed run's losses equal the uninterrupted run's,
-because every random draw of step ``s`` (batch indices, times, noise, dropout) comes from streams seeded by
-``(seed, s, rank)`` (``sgm.distributed.stream_seed``), so no RNG state needs saving.
+A run lives in ``config.out_dir``: ``checkpoint.pt`` (model, EMAs, optimizer, scheduler, loss scale, step, the full
+config and the data's fingerprint; written and read by ``sgm.checkpoint``, safe to load), ``loss.csv`` (step,
+loss, learning rate, gradient norm, seconds), ``samples/`` (a PNG grid or scatter every ``sample_every`` steps)
+and, with ``ema_stds`` and ``snapshot_every``, ``snapshots/`` (the power-function EMAs, for ``sgm.ema``'s post-hoc
+reconstruction). Every random draw of step ``s`` — batch indices and flips (``sgm.loader``), times, noise,
+label dropout, network dropout — comes from streams seeded by ``(seed, s, rank)`` (``sgm.distributed.stream_seed``),
+so no RNG state is saved and, on CPU, a resumed run's losses and weights equal the uninterrupted run's.
 
-Under ``torchrun --nproc_per_node N`` the network is wrapped in DistributedDataParallel: each process draws
-``batch_size / N`` samples of the global batch from its own streams, DDP averages the gradients (so the step
-equals one process's step on the whole global batch), and process 0 alone writes the checkpoint, the log
-and the sample grids. A checkpoint resumes under any number of processes.
+One optimiser step: this process's part of the global batch (``batch_size / world_size``) is split into
+``grad_accumulation`` micro-batches; each one's loss, divided by their number, is back-propagated (under torchrun,
+DDP averages the gradients over the processes after the last), so the step equals one step on the whole batch.
+The gradient is clipped to ``grad_clip`` in norm; AdamW steps at ``learning_rate(config, k)``; then the EMA
+(``sgm.ema.EMA``, with diffusers' warm-up unless ``ema_warmup=False``) and the power-function EMAs update.
+The forward pass runs under autocast in ``precision`` (``bf16`` or ``fp16``; ``fp32``: none); ``fp16`` scales the
+loss (``torch.amp.GradScaler``), which skips a step whose gradients overflow (its one host sync per step).
 
-The optimiser is AdamW with linear warm-up over ``warmup`` steps, gradients clipped to ``grad_clip`` in
-norm, and the EMA ``θ̄ ← d_k θ̄ + (1 - d_k) θ`` at step ``k`` with the warm-up ``d_k = min(ema_decay, (1 + k)/(10 + k))``
-(the average forgets the initial weights within the first steps; ``ema_warmup=False``: ``d_k = ema_decay``). On
-CUDA the forward pass runs under bf16 autocast; on CPU in float32.
+The loop never waits for the device between log points: losses and gradient norms stay on it and are read every
+``log_every`` steps (and before every checkpoint, snapshot and sample grid), where a non-finite loss stops the run
+with ``TrainingDiverged`` naming the first such step — before anything after it is saved.
 
-Checkpoints are written every ``checkpoint_every`` steps, every ``checkpoint_minutes`` of wall-clock time, at the
-last step, and when the run is interrupted (Ctrl-C / SIGINT, after the step in progress). Resuming with changed
-settings applies those in ``RESUMABLE_KEYS`` (the new config is the one saved) and refuses any other change.
+Checkpoints are written every ``checkpoint_every`` steps, every ``checkpoint_minutes``, at the last step, and on
+SIGINT (Ctrl-C), SIGTERM (a scheduler's preemption) or SIGUSR1 (SLURM's warning before a time limit): the step in
+progress finishes, the checkpoint is written and ``fit`` raises ``Interrupted``; a second SIGINT or SIGTERM stops at
+once. Under torchrun the processes agree on the stop at the next log point. A resumed run applies the settings
+that may change (``sgm.config.RESUMABLE_KEYS``), refuses other changes by name, and refuses other data.
 """
 from __future__ import annotations
 
 import contextlib
-import copy
 import csv
-import dataclasses
 import math
 import os
+import re
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+import warnings
 
 import torch
 from torch import Tensor, nn
@@ -42,284 +46,202 @@ from . import data as datasets
 from . import distributed
 from .board import Board
 from .checkpoint import (CHECKPOINT, FORMAT_VERSION, CheckpointError, load_checkpoint, model_from_checkpoint,
-                         save_checkpoint)
+                         remove_stale_temporaries, save_checkpoint, write_atomic)
+from .config import (ARCHITECTURE_KEYS, RESUMABLE_KEYS, TENSOR_DATA, TrainConfig, build_model, build_net, build_sde,
+                     build_time_distribution)
 from .device import resolve_device
-from .losses import WEIGHTINGS, denoising_loss, sample_times
-from .nets import MLP, UNet
-from .score import PREDICTIONS, ScoreModel
-from .paths import SDE, CosineVPSDE, EDMPath, RectifiedFlow, SubVPSDE, VESDE, VPSDE
+from .ema import EMA, SNAPSHOTS, PowerEMA, flatten_parameters
+from .loader import InMemory, StepBatches, Streamed
+from .losses import LogVariance, denoising_loss, ot_coupling, sample_times
 
-__all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "CheckpointError", "load_checkpoint", "save_checkpoint",
-           "build_sde", "build_net", "build_model", "model_from_checkpoint"]
+__all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "Interrupted", "CheckpointError", "EMA", "load_checkpoint",
+           "save_checkpoint", "build_sde", "build_net", "build_model", "model_from_checkpoint", "learning_rate",
+           "LOG_HEADER"]
 
-# The one table of path names (the CLI's --sde choices read it).
-SDE_CLASSES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE, "cosine": CosineVPSDE, "edm": EDMPath,
-               "rectified-flow": RectifiedFlow}
+LOG_HEADER = ["step", "loss", "lr", "grad_norm", "seconds"]
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, name))
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or inf; the last good checkpoint is kept."""
 
 
-@dataclass
-class TrainConfig:
-    # data
-    data: str = "moons"
-    data_path: str | None = None
-    image_size: int | None = None
-    n_data: int = 50_000
-    # model
-    sde: str = "vp"
-    sde_args: dict = field(default_factory=dict)
-    prediction: str = "edm"  # EDM preconditioning: see sgm.score and docs/training.md
-    weighting: str = "edm"
-    sigma_data: float | None = None  # σ_d of "edm"; None: the training data's std, measured at the start
-    eps: float = 1e-5
-    net: str = "auto"  # "mlp" for vectors, "unet" for images
-    width: int = 256
-    depth: int = 4
-    channels: int = 64
-    channel_mult: tuple = (1, 2, 2)
-    num_res_blocks: int = 2
-    attn_levels: tuple = (1,)
-    dropout: float = 0.0
-    # class-conditional training: labels from the dataset; each label replaced by "no label" with probability
-    # label_dropout (the unconditional model of classifier-free guidance); n_classes is recorded from the data
-    conditional: bool = False
-    label_dropout: float = 0.1
-    n_classes: int = 0
-    # optimisation
-    steps: int = 10_000
-    batch_size: int = 256
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    warmup: int = 200
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    ema_warmup: bool = True
-    seed: int = 0
-    device: str = "auto"
-    # outputs
-    out_dir: str = "runs/default"
-    checkpoint_every: int = 1000
-    checkpoint_minutes: float = 10.0
-    sample_every: int = 1000
-    n_samples: int = 64
-    sample_steps: int = 50
-    progress: bool = True
-    tensorboard: bool = False  # also log to out_dir/tensorboard (pip install 'sgm[tensorboard]')
+class Interrupted(KeyboardInterrupt):
+    """Training stopped on a signal (``signum``) after writing the checkpoint of ``step``."""
 
-    def validate(self) -> "TrainConfig":
-        if self.data not in datasets.DATASETS:
-            raise ValueError(f"data must be one of {datasets.DATASETS}, got {self.data!r}")
-        if self.sde not in SDE_CLASSES:
-            raise ValueError(f"sde must be one of {sorted(SDE_CLASSES)}, got {self.sde!r}")
-        if self.prediction not in PREDICTIONS:
-            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
-        if self.weighting not in WEIGHTINGS:
-            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
-        if self.net not in ("auto", "mlp", "unet"):
-            raise ValueError(f"net must be 'auto', 'mlp' or 'unet', got {self.net!r}")
-        for name in ("steps", "batch_size", "checkpoint_every", "sample_every", "n_samples", "sample_steps", "n_data"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        for name in ("lr", "grad_clip"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        if self.sigma_data is not None and not self.sigma_data > 0:
-            raise ValueError(f"sigma_data must be > 0 or None (the data's std), got {self.sigma_data!r}")
-        if not 0 <= self.ema_decay < 1:
-            raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
-        if not self.checkpoint_minutes > 0:
-            raise ValueError(f"checkpoint_minutes must be > 0, got {self.checkpoint_minutes!r}")
-        if not 0 < self.eps < 1:
-            raise ValueError(f"eps must lie in (0, 1), got {self.eps}")
-        if not isinstance(self.conditional, bool):
-            raise ValueError(f"conditional must be a bool, got {self.conditional!r}")
-        if not 0 <= self.label_dropout < 1:
-            raise ValueError(f"label_dropout must lie in [0, 1), got {self.label_dropout!r}")
-        if self.warmup < 0 or self.weight_decay < 0 or not 0 <= self.dropout < 1:
-            raise ValueError("warmup and weight_decay must be >= 0 and dropout in [0, 1)")
+    def __init__(self, signum: int, step: int, path: str):
+        super().__init__(f"{signal.Signals(signum).name}: stopped at step {step}; checkpoint in {path}")
+        self.signum, self.step, self.path = signum, step, path
+
+
+def learning_rate(config: TrainConfig, k: int) -> float:
+    """The learning rate of optimiser step ``k`` (from 1): ``lr·k/warmup`` while ``k ≤ warmup``, then ``lr``
+    (``constant``) or a decay from ``lr`` to ``min_lr`` at ``k = steps``: ``linear``, or ``cosine``
+    ``min_lr + (lr - min_lr)·½(1 + cos(π p))`` with ``p = (k - warmup)/(steps - warmup)``."""
+    if k <= config.warmup:
+        return config.lr * k / config.warmup
+    if config.lr_schedule == "constant":
+        return config.lr
+    p = min(1.0, (k - config.warmup) / max(config.steps - config.warmup, 1))
+    shape = 1 - p if config.lr_schedule == "linear" else 0.5 * (1 + math.cos(math.pi * p))
+    return config.min_lr + (config.lr - config.min_lr) * shape
+
+
+class _Signals:
+    """SIGINT, SIGTERM and SIGUSR1 deferred (see the module docstring); outside the main thread, none are."""
+
+    def __init__(self):
+        self.received: int = 0
+        self.previous: dict = {}
+
+    def __enter__(self) -> "_Signals":
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
         return self
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+    def _handle(self, signum, frame):
+        if self.received and signum != getattr(signal, "SIGUSR1", None):
+            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopped at once")
+        self.received = self.received or signum
 
-    @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown config keys {unknown}")
-        values = dict(values)
-        for key in ("channel_mult", "attn_levels"):
-            if key in values:
-                values[key] = tuple(values[key])
-        return cls(**values)
+    def __exit__(self, *exc) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
 
-
-# Keys that fix the shapes of the saved tensors or the meaning of the loss: a resumed run must agree on them.
-ARCHITECTURE_KEYS = ("data", "image_size", "sde", "sde_args", "prediction", "weighting", "sigma_data", "net", "width",
-                     "depth", "channels", "channel_mult", "num_res_blocks", "attn_levels", "conditional", "n_classes")
-# Keys a resumed run may change: they take effect from the resumed step (lr and weight_decay are written into the
-# optimiser). Any other change (the architecture keys, seed, ...) is refused, naming the keys.
-RESUMABLE_KEYS = ("steps", "batch_size", "lr", "weight_decay", "warmup", "grad_clip", "ema_decay", "ema_warmup", "eps",
-                  "dropout", "device", "out_dir", "data_path", "n_data", "checkpoint_every", "checkpoint_minutes",
-                  "sample_every", "n_samples", "sample_steps", "progress", "tensorboard")
-
-
-def build_sde(config: TrainConfig) -> SDE:
-    return SDE_CLASSES[config.sde](**config.sde_args)
-
-
-def build_net(config: TrainConfig, data_shape: tuple[int, ...]) -> nn.Module:
-    kind = config.net if config.net != "auto" else ("mlp" if len(data_shape) == 1 else "unet")
-    time_scale = 1000.0 / build_sde(config).T
-    if kind == "mlp":
-        if len(data_shape) != 1:
-            raise ValueError(f"net 'mlp' needs vector data, got samples of shape {data_shape}")
-        return MLP(data_shape[0], config.width, config.depth, time_scale=time_scale, dropout=config.dropout,
-                   n_classes=config.n_classes)
-    if len(data_shape) != 3:
-        raise ValueError(f"net 'unet' needs images (C, H, W), got samples of shape {data_shape}")
-    return UNet(data_shape[0], config.channels, config.channel_mult, config.num_res_blocks, config.attn_levels,
-                config.dropout, time_scale=time_scale, n_classes=config.n_classes)
-
-
-def build_model(net: nn.Module, config: TrainConfig) -> ScoreModel:
-    """The score function of ``net`` as the config's SDE and parameterisation define it."""
-    return ScoreModel(net, build_sde(config), config.prediction, sigma_data=config.sigma_data)
-
-
-class EMA:
-    """``θ̄ ← d θ̄ + (1 - d) θ`` over a model's parameters (buffers copied).
-
-    With ``warmup`` the decay at optimiser step ``k`` (counted from 1) is ``min(decay, (1 + k)/(10 + k))``, the
-    warm-up of diffusers' ``EMAModel``: after ``k`` steps the initial weights keep a share ``∏ d_j`` that is
-    ≈ 0 within the first steps instead of ``decay^k`` (0.74 after 300 steps at 0.999).
-    """
-
-    def __init__(self, model: nn.Module, decay: float, warmup: bool = False):
-        self.decay, self.warmup, self.model = decay, warmup, copy.deepcopy(model).eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-
-    def decay_at(self, step: int | None) -> float:
-        return self.decay if step is None or not self.warmup else min(self.decay, (1 + step) / (10 + step))
-
-    @torch.no_grad()
-    def update(self, model: nn.Module, step: int | None = None) -> None:
-        ema_params = list(self.model.parameters())
-        torch._foreach_lerp_(ema_params, [p.detach() for p in model.parameters()], 1 - self.decay_at(step))
-        for b_ema, b in zip(self.model.buffers(), model.buffers()):
-            b_ema.copy_(b)
-
-
-LOG_HEADER = ["step", "loss", "lr", "grad_norm", "seconds"]
-
-
-@contextlib.contextmanager
-def _deferred_interrupt():
-    """Within the block, a first SIGINT (Ctrl-C) only appends to the yielded list, so the loop can finish its step
-    and write a checkpoint before stopping; a second one stops at once. Outside the main thread, a no-op."""
-    flag: list = []
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-
-    def handler(signum, frame):
-        if flag:
-            raise KeyboardInterrupt
-        flag.append(signum)
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield flag
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    def agreed(self, device: torch.device, sync_point: bool) -> int:
+        """The signal to stop on (0: none): this process's; under torchrun, the processes' at log points."""
+        if distributed.world()[1] == 1:
+            return self.received
+        return distributed.max_over_ranks(self.received, device) if sync_point else 0
 
 
 class Trainer:
-    """Denoising score matching on ``config.data``; ``fit()`` trains to ``config.steps``, resuming if it can."""
+    """Denoising score matching on ``config.data`` (or on ``data``, a tensor ``(N, ...)``, with ``labels`` for a
+    conditional run); ``fit()`` trains to ``config.steps``, resuming if it can.
+
+    ``self.config`` is the run's own config: ``config`` with what the data decide filled in (``data="tensor"``
+    for a given tensor, the measured ``sigma_data``, ``n_classes``); the caller's is left as it was.
+    """
 
     def __init__(self, config: TrainConfig, data: Tensor | None = None, labels: Tensor | None = None):
-        self.config = config.validate()
+        config.validate()
         self.rank, self.world_size = distributed.world()
-        if config.batch_size % self.world_size:
-            raise ValueError(f"batch_size (the global batch) must be a multiple of the {self.world_size} processes, "
-                             f"got {config.batch_size}")
+        if config.batch_size % (self.world_size * config.grad_accumulation):
+            raise ValueError(f"batch_size (the global batch) must be a multiple of the {self.world_size} processes × "
+                             f"grad_accumulation {config.grad_accumulation}, got {config.batch_size}")
         self.local_batch = config.batch_size // self.world_size
         self.device = distributed.local_device(resolve_device(config.device))
+        self.source = self._source(config, data, labels)
+        self.fingerprint = self.source.fingerprint()
+        self.data_shape, self.dtype = tuple(self.source.shape), self.source.dtype
+        config = config.replace(data=TENSOR_DATA if data is not None else config.data,
+                                n_classes=self._class_count(config))
+        self._measured_sigma_data = config.sigma_data is None and "edm" in (config.prediction, config.weighting)
+        if self._measured_sigma_data:  # saved in the config, so that the checkpoint's model needs no data
+            std = self.source.std()
+            if not std > 0:
+                raise ValueError("the data are constant (std 0): sigma_data cannot be measured from them; set "
+                                 "sigma_data (or another prediction and weighting than 'edm')")
+            config = config.replace(sigma_data=round(std, 6))
+        self.config = config
+        self.batches = StepBatches(self.source, self.local_batch, config.seed, self.rank, config.xflip)
         torch.manual_seed(config.seed)
-        if data is None:
-            data = datasets.load_dataset(config.data, config.data_path, config.n_data, config.seed, config.image_size,
-                                         labels=config.conditional)
-            data, labels = data if config.conditional else (data, None)
-        self.data = data.to(self.device)
-        self.labels = self._labels(labels)
-        if self.data.dim() < 2 or len(self.data) < 2:
-            raise ValueError(f"data must hold at least 2 samples of shape (N, ...), got {tuple(self.data.shape)}")
-        self.data_shape = tuple(self.data.shape[1:])
-        self._measured_sigma_data = self.config.sigma_data is None and "edm" in (config.prediction, config.weighting)
-        if self._measured_sigma_data:
-            # saved in the config, so that the checkpoint's model needs no data (0.5 if the data are not finite:
-            # the first loss then stops the run with TrainingDiverged)
-            std = float(self.data.float().std())
-            self.config = dataclasses.replace(self.config, sigma_data=round(std, 6) if std > 0 and math.isfinite(std)
-                                              else 0.5)
         self.sde = build_sde(config)
-        self.net = build_net(config, self.data_shape).to(self.device, self.data.dtype)
+        self.net = build_net(config, self.data_shape).to(self.device, self.dtype)
+        flatten_parameters(self.net)  # the EMAs then average all weights in one operation each
         # Under torchrun the forward pass goes through DDP, which averages the gradients over the processes.
         self.ddp = self.net if self.world_size == 1 else nn.parallel.DistributedDataParallel(
             self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.model = build_model(self.ddp, self.config)
+        self.forward = torch.compile(self.ddp) if config.compile else self.ddp
+        self.model = build_model(self.forward, config)
         self.ema = EMA(self.net, config.ema_decay, config.ema_warmup)
-        self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        warmup = config.warmup
+        self.power_ema = PowerEMA(self.net, config.ema_stds)
+        self.times = build_time_distribution(config)
+        # EDM2's learned uncertainty: trained with the network, its gradients averaged over the processes by hand
+        self.log_variance = (LogVariance(generator=torch.Generator().manual_seed(config.seed)).to(self.device, self.dtype)
+                             if config.weighting == "edm2" else None)
+        self.trained = list(self.net.parameters()) + ([] if self.log_variance is None else
+                                                      list(self.log_variance.parameters()))
+        self.optimizer = torch.optim.AdamW(self.trained, lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0)
+            self.optimizer, lambda k: learning_rate(self.config, k + 1) / self.config.lr)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
         self.generator = torch.Generator(self.device)
         self.step = 0
         self.changed: dict = {}  # settings changed on resume: {key: (saved, now)}
-        self.autocast = self.device.type == "cuda"
         self.path = os.path.join(config.out_dir, CHECKPOINT)
         self.log_path = os.path.join(config.out_dir, "loss.csv")
 
-    def _labels(self, labels: Tensor | None) -> Tensor | None:
-        """The class labels of a conditional run (their count recorded as ``config.n_classes``)."""
-        if not self.config.conditional:
+    @staticmethod
+    def _source(config: TrainConfig, data: Tensor | None, labels: Tensor | None):
+        """The training set: the given tensor, a streamed image folder, or a named dataset in memory."""
+        if data is not None:
+            if config.data_path is not None or config.image_size is not None:
+                raise ValueError("data_path and image_size do not apply when the data are given as a tensor")
+        elif config.data == TENSOR_DATA:
+            raise ValueError("data='tensor' is a run trained on a tensor given as Trainer(config, data=...): pass "
+                             "the same tensor")
+        elif config.data == "folder":
+            if config.data_path is None:
+                raise ValueError("dataset 'folder' needs a path to its files (data_path)")
+            images = datasets.ImageFolder(config.data_path, config.image_size, labels=config.conditional)
+            return Streamed(images)
+        else:
+            data = datasets.load_dataset(config.data, config.data_path, config.n_data, config.seed,
+                                         labels=config.conditional)
+            data, labels = data if config.conditional else (data, None)
+        if not config.conditional:
             if labels is not None:
                 raise ValueError("labels given to an unconditional run; set conditional=True")
-            return None
-        if labels is None:
+        elif labels is None:
             raise ValueError("conditional=True needs labels for the data")
-        if labels.shape != (len(self.data),) or labels.is_floating_point() or int(labels.min()) < 0:
-            raise ValueError(f"labels must be non-negative integers of shape ({len(self.data)},), got "
-                             f"{tuple(labels.shape)} {labels.dtype}")
-        self.config.n_classes = int(labels.max()) + 1
-        return labels.long().to(self.device)
+        elif (not isinstance(labels, Tensor) or labels.shape != (len(data),) or labels.is_floating_point()
+              or int(labels.min()) < 0):
+            raise ValueError(f"labels must be non-negative integers of shape ({len(data)},), got "
+                             f"{tuple(getattr(labels, 'shape', ()))} {getattr(labels, 'dtype', type(labels).__name__)}")
+        return InMemory(data, None if labels is None else labels.long())
+
+    def _class_count(self, config: TrainConfig) -> int:
+        """The class count of a conditional run: ``config.n_classes``, or from the labels when it is 0."""
+        labels = self.source.labels
+        if labels is None:
+            return 0
+        seen = int(labels.max()) + 1
+        if config.n_classes and seen > config.n_classes:
+            raise ValueError(f"labels reach {seen - 1}, but n_classes is {config.n_classes}")
+        return config.n_classes or seen
 
     # --- state ----------------------------------------------------------------------------------
     def state(self) -> dict:
         return {"format": FORMAT_VERSION, "step": self.step, "config": self.config.to_dict(),
-                "data_shape": list(self.data_shape), "model": self.net.state_dict(),
-                "ema": self.ema.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict()}
+                "data_shape": list(self.data_shape), "data": self.fingerprint, "model": self.net.state_dict(),
+                "ema": self.ema.model.state_dict(), "power_ema": self.power_ema.state_dict(),
+                "log_variance": None if self.log_variance is None else self.log_variance.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict()}
 
     def resume(self) -> bool:
-        """Load ``out_dir/checkpoint.pt`` if there is one; ``CheckpointError`` if it belongs to another run."""
+        """Load ``out_dir/checkpoint.pt`` if there is one; ``CheckpointError`` if it belongs to another run or was
+        trained on other data."""
         if not os.path.exists(self.path):
             return False
         state = load_checkpoint(self.path, map_location=self.device)
         self.changed = self._config_changes(state)
+        self._check_data(state)
         try:
             self.net.load_state_dict(state["model"])
             self.ema.model.load_state_dict(state["ema"])
+            if "power_ema" in state:
+                self.power_ema.load_state_dict(state["power_ema"])
+            if self.log_variance is not None:
+                self.log_variance.load_state_dict(state["log_variance"])
             self.optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError, KeyError) as err:
             raise CheckpointError(f"{self.path}: weights do not fit this run's network ({err})") from err
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler.is_enabled() and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         self._apply_optimiser_settings()
         self.step = int(state["step"])
         return True
@@ -329,7 +251,7 @@ class Trainer:
         the keys if any of them may not change on resume (``RESUMABLE_KEYS``)."""
         saved = TrainConfig.from_dict(state["config"]).to_dict()
         if self._measured_sigma_data and saved["sigma_data"] is not None:  # measured once, when the run began
-            self.config = dataclasses.replace(self.config, sigma_data=saved["sigma_data"])
+            self.config = self.config.replace(sigma_data=saved["sigma_data"])
             self.model.sigma_data = saved["sigma_data"]
         ours = self.config.to_dict()
         changed = {k: (saved[k], ours[k]) for k in ours if saved[k] != ours[k]}
@@ -345,12 +267,26 @@ class Trainer:
                                   f" cannot change on resume; use the saved value or another out_dir")
         return changed
 
+    def _check_data(self, state: dict) -> None:
+        """Refuse to resume on data other than the run's (by fingerprint; checkpoints before format 3 have none)."""
+        saved = state.get("data")
+        if saved is None or saved == self.fingerprint:
+            return
+        moved = [f"{k} {a!r} -> {b!r}" for k, (a, b) in self.changed.items() if k in ("data_path", "n_data")]
+
+        def describe(f):
+            return f"shape {tuple(f['shape'])} {f['dtype']}, sha256 {f['sha256'][:12]}…"
+
+        raise CheckpointError(f"{self.path}: trained on other data (saved: {describe(saved)}; now: "
+                              f"{describe(self.fingerprint)}{'; ' + ', '.join(moved) if moved else ''}); resume on "
+                              f"the run's data or use another out_dir")
+
     def _apply_optimiser_settings(self) -> None:
         """Write this config's lr and weight_decay over those the loaded optimiser and scheduler state hold."""
         self.scheduler.base_lrs = [self.config.lr for _ in self.optimizer.param_groups]
-        factor = self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+        lr = learning_rate(self.config, self.scheduler.last_epoch + 1)
         for group in self.optimizer.param_groups:
-            group["initial_lr"], group["lr"] = self.config.lr, self.config.lr * factor
+            group["initial_lr"], group["lr"] = self.config.lr, lr
             group["weight_decay"] = self.config.weight_decay
         self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
 
@@ -372,45 +308,64 @@ class Trainer:
         if self.rank == 0:
             save_checkpoint(self.path, self.state())
 
-    # --- training -------------------------------------------------------------------------------
-    def batch(self) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        """This process's part of the next step's global batch, ``(x0, t, noise, labels)``: ``batch_size /
-        world_size`` data indices, then times, then noise, then (conditional runs) the uniforms that replace a
-        label by "no label" with probability ``label_dropout``, from ``self.generator`` seeded by
-        ``(seed, step, rank)``; ``labels`` is None for an unconditional run."""
-        g = self.generator.manual_seed(distributed.stream_seed(self.config.seed, self.step, self.rank))
-        idx = torch.randint(len(self.data), (self.local_batch,), generator=g, device=self.device)
-        x0 = self.data[idx]
-        t = sample_times(self.sde, self.local_batch, self.config.eps, generator=g, device=self.device,
-                         dtype=x0.dtype)[0]
-        noise = torch.randn(x0.shape, generator=g, device=self.device, dtype=x0.dtype)
-        if self.labels is None:
-            return x0, t, noise, None
-        drop = torch.rand(idx.shape, generator=g, device=self.device) < self.config.label_dropout
-        return x0, t, noise, self.labels[idx].masked_fill(drop, self.config.n_classes)
+    def save_snapshots(self) -> None:
+        """Write the power-function EMAs of this step to ``out_dir/snapshots/`` (process 0)."""
+        if self.rank == 0:
+            self.power_ema.save_snapshots(os.path.join(self.config.out_dir, SNAPSHOTS), self.step, write_atomic)
 
-    def train_step(self) -> tuple[float, float]:
-        """One optimiser step on ``self.batch()`` (dropout seeded by ``(seed, step, rank, 1)``); returns the loss
-        averaged over the processes and the gradient norm before clipping."""
+    # --- training -------------------------------------------------------------------------------
+    def batch(self, data: tuple[Tensor, Tensor | None] | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """This process's part of the current step's global batch, ``(x0, t, noise, labels)``: the samples
+        (``data``, as ``self.batches`` gives them; drawn here if None) on the device, then times, noise and (for a
+        conditional run) the uniforms that replace a label by "no label" with probability ``label_dropout``, from
+        ``self.generator`` seeded by ``(seed, step, rank)``; ``labels`` is None for an unconditional run."""
+        x0, y = self.batches(self.step) if data is None else data
+        x0 = x0.to(self.device, non_blocking=True)
+        g = self.generator.manual_seed(distributed.stream_seed(self.config.seed, self.step, self.rank))
+        t = sample_times(self.sde, len(x0), self.config.eps, generator=g, device=self.device, dtype=x0.dtype,
+                         time_distribution=self.times)[0]
+        noise = torch.randn(x0.shape, generator=g, device=self.device, dtype=x0.dtype)
+        if self.config.coupling == "ot":  # over this process's whole part, before any micro-batch split
+            noise = ot_coupling(x0, noise)
+        if y is None:
+            return x0, t, noise, None
+        drop = torch.rand(len(x0), generator=g, device=self.device) < self.config.label_dropout
+        return x0, t, noise, y.to(self.device, non_blocking=True).masked_fill(drop, self.config.n_classes)
+
+    def train_step(self, data: tuple[Tensor, Tensor | None] | None = None) -> tuple[Tensor, Tensor]:
+        """One optimiser step on ``self.batch(data)`` (network dropout seeded by ``(seed, step, rank, 1)``);
+        returns the loss averaged over the processes and the gradient norm before clipping, as device tensors."""
         self.net.train()
         torch.manual_seed(distributed.stream_seed(self.config.seed, self.step, self.rank, 1))
-        x0, t, noise, y = self.batch()
-        score = self.model if y is None else self.model.conditional(y)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
-            loss = denoising_loss(score, self.sde, x0, t=t, noise=noise, weighting=self.config.weighting,
-                                  sigma_data=self.config.sigma_data)
-        mean_loss = distributed.mean_over_ranks(loss.detach())  # every process takes the same decision below
-        if not bool(torch.isfinite(mean_loss)):
-            raise TrainingDiverged(f"loss became {mean_loss.item()} at step {self.step + 1}; the last good checkpoint "
-                                   f"is {self.path if os.path.exists(self.path) else 'none (none was written yet)'}")
+        x0, t, noise, y = self.batch(data)
+        parts = self.config.grad_accumulation
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(self.net.parameters(), self.config.grad_clip)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.ema.update(self.net, self.step + 1)
+        total = None
+        for k, (x_k, t_k, n_k) in enumerate(zip(x0.chunk(parts), t.chunk(parts), noise.chunk(parts))):
+            score = self.model if y is None else self.model.conditional(y.chunk(parts)[k])
+            last = k == parts - 1 or self.ddp is self.net  # DDP averages the gradients in the last backward only
+            with contextlib.nullcontext() if last else self.ddp.no_sync():
+                with torch.autocast(self.device.type, dtype=AUTOCAST.get(self.config.precision, torch.float32),
+                                    enabled=self.config.precision != "fp32"):
+                    loss = denoising_loss(score, self.sde, x_k, t=t_k, noise=n_k, weighting=self.config.weighting,
+                                          sigma_data=self.config.sigma_data, snr_gamma=self.config.snr_gamma,
+                                          log_variance=self.log_variance) / parts
+                self.scaler.scale(loss).backward()
+            total = loss.detach() if total is None else total + loss.detach()
+        if self.log_variance is not None and self.world_size > 1:
+            for p in self.log_variance.parameters():
+                p.grad = distributed.mean_over_ranks(p.grad)
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = nn.utils.clip_grad_norm_(self.trained, self.config.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        with warnings.catch_warnings():  # a step fp16's scaler skipped makes the scheduler warn: expected
+            warnings.filterwarnings("ignore", re.escape("Detected call of `lr_scheduler.step()`"), UserWarning)
+            self.scheduler.step()
         self.step += 1
-        return mean_loss.item(), grad_norm.item()
+        self.ema.update(self.net, self.step)
+        self.power_ema.update(self.net, self.step)
+        return distributed.mean_over_ranks(total), grad_norm
 
     def fit(self, resume: bool = True) -> list[float]:
         """Train from the current step (after resuming, if ``resume``) to ``config.steps``; returns the losses."""
@@ -418,38 +373,67 @@ class Trainer:
 
         if resume:
             self.resume()
-        os.makedirs(self.config.out_dir, exist_ok=True)
-        main = self.rank == 0  # process 0 alone writes the log and the sample grids
+        main = self.rank == 0  # process 0 alone writes the log, the checkpoints and the sample grids
+        if main:
+            os.makedirs(self.config.out_dir, exist_ok=True)
+            remove_stale_temporaries(self.config.out_dir)
+        cfg = self.config
         t0 = time.perf_counter() - (self._prepare_log() if main else 0.0)  # seconds continue across resumes
         losses: list[float] = []
+        pending: list = []  # (step, lr, loss, grad_norm, seconds) not yet read from the device
+        stream = self.batches.stream(self.step, cfg.workers, pin_memory=self.device.type == "cuda")
         with open(self.log_path if main else os.devnull, "a", newline="") as log, tqdm(
-                total=self.config.steps, initial=self.step, desc="train", disable=not (self.config.progress and main),
-                unit="step") as bar, Board(os.path.join(self.config.out_dir, "tensorboard"),
-                                           self.config.tensorboard and main, self.step) as board, \
-                _deferred_interrupt() as interrupted:
+                total=cfg.steps, initial=self.step, desc="train", disable=not (cfg.progress and main),
+                unit="step") as bar, Board(os.path.join(cfg.out_dir, "tensorboard"), cfg.tensorboard and main,
+                                           self.step) as board, _Signals() as signals:
             writer = csv.writer(log)
+
+            def flush():
+                """Read the pending losses from the device (the loop's one wait), stop on a non-finite one,
+                log them."""
+                values = torch.stack([torch.stack([p[2], p[3].to(p[2].dtype)]) for p in pending]).cpu().tolist()
+                for (step, lr, _, _, seconds), (loss, grad_norm) in zip(pending, values):
+                    if not math.isfinite(loss):
+                        raise TrainingDiverged(
+                            f"loss became {loss} at step {step}; the last good checkpoint is "
+                            f"{self.path if os.path.exists(self.path) else 'none (none was written yet)'}")
+                    writer.writerow([step, f"{loss:.8g}", f"{lr:.6g}", f"{grad_norm:.6g}", f"{seconds:.3f}"])
+                    board.scalars(step, loss=loss, lr=lr, grad_norm=grad_norm)
+                    losses.append(loss)
+                bar.update(len(pending))
+                bar.set_postfix(loss=f"{values[-1][0]:.4f}")
+                pending.clear()
+                log.flush()
+
             saved_at = time.perf_counter()
-            while self.step < self.config.steps:
-                lr = self.scheduler.get_last_lr()[0]
-                loss, grad_norm = self.train_step()
-                losses.append(loss)
-                now = time.perf_counter()
-                writer.writerow([self.step, f"{loss:.8g}", f"{lr:.6g}", f"{grad_norm:.6g}", f"{now - t0:.3f}"])
-                board.scalars(self.step, loss=loss, lr=lr, grad_norm=grad_norm)
-                bar.update()
-                bar.set_postfix(loss=f"{loss:.4f}")
-                last = self.step == self.config.steps
-                if (self.step % self.config.checkpoint_every == 0 or last or interrupted
-                        or now - saved_at >= 60 * self.config.checkpoint_minutes):
-                    log.flush()
-                    self.save()
-                    saved_at = now
-                if interrupted:
-                    raise KeyboardInterrupt(f"interrupted; checkpoint at step {self.step} in {self.path}")
-                if main and (self.step % self.config.sample_every == 0 or last):
-                    png = os.path.join(self.config.out_dir, "samples", f"step_{self.step:07d}.png")
-                    save_samples(self.sample(), png, f"step {self.step}")
-                    board.image(self.step, png)
+            try:
+                while self.step < cfg.steps:
+                    lr = self.scheduler.get_last_lr()[0]
+                    loss, grad_norm = self.train_step(next(stream))
+                    now = time.perf_counter()
+                    pending.append((self.step, lr, loss, grad_norm, now - t0))
+                    last = self.step == cfg.steps
+                    snapshot = cfg.snapshot_every > 0 and (self.step % cfg.snapshot_every == 0 or last)
+                    grid = main and (self.step % cfg.sample_every == 0 or last)
+                    sync_point = self.step % cfg.log_every == 0 or last or self.step % cfg.checkpoint_every == 0
+                    stop = signals.agreed(self.device, sync_point)
+                    save = (self.step % cfg.checkpoint_every == 0 or last or stop
+                            or (main and now - saved_at >= 60 * cfg.checkpoint_minutes))
+                    if sync_point or save or snapshot or grid:
+                        flush()
+                    if save:
+                        self.save()
+                        saved_at = now
+                    if snapshot:
+                        self.save_snapshots()
+                    if stop:
+                        raise Interrupted(stop, self.step, self.path)
+                    if grid:
+                        png = os.path.join(cfg.out_dir, "samples", f"step_{self.step:07d}.png")
+                        save_samples(self.sample(), png, f"step {self.step}")
+                        board.image(self.step, png)
+            finally:
+                del stream  # stops the workers, if any
         distributed.barrier()  # the last checkpoint is on disk before any process goes on
         return losses
 
@@ -462,8 +446,8 @@ class Trainer:
         n = n or self.config.n_samples
         options = options or ({"method": "heun2"} if sampler == "ode" else {})
         model = build_model(self.ema.model, self.config)
-        if self.labels is not None:  # a grid of every class in turn
+        if self.config.conditional:  # a grid of every class in turn
             model = model.conditional(torch.arange(n, device=self.device) % self.config.n_classes)
         g = torch.Generator(self.device).manual_seed(self.config.seed + 1)
         return draw(model, self.sde, (n,) + self.data_shape, sampler=sampler, steps=steps or self.config.sample_steps,
-                    generator=g, device=self.device, dtype=self.data.dtype, **options).x
+                    generator=g, device=self.device, dtype=self.dtype, **options).x

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import sgm
+from sgm.config import PATHS
 
 # Under pytest-xdist each worker is one process of several on the machine's cores: one thread each (and in the
 # processes the tests start, which read OMP_NUM_THREADS), since oversubscribed torch threads run many times slower.
@@ -17,7 +18,8 @@ def mixture(dtype=torch.float64):
     return sgm.GaussianMixture([[-2.0, 0.0], [2.0, 1.0], [0.0, -2.0]], [0.3, 0.5, 0.2], [0.5, 0.3, 0.2], dtype=dtype)
 
 
-SDES = {"vp": sgm.VPSDE, "subvp": sgm.SubVPSDE, "ve": sgm.VESDE}
+# The paths the exactness tests sweep, by their names in the one table (sgm.config.PATHS).
+SDES = {name: PATHS[name].cls for name in ("vp", "subvp", "ve")}
 
 
 @pytest.fixture

@@ -29,10 +29,10 @@ def test_scalars_and_figures_match_the_log_and_resume_logs_each_step_once(tmp_pa
     trainer = Trainer(config(tmp_path))
     original = Trainer.train_step
 
-    def crash_at_4(self):
+    def crash_at_4(self, *batch):
         if self.step == 3:
             raise Crash()
-        return original(self)
+        return original(self, *batch)
 
     monkeypatch.setattr(Trainer, "train_step", crash_at_4)
     with pytest.raises(Crash):

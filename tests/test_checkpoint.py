@@ -118,6 +118,6 @@ def test_format_1_checkpoints_still_load_and_unknown_formats_are_named(run, tmp_
     torch.save(old, tmp_path / "old.pt")
     model, _, _ = model_from_checkpoint(str(tmp_path / "old.pt"))
     assert isinstance(model, sgm.ScoreModel)
-    torch.save({**state, "format": 3}, tmp_path / "new.pt")
-    with pytest.raises(CheckpointError, match="new.pt: checkpoint format 3"):
+    torch.save({**state, "format": 4}, tmp_path / "new.pt")
+    with pytest.raises(CheckpointError, match="new.pt: checkpoint format 4"):
         load_checkpoint(str(tmp_path / "new.pt"))

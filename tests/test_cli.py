@@ -67,17 +67,59 @@ def test_sample_out_makes_its_folder_and_honours_the_extension(checkpoint, tmp_p
     assert torch.load(tmp_path / "bare" / "samples.pt").shape == (5, 2)
 
 
-def test_train_errors_are_one_line(tmp_path, capsys):
-    base = ["train", "--steps", "2", "--width", "8", "--depth", "1", "--batch-size", "8", "--n-data", "32",
-            "--no-progress", "--out-dir", str(tmp_path / "r")]
-    for args, named in ((["--device", "gpu"], "--device"), (["--sde", "cld"], "--sde"), (["--data", "cifar"], "--data"),
-                        (["--steps", "0"], "steps"), (["--sigma-max", "10"], "--sigma-max"),
-                        (["--data", "mnist", "--data-path", str(tmp_path / "nowhere")], "nowhere")):
-        code, err = run(base + args, capsys)
-        assert code == 2 and "Traceback" not in err and named in err, (args, err)
-    assert main(base) == 0
-    code, err = run(base + ["--seed", "3", "--steps", "3"], capsys)
-    assert code == 2 and "seed" in err and err.count("\n") == 1, err
+def documented_failures(checkpoint, tmp):
+    """``(argv, what the one line must name)`` for every command: each documented failure (a bad argument, a missing
+    or foreign file, a refused setting, data that cannot be used, an output that cannot be written)."""
+    nan = tmp / "nan.npz"
+    bad = np.random.default_rng(0).random((4, 3, 8, 8)).astype(np.float32)
+    bad[2, 0, 1, 1] = np.nan
+    np.savez(nan, samples=bad)
+    np.savez(tmp / "ok.npz", samples=np.random.default_rng(1).random((4, 3, 8, 8)).astype(np.float32))
+    np.savez(tmp / "bytes.npz", samples=255 * np.random.default_rng(1).random((4, 3, 8, 8)).astype(np.float32))
+    train = ["train", "--steps", "1", "--width", "8", "--depth", "1", "--batch-size", "8", "--n-data", "32",
+             "--no-progress", "--out-dir", str(tmp / "r")]
+    sample = ["sample", checkpoint, "--sampler", "ddim", "--steps", "2", "--n", "4", "--no-progress", "--out",
+              str(tmp / "s.png")]
+    unwritable = "/proc/sgm-test/s.png"
+    return [
+        (["demo", "--sde", "cld"], "--sde"), (["demo", "--n", "0"], "--n"), (["demo", "--out", "d.txt"], "--out"),
+        (["demo", "--out", unwritable], "--out"),
+        (train + ["--device", "gpu"], "--device"), (train + ["--sde", "cld"], "--sde"),
+        (train + ["--data", "cifar"], "--data"), (train + ["--steps", "0"], "--steps"),
+        (train + ["--sigma-max", "10"], "--sigma-max"), (train + ["--dropout", "1.5"], "--dropout must lie in [0, 1)"),
+        (train + ["--data", "mnist", "--data-path", str(tmp / "nowhere")], "nowhere"),
+        (train + ["--image-size", "8"], "--image-size"), (train + ["--attn-levels", "5"], "--attn-levels"),
+        (train + ["--channel-mult", "1,x"], "--channel-mult"), (train + ["--ema-stds", "0.5"], "--ema-stds"),
+        (train + ["--lr-schedule", "step"], "--lr-schedule"), (train + ["--grad-accumulation", "3"], "grad_accumulation"),
+        (train + ["--data-path", str(tmp)], "--data-path"), (train + ["--precision", "fp8"], "--precision"),
+        (sample + ["--option", "eta=abc"], "eta"), (sample + ["--sampler", "ode"], "--steps 2: sampler 'ode'"), (sample + ["--sampler", "dpm_solver", "--option", "order=2.0"], "order"),
+        (sample + ["--option", "variance=analytic"], "variance=analytic"),
+        (sample + ["--sampler", "pc", "--option", "corrector=0"], "corrector"), (sample + ["--label", "1"], "--label"),
+        (sample + ["--guidance", "2"], "--guidance"), (sample[:-1] + [unwritable], "--out"),
+        (["sample", str(tmp / "none.pt")], "none.pt"),
+        (["export", str(tmp / "none.pt"), str(tmp / "x.safetensors")], "none.pt"),
+        (["export", checkpoint, str(tmp / "x.pt")], ".safetensors"),
+        (["export", checkpoint, str(tmp / "x.safetensors"), "--ema-std", "0.1"], "snapshot"),
+        (["export", checkpoint, str(tmp / "x.safetensors"), "--ema-step", "3"], "ema_step needs ema_std"),
+        (["eval", str(nan), str(tmp / "ok.npz")], "the first is nan at index (2, 0, 1, 1)"),
+        (["eval", str(tmp / "bytes.npz"), str(tmp / "ok.npz")], "--value-range"),
+        (["eval", str(tmp / "none"), str(tmp / "ok.npz")], "none"),
+        (["eval", str(tmp / "ok.npz"), str(tmp / "ok.npz"), "--inception", str(tmp / "none.pth")], "none.pth"),
+        (["bench", "--n", "0", "--quick"], "--n"), (["bench", "--quick", "--checkpoint", str(tmp / "none.pt")], "none.pt"),
+    ]
+
+
+def test_every_command_fails_in_one_line_with_status_2(checkpoint, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("sgm.bench.sweep.run_sweep", lambda *a, **k: pytest.fail("the sweep started"))
+    monkeypatch.setattr("sgm.cli.sample", lambda *a, **k: pytest.fail("sampling started"))
+    for argv, named in documented_failures(checkpoint, tmp_path):
+        code, err = run(argv, capsys)
+        assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, (argv, err)
+        assert named in err and err.startswith(f"sgm {argv[0]}: error: "), (argv, named, err)
+    assert main(["train", "--steps", "1", "--width", "8", "--depth", "1", "--batch-size", "8", "--n-data", "32",
+                 "--no-progress", "--out-dir", str(tmp_path / "r")]) == 0
+    code, err = run(["train", "--seed", "3", "--steps", "3", "--out-dir", str(tmp_path / "r")], capsys)
+    assert code == 2 and "seed 0 -> 3 cannot change on resume" in err and err.count("\n") == 1, err
 
 
 def test_ve_sigma_max_weight_decay_and_eps_reach_the_config(tmp_path):
@@ -110,6 +152,20 @@ def test_help_shows_defaults_and_choices_and_version(capsys):
     with pytest.raises(SystemExit):
         main(["--version"])
     assert capsys.readouterr().out.strip() == f"sgm {sgm.__version__}"
+
+
+def test_many_samples_go_to_the_shards_and_to_the_out_files(checkpoint, tmp_path):
+    """``--n`` above ``--shard-size`` draws shards, and ``--out`` still gets every sample: the same ones a single
+    batch draws (each sample has its own seeded stream)."""
+    base = ["sample", checkpoint, "--sampler", "euler_maruyama", "--steps", "3", "--no-progress", "--n", "7"]
+    assert main(base + ["--shard-size", "3", "--out", str(tmp_path / "big.npz")]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.npz", "big_shards"]
+    assert main(base + ["--out", str(tmp_path / "one.npz")]) == 0
+    big, one = (np.load(tmp_path / f"{name}.npz")["samples"] for name in ("big", "one"))
+    assert big.shape == (7, 2)
+    np.testing.assert_array_equal(big, one)
+    shards = np.concatenate([np.load(p)["samples"] for p in sorted((tmp_path / "big_shards").glob("*.npz"))])
+    np.testing.assert_array_equal(big, shards)
 
 
 def test_sample_takes_an_nfe_budget(checkpoint, tmp_path, capsys):

@@ -39,7 +39,7 @@ def test_conditional_model_samples_the_asked_class(tmp_path):
     out = sgm.sample(model, model.sde, (400, 2), sampler="ddim", steps=20, generator=g).x
     assert 0.25 < float((out[:, 0] > 0).double().mean()) < 0.75
 
-    assert main([ "sample", str(tmp_path / "checkpoint.pt"), "--label", "1", "--guidance", "2", "--n", "8", "--steps",
+    assert main(["sample", str(tmp_path / "checkpoint.pt"), "--sampler", "ddim", "--label", "1", "--guidance", "2", "--n", "8", "--steps",
                  "4", "--out", str(tmp_path / "g.png"), "--no-progress", "--device", "cpu"]) == 0
     assert (tmp_path / "g.png").exists()
 
@@ -56,7 +56,8 @@ def test_bad_labels_and_conditioning(tmp_path, capsys):
     x, y = two_classes(256)
     Trainer(config(tmp_path / "e", steps=2, checkpoint_every=2), data=x, labels=y).fit()
     Trainer(config(tmp_path / "f", steps=2, checkpoint_every=2, conditional=False), data=x).fit()
-    args = ["--n", "4", "--steps", "2", "--no-progress", "--device", "cpu", "--out", str(tmp_path / "x.png")]
+    args = ["--n", "4", "--sampler", "ddim", "--steps", "2", "--no-progress", "--device", "cpu", "--out",
+            str(tmp_path / "x.png")]
     assert main(["sample", str(tmp_path / "e" / "checkpoint.pt"), "--label", "2"] + args) == 2
     assert "--label must lie in [0, 1], got 2" in capsys.readouterr().err
     assert main(["sample", str(tmp_path / "f" / "checkpoint.pt"), "--label", "0"] + args) == 2

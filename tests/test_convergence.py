@@ -132,10 +132,12 @@ def test_map_order_on_rectified_flow(name, options, grid, t_max):
     assert abs(order - solver.ode_order) < 0.3, errors
 
 
-# every registered sampler that is stochastic with its smoke options and declares a weak order
+# every registered sampler that is stochastic with its smoke options and declares weak order 1. At n = 4e5 the Monte-Carlo
+# error (≈ 0.006) is reached by a second-order method's weak error within 16–64 steps, so a higher declared weak order
+# is checked with exact moments instead (test_stochastic_exponential.py::test_weak_order_from_exact_moments).
 STOCHASTIC = [name for name in sgm.samplers.available()
               if (s := sgm.samplers.solver(name, **sgm.samplers.entry(name).smoke)).stochastic
-              and s.weak_order is not None]
+              and s.weak_order == 1]
 
 
 @pytest.mark.parametrize("name", STOCHASTIC)

@@ -124,3 +124,51 @@ def test_labelled_datasets(tmp_path):
     Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)).save(tmp_path / "loose.png")
     with pytest.raises(ValueError, match="loose.png is not in one"):
         data.load_image_folder(str(tmp_path), labels=True)
+
+
+class Payload:
+    """Unpickling this calls ``open(marker, "w")``: the file appearing means code in the batch file ran."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import builtins
+
+        return builtins.open, (self.marker, "w")
+
+
+def test_a_cifar_batch_that_would_run_code_is_refused_before_it_runs(tmp_path):
+    batch = {b"data": np.zeros((2, 3072), dtype=np.uint8), b"labels": [0, 1], b"batch_label": Payload(tmp_path / "ran")}
+    with open(tmp_path / "data_batch_1", "wb") as f:
+        pickle.dump(batch, f)
+    with open(tmp_path / "data_batch_1", "rb") as f:  # the check can fail: an unrestricted unpickler runs it
+        pickle.load(f, encoding="bytes")
+    assert (tmp_path / "ran").exists()
+    (tmp_path / "ran").unlink()
+    with pytest.raises(ValueError, match=r"data_batch_1: not a CIFAR-10 python batch \(refused: the pickle names "
+                                         r"io.open"):  # builtins.open is io.open
+        data.load_cifar10(str(tmp_path))
+    assert not (tmp_path / "ran").exists()
+    # only the documented dict of arrays: a float array, object labels or another container are refused by name
+    for bad, match in (({b"data": np.zeros((2, 3072)), b"labels": [0, 1]}, "uint8 array"),
+                       ({b"data": np.zeros((2, 3072), dtype=np.uint8), b"labels": ["a", "b"]}, "list of 2"),
+                       ([1, 2], "expected a dict")):
+        with open(tmp_path / "data_batch_1", "wb") as f:
+            pickle.dump(bad, f)
+        with pytest.raises(ValueError, match=match):
+            data.load_cifar10(str(tmp_path))
+
+
+def test_check_finite_names_the_first_bad_index_and_fingerprints_tell_data_apart():
+    x = torch.zeros(5, 2)
+    x[3, 1], x[4, 0] = float("inf"), float("nan")
+    with pytest.raises(ValueError, match=r"holds 2 non-finite value\(s\); the first is inf at index \(3, 1\)"):
+        data.check_finite(x)
+    a = data.fingerprint(torch.arange(6.0).reshape(3, 2))
+    assert a == data.fingerprint(torch.arange(6.0).reshape(3, 2)) and a["shape"] == [3, 2] and a["dtype"] == "float32"
+    assert a != data.fingerprint(torch.arange(6.0).reshape(3, 2).double())
+    assert a != data.fingerprint(torch.arange(6.0).reshape(3, 2), labels=torch.tensor([0, 1, 0]))
+    b = torch.arange(6.0).reshape(3, 2)
+    b[2, 1] = 5.0000005
+    assert a["sha256"] != data.fingerprint(b)["sha256"]

@@ -57,10 +57,10 @@ def worker(rank, tmp):
         crashing = Trainer(config(f"{tmp}/cut"))
         step = crashing.train_step
 
-        def crash_at_5():
+        def crash_at_5(*batch):
             if crashing.step == 4:
                 raise Crash()
-            return step()
+            return step(*batch)
 
         crashing.train_step = crash_at_5
         try:

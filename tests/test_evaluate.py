@@ -11,7 +11,7 @@ from PIL import Image
 from sgm import metrics
 from sgm.checkpoint import CheckpointError
 from sgm.cli import main
-from sgm.evaluate import evaluate, features, load_images, load_input
+from sgm.evaluate import evaluate, features, load_images, load_input, read_input
 from sgm.nets.inception import WEIGHTS_FILE, FIDInception, load_inception
 
 
@@ -148,3 +148,27 @@ def test_inception_loads_from_a_local_file_and_names_a_missing_one(tmp_path, cap
     assert main(["eval", str(tmp_path / "a.npz"), str(tmp_path / "ref_stats.npz"), "--device", "cpu"]) == 0
     fid_stats = float(capsys.readouterr().out.split()[1])
     assert fid_stats == pytest.approx(float(out.split()[1]), rel=1e-6)
+
+
+def test_float_images_are_read_in_their_own_range(tmp_path):
+    """The same images as uint8, as floats in [0, 1] and in sgm's [-1, 1] load identically: a [0, 1] set is no
+    longer taken for [-1, 1] (which mapped it to [0.5, 1]); floats beyond both are refused unless their range is
+    given; non-finite values are named."""
+    pics = images(6, 0).transpose(0, 3, 1, 2)  # uint8 (N, C, H, W)
+    forms = {"uint8": pics, "unit": pics / np.float32(255), "sgm": pics / np.float32(127.5) - 1}
+    loaded = {}
+    for name, array in forms.items():
+        np.savez(tmp_path / f"{name}.npz", samples=array)
+        loaded[name] = load_images(str(tmp_path / f"{name}.npz"))
+    for name in ("unit", "sgm"):
+        torch.testing.assert_close(loaded[name], loaded["uint8"], rtol=0, atol=1e-6)
+    assert read_input(str(tmp_path / "unit.npz"))[1] == "6 images, read as [0, 1]"
+    np.savez(tmp_path / "bytes.npz", samples=pics.astype(np.float32))
+    with pytest.raises(ValueError, match=r"values in \[0, 255\] are neither"):
+        load_images(str(tmp_path / "bytes.npz"))
+    torch.testing.assert_close(load_images(str(tmp_path / "bytes.npz"), "0:255"), loaded["uint8"], rtol=0, atol=1e-6)
+    nan = forms["unit"].copy()
+    nan[4, 1, 2, 3] = np.nan
+    np.savez(tmp_path / "nan.npz", samples=nan)
+    with pytest.raises(ValueError, match=r"nan.npz holds 1 non-finite value\(s\); the first is nan at index \(4, 1, 2, 3\)"):
+        load_images(str(tmp_path / "nan.npz"))

@@ -226,11 +226,13 @@ SAMPLING = {
     "rf": {"euler_maruyama": (100, {}), "reverse_diffusion": (100, {}), "ancestral": (100, {}), "ddim": (40, {}),
            "ode": (12, {"method": "heun2"}), "sde": (100, {}), "langevin": LANGEVIN, "pc": (100, {}),
            "dpm_solver": (12, LOGSNR), "unipc": (12, LOGSNR), "heun": (12, {}), "deis": (12, LOGSNR),
-           "ipndm": (12, LOGSNR)},
+           "ipndm": (12, LOGSNR), "dpm_solver_sde": (50, {}), "euler_ancestral": (100, {}),
+           "dpmpp_2s_ancestral": (50, {})},
     "edm": {"euler_maruyama": (100, KARRAS), "reverse_diffusion": (100, KARRAS), "ancestral": (100, KARRAS),
             "ddim": (40, KARRAS), "ode": (18, {"method": "heun2", **KARRAS}), "sde": (500, {}), "langevin": LANGEVIN,
             "pc": (100, KARRAS), "dpm_solver": (12, LOGSNR), "unipc": (12, LOGSNR), "heun": (18, KARRAS),
-            "deis": (12, LOGSNR), "ipndm": (12, LOGSNR)},
+            "deis": (12, LOGSNR), "ipndm": (12, LOGSNR), "dpm_solver_sde": (50, LOGSNR),
+            "euler_ancestral": (100, KARRAS), "dpmpp_2s_ancestral": (50, KARRAS)},
 }
 PATHS = {"rf": sgm.RectifiedFlow, "edm": sgm.EDMPath}
 T_MAX_BELOW = 0.99  # where a sampler that needs α > 0 starts on rectified flow

@@ -34,10 +34,10 @@ def test_resumed_run_equals_the_uninterrupted_one(tmp_path, monkeypatch):
     crashing = Trainer(config(tmp_path / "crashed"))
     original = Trainer.train_step
 
-    def crash_at_19(self):
+    def crash_at_19(self, *batch):
         if self.step == 18:
             raise Crash()
-        return original(self)
+        return original(self, *batch)
 
     monkeypatch.setattr(Trainer, "train_step", crash_at_19)
     with pytest.raises(Crash):
@@ -86,12 +86,17 @@ def test_corrupt_and_mismatched_checkpoints_are_named(tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    """Weights that turn NaN after the checkpoint of step 8: the run stops naming step 9, the first bad loss (read
+    only at the next log point), and writes nothing after it."""
     Trainer(config(tmp_path, steps=8)).fit()
-    bad = sgm.data.toy_2d("moons", 512)
-    bad[:] = float("nan")
+    trainer = Trainer(config(tmp_path, steps=16, log_every=4))
+    trainer.resume()
+    with torch.no_grad():
+        next(trainer.net.parameters()).fill_(float("nan"))
     with pytest.raises(TrainingDiverged, match="step 9.*checkpoint.pt"):
-        Trainer(config(tmp_path, steps=16), data=bad).fit()
+        trainer.fit(resume=False)
     assert load_checkpoint(str(tmp_path / "checkpoint.pt"))["step"] == 8
+    assert [s for s, _ in logged_losses(tmp_path)] == list(range(1, 9))
 
 
 def test_trained_model_samples_through_the_checkpoint(tmp_path):

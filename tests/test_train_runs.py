@@ -69,8 +69,8 @@ def test_checkpoint_by_wall_clock_time(tmp_path, monkeypatch):
 def test_ctrl_c_writes_a_checkpoint_and_the_run_resumes_there(tmp_path, monkeypatch):
     original = Trainer.train_step
 
-    def interrupt_at_3(self):
-        out = original(self)
+    def interrupt_at_3(self, *batch):
+        out = original(self, *batch)
         if self.step == 3:
             signal.raise_signal(signal.SIGINT)  # as Ctrl-C: arrives during the step
         return out
@@ -133,7 +133,7 @@ def test_default_network_is_edm_with_the_datas_std_measured_once(tmp_path):
     assert trainer.config.prediction == "edm" and trainer.model.sigma_data == pytest.approx(float(data.std()), rel=1e-5)
     trainer.fit()
     assert load_checkpoint(str(tmp_path / "checkpoint.pt"))["config"]["sigma_data"] == trainer.config.sigma_data
-    resumed = Trainer(config(tmp_path, steps=3), data=data[:128])  # other data: the run keeps its measured σ_d
+    resumed = Trainer(config(tmp_path, steps=3, sigma_data=None), data=data)  # the run keeps its measured σ_d
     assert resumed.resume() and resumed.model.sigma_data == trainer.config.sigma_data
 
 

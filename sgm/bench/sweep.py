@@ -138,6 +138,8 @@ def check_checkpoint(path: str) -> None:
 
 def run_from_args(args) -> int:
     """Run the sweep the parsed ``args`` ask for and print its summary and goal tables."""
+    if args.n is not None and args.n < 1:
+        raise ValueError(f"--n must be an integer >= 1, got {args.n}")
     if args.checkpoint:
         check_checkpoint(args.checkpoint)
     t0 = time.perf_counter()

@@ -22,12 +22,15 @@ unipc = get("unipc")
 deis = get("deis")
 ipndm = get("ipndm")
 heun = get("heun")
+dpm_solver_sde = get("dpm_solver_sde")
+euler_ancestral = get("euler_ancestral")
+dpmpp_2s_ancestral = get("dpmpp_2s_ancestral")
 
 __all__ = [
     "CheckedScore", "SamplerDiverged", "SamplerOutput", "SPACINGS", "Node", "TimeGrid", "time_grid",
     "Model", "Noise", "SeededNoise", "Prediction", "Solver", "integrate", "Entry", "entry", "markdown_table",
     "budget_grid",
     "euler_maruyama", "reverse_diffusion", "ancestral", "ddim", "ode", "sde", "langevin", "pc", "dpm_solver", "unipc",
-    "deis", "ipndm", "heun",
+    "deis", "ipndm", "heun", "dpm_solver_sde", "euler_ancestral", "dpmpp_2s_ancestral",
     "SAMPLERS", "available", "get", "options", "solver", "sample", "optimize_grid",
 ]

@@ -30,14 +30,19 @@ class CheckedScore:
     ``(batch,)`` tensor; counts calls and checks each output.
 
     An output that is not a tensor shaped like ``x`` in ``x``'s dtype raises ``TypeError``/``ValueError``;
-    with ``check_finite`` a NaN or inf raises ``SamplerDiverged`` (a ``ValueError``) naming the time where it appeared.
+    with ``check_finite`` a NaN or inf raises ``SamplerDiverged`` (a ``ValueError``) naming the time where it appeared:
+    at once on the CPU; on an accelerator, where reading the flag would make the host wait for the device at every
+    call, the flags stay there and are read every ``CHECK_EVERY`` calls and at the end (``check()``).
     """
+
+    CHECK_EVERY = 16
 
     def __init__(self, score: ScoreFn, check_finite: bool = True):
         if not callable(score):
             raise TypeError(f"score must be callable as score(x, t), got {type(score).__name__}")
         self.score, self.check_finite, self.nfe = score, check_finite, 0
         self.predicts = predicts(score)  # the kind of the wrapped model's output
+        self._pending: list = []  # (finite flag on the device, t, evaluation) not read yet
 
     def __call__(self, x: Tensor, t) -> Tensor:
         tt = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
@@ -50,10 +55,23 @@ class CheckedScore:
         if out.dtype != x.dtype:
             raise TypeError(f"score returned dtype {out.dtype}, expected the dtype of x {x.dtype}")
         # One reduction: a NaN or inf anywhere makes the sum non-finite (isfinite(out).all() costs 30× more).
-        if self.check_finite and not bool(torch.isfinite(out.sum())):
-            raise SamplerDiverged(f"score returned a non-finite value (NaN or inf) at t={float(tt[0]):.6g}, "
-                             f"evaluation {self.nfe}")
+        if self.check_finite:
+            self._pending.append((torch.isfinite(out.sum()), t, self.nfe))
+            if out.device.type == "cpu" or len(self._pending) >= self.CHECK_EVERY:
+                self.check()
         return out
+
+    def check(self) -> None:
+        """Read the finite flags not read yet; ``SamplerDiverged`` naming the first evaluation that was not."""
+        if not self._pending:
+            return
+        flags, pending = torch.stack([f for f, _, _ in self._pending]).tolist(), self._pending
+        self._pending = []
+        for ok, (_, t, nfe) in zip(flags, pending):
+            if not ok:
+                when = float(t.flatten()[0]) if isinstance(t, Tensor) else float(t)
+                raise SamplerDiverged(f"score returned a non-finite value (NaN or inf) at t={when:.6g}, "
+                                      f"evaluation {nfe}")
 
 
 def check_state(x) -> Tensor:

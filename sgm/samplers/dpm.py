@@ -43,7 +43,8 @@ from .exponential import PREDICTIONS, check_order, combine, from_noise, linear, 
 from .grid import TimeGrid
 from .solver import Model, Solver
 
-__all__ = ["DPMSolver", "METHODS", "singlestep_orders", "MultistepState", "SinglestepState"]
+__all__ = ["DPMSolver", "METHODS", "singlestep_orders", "multistep_weights", "singlestep_weights", "multistep_update",
+           "multistep_state", "MultistepState", "SinglestepState"]
 
 METHODS = ("multistep", "singlestep")
 
@@ -58,13 +59,17 @@ def singlestep_orders(order: int, transitions: int, lower_order_final: bool) -> 
     return orders
 
 
-def multistep_weights(lin, lams: list[float], k: int) -> list[float]:
-    """Weights on ``m_0, m_1, …`` (newest first, at λs ``lams``) of the order-``k`` multistep update."""
+def multistep_weights(lin, lams: list[float], k: int, solver_type: str = "midpoint") -> list[float]:
+    """Weights on ``m_0, m_1, …`` (newest first, at λs ``lams``) of the order-``k`` multistep update; ``solver_type``
+    weighs 2M's ``D_1`` by ``h φ_1/2`` (``midpoint``, the published 2M) or ``h φ_2`` (``heun``, its Taylor weight)."""
     h, p1 = lin.h, lin.hphi(1)
     if k == 1:
         return [p1]
     r0 = (lams[0] - lams[1]) / h
     if k == 2:
+        if solver_type == "heun":
+            p2 = lin.hphi(2)
+            return [p1 + p2 / r0, -p2 / r0]
         return [p1 * (1 + 0.5 / r0), -p1 * 0.5 / r0]
     r1 = (lams[1] - lams[2]) / h
     d10, d11 = [1 / r0, -1 / r0, 0.0], [0.0, 1 / r1, -1 / r1]
@@ -85,6 +90,23 @@ def singlestep_weights(lin, lams: list[float], k: int) -> list[float]:
         return [p1 * (1 - 0.5 / r), p1 * 0.5 / r]
     p2 = lin.hphi(2)
     return [p1 - p2 / r, 0.0, p2 / r]
+
+
+def multistep_update(x: Tensor, a, b, m: Tensor, state: "MultistepState", order: int, lower_order_final: bool,
+                     prediction: str = "x0", extra: float = 0.0, solver_type: str = "midpoint"):
+    """One multistep transition ``a → b`` with the prediction ``m`` at ``a``: ``(x_b, state)``; ``extra`` is the
+    extra exponent ``δ`` of a stochastic step (its noise is the caller's)."""
+    history = (((a, m),) + state.history)[:order]
+    k = lower_order(order, state.index, state.transitions, lower_order_final)
+    lin = linear(a, b, prediction, extra)
+    weights = multistep_weights(lin, [n.lam for n, _ in history], k, solver_type)
+    return combine(x, lin.A, lin.B, weights, [p for _, p in history]), state._replace(index=state.index + 1,
+                                                                                      history=history)
+
+
+def multistep_state(grid: TimeGrid) -> "MultistepState":
+    """The transitions of ``grid`` after a step from pure noise, none taken, no history."""
+    return MultistepState(len(grid) - int(grid.nodes[0].scale == 0), 0)
 
 
 class MultistepState(NamedTuple):
@@ -120,10 +142,10 @@ class DPMSolver(Solver):
     def init(self, x, grid: TimeGrid):
         """Multistep: the transitions in the grid (after a step from pure noise) and the history; singlestep: the order
         list and the segment."""
-        transitions = len(grid) - int(grid.nodes[0].scale == 0)
         if self.method == "singlestep":
+            transitions = len(grid) - int(grid.nodes[0].scale == 0)
             return SinglestepState(tuple(singlestep_orders(self.solver_order, transitions, self.lower_order_final)), 0)
-        return MultistepState(transitions, 0)
+        return multistep_state(grid)
 
     def step(self, model: Model, x, a, b, state, noise):
         prediction = model(x, a)
@@ -139,9 +161,4 @@ class DPMSolver(Solver):
             weights = singlestep_weights(lin, [n.lam for n in nodes], k)
             return combine(start, lin.A, lin.B, weights, preds), state._replace(index=i + 1, start=start,
                                                                                 segment=segment)
-        history = (((a, m),) + state.history)[:self.solver_order]
-        k = lower_order(self.solver_order, i, state.transitions, self.lower_order_final)
-        lin = linear(a, b, self.prediction)
-        weights = multistep_weights(lin, [n.lam for n, _ in history], k)
-        return combine(x, lin.A, lin.B, weights, [p for _, p in history]), state._replace(index=i + 1,
-                                                                                          history=history)
+        return multistep_update(x, a, b, m, state, self.solver_order, self.lower_order_final, self.prediction)

@@ -18,6 +18,8 @@ import hashlib
 import torch
 from torch import Tensor
 
+from ..device import randn
+
 __all__ = ["Noise", "SeededNoise"]
 
 
@@ -29,7 +31,7 @@ class Noise:
 
     def __call__(self, t0: float | None = None, t1: float | None = None, *, like: Tensor | None = None) -> Tensor:
         shape = self.shape if like is None else like.shape
-        return torch.randn(shape, generator=self.generator, dtype=self.dtype, device=self.device)
+        return randn(shape, self.generator, self.dtype, self.device)  # a CPU generator's draws, moved to a GPU
 
 
 class SeededNoise(Noise):

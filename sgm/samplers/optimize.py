@@ -70,7 +70,8 @@ def _trajectory(model: Model, x_T: Tensor, grid: TimeGrid, tol: float) -> list[T
     lands on each node (``step_t``), so the last state is ``flow_map``'s before its Tweedie step."""
     velocity = _velocity(model, grid.noisy[0])
     ts = torch.tensor([n.t for n in grid.noisy], dtype=x_T.dtype, device=x_T.device)
-    return list(odeint(lambda t, y: velocity(y, float(t)), x_T, ts, method="dopri5", rtol=tol, atol=tol,
+    lo, hi = grid.noisy[-1].t, grid.noisy[0].t  # the initial step's probe held inside the interval
+    return list(odeint(lambda t, y: velocity(y, min(max(float(t), lo), hi)), x_T, ts, method="dopri5", rtol=tol, atol=tol,
                        options={"step_t": ts}))
 
 

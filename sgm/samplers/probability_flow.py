@@ -86,7 +86,7 @@ class RungeKutta(Solver):
 class AdaptiveODE(Solver):
     """torchdiffeq's adaptive ``method`` under ``rtol``/``atol`` from the grid's first to its last noisy node."""
 
-    stochastic, evals_per_step = False, None
+    stochastic, evals_per_step, adaptive = False, None, True
 
     def __init__(self, method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5):
         if method not in ADAPTIVE_METHODS:
@@ -105,9 +105,11 @@ class AdaptiveODE(Solver):
         # overflow to inf and the time to NaN); the score still sees x's dtype.
         work = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
         ts = torch.tensor([a.t, b.t], dtype=work, device=x.device)
-        # step_t makes the solver land on the end time instead of stepping past it (t < eps).
-        y = odeint(lambda t, y: velocity(y.to(x.dtype), float(t)).to(work), x.to(work), ts, method=self.method,
-                   rtol=self.rtol, atol=self.atol, options={"step_t": ts})[-1]
+        # step_t makes the solver land on the end time instead of stepping past it (t < eps); the initial step's
+        # probe (Hairer's h0 = 0.01·|y|/|u|, large where u is small) is held inside [b.t, a.t].
+        lo, hi = b.t, a.t
+        y = odeint(lambda t, y: velocity(y.to(x.dtype), min(max(float(t), lo), hi)).to(work), x.to(work), ts,
+                   method=self.method, rtol=self.rtol, atol=self.atol, options={"step_t": ts})[-1]
         return y.to(x.dtype), state
 
 

@@ -29,8 +29,10 @@ from ..checks import integer
 from ..device import resolve_device
 from ..paths import GaussianPath
 from .base import SamplerOutput, check_state
+from .ancestral_steps import DPMPP2SAncestral, EulerAncestral
 from .deis import DEIS, IPNDM
 from .dpm import DPMSolver
+from .dpm_sde import DPMSolverSDE
 from .edm import Heun
 from .grid import FAMILIES, KARRAS_RHO, SPACINGS, TimeGrid, path_family, time_grid
 from .langevin import AnnealedLangevin, PredictorCorrector
@@ -116,6 +118,14 @@ SAMPLERS: dict[str, Entry] = {
     "ipndm": Entry(IPNDM, "improved PNDM: Adams–Bashforth in ρ with the fixed weights of equal steps",
                    spacing={"vp": "quadratic", "ve": "karras", "rf": "karras"}, steps=100,
                    sweep={"max_order": (1, 2, 3, 4)}),
+    "dpm_solver_sde": Entry(DPMSolverSDE, "SDE-DPM-Solver++ 1/2M/3M (η-scaled exponent) and DPM-Solver++(2S) SDE",
+                            spacing={"vp": "quadratic", "ve": "logsnr", "rf": "karras"}, steps=100,
+                            sweep={"order": (1, 2, 3), "method": ("multistep", "singlestep"),
+                                   "solver_type": ("midpoint", "heun")}),
+    "euler_ancestral": Entry(EulerAncestral, "k-diffusion's Euler–ancestral: Euler in σ down to σ↓, noise up",
+                             spacing={"vp": "uniform", "ve": "karras", "rf": "uniform"}, steps=500),
+    "dpmpp_2s_ancestral": Entry(DPMPP2SAncestral, "k-diffusion's DPM-Solver++(2S) ancestral: 2S down to σ↓, noise up",
+                                spacing={"vp": "quadratic", "ve": "karras", "rf": "uniform"}, steps=100),
     "heun": Entry(Heun, "EDM's sampler: Heun's method in σ on x/α with optional churn (Algorithm 2)",
                   spacing={"vp": "uniform", "ve": "karras", "rf": "uniform"}, steps=100),
 }

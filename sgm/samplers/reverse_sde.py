@@ -18,6 +18,7 @@ import torchsde
 from torch import Tensor
 
 from ..checks import flag, positive
+from ..device import wide_float
 from .grid import TimeGrid
 from .noise import Noise
 from .solver import Model, Solver
@@ -111,8 +112,8 @@ class TorchSDE(Solver):
                                            levy_area_approximation="space-time" if self.method == "srk" else "none")
         else:
             bm = _StepBrownian(flat, noise)
-        # Time kept in float64 whatever x's dtype.
-        ts = torch.tensor([-a.t, -b.t], dtype=torch.float64, device=x.device)
+        # Time kept in float64 whatever x's dtype (float32 on a device without float64).
+        ts = torch.tensor([-a.t, -b.t], dtype=wide_float(x.device), device=x.device)
         flat = torchsde.sdeint(_ReverseInTau(model, x.shape), flat, ts, bm=bm, method=self.method, dt=dt,
                                adaptive=self.adaptive, rtol=self.rtol, atol=self.atol)[-1]
         return flat.reshape(x.shape), dt

@@ -19,8 +19,10 @@ solver returns a new state and never changes the one it was given (tuples and na
 so a wrapper may run a step again from a saved state (RePaint's resampling, guidance, a learned correction).
 
 ``integrate`` owns what every solver shares: input checks, the counted and checked model calls, the progress
-bar, the per-step ``callback(x, node, prediction)`` and the final denoising step (Tweedie's ``x̂_0`` at the last
-noisy node, one evaluation, into a grid's data node).
+bar, the per-step ``callback(x, node, prediction)``, the check that the state stays plausible (``SamplerDiverged``
+once ``max |x|`` exceeds ``PLAUSIBLE·max(1, prior_std)`` or is not finite: no model sgm trains or targets puts its
+samples there, and a diverging guidance or inverse-problem correction gets there long before it overflows) and the
+final denoising step (Tweedie's ``x̂_0`` at the last noisy node, one evaluation, into a grid's data node).
 
 The model is seen through ``Model``: one call ``model(x, node)`` gives a ``Prediction`` (``sgm.predictions``) in
 the model's native kind (score, ε, x̂_0, v or velocity), from which a solver reads the kinds its update is written
@@ -42,13 +44,14 @@ from tqdm.auto import tqdm
 
 from ..paths import GaussianPath
 from ..predictions import Prediction
-from .base import CheckedScore, SamplerOutput, check_state
+from .base import CheckedScore, SamplerDiverged, SamplerOutput, check_state
 from .grid import Node, TimeGrid, path_nodes
 from .noise import Noise
 
-__all__ = ["Prediction", "Model", "Solver", "integrate", "Callback", "NEEDS"]
+__all__ = ["Prediction", "Model", "Solver", "integrate", "Callback", "NEEDS", "PLAUSIBLE"]
 
 NEEDS = ("positive_alpha",)
+PLAUSIBLE = 1e6  # a state beyond PLAUSIBLE·max(1, prior_std) in magnitude has diverged
 
 
 class Model:
@@ -58,6 +61,10 @@ class Model:
 
     def __init__(self, score, sde: GaussianPath, bar=None):
         self.score = score if isinstance(score, CheckedScore) else CheckedScore(score)
+        own = getattr(self.score.score, "sde", None)  # a ScoreModel knows the path it was trained on
+        if isinstance(own, GaussianPath) and own != sde:
+            raise ValueError(f"the model was made for {own!r}, but sde is {sde!r}: it would solve another process's "
+                             f"reverse; sample with the model's own path (model.sde)")
         self.kind = self.score.predicts
         self.sde, self.bar, self.last = sde, bar, None
 
@@ -87,6 +94,7 @@ class Solver:
     evals_per_step: Optional[int] = 1
     final_evals: int = 0
     stochastic: bool = False
+    adaptive: bool = False  # chooses its own steps between the grid's ends
     needs: frozenset = frozenset()
 
     def check(self, grid: TimeGrid) -> None:
@@ -150,6 +158,14 @@ class Solver:
 Callback = Callable[[Tensor, Node, Prediction], Optional[Tensor]]
 
 
+def _check_plausible(x: Tensor, node: Node, bound: float) -> None:
+    """``SamplerDiverged`` when the state is not finite or beyond ``bound`` in magnitude (one reduction)."""
+    largest = float(x.abs().amax())
+    if not largest <= bound:
+        raise SamplerDiverged(f"the sampler's state left the plausible range at t={node.t:.6g}: max |x| = "
+                              f"{largest:.3g} > {bound:.3g} (PLAUSIBLE·max(1, prior_std))")
+
+
 def _apply(callback: Callback | None, x: Tensor, node: Node, prediction: Prediction | None) -> Tensor:
     if callback is None:
         return x
@@ -190,13 +206,15 @@ def integrate(solver: Solver, score, sde: GaussianPath, x: Tensor, grid: TimeGri
     with tqdm(total=total, desc=solver.name, unit="nfe", disable=not progress, leave=False) as bar:
         model, noise = Model(score, sde, bar), noise or Noise(generator, x)
         state = solver.init(x, grid)
-        last = grid.noisy[-1]
+        last, bound = grid.noisy[-1], PLAUSIBLE * max(1.0, sde.prior_std)
         for a, b in solver.stepping_grid(grid).steps():
             if b.is_data:
                 break
             x, state = solver.step(model, x, a, b, state, noise)
             x = _apply(callback, x, b, model.last)
+            _check_plausible(x, b, bound)
         x = solver.finish(model, x, last, state, noise)
         if grid.denoise:
             x = _apply(callback, model(x, last).x0, grid.nodes[-1], model.last)
+        model.score.check()  # the finite flags an accelerator kept
     return SamplerOutput(x, model.nfe)

@@ -39,8 +39,8 @@ VARIANTS = ("bh1", "bh2")
 
 def unipc_weights(lin, lams: list[float], p: int, variant: str, corrector: bool) -> list[float]:
     """Weights on ``m_0, m_1, …, m_{p-1}`` (newest first, at λs ``lams``) and, for the corrector, last on ``m_t``."""
-    h, p1 = lin.h, lin.hphi(1)
-    bh = h if variant == "bh1" else p1
+    h, p1 = lin.h, lin.hphi(1)  # h normalises the differences; the φ-weights carry the exponent lin.H (= h here)
+    bh = lin.H if variant == "bh1" else p1
     rks = [(lam - lams[0]) / h for lam in lams[1:p]] + ([1.0] if corrector else [])
     n = len(rks)
     if n == 0:
@@ -49,7 +49,7 @@ def unipc_weights(lin, lams: list[float], p: int, variant: str, corrector: bool)
         rho = [0.5]
     else:
         R = torch.tensor([[r**i for r in rks] for i in range(n)], dtype=torch.float64)
-        rhs = torch.tensor([math.factorial(i) * h * phi(i + 1, lin.z) / bh for i in range(1, n + 1)],
+        rhs = torch.tensor([math.factorial(i) * lin.H * phi(i + 1, lin.z) / bh for i in range(1, n + 1)],
                            dtype=torch.float64)
         rho = torch.linalg.solve(R, rhs).tolist()
     # h φ_1 m_0 + B(h) Σ_k ρ_k (m_k - m_0)/r_k, as weights on m_0, m_1, … (and m_t)

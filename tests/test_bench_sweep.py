@@ -18,7 +18,7 @@ def test_sgm_bench_is_the_sweeps_command():
     from sgm.cli import build_parser
 
     args = build_parser().parse_args(["bench", "--quick", "--only", "compare", "--targets", "16d mixture"])
-    assert args.func is sweep.run_from_args and args.quick and args.only == "compare"
+    assert args.func is sweep.run_from_args and args.quick and args.only == ["compare"]
     assert args.targets == ["16d mixture"] and args.out == "benchmarks/results"
 
 

@@ -32,6 +32,7 @@ from ..samplers import TimeGrid
 from ..samplers.optimize import flow_map
 from ..samplers.probability_flow import AdaptiveODE
 from ..samplers.solver import integrate
+from .judge import judge_map, map_sw2
 
 __all__ = ["TARGETS", "TRAIN_STEPS", "PATHS", "RF_SHIFTS", "REFERENCE_TOL", "Variant", "Problem", "make_problem",
            "make_targets", "exact_flow_map", "exact_rf_flow_map", "exact_model", "chain_model", "OffChain",
@@ -87,8 +88,10 @@ class Variant:
 class Problem:
     """One target under one path: ``sde`` (sgm's continuous grids), ``chain_sde`` (whose ``discretize(1000)`` is
     ``chain``: chain grids and the VP-chain peers), the draw ``z``, sgm's start ``x_T = prior_std·z`` at the top
-    noise level, the reference ``x_ref`` (the exact flow map of ``x_T`` to ``σ = 0``) and the ``variants`` sgm's
-    side runs on (the first is ``sde`` itself)."""
+    noise level, the reference ``x_ref`` (the exact flow map of ``x_T`` to ``σ = 0``), the ``variants`` sgm's side
+    runs on (the first is ``sde`` itself), a target sample ``reference`` of the same size and ``sw2_floor``, the SW₂
+    of ``x_ref`` against it (``judge.map_sw2``): ``x_ref`` is an exact draw of the target, so the floor of a run's
+    SW₂ at this sample size."""
 
     target_name: str
     target: GaussianMixture
@@ -100,10 +103,17 @@ class Problem:
     x_T: Tensor
     x_ref: Tensor
     variants: tuple = ()
+    reference: Tensor | None = None
+    sw2_floor: float = float("nan")
 
     def __post_init__(self):
         if not self.variants:
             object.__setattr__(self, "variants", (Variant("", self.sde, self.chain_sde),))
+
+    def judge(self, x: Tensor | None, nfe: int, t0: float) -> dict:
+        """A comparison run's scores (``judge.judge_map``: map error against ``x_ref``, SW₂ against ``reference``)
+        and the problem's ``sw2_floor``."""
+        return {**judge_map(x, self.x_ref, nfe, t0, self.reference), "sw2_floor": self.sw2_floor}
 
 
 def _vp_paths() -> tuple[SDE, SDE]:
@@ -115,23 +125,27 @@ def _vp_paths() -> tuple[SDE, SDE]:
 
 
 def make_problem(target_name: str, target: GaussianMixture, sde_name: str, n: int, seed: int) -> Problem:
-    """The problem of ``target`` under the path ``sde_name`` (one of ``PATHS``) with ``n`` draws from ``seed``."""
+    """The problem of ``target`` under the path ``sde_name`` (one of ``PATHS``) with ``n`` draws ``z`` from ``seed``
+    and the target sample ``reference`` from ``seed + 2`` (the curves' reference sample)."""
     if sde_name not in PATHS:
         raise ValueError(f"sde_name must be one of {PATHS}, got {sde_name!r}")
     z = torch.randn((n, target.dim), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    reference = target.sample(n, generator=torch.Generator().manual_seed(seed + 2))
     if sde_name == "rf":
         paths = [RectifiedFlow(shift) for shift in RF_SHIFTS]
         variants = tuple(Variant("" if p.shift == 1 else f"shift {p.shift:g}", p, p) for p in paths)
-        sde = paths[0]
-        return Problem(target_name, target, sde_name, sde, sde, sde.discretize(TRAIN_STEPS), z, z.clone(),
-                       exact_rf_flow_map(target, z), variants)
-    sde, chain_sde = {"vp": _vp_paths, "ve": lambda: (VESDE(),) * 2, "edm": lambda: (EDMPath(),) * 2}[sde_name]()
-    chain = chain_sde.discretize(TRAIN_STEPS)
-    top = float(sde.noise_level(torch.tensor([sde.T], dtype=torch.float64)))
-    assert math.isclose(top, float(chain.sigmas[-1]), rel_tol=1e-9), (top, float(chain.sigmas[-1]))
-    x_T = sde.prior_std * z
-    x_ref = exact_flow_map(target, float(chain.sigmas[-1]), x_T / chain.scale[-1])
-    return Problem(target_name, target, sde_name, sde, chain_sde, chain, z, x_T, x_ref)
+        sde = chain_sde = paths[0]
+        x_T, x_ref = z.clone(), exact_rf_flow_map(target, z)
+    else:
+        sde, chain_sde = {"vp": _vp_paths, "ve": lambda: (VESDE(),) * 2, "edm": lambda: (EDMPath(),) * 2}[sde_name]()
+        chain = chain_sde.discretize(TRAIN_STEPS)
+        top = float(sde.noise_level(torch.tensor([sde.T], dtype=torch.float64)))
+        assert math.isclose(top, float(chain.sigmas[-1]), rel_tol=1e-9), (top, float(chain.sigmas[-1]))
+        x_T = sde.prior_std * z
+        x_ref = exact_flow_map(target, float(chain.sigmas[-1]), x_T / chain.scale[-1])
+        variants = ()
+    return Problem(target_name, target, sde_name, sde, chain_sde, chain_sde.discretize(TRAIN_STEPS), z, x_T, x_ref,
+                   variants, reference, map_sw2(x_ref, reference))
 
 
 def exact_model(target: GaussianMixture, sde: SDE):

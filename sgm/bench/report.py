@@ -36,8 +36,8 @@ SCATTER_NFE = (10, 50, 200)  # the budgets of a 2-D target's scatter figure
 CURVE_METRICS = ("sw2", "frechet", "map_error")  # one figure each
 RESULT_COLUMNS = ["target", "sde", "sampler", "nfe_budget", "steps", "tolerance", "nfe", "seconds", "sw2", "mmd2",
                   "energy", "frechet", "nll", "mode_error", "map_error", "diverged", "frechet_classifier", "confident"]
-COMPARE_COLUMNS = ["target", "sde", "side", "sampler", "nfe_budget", "steps", "nfe", "map_error", "diverged",
-                   "seconds", "start_sigma", "start_error", "same_as", "error"]
+COMPARE_COLUMNS = ["target", "sde", "side", "sampler", "nfe_budget", "steps", "nfe", "map_error", "sw2", "sw2_floor",
+                   "diverged", "seconds", "start_sigma", "start_error", "same_as", "error"]
 PATH_NAMES = {"vp": "VP", "ve": "VE", "edm": "EDM", "rf": "RF"}  # the cross-path table's column heads
 
 
@@ -49,7 +49,8 @@ def _best(rows: list[dict], nfe: int) -> dict | None:
 
 def goal_table(rows: list[dict], budgets=GOAL_NFE, peer: str = "diffusers") -> list[dict]:
     """Per target, SDE and budget (of ``budgets``, those the rows have): the best (least map error, finite, within
-    the budget) configuration of sgm's side and of ``peer``'s, and ``ratio = sgm / peer``."""
+    the budget) configuration of sgm's side and of ``peer``'s, ``ratio = sgm / peer``, and each one's SW₂ with the
+    problem's floor (the exact map's SW₂) where the rows have them."""
     table, budgets = [], [b for b in budgets if any(r["nfe_budget"] == b for r in rows)]
     for target, sde in dict.fromkeys((r["target"], r["sde"]) for r in rows):
         for nfe in budgets:
@@ -60,7 +61,9 @@ def goal_table(rows: list[dict], budgets=GOAL_NFE, peer: str = "diffusers") -> l
                           "peer": theirs["sampler"] if theirs else None,
                           "peer_error": theirs["map_error"] if theirs else None,
                           "sgm": ours["sampler"] if ours else None, "sgm_error": ours["map_error"] if ours else None,
-                          "ratio": ratio, "met": bool(ratio <= GOAL_RATIO)})
+                          "ratio": ratio, "met": bool(ratio <= GOAL_RATIO),
+                          "peer_sw2": theirs.get("sw2") if theirs else None, "sgm_sw2": ours.get("sw2") if ours else None,
+                          "sw2_floor": (ours or theirs or {}).get("sw2_floor")})
     return table
 
 
@@ -75,7 +78,8 @@ def path_table(rows: list[dict], budgets) -> list[dict]:
             cells = {}
             for sde in dict.fromkeys(r["sde"] for r in mine):
                 best = _best([r for r in mine if r["sde"] == sde and r["nfe_budget"] == nfe], nfe)
-                cells[sde] = {"sampler": best["sampler"], "map_error": best["map_error"]} if best else None
+                cells[sde] = ({"sampler": best["sampler"], "map_error": best["map_error"], "sw2": best.get("sw2")}
+                             if best else None)
             found = {k: v for k, v in cells.items() if v is not None}
             table.append({"target": target, "nfe": nfe, "paths": cells,
                           "best": min(found, key=lambda k: found[k]["map_error"]) if found else None})
@@ -83,8 +87,8 @@ def path_table(rows: list[dict], budgets) -> list[dict]:
 
 
 def path_markdown(table: list[dict]) -> str:
-    """``path_table`` as markdown: one table per target, a line per budget, each path's best map error and its
-    configuration, the lowest in bold."""
+    """``path_table`` as markdown: one table per target, a line per budget, each path's best map error, its SW₂ and
+    its configuration, the lowest map error in bold."""
     out = []
     for target in dict.fromkeys(r["target"] for r in table):
         mine = [r for r in table if r["target"] == target]
@@ -95,7 +99,7 @@ def path_markdown(table: list[dict]) -> str:
             cells = []
             for sde in sdes:
                 cell = r["paths"].get(sde)
-                text = f"{_number(cell['map_error'])} ({cell['sampler']})" if cell else "—"
+                text = f"{_number(cell['map_error'])} (SW₂ {_number(cell['sw2'])}; {cell['sampler']})" if cell else "—"
                 cells.append(f"**{text}**" if sde == r["best"] else text)
             lines.append(f"| {r['nfe']} | " + " | ".join(cells) + f" | {PATH_NAMES.get(r['best'], r['best'] or '—')} |")
         out.append("\n".join(lines))
@@ -110,11 +114,12 @@ def _number(value) -> str:
 def goal_markdown(table: list[dict], peer: str = "diffusers") -> str:
     """``goal_table`` as markdown."""
     lines = [f"| target | SDE | NFE | best {peer} configuration | map error | best sgm configuration | map error "
-             f"| sgm / peer | ≤ {GOAL_RATIO} |", "|---|---|---|---|---|---|---|---|---|"]
+             f"| sgm / peer | ≤ {GOAL_RATIO} | SW₂ {peer} / sgm / floor |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in table:
+        sw2 = " / ".join(_number(r.get(k)) for k in ("peer_sw2", "sgm_sw2", "sw2_floor"))
         lines.append(f"| {r['target']} | {r['sde'].upper()} | {r['nfe']} | {r['peer'] or '—'} | {_number(r['peer_error'])} "
                      f"| {r['sgm'] or '—'} | {_number(r['sgm_error'])} | {_number(r['ratio'])} | "
-                     f"{'yes' if r['met'] else 'no'} |")
+                     f"{'yes' if r['met'] else 'no'} | {sw2} |")
     return "\n".join(lines)
 
 

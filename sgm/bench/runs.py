@@ -27,7 +27,7 @@ from torch import Tensor
 
 from .. import metrics, samplers
 from ..samplers import SamplerDiverged, optimize_grid, sample
-from .judge import failed, judge_curve, judge_map
+from .judge import failed, judge_curve
 from .problems import TRAIN_STEPS, OffChain, Problem, chain_model, exact_model
 
 __all__ = ["Run", "CONTINUOUS_SPACINGS", "CHAIN_SPACINGS", "curve_runs", "budgeted",
@@ -169,7 +169,7 @@ def _sgm_row(problem: Problem, score, sde, name: str, options: dict, nfe: int, s
         return None
     except (ValueError, RuntimeError) as e:  # diverged (SamplerDiverged), or a solver refusing this grid
         return {**row, **failed(e, t0)}
-    return {**row, **judge_map(out.x, problem.x_ref, out.nfe, t0)}
+    return {**row, **problem.judge(out.x, out.nfe, t0)}
 
 
 def sgm_rows(problem: Problem, nfes) -> list[dict]:

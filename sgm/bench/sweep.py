@@ -1,9 +1,9 @@
 """The sweep and its command (``sgm bench``, ``python benchmarks/sweep.py``): for each target and path, the curves
 (VP and VE: every sampler at each budget of ``NFE_GRID``, the adaptive ODE over ``TOLERANCES``, all metrics), the
 comparison (VP, VE and rectified flow: every deterministic configuration of sgm and of each installed peer at each
-budget of ``COMPARE_NFE``, map error) and the cross-path comparison (``--only paths``: sgm's every configuration on
-VP, VE, EDM's path and rectified flow at each budget of ``PATH_NFE``, each path's best against its own exact map),
-then the report."""
+budget of ``COMPARE_NFE``, map error and SW₂) and the cross-path comparison (``--only paths``: sgm's every
+configuration on VP, VE, EDM's path and rectified flow at each budget of ``PATH_NFE``, each path's best against its
+own exact map), then the report."""
 from __future__ import annotations
 
 import json
@@ -27,7 +27,7 @@ QUICK_NFE = (5, 10, 20, 50)
 TOLERANCES = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5)
 QUICK_TOLERANCES = (1e-2, 1e-4)
 COMPARE_NFE = QUICK_COMPARE_NFE = (5, 10, 20)
-PATH_NFE = (5, 10, 20, 50)  # the cross-path comparison's budgets
+PATH_NFE = COMPARE_NFE  # the cross-path comparison's budgets (the same: it reuses the comparison's sgm runs)
 CURVE_SDES = ("vp", "ve")  # the paths the curves run on
 COMPARE_SDES = ("vp", "ve", "rf")  # the paths sgm is compared with its peers on
 JOBS = ("curves", "compare", "paths")
@@ -58,9 +58,10 @@ def run_sweep(out_dir: str, quick: bool = False, n: int | None = None, seed: int
     """Run the sweep, write its report to ``out_dir`` and return the curve rows (the comparison's rows, the goal
     table, the cross-path rows and table are in ``results.json``). ``sdes``: the paths to run (default: all of
     ``problems.PATHS``; the curves run on those of ``CURVE_SDES``, the comparison on those of ``COMPARE_SDES``);
-    ``paths``: the cross-path comparison on each of them. Seeds: the problem's draw ``seed``, the floors ``seed + 1``, the target sample the
-    curves are judged against ``seed + 2``, SW₂'s directions ``seed + 3``, stochastic samplers' noise ``seed + 10``,
-    ``optimize_grid``'s calibration draws ``seed + 20``."""
+    ``paths``: the cross-path comparison on each of them. Seeds: the problem's draw ``seed``, the floors
+    ``seed + 1``, the target sample the curves and the comparison are judged against ``seed + 2``, the curves' SW₂
+    directions ``seed + 3``, stochastic samplers' noise ``seed + 10``, ``optimize_grid``'s calibration draws
+    ``seed + 20``."""
     os.makedirs(out_dir, exist_ok=True)
     n = n or (500 if quick else 4000)
     n_compare = n_compare or min(n, 1000)
@@ -120,9 +121,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--sdes", nargs="+", choices=PATHS, default=None,
                         help="the paths to run (default: all; the curves run on vp and ve, the comparison on vp, ve "
                         "and rf, the cross-path comparison on all four)")
-    parser.add_argument("--only", choices=JOBS, default=None,
-                        help="run only the curves (all metrics), only the sgm-vs-peers comparison (map error), or only "
-                        "the cross-path comparison (every path's best sgm configuration, map error; not run by default)")
+    parser.add_argument("--only", nargs="+", choices=JOBS, default=None,
+                        help="run only these jobs (default: curves and compare): the curves (all metrics), the "
+                        "sgm-vs-peers comparison (map error, SW₂), the cross-path comparison (every path's best sgm "
+                        "configuration; with compare it reuses the comparison's sgm runs)")
 
 
 def check_checkpoint(path: str) -> None:
@@ -143,10 +145,10 @@ def run_from_args(args) -> int:
     if args.checkpoint:
         check_checkpoint(args.checkpoint)
     t0 = time.perf_counter()
-    only = args.only
+    jobs = set(args.only or ("curves", "compare"))
     rows = run_sweep(args.out, quick=args.quick, n=args.n, seed=args.seed, checkpoint=args.checkpoint,
-                     peers=not args.no_peers, progress=args.progress, curves=only in (None, "curves"),
-                     compare=only in (None, "compare"), targets=args.targets, paths=only == "paths", sdes=args.sdes)
+                     peers=not args.no_peers, progress=args.progress, curves="curves" in jobs,
+                     compare="compare" in jobs, targets=args.targets, paths="paths" in jobs, sdes=args.sdes)
     with open(os.path.join(args.out, "results.json")) as f:
         results = json.load(f)
     goal, across = results["goal"], results["path_table"]

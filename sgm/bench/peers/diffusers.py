@@ -25,11 +25,11 @@ from dataclasses import dataclass
 import torch
 
 from ... import DiscreteChain
-from ..judge import failed, judge_map
+from ..judge import failed
 from ..problems import Problem, eps_at
 
 __all__ = ["FAMILIES", "SPACINGS", "SIGMA_OPTIONS", "Config", "available", "configs", "vp_betas", "fit_budget",
-           "make_scheduler", "run", "quiet", "row", "rows"]
+           "make_scheduler", "drive", "run", "quiet", "row", "rows"]
 
 # (family label template, scheduler class, option axes). Timestep spacings and sigma options are crossed in
 # where the class's constructor takes them; labels fill the template from the options.
@@ -141,11 +141,24 @@ def make_scheduler(config: Config, betas: list[float], nfe: int):
     return (scheduler, steps) if steps is not None else (None, None)
 
 
+def drive(scheduler, problem: Problem, model, step_options: dict | None = None) -> torch.Tensor:
+    """diffusers' sampling loop on a set ``scheduler``, from its users' start ``z·init_noise_sigma``: the k-th call
+    gets ``model(scheduler.scale_model_input(x, t), scheduler, k, t)`` and each ``step`` the keyword arguments
+    ``step_options``. FlowMatch schedulers have neither ``init_noise_sigma`` nor ``scale_model_input``: their users
+    start from ``z`` and give the state to the model as it is. Returns the final state."""
+    x = problem.z * float(getattr(scheduler, "init_noise_sigma", 1.0))
+    scale = getattr(scheduler, "scale_model_input", lambda x, t: x)
+    kwargs = step_options or {}
+    for k, t in enumerate(scheduler.timesteps):
+        x = scheduler.step(model(scale(x, t), scheduler, k, t), t, x, **kwargs).prev_sample
+    return x
+
+
 def run(config: Config, problem: Problem, nfe: int, make, model, seen: dict | None = None, annotate=None,
         step_options=None) -> dict | None:
-    """One run of ``config`` on ``problem`` within ``nfe`` model calls, from ``z·init_noise_sigma`` (its users'
-    start): ``make()`` gives ``(scheduler, steps)`` set for the budget (``(None, None)``: below 2 steps, no row),
-    and the k-th call gets ``model(x, scheduler, k, t)``, the exact prediction at the noise level that call uses;
+    """One run (``drive``) of ``config`` on ``problem`` within ``nfe`` model calls, judged by ``problem.judge``:
+    ``make()`` gives ``(scheduler, steps)`` set for the budget (``(None, None)``: below 2 steps, no row), and the
+    k-th call gets ``model(x, scheduler, k, t)``, the exact prediction at the noise level that call uses;
     ``annotate(scheduler)`` adds fields to the row, ``step_options(scheduler)`` keyword arguments to each ``step``.
     Any failure or non-finite result is a diverged row with the error. ``seen`` caches results by schedule (class,
     options but the spacing, timesteps, sigmas): a configuration whose spacing the scheduler ignores (Karras
@@ -164,13 +177,8 @@ def run(config: Config, problem: Problem, nfe: int, make, model, seen: dict | No
                tuple(scheduler.timesteps.tolist()), tuple(sigmas.tolist()) if sigmas is not None else None)
         if seen is not None and key in seen:
             return {**seen[key], **out, "same_as": seen[key]["sampler"]}
-        kwargs = step_options(scheduler) if step_options else {}
-        # FlowMatch schedulers have neither: their users start from z and give the state to the model as it is
-        x = problem.z * float(getattr(scheduler, "init_noise_sigma", 1.0))
-        scale = getattr(scheduler, "scale_model_input", lambda x, t: x)
-        for k, t in enumerate(scheduler.timesteps):
-            x = scheduler.step(model(scale(x, t), scheduler, k, t), t, x, **kwargs).prev_sample
-        out.update(judge_map(x, problem.x_ref, len(scheduler.timesteps), t0))
+        x = drive(scheduler, problem, model, step_options(scheduler) if step_options else None)
+        out.update(problem.judge(x, len(scheduler.timesteps), t0))
         if seen is not None:
             seen[key] = out
         return out

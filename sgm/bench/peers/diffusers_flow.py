@@ -48,7 +48,7 @@ from . import diffusers as _diffusers
 from .diffusers import Config, fit_budget, quiet, run
 
 __all__ = ["SHIFTS", "SHIFT_TERMINAL", "FAMILIES", "SIGMA_OPTIONS", "FINAL_SIGMAS", "available", "configs",
-           "make_scheduler", "row", "rows", "start_error"]
+           "make_scheduler", "velocity_model", "step_options", "row", "rows", "start_error"]
 
 SHIFTS = (1.0, 3.0)
 SHIFT_TERMINAL = 0.1  # LTX-Video's shift_terminal
@@ -167,7 +167,7 @@ def make_scheduler(config: Config, nfe: int):
     return (scheduler, steps) if steps is not None else (None, None)
 
 
-def _velocity_model(problem: Problem):
+def velocity_model(problem: Problem):
     """The exact flow velocity at the k-th call's flow sigma ``sigmas[k]``."""
 
     def model(x, scheduler, k, t):
@@ -176,7 +176,7 @@ def _velocity_model(problem: Problem):
     return model
 
 
-def _step_options(scheduler) -> dict:
+def step_options(scheduler) -> dict:
     """A seeded generator for a scheduler whose ``step`` draws noise (SA-Solver draws it even at τ = 0, times 0)."""
     import inspect
 
@@ -186,8 +186,8 @@ def _step_options(scheduler) -> dict:
 
 def row(config: Config, problem: Problem, nfe: int, seen: dict | None = None) -> dict | None:
     """One run of ``config`` from ``x_T = z`` at its first sigma (``peers.diffusers.run``), with its ``start_sigma``."""
-    return run(config, problem, nfe, lambda: make_scheduler(config, nfe), _velocity_model(problem), seen,
-               annotate=lambda s: {"start_sigma": float(s.sigmas[0])}, step_options=_step_options)
+    return run(config, problem, nfe, lambda: make_scheduler(config, nfe), velocity_model(problem), seen,
+               annotate=lambda s: {"start_sigma": float(s.sigmas[0])}, step_options=step_options)
 
 
 def start_error(problem: Problem, sigma: float) -> float:

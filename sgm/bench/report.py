@@ -62,7 +62,8 @@ def goal_table(rows: list[dict], budgets=GOAL_NFE, peer: str = "diffusers") -> l
                           "peer_error": theirs["map_error"] if theirs else None,
                           "sgm": ours["sampler"] if ours else None, "sgm_error": ours["map_error"] if ours else None,
                           "ratio": ratio, "met": bool(ratio <= GOAL_RATIO),
-                          "peer_sw2": theirs.get("sw2") if theirs else None, "sgm_sw2": ours.get("sw2") if ours else None,
+                          "peer_sw2": theirs.get("sw2") if theirs else None,
+                          "sgm_sw2": ours.get("sw2") if ours else None,
                           "sw2_floor": (ours or theirs or {}).get("sw2_floor")})
     return table
 
@@ -94,7 +95,8 @@ def path_markdown(table: list[dict]) -> str:
         mine = [r for r in table if r["target"] == target]
         sdes = list(dict.fromkeys(sde for r in mine for sde in r["paths"]))
         heads = [PATH_NAMES.get(sde, sde) for sde in sdes]
-        lines = [f"**{target}**", "", "| NFE | " + " | ".join(heads) + " | lowest |", "|---|" + "---|" * (len(sdes) + 1)]
+        lines = [f"**{target}**", "", "| NFE | " + " | ".join(heads) + " | lowest |",
+                 "|---|" + "---|" * (len(sdes) + 1)]
         for r in mine:
             cells = []
             for sde in sdes:

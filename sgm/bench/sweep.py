@@ -14,7 +14,7 @@ import torch
 
 from . import report
 from .judge import distribution_metrics, floors
-from .peers import peer_rows
+from .peers import PEERS, peer_rows
 from .problems import PATHS, TARGETS, Problem, make_problem, make_targets
 from .runs import checkpoint_rows, curve_rows, optimized_rows, sgm_rows
 
@@ -33,12 +33,13 @@ COMPARE_SDES = ("vp", "ve", "rf")  # the paths sgm is compared with its peers on
 JOBS = ("curves", "compare", "paths")
 
 
-def compare_rows(problem: Problem, nfes, seed: int = 0, peers: bool = True, optimise: bool = True) -> list[dict]:
-    """The comparison on ``problem``: sgm's fixed grids, its optimised grids (with ``optimise``) and every
-    installed peer (with ``peers``)."""
+def compare_rows(problem: Problem, nfes, seed: int = 0, peers=True, optimise: bool = True) -> list[dict]:
+    """The comparison on ``problem``: sgm's fixed grids, its optimised grids (with ``optimise``) and the installed
+    peers (``peers``: True for all of ``PEERS``, False for none, or a sequence of their names)."""
     fixed = sgm_rows(problem, nfes)
     rows = fixed + (optimized_rows(problem, nfes, fixed, seed) if optimise else [])
-    return rows + (peer_rows(problem, nfes) if peers else [])
+    names = PEERS if peers is True else tuple(peers or ())
+    return rows + (peer_rows(problem, nfes, names) if names else [])
 
 
 def path_rows(problem: Problem, nfes, seed: int = 0, optimise: bool = True, done: list[dict] = ()) -> list[dict]:
@@ -52,7 +53,7 @@ def path_rows(problem: Problem, nfes, seed: int = 0, optimise: bool = True, done
 
 
 def run_sweep(out_dir: str, quick: bool = False, n: int | None = None, seed: int = 0,
-              checkpoint: str | None = None, peers: bool = True, progress: bool = True, curves: bool = True,
+              checkpoint: str | None = None, peers=True, progress: bool = True, curves: bool = True,
               compare: bool = True, n_compare: int | None = None, targets=None, paths: bool = False,
               sdes=None) -> list[dict]:
     """Run the sweep, write its report to ``out_dir`` and return the curve rows (the comparison's rows, the goal
@@ -115,6 +116,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--checkpoint", default=None, help="a trained digits checkpoint to sweep as well (a network on a CPU: "
                         "use with --quick, which took 9.4 min for the 8×8 U-Net on 2 cores)")
     parser.add_argument("--no-peers", action="store_true", help="skip the peer libraries (diffusers) even if installed")
+    parser.add_argument("--peers", nargs="+", choices=PEERS, default=None,
+                        help="only these peer modules (default: all installed; diffusers_flow: the flow schedulers)")
     parser.add_argument("--progress", action="store_true", help="progress bars for each run")
     parser.add_argument("--targets", nargs="+", choices=tuple(TARGETS), default=None,
                         help="the targets to run (default: all; the 2-D ring with --quick)")
@@ -147,7 +150,7 @@ def run_from_args(args) -> int:
     t0 = time.perf_counter()
     jobs = set(args.only or ("curves", "compare"))
     rows = run_sweep(args.out, quick=args.quick, n=args.n, seed=args.seed, checkpoint=args.checkpoint,
-                     peers=not args.no_peers, progress=args.progress, curves="curves" in jobs,
+                     peers=not args.no_peers and (args.peers or True), progress=args.progress, curves="curves" in jobs,
                      compare="compare" in jobs, targets=args.targets, paths="paths" in jobs, sdes=args.sdes)
     with open(os.path.join(args.out, "results.json")) as f:
         results = json.load(f)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import sgm
-from sgm.bench import problems
+from sgm.bench import judge, problems
 from conftest import gen, mixture
 
 D = torch.float64
@@ -72,6 +72,9 @@ def test_problems_are_reproducible_and_refuse_an_unknown_sde():
     a, b = (problems.make_problem("ring", sgm.ring_mixture(), "ve", 8, 3) for _ in range(2))
     assert torch.equal(a.z, b.z) and torch.equal(a.x_ref, b.x_ref) and a.x_ref.shape == (8, 2)
     assert not torch.equal(a.z, problems.make_problem("ring", sgm.ring_mixture(), "ve", 8, 4).z)
+    # the target sample the comparison's SW₂ is judged against: the curves' (seed + 2); its floor the exact map's SW₂
+    torch.testing.assert_close(a.reference, sgm.ring_mixture().sample(8, generator=gen(5)), rtol=0, atol=0)
+    assert a.sw2_floor == judge.map_sw2(a.x_ref, a.reference) > 0
     with pytest.raises(ValueError, match="sde_name"):
         problems.make_problem("ring", sgm.ring_mixture(), "subvp", 8, 0)
 

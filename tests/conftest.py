@@ -38,10 +38,11 @@ def gen(seed):
 
 @pytest.fixture(scope="session")
 def bench_problems():
-    """The benchmark's problems of the 3-mode mixture under VP and VE, 64 draws each (tests/test_bench_*.py)."""
-    from sgm.bench.problems import make_problem
+    """The benchmark's problems of the 3-mode mixture under VP, VE, rectified flow and EDM's path, 64 draws each
+    (tests/test_bench_*.py)."""
+    from sgm.bench.problems import PATHS, make_problem
 
-    return {name: make_problem("3 modes", mixture(), name, 64, 0) for name in ("vp", "ve")}
+    return {name: make_problem("3 modes", mixture(), name, 64, 0) for name in PATHS}
 
 
 class RecordedNoise(sgm.samplers.Noise):

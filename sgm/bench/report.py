@@ -3,8 +3,11 @@
 - ``goal_table``: per target, SDE and budget, each side's configuration with the least map error (among finite
   runs that spent at most the budget) and the ratio sgm / peer; the goal (issue 9) is a ratio of at most
   ``GOAL_RATIO`` at every budget of ``GOAL_NFE``.
-- ``write``: ``results.csv`` (the curve rows), ``compare.csv`` (the comparison rows), ``goal.md``,
-  ``results.json`` (rows, comparison, goal, floors, the exact flow map's metrics, seeds, versions) and the
+- ``path_table``: per target and budget, each path's best sgm configuration (least map error against that path's
+  own exact map, finite, within the budget) and which path's is lowest.
+- ``write``: ``results.csv`` (the curve rows), ``compare.csv`` (the comparison rows), ``goal.md``, ``paths.csv``
+  and ``paths.md`` (the cross-path rows and table, when run), ``results.json`` (rows, comparison, goal, cross-path
+  rows and table, floors, the exact flow map's metrics, seeds, versions) and the
   figures ``{metric}_{target}_{sde}.png`` (SW₂, Fréchet distance, map error against NFE; the floor dotted, the
   exact flow map dash-dotted, the best comparison configuration of each side on the map-error figure),
   ``scatter_{target}_{sde}.png`` (``scatter_figure``) and ``digits_frechet.png`` — names from ``figure_name``.
@@ -24,8 +27,8 @@ from torch import Tensor
 from .. import GaussianMixture, __version__
 from ..plotting import nfe_curves, scatter_panels
 
-__all__ = ["GOAL_NFE", "GOAL_RATIO", "SCATTER_NFE", "goal_table", "goal_markdown", "summary_table", "figure_name",
-           "scatter_figure", "versions", "write"]
+__all__ = ["GOAL_NFE", "GOAL_RATIO", "SCATTER_NFE", "PATH_NAMES", "goal_table", "goal_markdown", "path_table",
+           "path_markdown", "summary_table", "figure_name", "scatter_figure", "versions", "write"]
 
 GOAL_NFE = (5, 10, 20)
 GOAL_RATIO = 0.5
@@ -33,29 +36,76 @@ SCATTER_NFE = (10, 50, 200)  # the budgets of a 2-D target's scatter figure
 CURVE_METRICS = ("sw2", "frechet", "map_error")  # one figure each
 RESULT_COLUMNS = ["target", "sde", "sampler", "nfe_budget", "steps", "tolerance", "nfe", "seconds", "sw2", "mmd2",
                   "energy", "frechet", "nll", "mode_error", "map_error", "diverged", "frechet_classifier", "confident"]
-COMPARE_COLUMNS = ["target", "sde", "side", "sampler", "nfe_budget", "steps", "nfe", "map_error", "diverged",
-                   "seconds", "error"]
+COMPARE_COLUMNS = ["target", "sde", "side", "sampler", "nfe_budget", "steps", "nfe", "map_error", "sw2", "sw2_floor",
+                   "diverged", "seconds", "start_sigma", "start_error", "same_as", "error"]
+PATH_NAMES = {"vp": "VP", "ve": "VE", "edm": "EDM", "rf": "RF"}  # the cross-path table's column heads
+
+
+def _best(rows: list[dict], nfe: int) -> dict | None:
+    """The finite row of least map error that spent at most ``nfe``, or None."""
+    hits = [r for r in rows if not r["diverged"] and r.get("nfe") is not None and r["nfe"] <= nfe]
+    return min(hits, key=lambda r: r["map_error"]) if hits else None
 
 
 def goal_table(rows: list[dict], budgets=GOAL_NFE, peer: str = "diffusers") -> list[dict]:
     """Per target, SDE and budget (of ``budgets``, those the rows have): the best (least map error, finite, within
-    the budget) configuration of sgm's side and of ``peer``'s, and ``ratio = sgm / peer``."""
+    the budget) configuration of sgm's side and of ``peer``'s, ``ratio = sgm / peer``, and each one's SW₂ with the
+    problem's floor (the exact map's SW₂) where the rows have them."""
     table, budgets = [], [b for b in budgets if any(r["nfe_budget"] == b for r in rows)]
     for target, sde in dict.fromkeys((r["target"], r["sde"]) for r in rows):
         for nfe in budgets:
-            best = {}
-            for side in (peer, "sgm"):
-                hits = [r for r in rows if (r["target"], r["sde"], r["side"], r["nfe_budget"]) == (target, sde, side, nfe)
-                        and not r["diverged"] and r["nfe"] is not None and r["nfe"] <= nfe]
-                best[side] = min(hits, key=lambda r: r["map_error"]) if hits else None
-            theirs, ours = best[peer], best["sgm"]
+            theirs, ours = (_best([r for r in rows if (r["target"], r["sde"], r["side"], r["nfe_budget"])
+                                   == (target, sde, side, nfe)], nfe) for side in (peer, "sgm"))
             ratio = ours["map_error"] / theirs["map_error"] if theirs and ours else float("nan")
             table.append({"target": target, "sde": sde, "nfe": nfe,
                           "peer": theirs["sampler"] if theirs else None,
                           "peer_error": theirs["map_error"] if theirs else None,
                           "sgm": ours["sampler"] if ours else None, "sgm_error": ours["map_error"] if ours else None,
-                          "ratio": ratio, "met": bool(ratio <= GOAL_RATIO)})
+                          "ratio": ratio, "met": bool(ratio <= GOAL_RATIO),
+                          "peer_sw2": theirs.get("sw2") if theirs else None,
+                          "sgm_sw2": ours.get("sw2") if ours else None,
+                          "sw2_floor": (ours or theirs or {}).get("sw2_floor")})
     return table
+
+
+def path_table(rows: list[dict], budgets) -> list[dict]:
+    """Per target and budget (of ``budgets``, those the rows have): each path's (``sde``'s) best sgm run within the
+    budget (``"paths": {sde: {"sampler", "map_error"} or None}``) and the ``best`` path, the one of least map error."""
+    table, rows = [], [r for r in rows if r.get("side", "sgm") == "sgm"]
+    budgets = [b for b in budgets if any(r["nfe_budget"] == b for r in rows)]
+    for target in dict.fromkeys(r["target"] for r in rows):
+        mine = [r for r in rows if r["target"] == target]
+        for nfe in budgets:
+            cells = {}
+            for sde in dict.fromkeys(r["sde"] for r in mine):
+                best = _best([r for r in mine if r["sde"] == sde and r["nfe_budget"] == nfe], nfe)
+                cells[sde] = ({"sampler": best["sampler"], "map_error": best["map_error"], "sw2": best.get("sw2")}
+                             if best else None)
+            found = {k: v for k, v in cells.items() if v is not None}
+            table.append({"target": target, "nfe": nfe, "paths": cells,
+                          "best": min(found, key=lambda k: found[k]["map_error"]) if found else None})
+    return table
+
+
+def path_markdown(table: list[dict]) -> str:
+    """``path_table`` as markdown: one table per target, a line per budget, each path's best map error, its SW₂ and
+    its configuration, the lowest map error in bold."""
+    out = []
+    for target in dict.fromkeys(r["target"] for r in table):
+        mine = [r for r in table if r["target"] == target]
+        sdes = list(dict.fromkeys(sde for r in mine for sde in r["paths"]))
+        heads = [PATH_NAMES.get(sde, sde) for sde in sdes]
+        lines = [f"**{target}**", "", "| NFE | " + " | ".join(heads) + " | lowest |",
+                 "|---|" + "---|" * (len(sdes) + 1)]
+        for r in mine:
+            cells = []
+            for sde in sdes:
+                cell = r["paths"].get(sde)
+                text = f"{_number(cell['map_error'])} (SW₂ {_number(cell['sw2'])}; {cell['sampler']})" if cell else "—"
+                cells.append(f"**{text}**" if sde == r["best"] else text)
+            lines.append(f"| {r['nfe']} | " + " | ".join(cells) + f" | {PATH_NAMES.get(r['best'], r['best'] or '—')} |")
+        out.append("\n".join(lines))
+    return "\n\n".join(out)
 
 
 def _number(value) -> str:
@@ -66,11 +116,12 @@ def _number(value) -> str:
 def goal_markdown(table: list[dict], peer: str = "diffusers") -> str:
     """``goal_table`` as markdown."""
     lines = [f"| target | SDE | NFE | best {peer} configuration | map error | best sgm configuration | map error "
-             f"| sgm / peer | ≤ {GOAL_RATIO} |", "|---|---|---|---|---|---|---|---|---|"]
+             f"| sgm / peer | ≤ {GOAL_RATIO} | SW₂ {peer} / sgm / floor |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in table:
+        sw2 = " / ".join(_number(r.get(k)) for k in ("peer_sw2", "sgm_sw2", "sw2_floor"))
         lines.append(f"| {r['target']} | {r['sde'].upper()} | {r['nfe']} | {r['peer'] or '—'} | {_number(r['peer_error'])} "
                      f"| {r['sgm'] or '—'} | {_number(r['sgm_error'])} | {_number(r['ratio'])} | "
-                     f"{'yes' if r['met'] else 'no'} |")
+                     f"{'yes' if r['met'] else 'no'} | {sw2} |")
     return "\n".join(lines)
 
 
@@ -128,16 +179,21 @@ def _write_csv(path: str, columns: list[str], rows) -> None:
         writer.writerows(rows)
 
 
-def write(out_dir: str, rows: list[dict], meta: dict, compared: list[dict] = (), goal: list[dict] = ()) -> None:
+def write(out_dir: str, rows: list[dict], meta: dict, compared: list[dict] = (), goal: list[dict] = (),
+          across: list[dict] = (), paths: list[dict] = ()) -> None:
     """Every file of the report (see the module docstring) to ``out_dir``; ``meta`` holds the floors and the flow
-    map's metrics per ``"target / sde"``."""
+    map's metrics per ``"target / sde"``; ``across`` and ``paths`` are the cross-path rows and ``path_table``."""
     _write_csv(os.path.join(out_dir, "results.csv"), RESULT_COLUMNS, rows)
     _write_csv(os.path.join(out_dir, "compare.csv"), COMPARE_COLUMNS, compared)
     with open(os.path.join(out_dir, "goal.md"), "w") as f:
         f.write(goal_markdown(goal) + "\n")
+    if across:
+        _write_csv(os.path.join(out_dir, "paths.csv"), COMPARE_COLUMNS, across)
+        with open(os.path.join(out_dir, "paths.md"), "w") as f:
+            f.write(path_markdown(paths) + "\n")
     with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump({"meta": meta, "rows": rows, "compare": list(compared), "goal": list(goal)}, f, indent=1,
-                  default=float)
+        json.dump({"meta": meta, "rows": rows, "compare": list(compared), "goal": list(goal), "paths": list(across),
+                   "path_table": list(paths)}, f, indent=1, default=float)
     groups = sorted({(r["target"], r["sde"].split(" ")[0]) for r in rows if "sw2" in r})
     for target_name, sde_name in groups:
         group = [r for r in rows if r["target"] == target_name and r["sde"].split(" ")[0] == sde_name and "sw2" in r]

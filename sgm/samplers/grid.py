@@ -242,7 +242,8 @@ class TimeGrid:
         """Nodes at the given decreasing timesteps of a discrete chain, with the chain's ``(scale, std)``. With the
         path ``sde`` the nodes get the derivatives of the path's moment equations at their time applied to the
         chain's marginal, ``d_scale = f·scale``, ``d_std = (f·std² + ½g²)/std`` (the path's ``α', σ'`` on a node of the
-        path itself), and the grid records the path."""
+        path itself; at a node of scale 0, where both are ``0·∞``, the path's ``α', σ'``), and the grid records the
+        path."""
         idx = [integer("index", i, 0, len(chain) - 1) for i in indices]
         t = torch.tensor([float(chain.t[i]) for i in idx], dtype=torch.float64)
         scale, std = chain.scale[idx].to(torch.float64), chain.std[idx].to(torch.float64)
@@ -250,8 +251,12 @@ class TimeGrid:
             nodes = [Node(*v) for v in zip(t.tolist(), scale.tolist(), std.tolist())]
         else:
             f, g2 = sde.drift_coefficient(t), sde.diffusion_squared(t)
-            nodes = [Node(*v) for v in zip(t.tolist(), scale.tolist(), std.tolist(), (f * scale).tolist(),
-                                           ((f * std**2 + 0.5 * g2) / std).tolist())]
+            d_scale, d_std = f * scale, (f * std**2 + 0.5 * g2) / std
+            # a node of scale 0 (the exact top of a path with α(T) = 0) makes both 0·∞: the path's own α', σ' there
+            top = scale == 0
+            d_scale = torch.where(top, sde.d_alpha(t).to(torch.float64), d_scale)
+            d_std = torch.where(top, sde.d_sigma(t).to(torch.float64), d_std)
+            nodes = [Node(*v) for v in zip(t.tolist(), scale.tolist(), std.tolist(), d_scale.tolist(), d_std.tolist())]
         return cls(tuple(nodes) + ((DATA_NODE,) if denoise else ()), None if sde is None else repr(sde))
 
 

@@ -10,15 +10,18 @@ from importlib import import_module
 
 __all__ = ["PEERS", "installed", "peer_rows"]
 
-PEERS = ("diffusers",)
+PEERS = ("diffusers", "diffusers_flow")
 
 
-def installed() -> list:
-    """The modules of ``PEERS`` whose library is installed."""
-    modules = [import_module(f"{__name__}.{name}") for name in PEERS]
+def installed(names=PEERS) -> list:
+    """The modules of ``names`` (of ``PEERS``) whose library is installed."""
+    unknown = set(names) - set(PEERS)
+    if unknown:
+        raise ValueError(f"peers must be among {PEERS}, got {sorted(unknown)}")
+    modules = [import_module(f"{__name__}.{name}") for name in names]
     return [m for m in modules if m.available()]
 
 
-def peer_rows(problem, nfes) -> list[dict]:
-    """Every installed peer's rows on ``problem`` at the budgets ``nfes``."""
-    return [row for module in installed() for row in module.rows(problem, nfes)]
+def peer_rows(problem, nfes, names=PEERS) -> list[dict]:
+    """The rows on ``problem`` at the budgets ``nfes`` of every installed peer of ``names``."""
+    return [row for module in installed(names) for row in module.rows(problem, nfes)]

@@ -19,16 +19,17 @@ import itertools
 import math
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
 from ... import DiscreteChain
-from ..judge import failed, judge_map
+from ..judge import failed
 from ..problems import Problem, eps_at
 
-__all__ = ["FAMILIES", "SPACINGS", "SIGMA_OPTIONS", "Config", "available", "configs", "vp_betas", "make_scheduler",
-           "row", "rows"]
+__all__ = ["FAMILIES", "SPACINGS", "SIGMA_OPTIONS", "Config", "available", "configs", "vp_betas", "fit_budget",
+           "make_scheduler", "drive", "run", "quiet", "row", "rows"]
 
 # (family label template, scheduler class, option axes). Timestep spacings and sigma options are crossed in
 # where the class's constructor takes them; labels fill the template from the options.
@@ -59,12 +60,14 @@ SIGMA_OPTIONS = ("use_karras_sigmas", "use_lu_lambdas", "use_exponential_sigmas"
 
 @dataclass(frozen=True)
 class Config:
-    """One diffusers configuration: its row ``label``, the ``scheduler`` class name and its constructor's
-    ``options`` as ``(name, value)`` pairs."""
+    """One diffusers configuration: its row ``label``, the ``scheduler`` class name, its constructor's ``options``
+    and the keyword arguments of ``set_timesteps`` beside the step count (``set_timesteps``: FlowMatch's dynamic
+    shift ``mu``), each as ``(name, value)`` pairs."""
 
     label: str
     scheduler: str
     options: tuple
+    set_timesteps: tuple = ()
 
 
 def available() -> bool:
@@ -106,54 +109,76 @@ def vp_betas(chain: DiscreteChain) -> list[float]:
     return torch.cat([1 - abar[:1], 1 - abar[1:] / abar[:-1]]).tolist()
 
 
-def make_scheduler(config: Config, betas: list[float], nfe: int):
-    """The scheduler of ``config`` on ``betas``, set to the most steps whose run makes at most ``nfe`` model calls
-    (one per entry of ``timesteps``; at least 2 steps), and those steps; ``(None, None)`` when even 2 cost more."""
-    import diffusers
-
-    scheduler = getattr(diffusers, config.scheduler)(num_train_timesteps=len(betas), trained_betas=betas,
-                                                     prediction_type="epsilon", **dict(config.options))
+def fit_budget(scheduler, nfe: int, set_timesteps=()) -> int | None:
+    """Set ``scheduler`` to the most steps whose run makes at most ``nfe`` model calls (one per entry of
+    ``timesteps``; at least 2 steps; ``set_timesteps``: its other keyword arguments as pairs) and return them;
+    None when even 2 cost more."""
+    kwargs = dict(set_timesteps)
 
     def calls(steps):
-        scheduler.set_timesteps(steps)
+        scheduler.set_timesteps(steps, **kwargs)
         return len(scheduler.timesteps)
 
     steps = max(nfe, 2)
     while steps > 2 and calls(steps) > nfe:  # shrink in proportion, never below 2 steps
         steps = max(2, min(steps - 1, steps * nfe // calls(steps)))
     if calls(steps) > nfe:
-        return None, None
+        return None
     while steps + 1 <= nfe and calls(steps + 1) <= nfe:
         steps += 1
     calls(steps)
-    return scheduler, steps
+    return steps
 
 
-def row(config: Config, problem: Problem, nfe: int, betas: list[float] | None = None,
-        seen: dict | None = None) -> dict | None:
-    """One run of ``config`` from ``z·init_noise_sigma`` (see the module docstring). Any failure or non-finite
-    result is a diverged row with the error; None when the budget is below 2 steps. ``seen`` caches results by
-    schedule (class, options but the spacing, timesteps, sigmas): a configuration whose spacing the scheduler
-    ignores (Karras sigmas, …) reuses the identical run's result, naming it in ``same_as``."""
+def make_scheduler(config: Config, betas: list[float], nfe: int):
+    """The scheduler of ``config`` on ``betas``, set to the most steps whose run makes at most ``nfe`` model calls
+    (``fit_budget``), and those steps; ``(None, None)`` when even 2 steps cost more."""
+    import diffusers
+
+    scheduler = getattr(diffusers, config.scheduler)(num_train_timesteps=len(betas), trained_betas=betas,
+                                                     prediction_type="epsilon", **dict(config.options))
+    steps = fit_budget(scheduler, nfe, config.set_timesteps)
+    return (scheduler, steps) if steps is not None else (None, None)
+
+
+def drive(scheduler, problem: Problem, model, step_options: dict | None = None) -> torch.Tensor:
+    """diffusers' sampling loop on a set ``scheduler``, from its users' start ``z·init_noise_sigma``: the k-th call
+    gets ``model(scheduler.scale_model_input(x, t), scheduler, k, t)`` and each ``step`` the keyword arguments
+    ``step_options``. FlowMatch schedulers have neither ``init_noise_sigma`` nor ``scale_model_input``: their users
+    start from ``z`` and give the state to the model as it is. Returns the final state."""
+    x = problem.z * float(getattr(scheduler, "init_noise_sigma", 1.0))
+    scale = getattr(scheduler, "scale_model_input", lambda x, t: x)
+    kwargs = step_options or {}
+    for k, t in enumerate(scheduler.timesteps):
+        x = scheduler.step(model(scale(x, t), scheduler, k, t), t, x, **kwargs).prev_sample
+    return x
+
+
+def run(config: Config, problem: Problem, nfe: int, make, model, seen: dict | None = None, annotate=None,
+        step_options=None) -> dict | None:
+    """One run (``drive``) of ``config`` on ``problem`` within ``nfe`` model calls, judged by ``problem.judge``:
+    ``make()`` gives ``(scheduler, steps)`` set for the budget (``(None, None)``: below 2 steps, no row), and the
+    k-th call gets ``model(x, scheduler, k, t)``, the exact prediction at the noise level that call uses;
+    ``annotate(scheduler)`` adds fields to the row, ``step_options(scheduler)`` keyword arguments to each ``step``.
+    Any failure or non-finite result is a diverged row with the error. ``seen`` caches results by schedule (class,
+    options but the spacing, timesteps, sigmas): a configuration whose spacing the scheduler ignores (Karras
+    sigmas, …) reuses the identical run's result, naming it in ``same_as``."""
     out = {"target": problem.target_name, "sde": problem.sde_name, "side": "diffusers", "sampler": config.label,
            "nfe_budget": nfe}
     t0 = time.perf_counter()
     try:
-        scheduler, steps = make_scheduler(config, betas or vp_betas(problem.chain), nfe)
+        scheduler, steps = make()
         if scheduler is None:
             return None
         out["steps"] = steps
+        out.update(annotate(scheduler) if annotate else {})
         sigmas = getattr(scheduler, "sigmas", None)
         key = (config.scheduler, tuple(o for o in config.options if o[0] != "timestep_spacing"),
                tuple(scheduler.timesteps.tolist()), tuple(sigmas.tolist()) if sigmas is not None else None)
         if seen is not None and key in seen:
             return {**seen[key], **out, "same_as": seen[key]["sampler"]}
-        abar = scheduler.alphas_cumprod.double()
-        x = problem.z * float(scheduler.init_noise_sigma)
-        for k, t in enumerate(scheduler.timesteps):
-            sigma = float(sigmas[k]) if sigmas is not None else math.sqrt((1 - abar[int(t)]) / abar[int(t)])
-            x = scheduler.step(eps_at(problem.target, scheduler.scale_model_input(x, t), sigma), t, x).prev_sample
-        out.update(judge_map(x, problem.x_ref, len(scheduler.timesteps), t0))
+        x = drive(scheduler, problem, model, step_options(scheduler) if step_options else None)
+        out.update(problem.judge(x, len(scheduler.timesteps), t0))
         if seen is not None:
             seen[key] = out
         return out
@@ -161,13 +186,47 @@ def row(config: Config, problem: Problem, nfe: int, betas: list[float] | None = 
         return {**out, **failed(e, t0)}
 
 
-def rows(problem: Problem, nfes) -> list[dict]:
-    """Every configuration of ``configs`` at every budget on ``problem``."""
+def _eps_model(problem: Problem):
+    """The exact ε at the noise level of each call: the scheduler's ``sigmas[k]`` where it keeps sigmas, else σ of
+    its ``alphas_cumprod[t]``."""
+
+    def model(x, scheduler, k, t):
+        sigmas = getattr(scheduler, "sigmas", None)
+        if sigmas is not None:
+            sigma = float(sigmas[k])
+        else:
+            abar = float(scheduler.alphas_cumprod[int(t)])
+            sigma = math.sqrt((1 - abar) / abar)
+        return eps_at(problem.target, x, sigma)
+
+    return model
+
+
+def row(config: Config, problem: Problem, nfe: int, betas: list[float] | None = None,
+        seen: dict | None = None) -> dict | None:
+    """One run of ``config`` on the problem's chain (``run``; see the module docstring)."""
+    betas = betas or vp_betas(problem.chain)
+    return run(config, problem, nfe, lambda: make_scheduler(config, betas, nfe), _eps_model(problem), seen)
+
+
+@contextmanager
+def quiet():
+    """diffusers logging only errors, and its deprecation warnings silenced (its DPM-Solver (ε) is deprecated: still
+    a choice)."""
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.set_verbosity_error()
-    betas, seen = vp_betas(problem.chain), {}
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # diffusers deprecates its DPM-Solver (ε): still a choice
+        warnings.simplefilter("ignore", FutureWarning)
+        yield
+
+
+def rows(problem: Problem, nfes) -> list[dict]:
+    """Every configuration of ``configs`` at every budget on ``problem``; none on a rectified-flow problem (its
+    peers are ``peers.diffusers_flow``'s)."""
+    if problem.sde_name not in ("vp", "ve"):
+        return []
+    betas, seen = vp_betas(problem.chain), {}
+    with quiet():
         made = [row(c, problem, nfe, betas, seen) for c in configs() for nfe in nfes]
     return [r for r in made if r is not None]

@@ -161,15 +161,15 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         shown = ",".join(str(v) for v in default) if isinstance(default, tuple) else default
         text = meta["help"] if default is None else f"{meta['help']} (default: {shown if shown != '' else 'none'})"
-        flag = f"--{f.name.replace('_', '-')}"
+        flags = [f"--{f.name.replace('_', '-')}"] + ([meta["flag"]] if meta["flag"] else [])
         if kind == "bool":
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+            parser.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                 help=text)
             continue
         choices = meta["choices"]() if callable(meta["choices"]) else meta["choices"]
         parse = {"int": int, "float": float, "str": str, "tuple[int, ...]": _list_of(int),
                  "tuple[float, ...]": _list_of(float)}[kind]
-        parser.add_argument(flag, dest=f.name, type=parse, choices=choices, default=argparse.SUPPRESS, help=text,
+        parser.add_argument(*flags, dest=f.name, type=parse, choices=choices, default=argparse.SUPPRESS, help=text,
                             metavar=None if choices else f.name.upper())
     for param, paths in path_parameters().items():
         defaults = ", ".join(f"{path}: {default}" for path, default in paths)
@@ -223,7 +223,8 @@ def sample_checkpoint(args: argparse.Namespace) -> int:
         return 0
     written = _write_samples(x, figure, tensors, arrays, f"{args.sampler}, {spent}",
                              _reference_data(config, shape, args.show), args.show)
-    print(f"{args.n} samples with {args.sampler} {where or f'({spent})'} in {seconds:.2f}s; wrote {', '.join(written)}")
+    print(f"{args.n} samples with {args.sampler} {where or f'({spent})'} in {seconds:.2f}s on {model.sde!r}; "
+          f"wrote {', '.join(written)}")
     return 0
 
 

@@ -210,7 +210,8 @@ class TrainConfig:
             raise ValueError(f"eps must lie in (0, T={sde.T}) of the {self.sde!r} path, got {self.eps}")
         if self.prediction in ("eps", "score") and float(sde.alpha(torch.tensor([sde.T], dtype=torch.float64))) == 0:
             raise ValueError(f"prediction {self.prediction!r} cannot be sampled from the top of the {self.sde!r} path "
-                             f"(α(T) = 0: x̂_0 and the velocity are undefined from it there); use x0, v, velocity or edm")
+                             f"(α(T) = 0: x̂_0 and the velocity are undefined from it there); use x0, v, velocity "
+                             f"or edm")
         return self
 
     def to_dict(self) -> dict:

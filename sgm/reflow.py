@@ -17,8 +17,9 @@ of a flow ``x_t`` on ``[0, T]``,
 
 zero exactly when every trajectory is a straight line run at constant speed (Liu et al.'s ``S(Z)`` at ``T = 1``).
 
-``pairs`` generates the coupling, ``reflow`` trains on it (``sgm.train.Trainer`` with the noise fixed per datum;
-the pairs are kept in ``OUT_DIR/pairs.pt`` so that the run resumes), ``straightness`` measures ``S``.
+``pairs`` generates the coupling, ``prepare`` makes the trainer on it (``sgm.train.Trainer`` with the noise fixed per
+datum; the pairs are kept in ``OUT_DIR/pairs.pt`` so that the run resumes) and ``reflow`` fits it; ``sgm reflow
+TEACHER`` does the same from a checkpoint; ``straightness`` measures ``S``.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ from .predictions import predict
 from .samplers import sample
 from .samplers.optimize import flow_map
 
-__all__ = ["pairs", "straightness", "reflow", "PAIRS"]
+__all__ = ["pairs", "straightness", "prepare", "reflow", "PAIRS"]
 
 PAIRS = "pairs.pt"
 
@@ -77,11 +78,11 @@ def straightness(model, path: GaussianPath, noise: Tensor, steps: int = 64, eps:
     return float(torch.trapezoid(gaps.flip(0), ts.flip(0))) / path.T
 
 
-def reflow(model, path: GaussianPath, config: TrainConfig, noise: Tensor, tol: float = 1e-7):
-    """Train ``config``'s rectified-flow model on the pairs ``(z, Φ(prior_std·z))`` of ``model`` on ``path``, one
-    per standard normal ``z`` in ``noise`` ``(n, ...)``; returns the fitted ``Trainer`` (its checkpoint in
-    ``config.out_dir``). The pairs are saved in ``OUT_DIR/pairs.pt`` and reused by a rerun with the same ``noise``
-    (a resumed run); other noise there is refused."""
+def prepare(model, path: GaussianPath, config: TrainConfig, noise: Tensor, tol: float = 1e-7):
+    """The ``Trainer`` of ``config``'s rectified-flow model on the pairs ``(z, Φ(prior_std·z))`` of ``model`` on
+    ``path``, one per standard normal ``z`` in ``noise`` ``(n, ...)`` (on the model's device), not yet fitted. The
+    pairs are saved in ``OUT_DIR/pairs.pt`` and reused by a rerun with the same ``noise`` (a resumed run); other
+    noise there is refused."""
     from .train import Trainer
 
     _check(model, path, noise)
@@ -90,16 +91,21 @@ def reflow(model, path: GaussianPath, config: TrainConfig, noise: Tensor, tol: f
     if config.sde != "rectified-flow":
         raise ValueError(f"config.sde must be 'rectified-flow' (reflow trains on the straight interpolation), got "
                          f"{config.sde!r}")
-    noise = noise.detach().cpu()
     file = os.path.join(config.out_dir, PAIRS)
+    kept = noise.detach().cpu()
     if os.path.exists(file):
         saved = torch.load(file, weights_only=True)
-        if not torch.equal(saved["noise"], noise):
+        if not torch.equal(saved["noise"], kept):
             raise ValueError(f"{file} holds the pairs of other noise; pass the same noise or use another out_dir")
         x0 = saved["x0"]
     else:
         x0 = pairs(model, path, noise, tol).cpu()
-        write_atomic(file, lambda f: torch.save({"noise": noise, "x0": x0, "teacher": repr(path), "tol": tol}, f))
-    trainer = Trainer(config, data=x0, noise=noise)
+        write_atomic(file, lambda f: torch.save({"noise": kept, "x0": x0, "teacher": repr(path), "tol": tol}, f))
+    return Trainer(config, data=x0, noise=kept)
+
+
+def reflow(model, path: GaussianPath, config: TrainConfig, noise: Tensor, tol: float = 1e-7):
+    """``prepare``'s trainer fitted to ``config.steps`` (resuming its checkpoint if there is one); returns it."""
+    trainer = prepare(model, path, config, noise, tol)
     trainer.fit()
     return trainer

@@ -161,3 +161,30 @@ def test_a_short_reflow_run_straightens_a_curved_flow(name, tmp_path):
     assert again.step == 101 and (tmp_path / "pairs.pt").exists()
     with pytest.raises(ValueError, match="other noise"):
         reflow(teacher, PATH, config.replace(steps=102), normal(512, 2, 9).float())
+
+
+def test_sgm_reflow_trains_on_a_checkpoints_pairs_and_resumes(tmp_path, capsys):
+    """``sgm reflow TEACHER``: a velocity model on rectified flow by default, trained on the pairs of the teacher's
+    flow map (those of a VP teacher here: any path's flow maps N(0, I) to its data), resumable, sampled like any
+    run; another path than rectified flow is refused in one line."""
+    from sgm.checkpoint import load_checkpoint, model_from_checkpoint
+    from sgm.cli import main
+
+    tiny = ["--width", "8", "--depth", "1", "--batch-size", "16", "--no-progress", "--n-samples", "4",
+            "--sample-steps", "2", "--warmup", "0"]
+    teacher = tmp_path / "teacher"
+    assert main(["train", "--steps", "2", "--n-data", "64", "--out-dir", str(teacher)] + tiny) == 0
+    out = tmp_path / "reflow"
+    argv = ["reflow", str(teacher / "checkpoint.pt"), "--n-pairs", "32", "--tol", "1e-4", "--out-dir", str(out)]
+    assert main(argv + ["--steps", "2"] + tiny) == 0
+    saved = torch.load(out / "pairs.pt", weights_only=True)
+    model, config, _ = model_from_checkpoint(str(teacher / "checkpoint.pt"))
+    assert torch.allclose(saved["x0"], pairs(model, model.sde, saved["noise"], tol=1e-4), atol=1e-5)
+    student, config, _ = model_from_checkpoint(str(out / "checkpoint.pt"))
+    assert student.sde == PATH and student.predicts == "velocity" and config.weighting == "native"
+    capsys.readouterr()
+    assert main(argv + ["--steps", "3"]) == 0 and "resuming" in capsys.readouterr().out
+    assert load_checkpoint(str(out / "checkpoint.pt"))["step"] == 3
+    code = main(argv[:-1] + [str(tmp_path / "other"), "--path", "vp", "--steps", "1"] + tiny)
+    err = capsys.readouterr().err
+    assert code == 2 and "rectified-flow" in err and err.count("\n") == 1, err

@@ -52,12 +52,14 @@ def _check(model, path: GaussianPath, noise: Tensor) -> None:
 
 
 @torch.no_grad()
-def pairs(model, path: GaussianPath, noise: Tensor, tol: float = 1e-7) -> Tensor:
+def pairs(model, path: GaussianPath, noise: Tensor, tol: float = 1e-7, batch: int = 1024) -> Tensor:
     """``x_0 = Φ(prior_std·noise)``: the model's probability-flow map (dopri5 at ``rtol = atol = tol``, to the path's
-    ``default_eps`` and Tweedie's step; ``sgm.samplers.optimize.flow_map``) of each standard normal ``noise``."""
+    ``default_eps`` and Tweedie's step; ``sgm.samplers.optimize.flow_map``) of each standard normal ``noise``,
+    solved ``batch`` samples at a time (each chunk with its own steps)."""
     _check(model, path, noise)
     tol = real("tol", tol, 0.0, 1.0, open_low=True)
-    return flow_map(model, path, path.prior_std * noise, tol=tol)[0]
+    return torch.cat([flow_map(model, path, path.prior_std * chunk, tol=tol)[0]
+                      for chunk in noise.split(integer("batch", batch))])
 
 
 @torch.no_grad()

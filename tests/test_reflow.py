@@ -55,7 +55,8 @@ def test_pairs_of_a_mixture_are_the_flow_map_of_an_independent_solver(seed):
     end = solve_ivp(rhs, (1.0, eps), z.flatten().numpy(), method="DOP853", rtol=1e-12, atol=1e-12).y[:, -1]
     x_eps = torch.as_tensor(end).view(-1, 2)
     expected = target.predict(x_eps, torch.full((len(z),), eps, dtype=torch.float64), PATH, "x0")
-    assert torch.allclose(pairs(velocity, PATH, z, tol=1e-10), expected, atol=1e-7)
+    for batch in (1024, 5):  # one solve, or chunks of 5 with steps of their own
+        assert torch.allclose(pairs(velocity, PATH, z, tol=1e-10, batch=batch), expected, atol=1e-7)
 
 
 @pytest.mark.parametrize("seed", SEEDS)

@@ -5,11 +5,11 @@ from .paths import (SDE, VESDE, VPSDE, CosineVPSDE, DiscreteChain, EDMPath, Gaus
 from .samplers import sample
 from .score import ScoreModel
 from .targets import FullGaussianMixture, GaussianMixture, random_mixture, ring_mixture
-from . import data, likelihood, losses, metrics, nets, train  # noqa: E402  (the submodules the docs use as sgm.X)
+from . import data, likelihood, losses, metrics, nets, reflow, train  # noqa: E402  (the submodules the docs use as sgm.X)
 
 __version__ = "0.1.0"
 
 __all__ = ["GaussianPath", "SDE", "VPSDE", "CosineVPSDE", "SubVPSDE", "VESDE", "EDMPath", "RectifiedFlow",
            "DiscreteChain", "GaussianMixture", "FullGaussianMixture", "ring_mixture", "random_mixture", "ScoreModel",
            "sample", "samplers", "predictions", "guidance", "inverse", "data", "likelihood", "losses", "metrics",
-           "nets", "train", "__version__"]
+           "nets", "reflow", "train", "__version__"]

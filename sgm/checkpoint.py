@@ -5,7 +5,8 @@ Two formats:
 - ``checkpoint.pt`` (written by training): a ``torch.save`` of plain containers — ``dict``/``list``/``tuple`` of
   tensors, numbers, strings, booleans and ``None`` — with keys ``format``, ``step``, ``config``, ``data_shape``,
   ``model``, ``ema``, ``optimizer``, ``scheduler`` and, from format 3, ``data`` (the training set's fingerprint),
-  ``power_ema``, ``log_variance`` (EDM2's learned uncertainty, or None) and ``scaler`` (no RNG state: training
+  ``power_ema``, ``log_variance`` (EDM2's learned uncertainty, or None), ``scaler`` and ``path`` (the path's name
+  and every parameter, checked against the config when the weights are read; no RNG state: training
   draws from streams seeded by seed, step and rank, see ``sgm.distributed``). It is read with ``torch.load(..., weights_only=True)``:
   PyTorch's restricted unpickler builds only those types, so a file whose pickle names any other callable
   (an object whose ``__reduce__`` would run a shell command, say) is refused before anything in it runs.
@@ -29,11 +30,12 @@ from typing import BinaryIO, Callable, NamedTuple
 import torch
 from torch import Tensor
 
-from .config import TrainConfig, build_model, build_net
+from .config import TrainConfig, build_model, build_net, make_path
 from .score import ScoreModel
 
 __all__ = ["CheckpointError", "write_atomic", "save_checkpoint", "load_checkpoint", "export", "read_weights",
-           "TrainedModel", "model_from_checkpoint", "saved_config", "remove_stale_temporaries", "FORMAT_VERSION", "CHECKPOINT"]
+           "TrainedModel", "model_from_checkpoint", "saved_config", "remove_stale_temporaries", "FORMAT_VERSION",
+           "CHECKPOINT"]
 
 CHECKPOINT = "checkpoint.pt"
 # 1 also held RNG states (byte tensors), which are now ignored: training draws from streams seeded by (seed, step,
@@ -178,6 +180,7 @@ def read_weights(path: str, ema: bool = True, device="cpu") -> tuple[dict[str, T
             raise CheckpointError(f"{path}: an exported file holds only the EMA weights")
         return _read_safetensors(path, device)
     state = load_checkpoint(path, map_location=device)
+    _check_path(path, state)
     return state["ema" if ema else "model"], state["config"], tuple(state["data_shape"])
 
 
@@ -187,6 +190,19 @@ class TrainedModel(NamedTuple):
     model: ScoreModel
     config: TrainConfig
     shape: tuple[int, ...]
+
+
+def _check_path(path: str, state: dict) -> None:
+    """The path the checkpoint records (``{"name", "params"}``, every parameter of it) is the one its config
+    builds; older checkpoints record none."""
+    recorded = state.get("path")
+    if recorded is None:
+        return
+    config = _config_of(path, state["config"])
+    built = make_path(config.sde, config.sde_args)
+    if recorded.get("name") != config.sde or recorded.get("params") != dict(built._params()):
+        raise CheckpointError(f"{path}: trained on the path {recorded}, but its config builds {config.sde!r} "
+                              f"{built!r}")
 
 
 def model_from_checkpoint(path: str, ema: bool = True, device="cpu") -> TrainedModel:

@@ -3,6 +3,8 @@
 - ``sgm demo``: every sampler on a 2-D ring mixture with its exact score, one panel each, to a PNG.
 - ``sgm train``: denoising score matching on a dataset; restarting the same command resumes; under
   ``torchrun --nproc_per_node N -m sgm train ...`` it trains with DDP over N processes.
+- ``sgm reflow TEACHER``: a rectified flow trained on the teacher checkpoint's own (noise, sample) pairs
+  (``sgm.reflow``); restarting the same command resumes.
 - ``sgm sample``: any sampler on a trained checkpoint; writes a scatter plot or image grid and the samples
   (many samples: ``.npz`` shards as they are drawn, resumable, shared by torchrun's processes).
 - ``sgm export``: a checkpoint's EMA weights and config as a ``.safetensors`` file (no pickle) to share.
@@ -88,11 +90,36 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def train(args: argparse.Namespace) -> int:
-    from .train import Interrupted, Trainer, TrainingDiverged
+    from .train import Trainer
 
     config = config_from_args(args)
+    return _fit(config, lambda: Trainer(config))
+
+
+REFLOW_DEFAULTS = dict(sde="rectified-flow", prediction="velocity", weighting="native")
+
+
+def reflow_command(args: argparse.Namespace) -> int:
+    """``sgm reflow TEACHER``: ``--n-pairs`` standard normal ``z`` drawn with ``--seed``, their pairs
+    ``(z, Φ(z))`` by the teacher's flow map, a rectified-flow model trained on them (``sgm.reflow``); resumable."""
+    from .checkpoint import model_from_checkpoint
+    from .device import resolve_device
+    from .reflow import prepare
+
+    config = config_from_args(args, TrainConfig(**REFLOW_DEFAULTS), reflow=True)
+    device = distributed.local_device(resolve_device(config.device))
+    teacher, _, shape = model_from_checkpoint(args.teacher, device=device)
+    noise = torch.randn((args.n_pairs,) + shape, generator=torch.Generator().manual_seed(config.seed))
+    return _fit(config, lambda: prepare(teacher, teacher.sde, config, noise.to(device), tol=args.tol))
+
+
+def _fit(config: TrainConfig, make_trainer) -> int:
+    """Make the trainer, resume it, train it to ``config.steps``; the exit status (an interruption: ``128 +``
+    its signal)."""
+    from .train import Interrupted, TrainingDiverged
+
     with distributed.session(config.device) as (rank, world_size):  # under torchrun: one of world_size processes
-        trainer = Trainer(config)
+        trainer = make_trainer()
         resumed = trainer.resume()
         if rank == 0:
             print(f"{'resuming' if resumed else 'starting'} {config.out_dir} at step {trainer.step} of "
@@ -118,20 +145,21 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The run's config: the one saved in ``--out-dir``'s checkpoint when there is one (else the defaults), with
+def config_from_args(args: argparse.Namespace, defaults: TrainConfig | None = None,
+                     reflow: bool = False) -> TrainConfig:
+    """The run's config: the one saved in ``--out-dir``'s checkpoint when there is one (else ``defaults``), with
     the flags given on the command line — and only those — changed; checked (``TrainConfig.validate``), its
-    errors naming the flag."""
+    errors naming the flag. A run on a tensor (``data="tensor"``) resumes only as a reflow run."""
     from .checkpoint import saved_config
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     given = {k: v for k, v in vars(args).items() if k in names}
     path_args = {k[len(_PATH_ARG):]: v for k, v in vars(args).items() if k.startswith(_PATH_ARG)}
     saved = saved_config(given.get("out_dir", TrainConfig.out_dir))
-    if saved is not None and saved.data == TENSOR_DATA:
+    if saved is not None and saved.data == TENSOR_DATA and not reflow:
         raise UsageError(f"{saved.out_dir if 'out_dir' not in given else given['out_dir']} was trained on a tensor "
                          f"given in Python (Trainer(config, data=...)); resume it there, with the same tensor")
-    base = saved or TrainConfig()
+    base = saved or defaults or TrainConfig()
     sde = given.get("sde", base.sde)
     wrong = [k for k in path_args if k not in PATHS[sde].params]
     if wrong:
@@ -161,15 +189,15 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         shown = ",".join(str(v) for v in default) if isinstance(default, tuple) else default
         text = meta["help"] if default is None else f"{meta['help']} (default: {shown if shown != '' else 'none'})"
-        flag = f"--{f.name.replace('_', '-')}"
+        flags = [f"--{f.name.replace('_', '-')}"] + ([meta["flag"]] if meta["flag"] else [])
         if kind == "bool":
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+            parser.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                 help=text)
             continue
         choices = meta["choices"]() if callable(meta["choices"]) else meta["choices"]
         parse = {"int": int, "float": float, "str": str, "tuple[int, ...]": _list_of(int),
                  "tuple[float, ...]": _list_of(float)}[kind]
-        parser.add_argument(flag, dest=f.name, type=parse, choices=choices, default=argparse.SUPPRESS, help=text,
+        parser.add_argument(*flags, dest=f.name, type=parse, choices=choices, default=argparse.SUPPRESS, help=text,
                             metavar=None if choices else f.name.upper())
     for param, paths in path_parameters().items():
         defaults = ", ".join(f"{path}: {default}" for path, default in paths)
@@ -223,7 +251,8 @@ def sample_checkpoint(args: argparse.Namespace) -> int:
         return 0
     written = _write_samples(x, figure, tensors, arrays, f"{args.sampler}, {spent}",
                              _reference_data(config, shape, args.show), args.show)
-    print(f"{args.n} samples with {args.sampler} {where or f'({spent})'} in {seconds:.2f}s; wrote {', '.join(written)}")
+    print(f"{args.n} samples with {args.sampler} {where or f'({spent})'} in {seconds:.2f}s on {model.sde!r}; "
+          f"wrote {', '.join(written)}")
     return 0
 
 
@@ -443,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .evaluate import VALUE_RANGES
 
     parser = _Parser(prog="sgm", description="sgm: score-based generative modelling with SDEs "
-                                     "and ODEs (demo, train, sample, bench)")
+                                     "and ODEs (demo, train, reflow, sample, export, eval, bench)")
     parser.add_argument("--version", action="version", version=f"sgm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="sample an 8-mode ring mixture with its exact score, one panel per sampler",
@@ -460,6 +489,19 @@ def build_parser() -> argparse.ArgumentParser:
                                    "to resume: the run keeps every saved setting, and only the flags given change.")
     add_config_arguments(p)
     p.set_defaults(func=train)
+
+    p = sub.add_parser("reflow", help="reflow a trained checkpoint: a rectified flow trained on its own (noise, "
+                       "sample) pairs (resumes if it can)",
+                       description="Reflow (2-rectified flow): draw --n-pairs noises z, map each through the "
+                                   "teacher's probability-flow ODE (dopri5 at --tol) to x_0, train a rectified-flow "
+                                   "model on the straight lines from x_0 to z. The training flags are sgm train's "
+                                   f"(defaults here: {', '.join(f'--{k} {v}' for k, v in REFLOW_DEFAULTS.items())}); "
+                                   "run the same command again to resume.")
+    p.add_argument("teacher", help="the teacher: a checkpoint.pt written by sgm train, or a .safetensors")
+    p.add_argument("--n-pairs", type=_positive_int, default=10_000, help="pairs to generate (default: 10000)")
+    p.add_argument("--tol", type=float, default=1e-6, help="rtol = atol of the teacher's dopri5 (default: 1e-6)")
+    add_config_arguments(p)
+    p.set_defaults(func=reflow_command)
 
     p = sub.add_parser("sample", help="sample a trained checkpoint with any sampler",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -22,6 +22,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 
+import torch
 from torch import nn
 
 from . import data as datasets
@@ -70,7 +71,7 @@ def _opt(default, help: str, *, resume: str = "apply", choices: Callable[[], tup
          low: float | None = None, high: float | None = None, open_low: bool = False, open_high: bool = False,
          cli: bool = True, flag: str | None = None):
     """A config field with its metadata (see the module docstring); ``low``/``high`` bound numbers and each element
-    of a tuple, open at an end where ``open_low``/``open_high``."""
+    of a tuple, open at an end where ``open_low``/``open_high``; ``flag``: a second spelling of its CLI flag."""
     meta = dict(help=help, resume=resume, choices=choices, low=low, high=high, open_low=open_low,
                 open_high=open_high, cli=cli, flag=flag)
     if isinstance(default, (dict, list)):
@@ -97,7 +98,8 @@ class TrainConfig:
     xflip: bool = _opt(False, "flip each image left-right with probability 1/2 (images only)")
     workers: int = _opt(0, "data-loading worker processes (0: in the training process)", low=0)
     # path and parameterisation
-    sde: str = _opt("vp", "forward path (noise schedule)", resume="architecture", choices=lambda: tuple(PATHS))
+    sde: str = _opt("vp", "forward path (noise schedule); also --path", resume="architecture",
+                    choices=lambda: tuple(PATHS), flag="--path")
     sde_args: dict = _opt({}, "the path's constructor parameters", resume="architecture", cli=False)
     prediction: str = _opt("edm", "what the network predicts (edm: EDM's preconditioning)", resume="architecture",
                            choices=PREDICTIONS)
@@ -206,6 +208,10 @@ class TrainConfig:
         sde = build_sde(self)
         if self.eps >= sde.T:
             raise ValueError(f"eps must lie in (0, T={sde.T}) of the {self.sde!r} path, got {self.eps}")
+        if self.prediction in ("eps", "score") and float(sde.alpha(torch.tensor([sde.T], dtype=torch.float64))) == 0:
+            raise ValueError(f"prediction {self.prediction!r} cannot be sampled from the top of the {self.sde!r} path "
+                             f"(α(T) = 0: x̂_0 and the velocity are undefined from it there); use x0, v, velocity "
+                             f"or edm")
         return self
 
     def to_dict(self) -> dict:

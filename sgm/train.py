@@ -48,7 +48,7 @@ from .board import Board
 from .checkpoint import (CHECKPOINT, FORMAT_VERSION, CheckpointError, load_checkpoint, model_from_checkpoint,
                          remove_stale_temporaries, save_checkpoint, write_atomic)
 from .config import (ARCHITECTURE_KEYS, RESUMABLE_KEYS, TENSOR_DATA, TrainConfig, build_model, build_net, build_sde,
-                     build_time_distribution)
+                     build_time_distribution, make_path)
 from .device import resolve_device
 from .ema import EMA, SNAPSHOTS, PowerEMA, flatten_parameters
 from .loader import InMemory, StepBatches, Streamed
@@ -122,10 +122,16 @@ class Trainer:
 
     ``self.config`` is the run's own config: ``config`` with what the data decide filled in (``data="tensor"``
     for a given tensor, the measured ``sigma_data``, ``n_classes``); the caller's is left as it was.
+
+    ``noise`` (with ``data``, shaped like it) fixes the coupling: sample ``i`` is always noised by ``noise[i]``
+    instead of a fresh draw, ``x_t = α x_0[i] + σ noise[i]`` — reflow's pairs (``sgm.reflow``); the data's
+    fingerprint then covers the noise, so a resume on other pairs is refused.
     """
 
-    def __init__(self, config: TrainConfig, data: Tensor | None = None, labels: Tensor | None = None):
+    def __init__(self, config: TrainConfig, data: Tensor | None = None, labels: Tensor | None = None,
+                 noise: Tensor | None = None):
         config.validate()
+        self.pairs = self._pairs(config, data, noise)
         self.rank, self.world_size = distributed.world()
         if config.batch_size % (self.world_size * config.grad_accumulation):
             raise ValueError(f"batch_size (the global batch) must be a multiple of the {self.world_size} processes × "
@@ -134,6 +140,8 @@ class Trainer:
         self.device = distributed.local_device(resolve_device(config.device))
         self.source = self._source(config, data, labels)
         self.fingerprint = self.source.fingerprint()
+        if self.pairs is not None:
+            self.fingerprint["noise"] = datasets.fingerprint(self.pairs)["sha256"]
         self.data_shape, self.dtype = tuple(self.source.shape), self.source.dtype
         config = config.replace(data=TENSOR_DATA if data is not None else config.data,
                                 n_classes=self._class_count(config))
@@ -202,6 +210,19 @@ class Trainer:
                              f"{tuple(getattr(labels, 'shape', ()))} {getattr(labels, 'dtype', type(labels).__name__)}")
         return InMemory(data, None if labels is None else labels.long())
 
+    @staticmethod
+    def _pairs(config: TrainConfig, data: Tensor | None, noise: Tensor | None) -> Tensor | None:
+        """The given noise of each datum (None: drawn each step), checked against the data and the config."""
+        if noise is None:
+            return None
+        if data is None or not isinstance(noise, Tensor) or noise.shape != getattr(data, "shape", None):
+            raise ValueError(f"noise must be a tensor shaped like the data tensor given with it "
+                             f"{tuple(getattr(data, 'shape', ()))}, got {tuple(getattr(noise, 'shape', ()))}")
+        if config.coupling != "independent" or config.xflip:
+            raise ValueError(f"noise given with the data is the coupling: it takes coupling='independent' and no "
+                             f"xflip, got coupling={config.coupling!r}, xflip={config.xflip}")
+        return datasets.check_finite(noise.detach().cpu().to(data.dtype))
+
     def _class_count(self, config: TrainConfig) -> int:
         """The class count of a conditional run: ``config.n_classes``, or from the labels when it is 0."""
         labels = self.source.labels
@@ -215,6 +236,7 @@ class Trainer:
     # --- state ----------------------------------------------------------------------------------
     def state(self) -> dict:
         return {"format": FORMAT_VERSION, "step": self.step, "config": self.config.to_dict(),
+                "path": {"name": self.config.sde, "params": dict(self.sde._params())},
                 "data_shape": list(self.data_shape), "data": self.fingerprint, "model": self.net.state_dict(),
                 "ema": self.ema.model.state_dict(), "power_ema": self.power_ema.state_dict(),
                 "log_variance": None if self.log_variance is None else self.log_variance.state_dict(),
@@ -254,6 +276,11 @@ class Trainer:
             self.config = self.config.replace(sigma_data=saved["sigma_data"])
             self.model.sigma_data = saved["sigma_data"]
         ours = self.config.to_dict()
+        if (saved["sde"], saved["sde_args"]) != (ours["sde"], ours["sde_args"]):
+            raise CheckpointError(f"{self.path}: trained on the {saved['sde']!r} path "
+                                  f"{make_path(saved['sde'], saved['sde_args'])!r}, not the {ours['sde']!r} path "
+                                  f"{self.sde!r}; resume with --path {saved['sde']} (and its parameters) or use "
+                                  f"another out_dir")
         changed = {k: (saved[k], ours[k]) for k in ours if saved[k] != ours[k]}
         differ = [k for k in ARCHITECTURE_KEYS if k in changed]
         if differ or tuple(state["data_shape"]) != self.data_shape:
@@ -316,7 +343,8 @@ class Trainer:
     # --- training -------------------------------------------------------------------------------
     def batch(self, data: tuple[Tensor, Tensor | None] | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """This process's part of the current step's global batch, ``(x0, t, noise, labels)``: the samples
-        (``data``, as ``self.batches`` gives them; drawn here if None) on the device, then times, noise and (for a
+        (``data``, as ``self.batches`` gives them; drawn here if None) on the device, then times, noise (or the
+        samples' given ``noise``) and (for a
         conditional run) the uniforms that replace a label by "no label" with probability ``label_dropout``, from
         ``self.generator`` seeded by ``(seed, step, rank)``; ``labels`` is None for an unconditional run."""
         x0, y = self.batches(self.step) if data is None else data
@@ -324,7 +352,10 @@ class Trainer:
         g = self.generator.manual_seed(distributed.stream_seed(self.config.seed, self.step, self.rank))
         t = sample_times(self.sde, len(x0), self.config.eps, generator=g, device=self.device, dtype=x0.dtype,
                          time_distribution=self.times)[0]
-        noise = torch.randn(x0.shape, generator=g, device=self.device, dtype=x0.dtype)
+        if self.pairs is None:
+            noise = torch.randn(x0.shape, generator=g, device=self.device, dtype=x0.dtype)
+        else:  # the step's own indices (the loader's draw), so each datum meets its own noise
+            noise = self.pairs[self.batches.draw(self.step)[0]].to(self.device, non_blocking=True)
         if self.config.coupling == "ot":  # over this process's whole part, before any micro-batch split
             noise = ot_coupling(x0, noise)
         if y is None:

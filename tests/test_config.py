@@ -107,7 +107,8 @@ def test_a_resumed_command_keeps_every_setting_it_was_not_given(tmp_path, capsys
         1e-3, 32, 0.99, 7, 8)
     assert saved["sde_args"] == {"sigma_max": 8.0} and saved["progress"] is False
     code, printed = run(["train", "--steps", "4", "--lr", "5e-4", "--sigma-min", "0.02", "--out-dir", out], capsys)
-    assert code == 2 and "sde_args" in printed.err and printed.err.count("\n") == 1  # a path change: another run
+    assert code == 2 and printed.err.count("\n") == 1  # a path change: another run, both paths named
+    assert "VESDE(sigma_min=0.01, sigma_max=8.0" in printed.err and "VESDE(sigma_min=0.02, sigma_max=8.0" in printed.err
     code, printed = run(["train", "--steps", "4", "--lr", "5e-4", "--out-dir", out], capsys)
     assert code == 0 and "changed on resume: lr 0.001 -> 0.0005" in printed.out
     assert load_checkpoint(f"{out}/checkpoint.pt")["config"]["batch_size"] == 32

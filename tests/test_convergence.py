@@ -169,8 +169,11 @@ def _options_id(case):
 
 # Every registered configuration declaring a strong order (sgm.samplers.declaring), once each; but torchsde's SRK:
 # its order-1.5 error term carries second derivatives of the drift, small on these near-Gaussian targets, so it
-# shows its deterministic order 2 pre-asymptotically (1.72 on VP, 2.23 on VE at 8–64 steps, n = 500), at 30 s a run.
-STRONG = [(n, o) for n, o in sgm.samplers.declaring("strong") if (n, o) != ("sde", {"method": "srk"})]
+# shows its deterministic order 2 pre-asymptotically (1.72 on VP, 2.23 on VE at 8–64 steps, n = 500), at 30 s a run;
+# and SA-Solver, whose default τ window jumps between nodes, so its error against a fixed reference stalls
+# (tests/test_stochastic_orders.py proves its strong orders with and without the window on exact Gaussian paths).
+STRONG = [(n, o) for n, o in sgm.samplers.declaring("strong") if (n, o) != ("sde", {"method": "srk"})
+          and n != "sa_solver"]
 
 
 @pytest.mark.parametrize("name, options", STRONG, ids=[_options_id(c) for c in STRONG])

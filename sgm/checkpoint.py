@@ -200,7 +200,7 @@ def _check_path(path: str, state: dict) -> None:
         return
     config = _config_of(path, state["config"])
     built = make_path(config.sde, config.sde_args)
-    if recorded.get("name") != config.sde or recorded.get("params") != dict(built._params()):
+    if recorded.get("name") != config.sde or recorded.get("params") != dict(built.params()):
         raise CheckpointError(f"{path}: trained on the path {recorded}, but its config builds {config.sde!r} "
                               f"{built!r}")
 

@@ -84,7 +84,7 @@ class DiscreteChain:
 
 class GaussianPath:
     """``x_t = α(t) x_0 + σ(t) ε`` on ``[0, T]``. A path defines ``alpha``, ``sigma``, ``d_alpha``, ``d_sigma``
-    (tensors in, tensors out, in ``t``'s dtype), ``T``, ``prior_std`` and ``_params()`` (its parameters, for
+    (tensors in, tensors out, in ``t``'s dtype), ``T``, ``prior_std`` and ``params()`` (its parameters, for
     equality and ``repr``); all else is derived here. ``default_eps`` is the smallest time samplers stop at."""
 
     T: float = 1.0
@@ -110,7 +110,8 @@ class GaussianPath:
         """Standard deviation of the prior ``N(0, prior_std² I)`` that stands for ``p_T``."""
         raise NotImplementedError
 
-    def _params(self) -> dict:
+    def params(self) -> dict:
+        """The path's parameters by name (what ``==``, ``hash`` and ``repr`` read, and a checkpoint records)."""
         return {}
 
     def half_dsigma2(self, t: Tensor) -> Tensor:
@@ -205,7 +206,7 @@ class GaussianPath:
 
     # --- identity by value ------------------------------------------------------------------------
     def _key(self) -> tuple:
-        return tuple(self._params().items())
+        return tuple(self.params().items())
 
     def __eq__(self, other) -> bool:
         return type(self) is type(other) and self._key() == other._key()
@@ -214,7 +215,7 @@ class GaussianPath:
         return hash((type(self).__name__, self._key()))
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self._params().items())})"
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.params().items())})"
 
     # --- other ways to make a path ----------------------------------------------------------------
     @staticmethod
@@ -245,7 +246,7 @@ class _LinearBeta(GaussianPath):
         if self.beta_max < self.beta_min:
             raise ValueError(f"beta_max must be >= beta_min, got beta_min={self.beta_min}, beta_max={self.beta_max}")
 
-    def _params(self) -> dict:
+    def params(self) -> dict:
         return {"beta_min": self.beta_min, "beta_max": self.beta_max, "T": self.T}
 
     def beta(self, t: Tensor) -> Tensor:
@@ -349,7 +350,7 @@ class CosineVPSDE(GaussianPath):
         if self.T > 1:
             raise ValueError(f"T must be <= 1 (α(1) = 0), got {self.T}")
 
-    def _params(self) -> dict:
+    def params(self) -> dict:
         return {"s": self.s, "T": self.T}
 
     def _angle(self, t: Tensor) -> Tensor:
@@ -421,7 +422,7 @@ class VESDE(GaussianPath):
                 f"sigma_max must be > sigma_min, got sigma_min={self.sigma_min}, sigma_max={self.sigma_max}")
         self._log_ratio = math.log(self.sigma_max / self.sigma_min)
 
-    def _params(self) -> dict:
+    def params(self) -> dict:
         return {"sigma_min": self.sigma_min, "sigma_max": self.sigma_max, "T": self.T}
 
     def alpha(self, t: Tensor) -> Tensor:
@@ -470,7 +471,7 @@ class EDMPath(GaussianPath):
                 f"sigma_max must be > sigma_min, got sigma_min={self.sigma_min}, sigma_max={self.sigma_max}")
         self.T, self.default_eps = self.sigma_max, self.sigma_min
 
-    def _params(self) -> dict:
+    def params(self) -> dict:
         return {"sigma_min": self.sigma_min, "sigma_max": self.sigma_max}
 
     def alpha(self, t: Tensor) -> Tensor:
@@ -509,7 +510,7 @@ class RectifiedFlow(GaussianPath):
         self.shift = positive("shift", shift)
         self.T = 1.0
 
-    def _params(self) -> dict:
+    def params(self) -> dict:
         return {"shift": self.shift}
 
     def _tau(self, t: Tensor) -> Tensor:
@@ -567,7 +568,7 @@ class AlphasCumprodPath(GaussianPath):
             self._root = torch.cat([torch.ones(1, dtype=torch.float64), table.sqrt()])
         self._digest = hashlib.sha256(table.numpy().tobytes()).hexdigest()[:16]
 
-    def _params(self) -> dict:
+    def params(self) -> dict:
         return {"N": self.alphas_cumprod.numel(), "T": self.T, "sha256": self._digest}
 
     def __repr__(self) -> str:
@@ -647,7 +648,7 @@ class FunctionPath(GaussianPath):
         a_T, s_T = float(self.alpha(end)), float(self.sigma(end))
         self._prior_std = positive("prior_std", math.hypot(a_T, s_T) if prior_std is None else prior_std)
 
-    def _params(self) -> dict:
+    def params(self) -> dict:
         return {"alpha": self._alpha, "sigma": self._sigma, "T": self.T, "prior_std": self._prior_std}
 
     def __hash__(self) -> int:

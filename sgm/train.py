@@ -236,7 +236,7 @@ class Trainer:
     # --- state ----------------------------------------------------------------------------------
     def state(self) -> dict:
         return {"format": FORMAT_VERSION, "step": self.step, "config": self.config.to_dict(),
-                "path": {"name": self.config.sde, "params": dict(self.sde._params())},
+                "path": {"name": self.config.sde, "params": dict(self.sde.params())},
                 "data_shape": list(self.data_shape), "data": self.fingerprint, "model": self.net.state_dict(),
                 "ema": self.ema.model.state_dict(), "power_ema": self.power_ema.state_dict(),
                 "log_variance": None if self.log_variance is None else self.log_variance.state_dict(),

@@ -32,7 +32,7 @@ def test_every_path_trains_and_samples_from_its_checkpoint(name, extra, predicti
     args = {"shift": 3.0} if extra else {}
     expected = make_path(name, args)
     state = load_checkpoint(str(out / "checkpoint.pt"))
-    assert state["path"] == {"name": name, "params": dict(expected._params())}
+    assert state["path"] == {"name": name, "params": dict(expected.params())}
     model, config, _ = model_from_checkpoint(str(out / "checkpoint.pt"))
     assert model.sde == expected and config.prediction == prediction and model.predicts in ("x0", "velocity", "v")
     losses = np.loadtxt(out / "loss.csv", delimiter=",", skiprows=1, usecols=1, ndmin=1)

@@ -38,7 +38,7 @@ import torch
 import sgm
 from sgm.samplers import TimeGrid, time_grid
 from conftest import gen, mixture
-from test_edm_deis import edm_algorithm_2, karras_sigmas
+from test_edm_heun import edm_algorithm_2, karras_sigmas
 from test_exponential import Float64Torch
 
 D = torch.float64

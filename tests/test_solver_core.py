@@ -11,16 +11,6 @@ from conftest import SDES, gen, mixture
 D = torch.float64
 
 
-def _counting(gm, forward):
-    calls = []
-
-    def score(x, t):
-        calls.append(t)
-        return gm.score(x, t, forward)
-
-    return score, calls
-
-
 def test_callback_sees_every_node_and_the_latest_prediction():
     gm, forward = mixture(), sgm.VPSDE()
     x = forward.prior_sample((5, 2), generator=gen(0), dtype=D)

@@ -8,28 +8,32 @@ steps whose ``solver.nfe(steps)`` fits); the NFE a row reports is the run's own 
 - **Comparison** (``sgm_rows``): every deterministic fixed-step sampler over its options (``sgm_configs``) on the
   continuous spacings (``problem.sde``, exact score) and the chain's timesteps (``problem.chain_sde``, the score
   on the chain only), by map error; ``optimized_rows``: ``optimize_grid``'s grids for the best of them.
+- **The stochastic leg** (``sgm_rows`` with ``stochastic_configs`` and a distribution ``judge``): every option set
+  of every fixed-step sampler that draws noise, on the same spacings, its noise from a generator seeded
+  ``seed + 10``.
 - **A trained model** (``checkpoint_rows``): the curve runs on a digits checkpoint, judged in a classifier's features.
 
 Which samplers and options run comes from the sampler registry (``sgm.samplers.entry``): each entry's ``curves``
-(option sets, on its default ``spacing``) for the curves, its ``sweep`` axes for the comparison, so a newly
-registered sampler is benchmarked with no edit here.
+(option sets, on its default ``spacing``) for the curves, its ``sweep`` axes for the comparison and the stochastic
+leg, so a newly registered sampler is benchmarked with no edit here.
 """
 from __future__ import annotations
 
 import itertools
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import Tensor
 
 from .. import metrics, samplers
 from ..samplers import SamplerDiverged, optimize_grid, sample
-from .judge import failed, judge_curve, judge_map
+from .judge import STOCHASTIC_METRICS, failed, judge_curve, judge_map
 from .problems import TRAIN_STEPS, OffChain, Problem, on_chain_score
 
-__all__ = ["Run", "CONTINUOUS_SPACINGS", "CHAIN_SPACINGS", "curve_runs", "budgeted",
-           "Curves", "curve_rows", "sgm_configs", "label", "sgm_rows", "optimized_rows", "checkpoint_rows"]
+__all__ = ["Run", "CONTINUOUS_SPACINGS", "CHAIN_SPACINGS", "curve_runs", "budgeted", "Curves", "curve_rows",
+           "sgm_configs", "stochastic_configs", "label", "sgm_rows", "optimized_rows", "checkpoint_rows"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,8 @@ class Run:
     def deterministic(self) -> bool:
         return not self.solver().stochastic
 
+
+Judge = Callable[[Tensor], dict]  # a run's samples -> its metrics and ``diverged``
 
 CONTINUOUS_SPACINGS = ("uniform", "quadratic", "logsnr", "karras")
 CHAIN_SPACINGS = ("trailing", "leading")
@@ -129,20 +135,31 @@ def _product(axes: dict) -> list[dict]:
     return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
 
 
-def sgm_configs() -> list[tuple[str, dict]]:
-    """``(sampler, options)`` for every registered deterministic fixed-step sampler over its entry's ``sweep`` axes
-    (invalid combinations, a ValueError/TypeError from the solver, are skipped)."""
+def _configs(stochastic: bool) -> list[tuple[str, dict]]:
     configs = []
     for name in samplers.available():
-        axes = dict(samplers.entry(name).sweep)
-        for options in _product(axes):
+        entry = samplers.entry(name)
+        sets = _product(dict(entry.sweep)) + ([dict(c) for c in entry.curves] if stochastic else [])
+        for options in [o for i, o in enumerate(sets) if o not in sets[:i]]:
             try:
                 solver = samplers.solver(name, **options)
             except (ValueError, TypeError):
                 continue
-            if not solver.stochastic and solver.evals_per_step is not None:
+            if solver.stochastic == stochastic and solver.evals_per_step is not None:
                 configs.append((name, options))
     return configs
+
+
+def sgm_configs() -> list[tuple[str, dict]]:
+    """``(sampler, options)`` for every registered deterministic fixed-step sampler over its entry's ``sweep`` axes
+    (invalid combinations, a ValueError/TypeError from the solver, are skipped)."""
+    return _configs(stochastic=False)
+
+
+def stochastic_configs() -> list[tuple[str, dict]]:
+    """``(sampler, options)`` for every registered fixed-step sampler option set that draws noise: each valid
+    combination of its entry's ``sweep`` axes and each of its ``curves`` option sets, once each."""
+    return _configs(stochastic=True)
 
 
 def label(name: str, options: dict, spacing: str) -> str:
@@ -151,37 +168,43 @@ def label(name: str, options: dict, spacing: str) -> str:
 
 
 def _sgm_row(problem: Problem, score, sde, name: str, options: dict, nfe: int, steps: int, row_label: str,
-             grid_kw: dict) -> dict | None:
-    """One sgm run of the comparison from ``x_T`` (None when the sampler cannot run on a chain grid)."""
+             sample_kw: dict, judge: Judge | None = None) -> dict | None:
+    """One sgm run from ``x_T`` (None when the sampler cannot run on a chain grid), scored by ``judge(x)``
+    (default: its map error); ``sample_kw``: ``sample``'s grid options (or a ``grid``) and generator."""
     t0 = time.perf_counter()
     row = {"target": problem.target_name, "sde": problem.sde_name, "side": "sgm", "sampler": row_label,
            "nfe_budget": nfe, "steps": steps, "name": name, "options": options,
-           "spacing": grid_kw.get("spacing", "optimised")}
+           "spacing": sample_kw.get("spacing", "optimised")}
     try:
-        budget = {} if "grid" in grid_kw else {"steps": steps}  # a ready grid fixes its own nodes
-        out = sample(score, sde, tuple(problem.x_T.shape), sampler=name, x_init=problem.x_T, **budget, **grid_kw,
+        budget = {} if "grid" in sample_kw else {"steps": steps}  # a ready grid fixes its own nodes
+        out = sample(score, sde, tuple(problem.x_T.shape), sampler=name, x_init=problem.x_T, **budget, **sample_kw,
                      **options)
     except OffChain:
         return None
     except (ValueError, RuntimeError) as e:  # diverged (SamplerDiverged), or a solver refusing this grid
-        return {**row, **failed(e, t0)}
-    return {**row, **judge_map(out.x, problem.x_ref, out.nfe, t0)}
+        return {**row, **failed(e, t0, keys=("map_error",) if judge is None else STOCHASTIC_METRICS)}
+    if judge is None:
+        return {**row, **judge_map(out.x, problem.x_ref, out.nfe, t0)}
+    return {**row, "nfe": out.nfe, "seconds": time.perf_counter() - t0, **judge(out.x)}
 
 
-def sgm_rows(problem: Problem, nfes) -> list[dict]:
-    """Every ``sgm_configs`` configuration on every spacing (continuous on ``problem.sde`` with the exact score,
-    chain spacings on ``problem.chain_sde`` with ``on_chain_score``) at every budget."""
+def sgm_rows(problem: Problem, nfes, configs=None, judge: Judge | None = None, seed: int = 0) -> list[dict]:
+    """Every configuration of ``configs`` (default ``sgm_configs()``) on every spacing (continuous on
+    ``problem.sde`` with the exact score, chain spacings on ``problem.chain_sde`` with ``on_chain_score``) at every
+    budget, scored by ``judge`` (default: map error; see ``_sgm_row``), any noise from a generator seeded
+    ``seed + 10``."""
     scores = {False: problem.target.score_fn(problem.sde), True: on_chain_score(problem.target, problem.chain)}
     rows = []
-    for name, options in sgm_configs():
+    for name, options in sgm_configs() if configs is None else configs:
         solver = samplers.solver(name, **options)
         for spacing, nfe in itertools.product(CONTINUOUS_SPACINGS + CHAIN_SPACINGS, nfes):
             steps = solver.steps_for_nfe(nfe)
             if steps is None:
                 continue
             on_chain = spacing in CHAIN_SPACINGS
+            kw = {"spacing": spacing, "train_steps": TRAIN_STEPS, "generator": torch.Generator().manual_seed(seed + 10)}
             row = _sgm_row(problem, scores[on_chain], problem.chain_sde if on_chain else problem.sde, name, options,
-                           nfe, steps, label(name, options, spacing), {"spacing": spacing, "train_steps": TRAIN_STEPS})
+                           nfe, steps, label(name, options, spacing), kw, judge)
             if row is not None:
                 rows.append(row)
     return rows

@@ -1,7 +1,8 @@
 """The sweep and its command (``sgm bench``, ``python benchmarks/sweep.py``): for each target and SDE, the curves
-(every sampler at each budget of ``NFE_GRID``, the adaptive ODE over ``TOLERANCES``, all metrics) and the
+(every sampler at each budget of ``NFE_GRID``, the adaptive ODE over ``TOLERANCES``, all metrics), the
 comparison (every deterministic configuration of sgm and of each installed peer at each budget of
-``COMPARE_NFE``, map error), then the report."""
+``COMPARE_NFE``, map error) and the stochastic leg (every stochastic configuration of sgm and of each installed
+peer at each budget of ``STOCHASTIC_NFE``, distribution error against the exact target), then the report."""
 from __future__ import annotations
 
 import json
@@ -11,19 +12,22 @@ import time
 import torch
 
 from . import report
-from .judge import distribution_metrics, floors
-from .peers import peer_rows
+from .judge import distribution_metrics, floors, judge_stochastic, stochastic_floors
+from .peers import peer_rows, stochastic_peer_rows
 from .problems import TARGETS, Problem, make_problem, make_targets
-from .runs import checkpoint_rows, curve_rows, optimized_rows, sgm_rows
+from .runs import checkpoint_rows, curve_rows, optimized_rows, sgm_rows, stochastic_configs
 
 __all__ = ["NFE_GRID", "QUICK_NFE", "TOLERANCES", "QUICK_TOLERANCES", "COMPARE_NFE", "QUICK_COMPARE_NFE",
-           "compare_rows", "run_sweep", "add_arguments", "check_checkpoint", "run_from_args", "main"]
+           "STOCHASTIC_NFE", "STOCHASTIC_N", "compare_rows", "stochastic_rows", "run_sweep", "add_arguments",
+           "check_checkpoint", "run_from_args", "main"]
 
 NFE_GRID = (5, 10, 20, 50, 100, 200, 500, 1000)
 QUICK_NFE = (5, 10, 20, 50)
 TOLERANCES = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5)
 QUICK_TOLERANCES = (1e-2, 1e-4)
 COMPARE_NFE = QUICK_COMPARE_NFE = (5, 10, 20)
+STOCHASTIC_NFE = (5, 10, 20, 50)
+STOCHASTIC_N = 2000  # samples per stochastic run (quick: 500)
 
 
 def compare_rows(problem: Problem, nfes, seed: int = 0, peers: bool = True, optimise: bool = True) -> list[dict]:
@@ -34,19 +38,36 @@ def compare_rows(problem: Problem, nfes, seed: int = 0, peers: bool = True, opti
     return rows + (peer_rows(problem, nfes) if peers else [])
 
 
+def stochastic_rows(problem: Problem, nfes, seed: int = 0, peers: bool = True) -> list[dict]:
+    """The stochastic leg on ``problem``: sgm's ``stochastic_configs`` on every spacing and every installed peer's
+    stochastic configurations (with ``peers``), each run from the problem's start, its noise seeded ``seed + 10``,
+    scored by ``judge_stochastic`` against one target sample of the problem's size drawn from ``seed + 2``."""
+    target = problem.target
+    reference = target.sample(problem.z.shape[0], generator=torch.Generator().manual_seed(seed + 2))
+
+    def judge(x):
+        return judge_stochastic(x, reference, target, seed)
+
+    rows = sgm_rows(problem, nfes, stochastic_configs(), judge, seed)
+    return rows + (stochastic_peer_rows(problem, nfes, judge, seed + 10) if peers else [])
+
+
 def run_sweep(out_dir: str, quick: bool = False, n: int | None = None, seed: int = 0,
               checkpoint: str | None = None, peers: bool = True, progress: bool = True, curves: bool = True,
-              compare: bool = True, n_compare: int | None = None, targets=None) -> list[dict]:
-    """Run the sweep, write its report to ``out_dir`` and return the curve rows (the comparison's rows and the
-    goal table are in ``results.json``). Seeds: the problem's draw ``seed``, the floors ``seed + 1``, the target
-    sample the curves are judged against ``seed + 2``, SW₂'s directions ``seed + 3``, stochastic samplers'
-    noise ``seed + 10``, ``optimize_grid``'s calibration draws ``seed + 20``."""
+              compare: bool = True, n_compare: int | None = None, targets=None, stochastic: bool = True,
+              n_stochastic: int | None = None) -> list[dict]:
+    """Run the sweep, write its report to ``out_dir`` and return the curve rows (the comparison's and the
+    stochastic leg's rows and goal tables are in ``results.json``). Seeds: the problem's draw ``seed``, the floors
+    ``seed + 1``, the target sample the curves are judged against ``seed + 2``, SW₂'s directions ``seed + 3``,
+    stochastic samplers' noise ``seed + 10``, ``optimize_grid``'s calibration draws ``seed + 20``."""
     os.makedirs(out_dir, exist_ok=True)
+    n_stochastic = n_stochastic or (min(n, STOCHASTIC_N) if n else (500 if quick else STOCHASTIC_N))
     n = n or (500 if quick else 4000)
     n_compare = n_compare or min(n, 1000)
     nfes, tolerances = (QUICK_NFE, QUICK_TOLERANCES) if quick else (NFE_GRID, TOLERANCES)
     compare_nfes = QUICK_COMPARE_NFE if quick else COMPARE_NFE
     rows, compared, floor_metrics, flow_maps, t_start = [], [], {}, {}, time.perf_counter()
+    stochastic_runs, stochastic_floor_metrics = [], {}
     for target_name, target in make_targets(quick, targets).items():
         for sde_name in ("vp", "ve"):
             key = f"{target_name} / {sde_name}"
@@ -64,14 +85,22 @@ def run_sweep(out_dir: str, quick: bool = False, n: int | None = None, seed: int
             if compare:
                 compared += compare_rows(make_problem(target_name, target, sde_name, n_compare, seed), compare_nfes,
                                          seed, peers, optimise=not quick)
+            if stochastic:
+                stochastic_floor_metrics[key] = stochastic_floors(target, n_stochastic, seed + 1)
+                stochastic_runs += stochastic_rows(make_problem(target_name, target, sde_name, n_stochastic, seed),
+                                                   STOCHASTIC_NFE, seed, peers)
             print(f"{key}: {time.perf_counter() - t_start:.0f}s so far", flush=True)
     if checkpoint:
         rows.extend(checkpoint_rows(checkpoint, nfes, seed, progress))
     goal = report.goal_table(compared) if compared else []
-    meta = {"seed": seed, "n": n, "n_compare": n_compare, "quick": quick, "nfe_grid": list(nfes),
-            "compare_nfe": list(compare_nfes), "tolerances": list(tolerances), "floors": floor_metrics,
-            "flow_map": flow_maps, "seconds": time.perf_counter() - t_start, "versions": report.versions()}
-    report.write(out_dir, rows, meta, compared, goal)
+    stochastic_goal = report.goal_table(stochastic_runs, report.STOCHASTIC_GOAL_NFE, ("diffusers", "k-diffusion"),
+                                        report.STOCHASTIC_GOAL_METRIC) if stochastic_runs else []
+    meta = {"seed": seed, "n": n, "n_compare": n_compare, "n_stochastic": n_stochastic, "quick": quick,
+            "nfe_grid": list(nfes), "compare_nfe": list(compare_nfes), "stochastic_nfe": list(STOCHASTIC_NFE),
+            "tolerances": list(tolerances), "floors": floor_metrics, "flow_map": flow_maps,
+            "stochastic_floors": stochastic_floor_metrics, "seconds": time.perf_counter() - t_start,
+            "versions": report.versions()}
+    report.write(out_dir, rows, meta, compared, goal, stochastic_runs, stochastic_goal)
     return rows
 
 
@@ -80,7 +109,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", default="benchmarks/results", help="folder for results.csv/.json and figures")
     parser.add_argument("--quick", action="store_true", help="2-D only, NFE up to 50, 500 samples, the comparison without "
                         "optimised grids")
-    parser.add_argument("--n", type=int, default=None, help="samples per run (default 4000, the comparison 1000; 500 with --quick)")
+    parser.add_argument("--n", type=int, default=None, help="samples per run (default 4000, the comparison 1000, the "
+                        "stochastic leg 2000; 500 with --quick)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint", default=None, help="a trained digits checkpoint to sweep as well (a network on a CPU: "
                         "use with --quick, which took 9.4 min for the 8×8 U-Net on 2 cores)")
@@ -88,8 +118,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--progress", action="store_true", help="progress bars for each run")
     parser.add_argument("--targets", nargs="+", choices=tuple(TARGETS), default=None,
                         help="the targets to run (default: all; the 2-D ring with --quick)")
-    parser.add_argument("--only", choices=("curves", "compare"), default=None,
-                        help="run only the curves (all metrics) or only the sgm-vs-peers comparison (map error)")
+    parser.add_argument("--only", choices=("curves", "compare", "stochastic"), default=None,
+                        help="run only the curves (all metrics), only the sgm-vs-peers comparison (map error) or only "
+                        "the stochastic leg (distribution error, sgm and peers)")
 
 
 def check_checkpoint(path: str) -> None:
@@ -111,16 +142,20 @@ def run_from_args(args) -> int:
         check_checkpoint(args.checkpoint)
     t0 = time.perf_counter()
     rows = run_sweep(args.out, quick=args.quick, n=args.n, seed=args.seed, checkpoint=args.checkpoint,
-                     peers=not args.no_peers, progress=args.progress, curves=args.only != "compare",
-                     compare=args.only != "curves", targets=args.targets)
+                     peers=not args.no_peers, progress=args.progress, curves=args.only in (None, "curves"),
+                     compare=args.only in (None, "compare"), targets=args.targets,
+                     stochastic=args.only in (None, "stochastic"))
     with open(os.path.join(args.out, "results.json")) as f:
-        goal = json.load(f)["goal"]
+        written = json.load(f)
+    goal = written["goal"]
     print(f"{len(rows)} curve runs in {time.perf_counter() - t0:.0f}s; wrote {args.out}/results.csv, compare.csv, "
           f"goal.md, results.json and figures")
     if rows:
         print(report.summary_table(rows, (10, 20)))
     if goal:
         print(report.goal_markdown(goal))
+    if written["stochastic_goal"]:
+        print(report.stochastic_markdown(written["stochastic_goal"], written["meta"]["stochastic_floors"]))
     return 0
 
 

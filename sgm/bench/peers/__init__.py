@@ -1,16 +1,18 @@
 """The peers: other libraries' samplers on the same problems, from the same draw ``z``, driven by the exact model.
 
 Each peer library is one module here, named in ``PEERS``, with ``available()`` (whether the library is
-installed) and ``rows(problem, nfes)`` (its comparison rows, ``side`` the library's name: the map error of every
-configuration a user could pick at each budget). A new library is a new module and its entry in ``PEERS``.
+installed) and the legs it runs: ``rows(problem, nfes)`` (the comparison rows, ``side`` the library's name: the map
+error of every deterministic configuration a user could pick at each budget) and ``stochastic_rows(problem, nfes,
+judge, seed)`` (every stochastic configuration at each budget, scored by ``judge(x)``, noise seeded ``seed``).
+A new library is a new module and its entry in ``PEERS``.
 """
 from __future__ import annotations
 
 from importlib import import_module
 
-__all__ = ["PEERS", "installed", "peer_rows"]
+__all__ = ["PEERS", "installed", "peer_rows", "stochastic_peer_rows"]
 
-PEERS = ("diffusers",)
+PEERS = ("diffusers", "k_diffusion")
 
 
 def installed() -> list:
@@ -20,5 +22,11 @@ def installed() -> list:
 
 
 def peer_rows(problem, nfes) -> list[dict]:
-    """Every installed peer's rows on ``problem`` at the budgets ``nfes``."""
-    return [row for module in installed() for row in module.rows(problem, nfes)]
+    """Every installed peer's comparison rows on ``problem`` at the budgets ``nfes``."""
+    return [row for module in installed() if hasattr(module, "rows") for row in module.rows(problem, nfes)]
+
+
+def stochastic_peer_rows(problem, nfes, judge, seed: int) -> list[dict]:
+    """Every installed peer's stochastic rows on ``problem`` at the budgets ``nfes``, scored by ``judge``."""
+    return [row for module in installed() if hasattr(module, "stochastic_rows")
+            for row in module.stochastic_rows(problem, nfes, judge, seed)]

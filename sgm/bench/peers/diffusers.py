@@ -5,12 +5,19 @@ singlestep; UniPC bh1 and bh2; DEIS; Heun; Euler; LMS — each over its variants
 spacings ``SPACINGS`` where the class takes ``timestep_spacing`` and with the default sigmas or one of
 ``SIGMA_OPTIONS`` where its constructor offers it.
 
+**Stochastic configurations** (``stochastic_configs``, from ``STOCHASTIC_FAMILIES``, crossed the same way): DDPM
+(variances β̃ and β), Euler-ancestral, KDPM2-ancestral, SDE-DPM-Solver++ 1–3 (midpoint, heun), SA-Solver
+(predictor and corrector orders 1–3, its default data prediction and τ window: the noise-prediction variant and
+other τ are left out to keep the sweep within minutes) and DPM-Solver SDE (torchsde's Brownian tree). Their runs (``stochastic_rows``) draw noise from a generator seeded ``seed`` (DPM-Solver SDE:
+``noise_sampler_seed = seed``) and are scored by a distribution ``judge``.
+
 **The chain** is given as ``trained_betas`` from ``ᾱ_i = 1/(1 + σ_i²)`` (``vp_betas``): DDPM's own betas on VP,
 NCSN's levels on VE (every deterministic sampler depends only on the noise levels and ``x/scale``, so this is
 the VE probability flow exactly, in VP coordinates). A run starts as diffusers' users start, from
 ``z·init_noise_sigma``; at its k-th call the scheduler gets the exact ``ε`` at the noise level it integrates
-with: its own ``sigmas[k]`` where it keeps sigmas, else ``σ`` of its ``alphas_cumprod[t]``. The steps for a
-budget are the most whose ``timesteps`` (one model call each) fit.
+with (``noise_level``): its own ``sigmas[k]`` where it keeps sigmas, else ``σ`` of its ``alphas_cumprod[t]``; a
+σ-based scheduler's midpoint stage (KDPM2-ancestral, DPM-Solver SDE) the σ of that stage. The steps for a budget
+are the most whose ``timesteps`` (one model call each) fit.
 """
 from __future__ import annotations
 
@@ -24,11 +31,11 @@ from dataclasses import dataclass
 import torch
 
 from ... import DiscreteChain
-from ..judge import failed, judge_map
+from ..judge import STOCHASTIC_METRICS, failed, judge_map
 from ..problems import Problem, eps_at
 
-__all__ = ["FAMILIES", "SPACINGS", "SIGMA_OPTIONS", "Config", "available", "configs", "vp_betas", "make_scheduler",
-           "row", "rows"]
+__all__ = ["FAMILIES", "STOCHASTIC_FAMILIES", "SPACINGS", "SIGMA_OPTIONS", "Config", "available", "configs",
+           "stochastic_configs", "vp_betas", "make_scheduler", "noise_level", "row", "rows", "stochastic_rows"]
 
 # (family label template, scheduler class, option axes). Timestep spacings and sigma options are crossed in
 # where the class's constructor takes them; labels fill the template from the options.
@@ -53,6 +60,16 @@ FAMILIES = (
     ("Euler", "EulerDiscreteScheduler", {}),
     ("LMS", "LMSDiscreteScheduler", {}),
 )
+STOCHASTIC_FAMILIES = (
+    ("DDPM {variance_type}", "DDPMScheduler", {"variance_type": ("fixed_small", "fixed_large"), "clip_sample": (False,)}),
+    ("Euler ancestral", "EulerAncestralDiscreteScheduler", {}),
+    ("KDPM2 ancestral", "KDPM2AncestralDiscreteScheduler", {}),
+    ("SDE-DPM-Solver++ {solver_order}M {solver_type}", "DPMSolverMultistepScheduler",
+     {"algorithm_type": ("sde-dpmsolver++",), "solver_order": (1, 2, 3), "solver_type": ("midpoint", "heun")}),
+    ("SA-Solver {predictor_order}/{corrector_order} {algorithm_type}", "SASolverScheduler",
+     {"predictor_order": (1, 2, 3), "corrector_order": (1, 2, 3), "algorithm_type": ("data_prediction",)}),
+    ("DPM-Solver SDE", "DPMSolverSDEScheduler", {}),
+)
 SPACINGS = ("trailing", "leading", "linspace")
 SIGMA_OPTIONS = ("use_karras_sigmas", "use_lu_lambdas", "use_exponential_sigmas", "use_beta_sigmas")
 
@@ -76,15 +93,15 @@ def available() -> bool:
     return True
 
 
-def configs() -> list[Config]:
-    """Every configuration of ``FAMILIES`` × the timestep spacings × (default sigmas or one sigma option) that the
+def configs(families=FAMILIES) -> list[Config]:
+    """Every configuration of ``families`` × the timestep spacings × (default sigmas or one sigma option) that the
     installed diffusers offers; [] without diffusers."""
     if not available():
         return []
     import diffusers
 
     out = []
-    for template, cls_name, axes in FAMILIES:
+    for template, cls_name, axes in families:
         cls = getattr(diffusers, cls_name, None)
         if cls is None:
             continue
@@ -98,6 +115,15 @@ def configs() -> list[Config]:
                               + ([sigma.removeprefix("use_").replace("_", "-")] if sigma else []))
             out.append(Config(label, cls_name, tuple({**options, **extra}.items())))
     return out
+
+
+def stochastic_configs() -> list[Config]:
+    """``configs`` of ``STOCHASTIC_FAMILIES`` (DPM-Solver SDE only where torchsde imports)."""
+    try:
+        import torchsde  # noqa: F401
+    except ImportError:
+        return [c for c in configs(STOCHASTIC_FAMILIES) if c.scheduler != "DPMSolverSDEScheduler"]
+    return configs(STOCHASTIC_FAMILIES)
 
 
 def vp_betas(chain: DiscreteChain) -> list[float]:
@@ -129,17 +155,38 @@ def make_scheduler(config: Config, betas: list[float], nfe: int):
     return scheduler, steps
 
 
+def noise_level(scheduler, k: int, t) -> float:
+    """The noise level of the scheduler's ``k``-th model call (at timestep ``t``): its own ``sigmas[k]`` where it
+    keeps sigmas, else ``σ`` of its ``alphas_cumprod[t]``; but a σ-based scheduler gives the model
+    ``x/√(σ² + 1)`` with the σ of its stage, which at a midpoint stage (KDPM2-ancestral's ``sigmas_interpol``,
+    DPM-Solver SDE's ``mid_point_sigma``) is not ``sigmas[k]``: there σ is read off that factor
+    (``√(1/c² - 1)``; diffusers rounds ``c`` to float32, ≤ 3e-4 relative in σ at σ = 0.01)."""
+    sigmas = getattr(scheduler, "sigmas", None)
+    if sigmas is None:
+        abar = float(scheduler.alphas_cumprod[int(t)])
+        return math.sqrt((1 - abar) / abar)
+    sigma = float(sigmas[k])
+    c = float(scheduler.scale_model_input(torch.ones((), dtype=torch.float64), t))
+    staged = math.sqrt(max(1 / c**2 - 1, 0.0))
+    return sigma if c == 1.0 or math.isclose(staged, sigma, rel_tol=1e-3) else staged
+
+
 def row(config: Config, problem: Problem, nfe: int, betas: list[float] | None = None,
-        seen: dict | None = None) -> dict | None:
-    """One run of ``config`` from ``z·init_noise_sigma`` (see the module docstring). Any failure or non-finite
-    result is a diverged row with the error; None when the budget is below 2 steps. ``seen`` caches results by
-    schedule (class, options but the spacing, timesteps, sigmas): a configuration whose spacing the scheduler
-    ignores (Karras sigmas, …) reuses the identical run's result, naming it in ``same_as``."""
+        seen: dict | None = None, judge=None, seed: int = 0) -> dict | None:
+    """One run of ``config`` from ``z·init_noise_sigma`` (see the module docstring), scored by ``judge(x)`` (a
+    stochastic run: its metrics and ``diverged``, noise seeded ``seed``) or by its map error. Any failure or
+    non-finite result is a diverged row with the error; None when the budget is below 2 steps. ``seen`` caches
+    results by schedule (class, options but the spacing, timesteps, sigmas): a configuration whose spacing the
+    scheduler ignores (Karras sigmas, …) reuses the identical run's result, naming it in ``same_as``."""
     out = {"target": problem.target_name, "sde": problem.sde_name, "side": "diffusers", "sampler": config.label,
            "nfe_budget": nfe}
     t0 = time.perf_counter()
+    options = dict(config.options)
+    if judge is not None and config.scheduler == "DPMSolverSDEScheduler":
+        options["noise_sampler_seed"] = seed
     try:
-        scheduler, steps = make_scheduler(config, betas or vp_betas(problem.chain), nfe)
+        scheduler, steps = make_scheduler(Config(config.label, config.scheduler, tuple(options.items())),
+                                          betas or vp_betas(problem.chain), nfe)
         if scheduler is None:
             return None
         out["steps"] = steps
@@ -148,26 +195,42 @@ def row(config: Config, problem: Problem, nfe: int, betas: list[float] | None = 
                tuple(scheduler.timesteps.tolist()), tuple(sigmas.tolist()) if sigmas is not None else None)
         if seen is not None and key in seen:
             return {**seen[key], **out, "same_as": seen[key]["sampler"]}
-        abar = scheduler.alphas_cumprod.double()
+        takes = inspect.signature(scheduler.step).parameters
+        noise = {"generator": torch.Generator().manual_seed(seed)} if judge is not None and "generator" in takes \
+            else {}
         x = problem.z * float(scheduler.init_noise_sigma)
         for k, t in enumerate(scheduler.timesteps):
-            sigma = float(sigmas[k]) if sigmas is not None else math.sqrt((1 - abar[int(t)]) / abar[int(t)])
-            x = scheduler.step(eps_at(problem.target, scheduler.scale_model_input(x, t), sigma), t, x).prev_sample
-        out.update(judge_map(x, problem.x_ref, len(scheduler.timesteps), t0))
+            eps = eps_at(problem.target, scheduler.scale_model_input(x, t), noise_level(scheduler, k, t))
+            x = scheduler.step(eps, t, x, **noise).prev_sample
+        if judge is None:
+            out.update(judge_map(x, problem.x_ref, len(scheduler.timesteps), t0))
+        else:
+            out.update({"nfe": len(scheduler.timesteps), "seconds": time.perf_counter() - t0, **judge(x)})
         if seen is not None:
             seen[key] = out
         return out
     except Exception as e:  # a configuration diffusers rejects or that breaks down is a row, not a crash
-        return {**out, **failed(e, t0)}
+        return {**out, **failed(e, t0, keys=("map_error",) if judge is None else STOCHASTIC_METRICS)}
 
 
-def rows(problem: Problem, nfes) -> list[dict]:
-    """Every configuration of ``configs`` at every budget on ``problem``."""
+def _rows(problem: Problem, nfes, made: list[Config], judge=None, seed: int = 0) -> list[dict]:
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.set_verbosity_error()
     betas, seen = vp_betas(problem.chain), {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # diffusers deprecates its DPM-Solver (ε): still a choice
-        made = [row(c, problem, nfe, betas, seen) for c in configs() for nfe in nfes]
-    return [r for r in made if r is not None]
+        warnings.filterwarnings("ignore", "Should have", UserWarning)  # torchsde: float32 ends of the tree's interval
+        out = [row(c, problem, nfe, betas, seen, judge, seed) for c in made for nfe in nfes]
+    return [r for r in out if r is not None]
+
+
+def rows(problem: Problem, nfes) -> list[dict]:
+    """Every configuration of ``configs`` at every budget on ``problem``, by map error."""
+    return _rows(problem, nfes, configs())
+
+
+def stochastic_rows(problem: Problem, nfes, judge, seed: int) -> list[dict]:
+    """Every configuration of ``stochastic_configs`` at every budget on ``problem``, scored by ``judge(x)``
+    (``STOCHASTIC_METRICS`` and ``diverged``), noise seeded ``seed``."""
+    return _rows(problem, nfes, stochastic_configs(), judge, seed)

@@ -16,14 +16,24 @@ needs_diffusers = pytest.mark.skipif(not peer.available(), reason="diffusers is 
 
 
 def test_every_peer_module_offers_the_peer_functions(bench_problems, monkeypatch):
+    """Each module has ``available`` and at least one leg (``rows``, ``stochastic_rows``); a leg a module does not
+    run contributes no rows."""
     for name in peers.PEERS:
         module = importlib.import_module(f"sgm.bench.peers.{name}")
-        assert callable(module.available) and callable(module.rows)
+        legs = [getattr(module, leg, None) for leg in ("rows", "stochastic_rows")]
+        assert callable(module.available) and any(callable(leg) for leg in legs), name
+    kd = importlib.import_module("sgm.bench.peers.k_diffusion")
+    monkeypatch.setattr(kd, "available", lambda: True)
+    monkeypatch.setattr(kd, "stochastic_rows", lambda problem, nfes, judge, seed: [{"side": "k-diffusion"}])
     monkeypatch.setattr(peer, "rows", lambda problem, nfes: [{"side": "diffusers", "nfe_budget": n} for n in nfes])
     monkeypatch.setattr(peer, "available", lambda: True)
     assert peers.peer_rows(bench_problems["vp"], (5, 10)) == [{"side": "diffusers", "nfe_budget": 5},
                                                               {"side": "diffusers", "nfe_budget": 10}]
+    monkeypatch.setattr(peer, "stochastic_rows", lambda problem, nfes, judge, seed: [{"side": "diffusers"}])
+    assert peers.stochastic_peer_rows(bench_problems["vp"], (5,), None, 0) == [{"side": "diffusers"},
+                                                                               {"side": "k-diffusion"}]
     monkeypatch.setattr(peer, "available", lambda: False)
+    monkeypatch.setattr(kd, "available", lambda: False)
     assert peers.installed() == [] and peers.peer_rows(bench_problems["vp"], (5,)) == []
 
 

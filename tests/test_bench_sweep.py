@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from sgm.bench import report, runs, sweep
 from sgm.bench.peers import diffusers as peer
 
@@ -19,7 +21,11 @@ def test_sgm_bench_is_the_sweeps_command():
 
     args = build_parser().parse_args(["bench", "--quick", "--only", "compare", "--targets", "16d mixture"])
     assert args.func is sweep.run_from_args and args.quick and args.only == "compare"
-    assert args.targets == ["16d mixture"] and args.out == "benchmarks/results"
+    assert args.targets == ["16d mixture"] and args.out == "benchmarks/results" and args.stochastic_nfe is None
+    args = build_parser().parse_args(["bench", "--only", "stochastic", "--stochastic-nfe", "10", "20"])
+    assert args.only == "stochastic" and args.stochastic_nfe == [10, 20]
+    with pytest.raises(ValueError, match="--stochastic-nfe"):
+        sweep.run_from_args(build_parser().parse_args(["bench", "--stochastic-nfe", "0"]))
 
 
 def test_quick_sweep_writes_every_run_and_figure(tmp_path, monkeypatch):
@@ -28,7 +34,7 @@ def test_quick_sweep_writes_every_run_and_figure(tmp_path, monkeypatch):
     monkeypatch.setattr(sweep, "QUICK_TOLERANCES", (1e-2,))
     configs = [c for c in peer.configs() if c.label.endswith("trailing")][:3]
     monkeypatch.setattr(peer, "configs", lambda: configs)
-    rows = sweep.run_sweep(str(tmp_path), quick=True, n=200, progress=False)
+    rows = sweep.run_sweep(str(tmp_path), quick=True, n=200, progress=False, stochastic=False)  # test_bench_stochastic
     per_sde = len(list(runs.budgeted((5, 10)))) + 1
     assert len(rows) == 2 * per_sde
     assert not any(r["diverged"] for r in rows if r["nfe_budget"] == 10)

@@ -136,15 +136,18 @@ def _product(axes: dict) -> list[dict]:
 
 
 def _configs(stochastic: bool) -> list[tuple[str, dict]]:
-    configs = []
+    configs, seen = [], set()
     for name in samplers.available():
         entry = samplers.entry(name)
-        sets = _product(dict(entry.sweep)) + ([dict(c) for c in entry.curves] if stochastic else [])
-        for options in [o for i, o in enumerate(sets) if o not in sets[:i]]:
+        extra = [(dict(c), True) for c in entry.curves] if stochastic else []
+        for options, once in [(o, False) for o in _product(dict(entry.sweep))] + extra:
             try:
                 solver = samplers.solver(name, **options)
             except (ValueError, TypeError):
                 continue
+            if once and repr(solver) in seen:  # a curves set that is one of the sweep's solvers
+                continue
+            seen.add(repr(solver))
             if solver.stochastic == stochastic and solver.evals_per_step is not None:
                 configs.append((name, options))
     return configs
@@ -158,7 +161,8 @@ def sgm_configs() -> list[tuple[str, dict]]:
 
 def stochastic_configs() -> list[tuple[str, dict]]:
     """``(sampler, options)`` for every registered fixed-step sampler option set that draws noise: each valid
-    combination of its entry's ``sweep`` axes and each of its ``curves`` option sets, once each."""
+    combination of its entry's ``sweep`` axes and each of its ``curves`` option sets that is not one of them (the
+    same solver)."""
     return _configs(stochastic=True)
 
 

@@ -18,8 +18,8 @@ from .problems import TARGETS, Problem, make_problem, make_targets
 from .runs import checkpoint_rows, curve_rows, optimized_rows, sgm_rows, stochastic_configs
 
 __all__ = ["NFE_GRID", "QUICK_NFE", "TOLERANCES", "QUICK_TOLERANCES", "COMPARE_NFE", "QUICK_COMPARE_NFE",
-           "STOCHASTIC_NFE", "STOCHASTIC_N", "compare_rows", "stochastic_rows", "run_sweep", "add_arguments",
-           "check_checkpoint", "run_from_args", "main"]
+           "STOCHASTIC_NFE", "QUICK_STOCHASTIC_NFE", "STOCHASTIC_N", "compare_rows", "stochastic_rows", "run_sweep",
+           "add_arguments", "check_checkpoint", "run_from_args", "main"]
 
 NFE_GRID = (5, 10, 20, 50, 100, 200, 500, 1000)
 QUICK_NFE = (5, 10, 20, 50)
@@ -27,6 +27,7 @@ TOLERANCES = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5)
 QUICK_TOLERANCES = (1e-2, 1e-4)
 COMPARE_NFE = QUICK_COMPARE_NFE = (5, 10, 20)
 STOCHASTIC_NFE = (5, 10, 20, 50)
+QUICK_STOCHASTIC_NFE = (10, 20)  # the goal's budgets
 STOCHASTIC_N = 2000  # samples per stochastic run (quick: 500)
 
 
@@ -55,7 +56,7 @@ def stochastic_rows(problem: Problem, nfes, seed: int = 0, peers: bool = True) -
 def run_sweep(out_dir: str, quick: bool = False, n: int | None = None, seed: int = 0,
               checkpoint: str | None = None, peers: bool = True, progress: bool = True, curves: bool = True,
               compare: bool = True, n_compare: int | None = None, targets=None, stochastic: bool = True,
-              n_stochastic: int | None = None) -> list[dict]:
+              n_stochastic: int | None = None, stochastic_nfe=None) -> list[dict]:
     """Run the sweep, write its report to ``out_dir`` and return the curve rows (the comparison's and the
     stochastic leg's rows and goal tables are in ``results.json``). Seeds: the problem's draw ``seed``, the floors
     ``seed + 1``, the target sample the curves are judged against ``seed + 2``, SW₂'s directions ``seed + 3``,
@@ -68,6 +69,7 @@ def run_sweep(out_dir: str, quick: bool = False, n: int | None = None, seed: int
     compare_nfes = QUICK_COMPARE_NFE if quick else COMPARE_NFE
     rows, compared, floor_metrics, flow_maps, t_start = [], [], {}, {}, time.perf_counter()
     stochastic_runs, stochastic_floor_metrics = [], {}
+    stochastic_nfe = tuple(stochastic_nfe or (QUICK_STOCHASTIC_NFE if quick else STOCHASTIC_NFE))
     for target_name, target in make_targets(quick, targets).items():
         for sde_name in ("vp", "ve"):
             key = f"{target_name} / {sde_name}"
@@ -88,7 +90,7 @@ def run_sweep(out_dir: str, quick: bool = False, n: int | None = None, seed: int
             if stochastic:
                 stochastic_floor_metrics[key] = stochastic_floors(target, n_stochastic, seed + 1)
                 stochastic_runs += stochastic_rows(make_problem(target_name, target, sde_name, n_stochastic, seed),
-                                                   STOCHASTIC_NFE, seed, peers)
+                                                   stochastic_nfe, seed, peers)
             print(f"{key}: {time.perf_counter() - t_start:.0f}s so far", flush=True)
     if checkpoint:
         rows.extend(checkpoint_rows(checkpoint, nfes, seed, progress))
@@ -96,7 +98,7 @@ def run_sweep(out_dir: str, quick: bool = False, n: int | None = None, seed: int
     stochastic_goal = report.goal_table(stochastic_runs, report.STOCHASTIC_GOAL_NFE, ("diffusers", "k-diffusion"),
                                         report.STOCHASTIC_GOAL_METRIC) if stochastic_runs else []
     meta = {"seed": seed, "n": n, "n_compare": n_compare, "n_stochastic": n_stochastic, "quick": quick,
-            "nfe_grid": list(nfes), "compare_nfe": list(compare_nfes), "stochastic_nfe": list(STOCHASTIC_NFE),
+            "nfe_grid": list(nfes), "compare_nfe": list(compare_nfes), "stochastic_nfe": list(stochastic_nfe),
             "tolerances": list(tolerances), "floors": floor_metrics, "flow_map": flow_maps,
             "stochastic_floors": stochastic_floor_metrics, "seconds": time.perf_counter() - t_start,
             "versions": report.versions()}
@@ -118,6 +120,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--progress", action="store_true", help="progress bars for each run")
     parser.add_argument("--targets", nargs="+", choices=tuple(TARGETS), default=None,
                         help="the targets to run (default: all; the 2-D ring with --quick)")
+    parser.add_argument("--stochastic-nfe", type=int, nargs="+", default=None,
+                        help=f"the stochastic leg's budgets (default {' '.join(map(str, STOCHASTIC_NFE))}; "
+                        f"{' '.join(map(str, QUICK_STOCHASTIC_NFE))} with --quick)")
     parser.add_argument("--only", choices=("curves", "compare", "stochastic"), default=None,
                         help="run only the curves (all metrics), only the sgm-vs-peers comparison (map error) or only "
                         "the stochastic leg (distribution error, sgm and peers)")
@@ -138,13 +143,15 @@ def run_from_args(args) -> int:
     """Run the sweep the parsed ``args`` ask for and print its summary and goal tables."""
     if args.n is not None and args.n < 1:
         raise ValueError(f"--n must be an integer >= 1, got {args.n}")
+    if args.stochastic_nfe is not None and min(args.stochastic_nfe) < 1:
+        raise ValueError(f"--stochastic-nfe must be integers >= 1, got {args.stochastic_nfe}")
     if args.checkpoint:
         check_checkpoint(args.checkpoint)
     t0 = time.perf_counter()
     rows = run_sweep(args.out, quick=args.quick, n=args.n, seed=args.seed, checkpoint=args.checkpoint,
                      peers=not args.no_peers, progress=args.progress, curves=args.only in (None, "curves"),
                      compare=args.only in (None, "compare"), targets=args.targets,
-                     stochastic=args.only in (None, "stochastic"))
+                     stochastic=args.only in (None, "stochastic"), stochastic_nfe=args.stochastic_nfe)
     with open(os.path.join(args.out, "results.json")) as f:
         written = json.load(f)
     goal = written["goal"]

@@ -7,8 +7,10 @@ spacings ``SPACINGS`` where the class takes ``timestep_spacing`` and with the de
 
 **Stochastic configurations** (``stochastic_configs``, from ``STOCHASTIC_FAMILIES``, crossed the same way): DDPM
 (variances β̃ and β), Euler-ancestral, KDPM2-ancestral, SDE-DPM-Solver++ 1–3 (midpoint, heun), SA-Solver
-(predictor and corrector orders 1–3, its default data prediction and τ window: the noise-prediction variant and
-other τ are left out to keep the sweep within minutes) and DPM-Solver SDE (torchsde's Brownian tree). Their runs (``stochastic_rows``) draw noise from a generator seeded ``seed`` (DPM-Solver SDE:
+(predictor and corrector orders 1–3 paired as (1, 1), (2, 2), (3, 3) — diffusers' default is (2, 2) — with its
+default data prediction and τ window; the other pairs, the noise-prediction variant and other τ are left out to
+keep the sweep within minutes on 2 cores) and DPM-Solver SDE (torchsde's Brownian tree). Their runs
+(``stochastic_rows``) draw noise from a generator seeded ``seed`` (DPM-Solver SDE:
 ``noise_sampler_seed = seed``) and are scored by a distribution ``judge``.
 
 **The chain** is given as ``trained_betas`` from ``ᾱ_i = 1/(1 + σ_i²)`` (``vp_betas``): DDPM's own betas on VP,
@@ -61,13 +63,16 @@ FAMILIES = (
     ("LMS", "LMSDiscreteScheduler", {}),
 )
 STOCHASTIC_FAMILIES = (
-    ("DDPM {variance_type}", "DDPMScheduler", {"variance_type": ("fixed_small", "fixed_large"), "clip_sample": (False,)}),
+    ("DDPM {variance_type}", "DDPMScheduler",
+     {"variance_type": ("fixed_small", "fixed_large"), "clip_sample": (False,)}),
     ("Euler ancestral", "EulerAncestralDiscreteScheduler", {}),
     ("KDPM2 ancestral", "KDPM2AncestralDiscreteScheduler", {}),
+    ("SDE-DPM-Solver++ 1M", "DPMSolverMultistepScheduler", {"algorithm_type": ("sde-dpmsolver++",),
+                                                             "solver_order": (1,)}),  # its solver type: unused
     ("SDE-DPM-Solver++ {solver_order}M {solver_type}", "DPMSolverMultistepScheduler",
-     {"algorithm_type": ("sde-dpmsolver++",), "solver_order": (1, 2, 3), "solver_type": ("midpoint", "heun")}),
-    ("SA-Solver {predictor_order}/{corrector_order} {algorithm_type}", "SASolverScheduler",
-     {"predictor_order": (1, 2, 3), "corrector_order": (1, 2, 3), "algorithm_type": ("data_prediction",)}),
+     {"algorithm_type": ("sde-dpmsolver++",), "solver_order": (2, 3), "solver_type": ("midpoint", "heun")}),
+    *(("SA-Solver {predictor_order}/{corrector_order}", "SASolverScheduler",  # orders paired: see the docstring
+       {"predictor_order": (order,), "corrector_order": (order,)}) for order in (1, 2, 3)),
     ("DPM-Solver SDE", "DPMSolverSDEScheduler", {}),
 )
 SPACINGS = ("trailing", "leading", "linspace")

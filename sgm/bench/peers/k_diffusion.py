@@ -177,7 +177,9 @@ def run(config: Config, problem: Problem, nfe: int, seed: int, z: Tensor | None 
         count += 1
         return exact(x_, sigma)
 
-    x = getattr(kd, f"sample_{config.sampler}")(model, x, levels, disable=True, noise_sampler=noise)
+    with warnings.catch_warnings():  # torchsde: the float32 ends of the tree's interval
+        warnings.filterwarnings("ignore", "Should have", UserWarning)
+        x = getattr(kd, f"sample_{config.sampler}")(model, x, levels, disable=True, noise_sampler=noise)
     return x, steps, count
 
 
@@ -191,9 +193,7 @@ def stochastic_rows(problem: Problem, nfes, judge, seed: int) -> list[dict]:
                    "sampler": config.label, "nfe_budget": nfe}
             t0 = time.perf_counter()
             try:
-                with warnings.catch_warnings():  # torchsde: the float32 ends of the tree's interval
-                    warnings.filterwarnings("ignore", "Should have", UserWarning)
-                    x, steps, spent = run(config, problem, nfe, seed)
+                x, steps, spent = run(config, problem, nfe, seed)
             except Exception as e:  # a run that breaks down is a row, not a crash
                 out.append({**row, **failed(e, t0, keys=STOCHASTIC_METRICS)})
                 continue

@@ -110,7 +110,7 @@ def add_arguments(parser) -> None:
     """``sgm bench``'s arguments on ``parser``."""
     parser.add_argument("--out", default="benchmarks/results", help="folder for results.csv/.json and figures")
     parser.add_argument("--quick", action="store_true", help="2-D only, NFE up to 50, 500 samples, the comparison without "
-                        "optimised grids")
+                        "optimised grids, no stochastic leg (unless --only stochastic: NFE 10, 20)")
     parser.add_argument("--n", type=int, default=None, help="samples per run (default 4000, the comparison 1000, the "
                         "stochastic leg 2000; 500 with --quick)")
     parser.add_argument("--seed", type=int, default=0)
@@ -151,7 +151,8 @@ def run_from_args(args) -> int:
     rows = run_sweep(args.out, quick=args.quick, n=args.n, seed=args.seed, checkpoint=args.checkpoint,
                      peers=not args.no_peers, progress=args.progress, curves=args.only in (None, "curves"),
                      compare=args.only in (None, "compare"), targets=args.targets,
-                     stochastic=args.only in (None, "stochastic"), stochastic_nfe=args.stochastic_nfe)
+                     stochastic=args.only == "stochastic" or (args.only is None and not args.quick),
+                     stochastic_nfe=args.stochastic_nfe)
     with open(os.path.join(args.out, "results.json")) as f:
         written = json.load(f)
     goal = written["goal"]

@@ -226,6 +226,7 @@ def _rows(problem: Problem, nfes, made: list[Config], judge=None, seed: int = 0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # diffusers deprecates its DPM-Solver (ε): still a choice
         warnings.filterwarnings("ignore", "Should have", UserWarning)  # torchsde: float32 ends of the tree's interval
+        warnings.simplefilter("ignore", DeprecationWarning)  # numpy 2 on KDPM2's σ interpolation
         out = [row(c, problem, nfe, betas, seen, judge, seed) for c in made for nfe in nfes]
     return [r for r in out if r is not None]
 

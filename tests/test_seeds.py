@@ -1,39 +1,64 @@
-"""Per-sample seeds: a sample is the same whatever batch it is drawn in (EDM's per-sample streams)."""
+"""Per-sample seeds: a sample is the same whatever batch it is drawn in, with plain per-sample streams and with one
+Brownian path per sample, for every registered stochastic solver that declares its updates act sample by sample."""
 import pytest
 import torch
 
 import sgm
+from sgm.samplers.noise import counter_normals, stream_keys
+from test_solver_contract import CASES, IDS
 
 SDE = sgm.VPSDE()
 TARGET = sgm.ring_mixture()
 SCORE = TARGET.score_fn(SDE)
 
+_STOCHASTIC = [(c, i) for c, i in zip(CASES, IDS) if sgm.samplers.solver(c[0], **c[1]).stochastic]
+SAMPLEWISE = [(c, i) for c, i in _STOCHASTIC if sgm.samplers.solver(c[0], **c[1]).samplewise]
+COUPLED = [(c, i) for c, i in _STOCHASTIC if not sgm.samplers.solver(c[0], **c[1]).samplewise]
 
-@pytest.mark.parametrize("sampler,options", [("euler_maruyama", {}), ("ancestral", {}), ("langevin", {}),
-                                             ("sde", {"method": "milstein"}), ("ode", {"method": "heun2"})])
-def test_seeds_in_one_batch_equal_seeds_in_batches_of_7(sampler, options):
+
+def _run(sampler, options, seeds, noise):
+    return sgm.sample(SCORE, SDE, (len(seeds), 2), sampler=sampler, steps=6, seeds=seeds, noise=noise,
+                      dtype=torch.float64, **options).x
+
+
+@pytest.mark.parametrize("noise", [None, "brownian"])
+@pytest.mark.parametrize("sampler,options", [c for c, _ in SAMPLEWISE] + [("ode", {"method": "heun2"})],
+                         ids=[i for _, i in SAMPLEWISE] + ["ode-method=heun2"])
+def test_seeds_in_one_batch_equal_seeds_in_batches_of_7(sampler, options, noise):
     seeds = list(range(64))
-    run = lambda s: sgm.sample(SCORE, SDE, (len(s), 2), sampler=sampler, steps=6, seeds=s, dtype=torch.float64,
-                               **options).x
-    whole = run(seeds)
-    parts = torch.cat([run(seeds[i:i + 7]) for i in range(0, 64, 7)])
+    whole = _run(sampler, options, seeds, noise)
+    parts = torch.cat([_run(sampler, options, seeds[i:i + 7], noise) for i in range(0, 64, 7)])
     # the exact mixture score is computed row by row, so equality is exact (no batch-size-dependent reduction)
     assert torch.equal(whole, parts)
     assert len(torch.unique(whole[:, 0])) == 64
-    reordered = run(seeds[::-1])
+    reordered = _run(sampler, options, seeds[::-1], noise)
     assert torch.equal(reordered.flip(0), whole)  # order in the batch does not matter either
 
 
-def test_the_stream_is_the_seed_and_noise_is_drawn():
-    """Sample i's stream is torch.Generator().manual_seed(seeds[i]): x_T is its first draw; a stochastic
-    sampler's result depends on the later draws (same x_T through the ODE and through Euler–Maruyama differ)."""
-    x_t = SDE.prior_std * torch.randn(2, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+@pytest.mark.parametrize("sampler,options", [c for c, _ in COUPLED], ids=[i for _, i in COUPLED])
+def test_a_solver_that_couples_the_batch_declares_it(sampler, options):
+    """The declaration is needed: a solver declared not samplewise (pc's batch-averaged Langevin step, srk's one
+    Lévy-area path) does give other samples in other batches."""
+    seeds = list(range(14))
+    whole = _run(sampler, options, seeds, None)
+    parts = torch.cat([_run(sampler, options, seeds[i:i + 7], None) for i in range(0, 14, 7)])
+    assert not torch.equal(whole, parts)
+
+
+def test_x_T_is_the_first_draw_of_each_seeds_stream_and_noise_is_drawn():
+    """Sample i's x_T is draw 0 of its stream (``counter_normals`` of seed i) times the prior's std; a stochastic
+    sampler's result depends on the later draws (the same x_T through the ODE and Euler–Maruyama differ), and with
+    ``noise="brownian"`` too, the path's own."""
+    x_t = SDE.prior_std * counter_normals(stream_keys([5], 1), 0, 2, torch.float64)
     x_init = x_t.repeat(2, 1)
     ode = sgm.sample(SCORE, SDE, (2, 2), "ode", 4, x_init=x_init, method="euler").x
     seeded = sgm.sample(SCORE, SDE, (2, 2), "ode", 4, seeds=[5, 5], dtype=torch.float64, method="euler").x
     torch.testing.assert_close(seeded, ode, rtol=0, atol=0)
     em = sgm.sample(SCORE, SDE, (2, 2), "euler_maruyama", 4, seeds=[5, 6], dtype=torch.float64).x
     assert not torch.equal(em[0], em[1])
+    same = sgm.sample(SCORE, SDE, (2, 2), "euler_maruyama", 4, seeds=[5, 5], noise="brownian", dtype=torch.float64).x
+    plain = sgm.sample(SCORE, SDE, (2, 2), "euler_maruyama", 4, seeds=[5, 5], dtype=torch.float64).x
+    assert torch.equal(same[0], same[1]) and not torch.equal(same, plain)
 
 
 def test_bad_seeds():
@@ -45,9 +70,8 @@ def test_bad_seeds():
         sgm.sample(SCORE, SDE, (2, 2), "ddim", 3, seeds=[0, 1], generator=torch.Generator())
 
 
-
 def test_batch_wide_brownian_paths_still_run_reproducibly():
     """``sde`` with srk draws one Brownian path for the batch: from a generator seeded by all the seeds."""
-    run = lambda seeds: sgm.sample(SCORE, SDE, (len(seeds), 2), "sde", 3, seeds=seeds, method="srk").x
+    run = lambda seeds: sgm.sample(SCORE, SDE, (len(seeds), 2), "sde", 3, seeds=seeds, method="srk").x  # noqa: E731
     assert torch.equal(run([0, 1]), run([0, 1]))
     assert not torch.equal(run([0, 1])[0], run([0, 2])[0])  # the path depends on the whole batch

@@ -69,7 +69,7 @@ class Heun(Solver):
             sigma_hat = sigma_a * (1 + gamma)
             a_hat = model.node(float(model.sde.time_at_noise_level(torch.tensor(sigma_hat, dtype=torch.float64))))
             # x̂ = scale(σ̂)·(x/scale_a + √(σ̂² - σ_a²)·s_noise·z)
-            z = noise(a_hat.t, a.t)
+            z = noise(a.t, b.t)  # the churn drives the step a → b (not [a, â], which the last step's overlaps)
             x = x.mul(a_hat.scale / a.scale).add_(z, alpha=a_hat.scale * math.sqrt(sigma_hat**2 - sigma_a**2)
                                                   * self.s_noise)
             a = a_hat

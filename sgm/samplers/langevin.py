@@ -137,6 +137,7 @@ class PredictorCorrector(Solver):
         options.update({"variance": check_variance(variance)} if variance is not None else {})
         self.predictor = None if predictor == "none" else PREDICTORS[predictor](**options)
         self.needs = frozenset() if self.predictor is None else self.predictor.needs
+        self.samplewise = corrector != "langevin"  # its step size averages norms over the batch
         self.evals_per_step = int(self.predictor is not None) + self.n_corrector
         self.name = f"pc ({predictor}, {corrector})"
 

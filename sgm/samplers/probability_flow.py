@@ -87,6 +87,7 @@ class AdaptiveODE(Solver):
     """torchdiffeq's adaptive ``method`` under ``rtol``/``atol`` from the grid's first to its last noisy node."""
 
     stochastic, evals_per_step, adaptive = False, None, True
+    samplewise = False  # the step-size control reads the whole batch
 
     def __init__(self, method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5):
         if method not in ADAPTIVE_METHODS:

@@ -11,7 +11,12 @@ parameters are the sampler's options) and its metadata:
 - ``steps``, ``options``: a step count and options at which it draws an exact-score mixture to within Monte-Carlo
   error at n = 10⁴ (the distribution tests and the demo use them);
 - ``smoke``: cheap valid options for quick runs at few steps;
-- ``curves``: the option sets the benchmark draws NFE curves of; ``sweep``: the option axes its comparison sweeps.
+- ``curves``: the option sets the benchmark draws NFE curves of; ``sweep``: the option axes its comparison sweeps;
+- ``stochastic``: option sets under which a sampler that is deterministic by default draws noise (DDIM's η, EDM's
+  churn), so that the stochastic tests and benchmarks run it too.
+
+``configurations(name)`` lists the option sets every registry-driven test runs: the smoke options, each valid
+combination of the sweep axes and each stochastic set (over the smoke options).
 
 The tests, the benchmark, the demo and the docs table read the entries, so adding a solver is one module and one
 entry in ``SAMPLERS``.
@@ -19,6 +24,7 @@ entry in ``SAMPLERS``.
 from __future__ import annotations
 
 import inspect
+import itertools
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
@@ -32,18 +38,20 @@ from .base import SamplerOutput, check_state
 from .ancestral_steps import DPMPP2SAncestral, EulerAncestral
 from .deis import DEIS, IPNDM
 from .dpm import DPMSolver
+from .dpm_v3 import DPMSolverV3
 from .dpm_sde import DPMSolverSDE
 from .edm import Heun
 from .grid import FAMILIES, KARRAS_RHO, SPACINGS, TimeGrid, path_family, time_grid
 from .langevin import AnnealedLangevin, PredictorCorrector
-from .noise import SeededNoise
+from .noise import Noise, make_noise
 from .predictors import DDIM, Ancestral, EulerMaruyama, ReverseDiffusion
 from .probability_flow import ode_solver
-from .reverse_sde import TorchSDE
+from .reverse_sde import SDE_METHODS, TorchSDE
 from .solver import Callback, Solver, integrate
 from .uni_pc import UniPC
 
-__all__ = ["Entry", "SAMPLERS", "available", "entry", "get", "options", "solver", "sample", "budget_grid",
+__all__ = ["Entry", "SAMPLERS", "available", "entry", "configurations", "declaring", "get", "options", "solver", "sample",
+           "budget_grid",
            "markdown_table"]
 
 
@@ -59,6 +67,7 @@ class Entry:
     smoke: Mapping[str, Any] = field(default_factory=dict)
     curves: tuple = ({},)
     sweep: Mapping[str, tuple] = field(default_factory=dict)
+    stochastic: tuple = ()
 
     def __post_init__(self):
         spacings = self.spacing if isinstance(self.spacing, Mapping) else {family: self.spacing for family in FAMILIES}
@@ -70,6 +79,7 @@ class Entry:
         object.__setattr__(self, "smoke", MappingProxyType(dict(self.smoke)))
         object.__setattr__(self, "curves", tuple(MappingProxyType(dict(c)) for c in self.curves))
         object.__setattr__(self, "sweep", MappingProxyType(dict(self.sweep)))
+        object.__setattr__(self, "stochastic", tuple(MappingProxyType(dict(c)) for c in self.stochastic))
 
     def default_spacing(self, sde: GaussianPath) -> str:
         """The default grid on path ``sde`` (its family's)."""
@@ -92,13 +102,14 @@ SAMPLERS: dict[str, Entry] = {
                        spacing={"vp": "uniform", "ve": "karras", "rf": "uniform"},
                        sweep={"variance": ("posterior", "beta")}),
     "ddim": Entry(DDIM, "DDIM (η = 0: the first-order exponential integrator of the probability-flow ODE)",
-                  steps=500, spacing={"vp": "uniform", "ve": "karras", "rf": "uniform"}),
+                  steps=500, spacing={"vp": "uniform", "ve": "karras", "rf": "uniform"}, stochastic=({"eta": 0.5},)),
     "ode": Entry(ode_solver, "the probability-flow ODE: torchdiffeq's adaptive methods or fixed-step Runge–Kutta",
                  steps=2, options={"rtol": 1e-6, "atol": 1e-6}, smoke={"method": "heun2"},
                  spacing={"vp": "quadratic", "ve": "karras", "rf": "uniform"},
                  curves=({"method": "euler"}, {"method": "heun2"}, {"method": "rk4"}),
                  sweep={"method": ("euler", "midpoint", "heun2", "heun3", "rk4")}),
-    "sde": Entry(TorchSDE, "the reverse SDE by torchsde (Euler, Milstein, SRK; fixed or adaptive steps)", steps=500),
+    "sde": Entry(TorchSDE, "the reverse SDE by torchsde (Euler, Milstein, SRK; fixed or adaptive steps)", steps=500,
+                 sweep={"method": SDE_METHODS}),
     # NCSN's geometric levels: at 5–50 NFE other grids measure better, but the hundreds of levels annealed Langevin
     # needs to match a mixture (steps=160 here) relax only on geometric levels (docs/samplers.md)
     "langevin": Entry(AnnealedLangevin, "annealed Langevin dynamics over the grid's noise levels (NCSN)",
@@ -110,6 +121,10 @@ SAMPLERS: dict[str, Entry] = {
                         spacing={"vp": "quadratic", "ve": "logsnr", "rf": "karras"}, steps=50,
                         sweep={"order": (1, 2, 3), "method": ("multistep", "singlestep"),
                                "prediction": ("x0", "eps")}),
+    "dpm_solver_v3": Entry(DPMSolverV3, "DPM-Solver-v3: the ODE in the parameterisation of the model's empirical "
+                           "statistics (`ems`; without: DPM-Solver++'s), multistep predictor–corrector",
+                           spacing={"vp": "quadratic", "ve": "logsnr", "rf": "uniform"}, steps=50,
+                           sweep={"order": (1, 2, 3)}),
     "unipc": Entry(UniPC, "UniPC: the UniP predictor and the UniC corrector at no extra evaluation",
                    spacing={"vp": "quadratic", "ve": "logsnr", "rf": "karras"}, steps=50,
                    sweep={"order": (1, 2, 3), "variant": ("bh1", "bh2")}),
@@ -127,7 +142,7 @@ SAMPLERS: dict[str, Entry] = {
     "dpmpp_2s_ancestral": Entry(DPMPP2SAncestral, "k-diffusion's DPM-Solver++(2S) ancestral: 2S down to σ↓, noise up",
                                 spacing={"vp": "quadratic", "ve": "karras", "rf": "uniform"}, steps=100),
     "heun": Entry(Heun, "EDM's sampler: Heun's method in σ on x/α with optional churn (Algorithm 2)",
-                  spacing={"vp": "uniform", "ve": "karras", "rf": "uniform"}, steps=100),
+                  spacing={"vp": "uniform", "ve": "karras", "rf": "uniform"}, steps=100, stochastic=({"churn": 1.0},)),
 }
 
 
@@ -141,6 +156,40 @@ def entry(name: str) -> Entry:
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; available: {', '.join(available())}")
     return SAMPLERS[name]
+
+
+def configurations(name: str) -> list[dict]:
+    """The option sets registry-driven tests run ``name`` with: its smoke options, then those updated by each valid
+    combination of its sweep axes and by each of its stochastic option sets (invalid ones, a ValueError/TypeError
+    from the solver, left out; no set twice)."""
+    e = entry(name)
+    sweeps = [dict(zip(e.sweep, values)) for values in itertools.product(*e.sweep.values())]
+    out = []
+    for extra in [{}] + sweeps + [dict(c) for c in e.stochastic]:
+        options_ = {**e.smoke, **extra}
+        try:
+            solver(name, **options_)
+        except (ValueError, TypeError):
+            continue
+        if options_ not in out:
+            out.append(options_)
+    return out
+
+
+def declaring(kind: str) -> list[tuple[str, dict]]:
+    """``(name, options)`` of every registered configuration (``configurations``) whose solver declares a ``kind``
+    order (``"ode"``, ``"strong"``, ``"weak"``: ``Solver.orders``), one per distinct solver: the order tests and
+    benchmarks run these."""
+    if kind not in ("ode", "strong", "weak"):
+        raise ValueError(f"kind must be 'ode', 'strong' or 'weak', got {kind!r}")
+    out, seen = [], set()
+    for name in available():
+        for options_ in configurations(name):
+            s = solver(name, **options_)
+            if s.orders.get(kind) is not None and repr(s) not in seen:
+                seen.add(repr(s))
+                out.append((name, options_))
+    return out
 
 
 def _factory(name: str) -> Callable[..., Solver]:
@@ -186,13 +235,14 @@ def markdown_table() -> str:
 
 def get(name: str) -> Callable[..., SamplerOutput]:
     """The sampler function ``fn(score, sde, x, grid, *, generator=None, progress=False, callback=None,
-    **options) -> (x, nfe)`` of ``name``: ``integrate`` with ``solver(name, **options)``."""
+    noise=None, **options) -> (x, nfe)`` of ``name``: ``integrate`` with ``solver(name, **options)``."""
     factory = _factory(name)
 
     def run(score, sde: GaussianPath, x: torch.Tensor, grid: TimeGrid, *, generator: torch.Generator | None = None,
-            progress: bool = False, callback: Callback | None = None, **options_) -> SamplerOutput:
+            progress: bool = False, callback: Callback | None = None, noise: Noise | str | None = None,
+            **options_) -> SamplerOutput:
         return integrate(solver(name, **options_), score, sde, x, grid, generator=generator, progress=progress,
-                         callback=callback)
+                         callback=callback, noise=noise)
 
     run.__name__ = run.__qualname__ = name
     run.__doc__ = f"{factory.__doc__}\n\nOptions: {', '.join(options(name))}."
@@ -232,13 +282,13 @@ def budget_grid(method: Solver, sde: GaussianPath, nfe: int, spacing: str, eps=N
         grid = more
 
 
-def sample(score, sde: GaussianPath, shape, sampler: str = "euler_maruyama", steps: int | None = None, *,
+def sample(score, sde: GaussianPath, shape, sampler: str | None = None, steps: int | None = None, *,
            nfe: int | None = None, generator: torch.Generator | None = None, spacing: str | None = None,
            eps: float | None = None,
            denoise: bool = True, train_steps: int = 1000, rho: float = KARRAS_RHO, t_max: float | None = None,
            grid: TimeGrid | None = None, x_init: torch.Tensor | None = None, dtype: torch.dtype | None = None,
            device=None, progress: bool = False, callback: Callback | None = None, seeds=None,
-           **options_) -> SamplerOutput:
+           noise: Noise | str | None = None, correction=None, **options_) -> SamplerOutput:
     """Draw samples of ``shape`` by solving the path ``sde`` backwards with the model ``score(x, t)`` (a score
     function, or any model declaring what it ``predicts``: see ``sgm.predictions``).
 
@@ -252,6 +302,12 @@ def sample(score, sde: GaussianPath, shape, sampler: str = "euler_maruyama", ste
     step (see ``integrate``). ``options_`` go to the sampler (``sgm.samplers.options(name)`` lists them).
     ``seeds`` (one int per sample, instead of ``generator``): sample ``i`` draws its ``x_T`` and all its noise
     from its own stream seeded ``seeds[i]`` (``SeededNoise``), so it does not depend on the batch it is in.
+    ``noise="brownian"``: the solver's draws over an interval of time are increments of one Brownian path per sample
+    (``BrownianNoise`` of the generator, after ``x_T``, or of the seeds), the same path whatever the steps; or a
+    ``Noise`` object (``BrownianNoise(seeds, tol=…)``, …) as the run's only randomness, ``x_T`` its first draw.
+    ``sampler`` is ``euler_maruyama`` unless given. ``correction`` (a learned ``sgm.samplers.corrections.Correction``,
+    checked against the model and the path first) fixes the sampler, its options and, when it was calibrated on one,
+    the grid; it spends no more evaluations than the sampler on that grid.
     Returns ``(x, nfe)``.
     """
     if not isinstance(sde, GaussianPath):
@@ -260,7 +316,25 @@ def sample(score, sde: GaussianPath, shape, sampler: str = "euler_maruyama", ste
     if not callable(score):
         raise TypeError(f"score must be callable as score(x, t), got {type(score).__name__}")
     shape = _check_shape(shape)
-    method = solver(sampler, **options_)
+    if correction is not None:
+        from .corrections import Correction
+        if not isinstance(correction, Correction):
+            raise TypeError(f"correction must be an sgm Correction (sgm.samplers.corrections), got "
+                            f"{type(correction).__name__}")
+        if sampler is not None and sampler != correction.sampler:
+            raise ValueError(f"correction is for sampler {correction.sampler!r}, not sampler={sampler!r}; give one")
+        if options_:
+            raise ValueError(f"a correction fixes the sampler's options ({dict(correction.options)}); "
+                             f"{sorted(options_)} would be ignored")
+        correction.check(score, sde)
+        sampler, method = correction.sampler, correction.solver()
+        if correction.grid is not None:
+            if grid is not None:
+                raise ValueError("this correction was calibrated on its own grid (correction.grid); give no grid")
+            grid = correction.grid
+    else:
+        sampler = "euler_maruyama" if sampler is None else sampler
+        method = solver(sampler, **options_)
     if steps is not None and nfe is not None:
         raise ValueError("give steps (noise levels) or nfe (a budget of model evaluations), not both")
     if grid is None:
@@ -281,8 +355,6 @@ def sample(score, sde: GaussianPath, shape, sampler: str = "euler_maruyama", ste
             raise ValueError(f"grid starts at t={grid.noisy[0].t}, after the SDE's T={sde.T}")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    if seeds is not None and generator is not None:
-        raise ValueError("give seeds or a generator, not both")
     if x_init is not None:
         x_init = check_state(x_init)
         if tuple(x_init.shape) != shape:
@@ -294,12 +366,14 @@ def sample(score, sde: GaussianPath, shape, sampler: str = "euler_maruyama", ste
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     device = (generator.device if generator is not None else torch.device("cpu")) if device is None \
         else resolve_device(device)
-    noise = None if seeds is None else SeededNoise(seeds, torch.empty(shape, dtype=dtype, device=device))
-    if x_init is not None:
-        x = x_init.to(dtype=dtype, device=device)
-    elif noise is not None:
-        x = sde.prior_std * noise()  # x_T ~ N(0, prior_std² I), as prior_sample, row i from stream i
+    like = torch.empty(shape, dtype=dtype, device=device)
+    if seeds is None and not isinstance(noise, Noise):
+        # x_T from the generator first, then the noise made from it (a Brownian path's entropy after x_T)
+        x = x_init.to(dtype=dtype, device=device) if x_init is not None else \
+            sde.prior_sample(shape, generator=generator, dtype=dtype, device=device)
+        noise = make_noise(noise, generator, None, like, sde.T)
     else:
-        x = sde.prior_sample(shape, generator=generator, dtype=dtype, device=device)
-    return integrate(method, score, sde, x, grid, generator=generator, progress=progress, callback=callback,
-                     noise=noise)
+        noise = make_noise(noise, generator, seeds, like, sde.T)
+        # x_T ~ N(0, prior_std² I), as prior_sample, the noise's first draw (row i from stream i with seeds)
+        x = x_init.to(dtype=dtype, device=device) if x_init is not None else sde.prior_std * noise()
+    return integrate(method, score, sde, x, grid, progress=progress, callback=callback, noise=noise)

@@ -6,10 +6,11 @@ on ``x`` flattened to ``(batch, D)`` with diagonal noise. Steps are of fixed siz
 ``rtol``/``atol`` with ``adaptive=True``.
 
 Brownian motion: on fixed steps with ``euler``/``milstein`` the increments ``W(τ_{k+1}) - W(τ_k) = √dt·z``
-are the solver's ``noise()``, one ``randn`` per step, like every other sampler's noise (a
-``torchsde.BrownianInterval`` would draw twice per step to build its bridge tree, at 2.5× the cost).
-Adaptive steps and ``srk`` (which needs Lévy areas) use a ``BrownianInterval`` seeded from ``generator``
-(one ``randint`` draw).
+are the solver's ``noise(t_k, t_{k+1})``, one draw per step, like every other sampler's noise (a
+``torchsde.BrownianInterval`` would draw twice per step to build its bridge tree, at 2.5× the cost); so are
+adaptive steps under ``BrownianNoise``, whose path answers any interval. Otherwise adaptive steps, and ``srk``
+(which needs Lévy areas), use ``noise.brownian_interval``: a ``BrownianInterval`` seeded by one ``randint`` draw
+from the generator, or ``BrownianNoise``'s one torchsde path for the batch.
 """
 from __future__ import annotations
 
@@ -52,7 +53,8 @@ class _ReverseInTau(torch.nn.Module):
 
 
 class _StepBrownian(torchsde.BaseBrownian):
-    """Brownian increments over consecutive fixed steps, drawn from ``generator`` as they are asked for."""
+    """Brownian increments ``√(tb - ta)·noise(-ta, -tb)`` as torchsde asks for them (consecutive fixed steps, or any
+    interval of a ``BrownianNoise`` path)."""
 
     def __init__(self, like: Tensor, noise: Noise):
         self._like, self._noise = like, noise
@@ -91,6 +93,8 @@ class TorchSDE(Solver):
         self.strong_order, self.weak_order, self.name = 1.5 if method == "srk" else 1.0, 1.0, f"sde ({method})"
         # Euler and Milstein evaluate the drift once per fixed step; srk's stages and adaptive steps vary.
         self.evals_per_step = None if adaptive or method == "srk" else 1
+        # adaptive steps are controlled over the batch; srk's Lévy areas come from one path for the batch
+        self.samplewise = not (adaptive or method == "srk")
 
     def init(self, x: Tensor, grid: TimeGrid) -> float:
         noisy = grid.noisy
@@ -103,14 +107,9 @@ class TorchSDE(Solver):
 
     def step(self, model: Model, x, a, b, dt, noise: Noise):
         flat = x.reshape(x.shape[0], -1)
-        if self.adaptive or self.method == "srk":
-            generator = noise.generator
-            entropy = int(torch.randint(2**62, (1,), generator=generator,
-                                        device="cpu" if generator is None else generator.device))
-            bm = torchsde.BrownianInterval(t0=-a.t, t1=-b.t, size=flat.shape, dtype=x.dtype, device=x.device,
-                                           entropy=entropy,
-                                           levy_area_approximation="space-time" if self.method == "srk" else "none")
-        else:
+        if self.method == "srk" or (self.adaptive and not noise.brownian):
+            bm = noise.brownian_interval(flat, -a.t, -b.t, "space-time" if self.method == "srk" else "none")
+        else:  # fixed steps, or adaptive ones on one Brownian path: increments from noise(t0, t1)
             bm = _StepBrownian(flat, noise)
         # Time kept in float64 whatever x's dtype (float32 on a device without float64).
         ts = torch.tensor([-a.t, -b.t], dtype=wide_float(x.device), device=x.device)

@@ -8,13 +8,16 @@ A solver walks a ``TimeGrid`` from the prior to the data. It declares
   order tests read these declarations;
 - ``evals_per_step``: model evaluations per transition between noisy nodes (``None`` when adaptive), and
   ``final_evals``: evaluations its ``finish`` spends at the last noisy node;
-- ``stochastic``: whether it draws noise;
+- ``stochastic``: whether it draws noise; ``samplewise``: whether each sample's update reads that sample alone (then
+  per-sample seeds make a sample independent of its batch; not so for a batch-averaged step size or a step-size
+  control over the batch);
 - ``needs``: what it needs of the path and grid — ``"positive_alpha"``: ``α > 0`` at every node it steps from
   (a finite SDE drift; not the exact top of rectified flow), checked by ``integrate`` before any work;
 
 and provides ``init(x, grid) -> state`` and ``step(model, x, a, b, state, noise) -> (x, state)`` for a
 transition from node ``a`` to the less noisy node ``b`` (optionally ``finish``, run once at the last noisy
-node, and ``stepping_grid``, the nodes it steps on when that is not the whole grid). **A state is a value**: a
+node, ``denoise``, the step into the data node (Tweedie's ``x̂_0`` unless a wrapper adjusts it), and
+``stepping_grid``, the nodes it steps on when that is not the whole grid). **A state is a value**: a
 solver returns a new state and never changes the one it was given (tuples and named tuples, not lists or dicts),
 so a wrapper may run a step again from a saved state (RePaint's resampling, guidance, a learned correction).
 
@@ -30,9 +33,12 @@ in (``prediction.x0``, ``.eps``, ``.score``, ``.velocity``, or one fused ``predi
 solver converts, and none divides by ``α`` where the model's own output does not need it.
 
 Noise (``sgm.samplers.noise``): a solver asks ``noise(t0, t1)`` for each standard normal it uses, naming the
-interval of path time the draw drives (the transition's ``a.t, b.t``, a sub-step's, or none for a draw that is
-not a Brownian increment, such as a corrector's); ``Noise`` answers from a generator in call order, a
-``BrownianNoise`` with the normalised increment of one Brownian path per sample over that interval.
+interval of path time ``[t1, t0]`` (``t0 > t1``) the draw drives (the transition's ``a.t, b.t``, a sub-step's, or
+none for a draw that is not a Brownian increment, such as a corrector's); ``Noise`` answers from a generator in call
+order, ``SeededNoise`` from per-sample streams, a ``BrownianNoise`` with the normalised increment
+``(W(t0) - W(t1))/√(t0 - t1)`` of one Brownian path per sample. Two draws over one interval are then the same
+number, and draws over overlapping intervals are correlated as the path's increments are: name the interval each
+draw drives, and none for one that must be independent of the path.
 """
 from __future__ import annotations
 
@@ -46,7 +52,7 @@ from ..paths import GaussianPath
 from ..predictions import Prediction
 from .base import CheckedScore, SamplerDiverged, SamplerOutput, check_state
 from .grid import Node, TimeGrid, path_nodes
-from .noise import Noise
+from .noise import Noise, make_noise
 
 __all__ = ["Prediction", "Model", "Solver", "integrate", "Callback", "NEEDS", "PLAUSIBLE"]
 
@@ -94,6 +100,7 @@ class Solver:
     evals_per_step: Optional[int] = 1
     final_evals: int = 0
     stochastic: bool = False
+    samplewise: bool = True
     adaptive: bool = False  # chooses its own steps between the grid's ends
     needs: frozenset = frozenset()
 
@@ -117,6 +124,11 @@ class Solver:
     def finish(self, model: Model, x: Tensor, node: Node, state: Any, noise: Noise) -> Tensor:
         """Work at the last noisy node before the final denoising (annealed Langevin's last level); none by default."""
         return x
+
+    def denoise(self, model: Model, x: Tensor, node: Node, state: Any) -> Tensor:
+        """The transition from the last noisy node into the data node: Tweedie's ``x̂_0`` there (one evaluation) by
+        default; a wrapper may adjust it (a learned correction of the last step, ``sgm.samplers.corrections``)."""
+        return model(x, node).x0
 
     def stepping_grid(self, grid: TimeGrid) -> TimeGrid:
         """The nodes the solver steps on; the whole grid by default (adaptive drivers keep its ends)."""
@@ -181,10 +193,11 @@ def _apply(callback: Callback | None, x: Tensor, node: Node, prediction: Predict
 @torch.no_grad()
 def integrate(solver: Solver, score, sde: GaussianPath, x: Tensor, grid: TimeGrid, *,
               generator: torch.Generator | None = None, progress: bool = False, callback: Callback | None = None,
-              noise: Noise | None = None) -> SamplerOutput:
+              noise: Noise | str | None = None) -> SamplerOutput:
     """Run ``solver`` over ``grid`` from ``x`` (the state at the grid's first node) with the model ``score(x, t)``
     (a score function, or any model declaring what it ``predicts``); the transition into a data node is Tweedie's
-    step. Noise comes from ``generator``, or from ``noise`` (e.g. ``SeededNoise``) instead. Returns ``(x, nfe)``."""
+    step. Noise comes from ``generator`` (``noise=None``: in call order; ``noise="brownian"``: one Brownian path per
+    sample), or from a ``noise`` object alone (``SeededNoise``, ``BrownianNoise``, …). Returns ``(x, nfe)``."""
     if not isinstance(solver, Solver):
         raise TypeError(f"solver must be an sgm Solver, got {type(solver).__name__}")
     if not isinstance(sde, GaussianPath):
@@ -197,14 +210,10 @@ def integrate(solver: Solver, score, sde: GaussianPath, x: Tensor, grid: TimeGri
     solver.check(grid)
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable as callback(x, node, prediction), got {type(callback).__name__}")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    if noise is not None and (not isinstance(noise, Noise) or generator is not None):
-        raise TypeError(f"noise must be an sgm Noise, given without a generator; got {type(noise).__name__} "
-                        f"and generator {generator!r}")
+    noise = make_noise(noise, generator, None, x, sde.T)
     total = solver.grid_nfe(grid)
     with tqdm(total=total, desc=solver.name, unit="nfe", disable=not progress, leave=False) as bar:
-        model, noise = Model(score, sde, bar), noise or Noise(generator, x)
+        model = Model(score, sde, bar)
         state = solver.init(x, grid)
         last, bound = grid.noisy[-1], PLAUSIBLE * max(1.0, sde.prior_std)
         for a, b in solver.stepping_grid(grid).steps():
@@ -215,6 +224,6 @@ def integrate(solver: Solver, score, sde: GaussianPath, x: Tensor, grid: TimeGri
             _check_plausible(x, b, bound)
         x = solver.finish(model, x, last, state, noise)
         if grid.denoise:
-            x = _apply(callback, model(x, last).x0, grid.nodes[-1], model.last)
+            x = _apply(callback, solver.denoise(model, x, last, state), grid.nodes[-1], model.last)
         model.score.check()  # the finite flags an accelerator kept
     return SamplerOutput(x, model.nfe)

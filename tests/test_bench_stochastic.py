@@ -92,6 +92,9 @@ def test_stochastic_configs_are_every_noisy_registered_option_set():
         if s.stochastic and s.evals_per_step is not None:
             assert name in names, name
     assert {o["variance"] for n, o in configs if n == "ancestral"} == {"posterior", "beta"}
+    for name in sgm.samplers.available():  # a deterministic sampler's noisy option sets (DDIM's η, EDM's churn)
+        for options in sgm.samplers.entry(name).stochastic:
+            assert (name, dict(options)) in configs, name
     deterministic = {(n, tuple(sorted(o.items()))) for n, o in runs.sgm_configs()}
     assert not {(n, tuple(sorted(o.items()))) for n, o in configs} & deterministic
 

@@ -139,7 +139,7 @@ def _configs(stochastic: bool) -> list[tuple[str, dict]]:
     configs, seen = [], set()
     for name in samplers.available():
         entry = samplers.entry(name)
-        extra = [(dict(c), True) for c in entry.curves] if stochastic else []
+        extra = [(dict(c), True) for c in entry.curves + entry.stochastic] if stochastic else []
         for options, once in [(o, False) for o in _product(dict(entry.sweep))] + extra:
             try:
                 solver = samplers.solver(name, **options)
@@ -161,8 +161,8 @@ def sgm_configs() -> list[tuple[str, dict]]:
 
 def stochastic_configs() -> list[tuple[str, dict]]:
     """``(sampler, options)`` for every registered fixed-step sampler option set that draws noise: each valid
-    combination of its entry's ``sweep`` axes and each of its ``curves`` option sets that is not one of them (the
-    same solver)."""
+    combination of its entry's ``sweep`` axes and each of its ``curves`` and ``stochastic`` option sets (DDIM's η,
+    EDM's churn) that is not one of them (the same solver)."""
     return _configs(stochastic=True)
 
 

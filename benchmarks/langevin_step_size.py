@@ -2,10 +2,11 @@
 
 For each SDE: ``n`` samples from ``sgm.sample(..., sampler="langevin", steps=levels)`` (default spacing, 5 steps
 per level), their ``SW₂`` to a fresh target sample of the same size, divided by the floor: the median ``SW₂``
-between two independent target samples of size ``n`` over 5 pairs. Rules: ``ncsn`` (the default,
-``u = δ_i/std_i² = 0.1`` at every level) and ``ncsnv2`` (``step_size="ncsnv2"``, NCSNv2's technique 4).
+between two independent target samples of size ``n`` over 5 pairs. Rules: ``default``
+(``u = δ_i/std_i² = 0.2`` at every level), ``ncsn`` (``u = 0.1``: NCSN's ``ε = 2e-5`` at ``σ_L = 0.01``) and
+``ncsnv2`` (``step_size="ncsnv2"``, NCSNv2's technique 4).
 
-    python benchmarks/langevin_step_size.py [--n 10000] [--levels 400] [--mixtures wide narrow] [--rules ncsn ncsnv2]
+    python benchmarks/langevin_step_size.py [--n 10000] [--levels 400] [--mixtures wide narrow] [--rules default ncsn ncsnv2]
 """
 from __future__ import annotations
 
@@ -47,7 +48,8 @@ def floor(gm: sgm.GaussianMixture, n: int) -> float:
 def sw_ratio(gm: sgm.GaussianMixture, sde, n: int, levels: int, rule: str, seed: int = 1) -> float:
     """SW₂(annealed Langevin samples, target sample) / floor."""
     grid = sgm.samplers.time_grid(sde, levels)
-    options = {"step_size": "ncsnv2"} if rule == "ncsnv2" else {}
+    ncsn = {"step_size": 2 * 0.1 * grid.noisy[-1].std ** 2}  # NCSN's δ_i = ½ ε std_i²/std_L² with u = 0.1
+    options = {"default": {}, "ncsn": ncsn, "ncsnv2": {"step_size": "ncsnv2"}}[rule]
     x = sgm.sample(gm.score_fn(sde), sde, (n, gm.dim), sampler="langevin", grid=grid, generator=gen(seed), dtype=D,
                    **options).x
     return metrics.sliced_wasserstein(x, gm.sample(n, generator=gen(2)), n_projections=200,
@@ -59,7 +61,7 @@ def main():
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--levels", type=int, default=400)
     parser.add_argument("--mixtures", nargs="*", default=list(mixtures()))
-    parser.add_argument("--rules", nargs="*", default=["ncsn", "ncsnv2"])
+    parser.add_argument("--rules", nargs="*", default=["default", "ncsn", "ncsnv2"])
     args = parser.parse_args()
     print(f"SW₂ / floor, n = {args.n}, {args.levels} levels, 5 steps each, default (uniform) spacing")
     print(f"{'mixture':<8}{'sde':<7}" + "".join(f"{r:>10}" for r in args.rules) + "   seconds")

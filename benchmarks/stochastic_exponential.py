@@ -128,16 +128,20 @@ def weak(steps=(16, 32, 64, 128, 256), n=1_000_000):
 
 
 class Brownian(Noise):
-    """One Brownian path per sample over path time: the draw for ``[t1, t0]`` is ``(W(t0) - W(t1))/√(t0 - t1)``."""
+    """One Brownian path per sample over path time ``[0, T]``: the draw for ``[t1, t0]`` is
+    ``(W(t0) - W(t1))/√(t0 - t1)``; a draw naming no interval (a Langevin move, a repeated restart jump) comes from
+    a generator seeded ``seed + 1``, the same at every step count."""
 
-    def __init__(self, x, seed):
+    def __init__(self, x, seed, T=1.0):
         import torchsde
 
-        super().__init__(None, x)
-        self.bm = torchsde.BrownianInterval(t0=0.0, t1=1.0, size=tuple(x.shape), dtype=x.dtype, entropy=seed,
+        super().__init__(torch.Generator(x.device).manual_seed(seed + 1), x)
+        self.bm = torchsde.BrownianInterval(t0=0.0, t1=T, size=tuple(x.shape), dtype=x.dtype, entropy=seed,
                                             tol=1e-12, halfway_tree=True)
 
     def __call__(self, t0=None, t1=None, *, like=None):
+        if t0 is None:
+            return super().__call__(like=like)
         return self.bm(t1, t0) / math.sqrt(t0 - t1)
 
 

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["integer", "real", "positive", "nonnegative", "choice", "flag"]
+__all__ = ["integer", "real", "positive", "nonnegative", "choice", "flag", "shape"]
 
 
 def integer(name: str, value, low: int | None = 1, high: int | None = None) -> int:
@@ -69,3 +69,17 @@ def flag(name: str, value) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool, got {value!r}")
     return value
+
+
+def shape(name: str, value) -> tuple[int, ...]:
+    """A non-empty tuple (or list, ``torch.Size``) of positive integers."""
+    if isinstance(value, torch.Size):
+        value = tuple(value)
+    if not isinstance(value, (tuple, list)) or not value:
+        raise TypeError(f"{name} must be a non-empty tuple of ints, got {value!r}")
+    try:
+        return tuple(integer(name, n) for n in value)
+    except TypeError:
+        raise TypeError(f"{name} must be a non-empty tuple of ints, got {value!r}") from None
+    except ValueError:
+        raise ValueError(f"{name} must have positive sizes, got {tuple(value)}") from None

@@ -221,6 +221,15 @@ class RePaint(Solver):
         self.name, self.stochastic, self.needs = f"repaint({solver.name})", True, solver.needs
         self.evals_per_step, self.final_evals = self.resample * solver.evals_per_step, solver.final_evals
 
+    def nfe(self, steps: int, denoise: bool = True) -> int | None:
+        """Every evaluation of the solver's steps ``resample`` times (a restart segment inside a step too), its
+        ``finish`` and the final denoising once."""
+        inner = self.solver.nfe(steps, denoise)
+        if inner is None:
+            return None
+        once = self.solver.final_evals + int(denoise)
+        return self.resample * (inner - once) + once
+
     def check(self, grid) -> None:
         if self.solver.stepping_grid(grid) != grid:
             raise ValueError(f"RePaint cannot wrap {self.solver.name}: it steps across the grid's nodes "

@@ -38,7 +38,22 @@ def gen(seed):
 
 @pytest.fixture(scope="session")
 def bench_problems():
-    """The benchmark's problems of the 3-mode mixture under VP and VE, 64 draws each (tests/test_bench_*.py)."""
-    from sgm.bench.problems import make_problem
+    """The benchmark's problems of the 3-mode mixture under VP, VE, rectified flow and EDM's path, 64 draws each
+    (tests/test_bench_*.py)."""
+    from sgm.bench.problems import PATHS, make_problem
 
-    return {name: make_problem("3 modes", mixture(), name, 64, 0) for name in ("vp", "ve")}
+    return {name: make_problem("3 modes", mixture(), name, 64, 0) for name in PATHS}
+
+
+class RecordedNoise(sgm.samplers.Noise):
+    """A generator's noise that keeps every draw with the interval it was asked for: ``draws`` holds
+    ``(t0, t1, z)`` in call order (``t0 = t1 = None`` for a draw that names no interval)."""
+
+    def __init__(self, generator, x):
+        super().__init__(generator, x)
+        self.draws = []
+
+    def __call__(self, t0=None, t1=None, *, like=None):
+        z = super().__call__(t0, t1, like=like)
+        self.draws.append((t0, t1, z))
+        return z

@@ -35,6 +35,10 @@ def test_a_finite_run_has_every_metric():
     assert judged["sw2"] == metrics.sliced_wasserstein(x, reference, judge.SW2_PROJECTIONS, gen(3))  # seed + 3
     row = judge.judge_map(x, x_ref, 7, time.perf_counter())
     assert row["nfe"] == 7 and not row["diverged"] and row["map_error"] == judged["map_error"] and row["seconds"] >= 0
+    assert "sw2" not in row
+    scored = judge.judge_map(x, x_ref, 7, time.perf_counter(), reference)  # every run on the same directions
+    assert scored["sw2"] == judge.map_sw2(x, reference) == metrics.sliced_wasserstein(x, reference, 256, gen(0))
+    assert judge.judge_map(x * float("nan"), x_ref, 7, time.perf_counter(), reference)["sw2"] != scored["sw2"]  # NaN
 
 
 def test_the_pairwise_metrics_use_the_first_samples_only():

@@ -9,8 +9,9 @@ from sgm.bench import report
 
 
 def _row(side, name, nfe, err, spent=None, diverged=False, sde="vp"):
+    """A comparison row whose SW₂ is 10 × its map error, on a problem whose SW₂ floor is 0.003."""
     return {"target": "t", "sde": sde, "side": side, "sampler": name, "nfe_budget": nfe, "nfe": spent or nfe,
-            "map_error": err, "diverged": diverged}
+            "map_error": err, "sw2": 10 * err, "sw2_floor": 0.003, "diverged": diverged}
 
 
 def test_goal_table_picks_each_sides_best_within_budget():
@@ -19,12 +20,14 @@ def test_goal_table_picks_each_sides_best_within_budget():
             _row("sgm", "y", 10, 0.06), _row("sgm", "x", 20, 0.01)]
     table = report.goal_table(rows, (10, 20))
     assert table[0] == {"target": "t", "sde": "vp", "nfe": 10, "peer": "b", "peer_error": 0.1, "sgm": "x",
-                        "sgm_error": 0.04, "ratio": pytest.approx(0.4), "met": True}
+                        "sgm_error": 0.04, "ratio": pytest.approx(0.4), "met": True, "peer_sw2": 1.0,
+                        "sgm_sw2": 0.4, "sw2_floor": 0.003}
     assert table[1]["peer"] is None and not table[1]["met"]
     md = report.goal_markdown(table).splitlines()
-    assert md[0].startswith("| target | SDE | NFE | best diffusers configuration |") and md[0].endswith("| ≤ 0.5 |")
-    assert md[2] == "| t | VP | 10 | b | 0.1 | x | 0.04 | 0.4 | yes |"
-    assert md[3] == "| t | VP | 20 | — | — | x | 0.01 | — | no |"
+    assert md[0].startswith("| target | SDE | NFE | best diffusers configuration |")
+    assert md[0].endswith("| ≤ 0.5 | SW₂ diffusers / sgm / floor |")
+    assert md[2] == "| t | VP | 10 | b | 0.1 | x | 0.04 | 0.4 | yes | 1 / 0.4 / 0.003 |"
+    assert md[3] == "| t | VP | 20 | — | — | x | 0.01 | — | no | — / 0.1 / 0.003 |"
     assert report.goal_table(rows, (10, 50)) == table[:1]  # a budget the rows do not have is left out
 
 
@@ -33,6 +36,24 @@ def test_goal_table_against_another_peer():
     (row,) = report.goal_table(rows, (10,), peer="k-diffusion")
     assert row["peer"] == "k" and row["ratio"] == pytest.approx(0.8) and not row["met"]
     assert "best k-diffusion configuration" in report.goal_markdown([row], peer="k-diffusion")
+
+
+def test_path_table_picks_each_paths_best_sgm_run_within_budget():
+    rows = [_row("sgm", "a", 10, 0.2, sde="vp"), _row("sgm", "b", 10, 0.1, sde="vp"),
+            _row("sgm", "c", 10, 0.01, 11, sde="vp"), _row("sgm", "d", 10, 0.05, sde="rf"),
+            _row("sgm", "e", 10, float("nan"), diverged=True, sde="edm"), _row("diffusers", "p", 10, 0.001, sde="rf"),
+            _row("sgm", "f", 20, 0.3, sde="vp")]
+    table = report.path_table(rows, (10, 20, 50))
+    assert [r["nfe"] for r in table] == [10, 20]  # 50: no row has it
+    assert table[0]["paths"] == {"vp": {"sampler": "b", "map_error": 0.1, "sw2": 1.0},
+                                 "rf": {"sampler": "d", "map_error": 0.05, "sw2": 0.5}, "edm": None}
+    assert table[0]["best"] == "rf"  # the peer's 0.001 is no path's sgm run
+    assert table[1]["paths"] == {"vp": {"sampler": "f", "map_error": 0.3, "sw2": pytest.approx(3.0)},
+                                 "rf": None, "edm": None} and table[1]["best"] == "vp"
+    md = report.path_markdown(table).splitlines()
+    assert md[0] == "**t**" and md[2] == "| NFE | VP | RF | EDM | lowest |"
+    assert md[4] == "| 10 | 0.1 (SW₂ 1; b) | **0.05 (SW₂ 0.5; d)** | — | RF |"
+    assert md[5] == "| 20 | **0.3 (SW₂ 3; f)** | — | — | VP |"
 
 
 def test_summary_table():
@@ -67,3 +88,9 @@ def test_write_names_every_file_with_single_underscores(tmp_path):
         assert [r["side"] for r in csv.DictReader(f)] == ["sgm", "diffusers"]
     assert (tmp_path / "goal.md").read_text() == report.goal_markdown(goal) + "\n"
     assert json.loads((tmp_path / "results.json").read_text())["goal"] == goal
+    across = [{**r, "side": "sgm", "sde": sde} for r in compared for sde in ("vp", "rf")]
+    paths = report.path_table(across, (5,))
+    report.write(str(tmp_path), curves, meta, compared, goal, across, paths)
+    assert {p.name for p in tmp_path.iterdir()} == names | {"paths.csv", "paths.md"}
+    assert (tmp_path / "paths.md").read_text() == report.path_markdown(paths) + "\n"
+    assert json.loads((tmp_path / "results.json").read_text())["path_table"] == paths

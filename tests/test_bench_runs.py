@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import sgm
-from sgm.bench import runs
+from sgm.bench import judge, runs
 from conftest import gen, mixture
 
 D = torch.float64
@@ -64,6 +64,31 @@ def test_every_comparison_run_counts_what_its_solver_declares(bench_problems, sd
         assert r["nfe"] == solver.nfe(r["steps"]) <= r["nfe_budget"] and not solver.stochastic
         assert not r["diverged"] and math.isfinite(r["map_error"])
         assert r["sampler"] == runs.label(r["name"], r["options"], r["spacing"])
+
+
+def test_rectified_flow_rows_run_on_both_clocks_against_the_exact_map(bench_problems):
+    """On the RF problem every configuration runs on every spacing of RectifiedFlow() and RectifiedFlow(3) from the
+    exact top t = 1, and a row's scores are its run's map error against the exact flow map of the same x_T = z and
+    SW₂ against the problem's target sample (recomputed here from sgm.sample)."""
+    p = bench_problems["rf"]
+    rows = runs.sgm_rows(p, (10,))
+    keys = {(r["name"], tuple(r["options"].items()), r["spacing"], r["variant"]) for r in rows}
+    every = {(n, tuple(o.items()), s, v) for n, o in runs.sgm_configs()
+             for s in runs.CONTINUOUS_SPACINGS + runs.CHAIN_SPACINGS for v in ("", "shift 3")}
+    assert {k for k in every if k[2] in runs.CONTINUOUS_SPACINGS} <= keys <= every
+    on_chain = {v: {k[:3] for k in keys if k[2] in runs.CHAIN_SPACINGS and k[3] == v} for v in ("", "shift 3")}
+    assert on_chain[""] == on_chain["shift 3"] and ("ddim", (), "trailing") in on_chain[""]  # no Runge–Kutta there
+    assert all(r["sde"] == "rf" and r["sampler"] == runs.label(r["name"], r["options"], r["spacing"], r["variant"])
+               for r in rows)
+    finite = [r for r in rows if not r["diverged"]]
+    assert len(finite) == len(rows), [r["sampler"] for r in rows if r["diverged"]]
+    row = next(r for r in rows if r["sampler"] == "dpm_solver order=2 method=multistep prediction=x0, logsnr, shift 3")
+    rf = sgm.RectifiedFlow(3)
+    x = sgm.sample(p.target.prediction_fn(rf, "x0"), rf, (64, 2), sampler="dpm_solver", order=2, method="multistep",
+                   prediction="x0", steps=row["steps"], spacing="logsnr", train_steps=1000, x_init=p.z).x
+    assert row["map_error"] == pytest.approx(float((x - p.x_ref).norm(dim=1).mean()), rel=1e-12)
+    assert row["sw2"] == pytest.approx(judge.map_sw2(x, p.reference), rel=1e-12) and row["sw2_floor"] == p.sw2_floor
+    assert row["map_error"] < 0.2 * float((p.z - p.x_ref).norm(dim=1).mean())  # 10 NFE get most of the way
 
 
 def test_sgm_configs_are_every_deterministic_sampler_over_its_options():

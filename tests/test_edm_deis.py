@@ -166,35 +166,14 @@ def test_ncsnv2_step_minimises_the_variance_recursion():
 
 
 def test_langevin_step_rules():
-    """Default ``δ_i = 0.1 std_i²``; ``"ncsnv2"``: ``u`` of the grid's mean level ratio; a number: NCSN's rule."""
+    """Default ``δ_i = 0.2 std_i²``; ``"ncsnv2"``: ``u`` of the grid's mean level ratio; a number: NCSN's rule."""
     from sgm.samplers.langevin import AnnealedLangevin, ncsnv2_step
 
     grid = time_grid(sgm.VESDE(), 400)
     u = ncsnv2_step((grid.noisy[0].noise_level / grid.noisy[-1].noise_level) ** (1 / 399), 5)
     assert u == pytest.approx(0.0385, abs=1e-3)
-    for options, expected in [({}, 0.1), ({"step_size": "ncsnv2"}, u), ({"step_size": 2e-5}, 1e-5 / grid.noisy[-1].std ** 2)]:
+    for options, expected in [({}, 0.2), ({"step_size": "ncsnv2"}, u), ({"step_size": 2e-5}, 1e-5 / grid.noisy[-1].std ** 2)]:
         deltas = AnnealedLangevin(**options).init(None, grid)
         assert all(deltas[n] == pytest.approx(expected * n.std**2, rel=1e-9) for n in grid.noisy), options
     with pytest.raises(ValueError, match="step_size"):
         AnnealedLangevin(step_size="ncsn3")
-
-
-@pytest.mark.parametrize("sde_name", list(SDES))
-def test_annealed_langevin_defaults_sample_within_3x_the_floor(sde_name):
-    """With its defaults (5 steps per level, uniform grid) at the issue's 400 levels, annealed Langevin's SW₂ to a
-    3-D mixture is under 3× the Monte-Carlo floor (SW₂ between two target samples of the same size, median of 3).
-    n = 3000 keeps it to seconds (measured ratios 0.96–1.22; with steps 10× too small, u = 0.01 or 0.004, 1.4–12×,
-    and u = 1, ~5×); benchmarks/langevin_step_size.py measures n = 10⁴ (1.25–2.3×)."""
-    import statistics
-
-    from sgm import metrics
-
-    sde, n = SDES[sde_name](), 3000
-    gm = sgm.GaussianMixture([[-2.0, 0.0, 0.5], [2.0, 1.0, -0.5], [0.0, -2.0, 1.0]], [0.5, 0.3, 0.2], [0.3, 0.5, 0.2],
-                             dtype=D)
-    x = sgm.sample(gm.score_fn(sde), sde, (n, 3), sampler="langevin", steps=400, generator=gen(1), dtype=D).x
-    sw = metrics.sliced_wasserstein(x, gm.sample(n, generator=gen(2)), n_projections=100, generator=gen(3))
-    floor = statistics.median(metrics.sliced_wasserstein(gm.sample(n, generator=gen(10 + i)),
-                                                         gm.sample(n, generator=gen(20 + i)), n_projections=100,
-                                                         generator=gen(3)) for i in range(3))
-    assert sw < 3 * floor, (sw, floor)

@@ -227,12 +227,15 @@ SAMPLING = {
            "ode": (12, {"method": "heun2"}), "sde": (100, {}), "langevin": LANGEVIN, "pc": (100, {}),
            "dpm_solver": (12, LOGSNR), "unipc": (12, LOGSNR), "heun": (12, {}), "deis": (12, LOGSNR),
            "ipndm": (12, LOGSNR), "dpm_solver_sde": (50, {}), "euler_ancestral": (100, {}),
-           "dpmpp_2s_ancestral": (50, {})},
+           "dpmpp_2s_ancestral": (50, {}), "sa_solver": (50, {}), "er_sde": (50, {}), "restart": (50, {}),
+           "dpm_solver_v3": (12, LOGSNR)},
     "edm": {"euler_maruyama": (100, KARRAS), "reverse_diffusion": (100, KARRAS), "ancestral": (100, KARRAS),
             "ddim": (40, KARRAS), "ode": (18, {"method": "heun2", **KARRAS}), "sde": (500, {}), "langevin": LANGEVIN,
             "pc": (100, KARRAS), "dpm_solver": (12, LOGSNR), "unipc": (12, LOGSNR), "heun": (18, KARRAS),
             "deis": (12, LOGSNR), "ipndm": (12, LOGSNR), "dpm_solver_sde": (50, LOGSNR),
-            "euler_ancestral": (100, KARRAS), "dpmpp_2s_ancestral": (50, KARRAS)},
+            "euler_ancestral": (100, KARRAS), "dpmpp_2s_ancestral": (50, KARRAS), "dpm_solver_v3": (12, LOGSNR),
+            "sa_solver": (50, {}),
+            "er_sde": (50, {}), "restart": (50, {})},
 }
 PATHS = {"rf": sgm.RectifiedFlow, "edm": sgm.EDMPath}
 T_MAX_BELOW = 0.99  # where a sampler that needs α > 0 starts on rectified flow
@@ -290,3 +293,22 @@ def test_the_first_step_from_pure_noise_is_first_order():
             errors.append(float((sgm.samplers.get(sampler)(velocity, rf, x, grid, **options).x - exact)
                                 .norm(dim=1).mean()))
         assert abs(slope([1 / h for h in hs], errors) - local) < 0.3, (sampler, errors)
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_a_trailing_grid_from_the_exact_top_carries_the_paths_derivatives(shift):
+    """On ``RectifiedFlow`` the chain is the path at ``t_i = (i+1)/N``, and the trailing grid of ``n`` steps is the
+    uniform grid ``1, 1 - 1/n, …, 1/n``: its top node (``α = 0``) must carry the path's ``α', σ'`` (the chain's
+    moment formula ``f·scale`` is ``-∞·0`` there), so the velocity ODE on it is the same map as on
+    ``TimeGrid.from_times`` at those times."""
+    rf, gm, n = sgm.RectifiedFlow(shift), mixture(), 10
+    trailing = time_grid(rf, n, spacing="trailing", train_steps=N_TRAIN)
+    same = TimeGrid.from_times(rf, [1 - k / n for k in range(n)])
+    assert [node.t for node in trailing.nodes] == pytest.approx([node.t for node in same.nodes], rel=1e-14)
+    top = trailing.nodes[0]
+    assert (top.scale, top.d_scale, top.d_std) == (0.0, pytest.approx(-1 / shift), pytest.approx(1 / shift))  # τ'(1) = 1/s
+    x_T = torch.randn(64, 2, generator=gen(0), dtype=D)
+    velocity = gm.prediction_fn(rf, "velocity")
+    for method in ("euler", "heun2"):
+        expected = sgm.samplers.ode(velocity, rf, x_T, same, method=method).x
+        assert relative(sgm.samplers.ode(velocity, rf, x_T, trailing, method=method).x, expected) < RTOL

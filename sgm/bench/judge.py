@@ -1,7 +1,7 @@
 """How a run of the sweep is judged, whichever side ran it.
 
 - The **map error** ``mean_i ‖x_i - x_ref,i‖`` against the problem's reference map (``samplers.optimize.map_error``):
-  every deterministic run.
+  every deterministic run; with a target sample, also its SW₂ against it (``judge_map``).
 - The distribution metrics against a fresh target sample (the curves): SW₂ (``SW2_PROJECTIONS`` directions),
   MMD² and the energy distance (O(n²): the first ``PAIRWISE_N`` samples of each set), the Fréchet distance of
   the raw coordinates, the exact NLL and the mode-weight error; and the Monte-Carlo floor of each, its value
@@ -25,7 +25,8 @@ from .. import GaussianMixture, metrics
 from ..samplers.optimize import map_error
 
 __all__ = ["METRICS", "STOCHASTIC_METRICS", "PAIRWISE_N", "SW2_PROJECTIONS", "distribution_metrics", "floors",
-           "stochastic_metrics", "stochastic_floors", "judge_curve", "judge_map", "judge_stochastic", "failed"]
+           "stochastic_metrics", "stochastic_floors", "judge_curve", "map_sw2", "judge_map", "judge_stochastic",
+           "failed"]
 
 METRICS = ("sw2", "mmd2", "energy", "frechet", "nll", "mode_error", "map_error")
 STOCHASTIC_METRICS = ("frechet_moments", "mode_error", "sw2")
@@ -83,11 +84,22 @@ def judge_curve(x: Tensor | None, reference: Tensor, target: GaussianMixture, se
     return {**row, "diverged": False}
 
 
-def judge_map(x: Tensor, x_ref: Tensor, nfe: int, t0: float) -> dict:
-    """A comparison run's row: its NFE, seconds since ``t0``, map error and ``diverged``."""
+def map_sw2(x: Tensor, reference: Tensor) -> float:
+    """SW₂ of ``x`` against the target sample ``reference`` on ``SW2_PROJECTIONS`` directions from seed 0: the same
+    directions for every comparison run."""
+    return metrics.sliced_wasserstein(x.reshape(x.shape[0], -1), reference, SW2_PROJECTIONS,
+                                      torch.Generator().manual_seed(0))
+
+
+def judge_map(x: Tensor, x_ref: Tensor, nfe: int, t0: float, reference: Tensor | None = None) -> dict:
+    """A comparison run's row: its NFE, seconds since ``t0``, map error, ``diverged`` and, given a target sample
+    ``reference``, its SW₂ against it (``map_sw2``; NaN when it diverged)."""
     finite = _finite(x)
-    return {"nfe": nfe, "seconds": time.perf_counter() - t0, "diverged": not finite,
-            "map_error": map_error(x, x_ref) if finite else float("nan")}
+    row = {"nfe": nfe, "seconds": time.perf_counter() - t0, "diverged": not finite,
+           "map_error": map_error(x, x_ref) if finite else float("nan")}
+    if reference is not None:
+        row["sw2"] = map_sw2(x, reference) if finite else float("nan")
+    return row
 
 
 def judge_stochastic(x: Tensor | None, reference: Tensor, target: GaussianMixture, seed: int) -> dict:

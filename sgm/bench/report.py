@@ -4,8 +4,11 @@
   runs that spent at most the budget) and the ratio sgm / peer; the goal (issue 9) is a ratio of at most
   ``GOAL_RATIO`` at every budget of ``GOAL_NFE``. The stochastic leg's goal (issue 17) is the same table of the
   distribution error ``STOCHASTIC_GOAL_METRIC`` at ``STOCHASTIC_GOAL_NFE``, the best peer of all libraries.
-- ``write``: ``results.csv`` (the curve rows), ``compare.csv`` (the comparison rows), ``goal.md``,
-  ``results.json`` (rows, comparison, goal, floors, the exact flow map's metrics, seeds, versions) and the
+- ``path_table``: per target and budget, each path's best sgm configuration (least map error against that path's
+  own exact map, finite, within the budget) and which path's is lowest.
+- ``write``: ``results.csv`` (the curve rows), ``compare.csv`` (the comparison rows), ``goal.md``, ``paths.csv``
+  and ``paths.md`` (the cross-path rows and table, when run), ``results.json`` (rows, comparison, goal, cross-path
+  rows and table, stochastic rows and goal, floors, the exact flow map's metrics, seeds, versions) and the
   figures ``{metric}_{target}_{sde}.png`` (SW₂, Fréchet distance, map error against NFE; the floor dotted, the
   exact flow map dash-dotted, the best comparison configuration of each side on the map-error figure),
   ``scatter_{target}_{sde}.png`` (``scatter_figure``) and ``digits_frechet.png`` — names from ``figure_name``;
@@ -26,9 +29,9 @@ from torch import Tensor
 from .. import GaussianMixture, __version__
 from ..plotting import nfe_curves, scatter_panels
 
-__all__ = ["GOAL_NFE", "GOAL_RATIO", "STOCHASTIC_GOAL_NFE", "STOCHASTIC_GOAL_METRIC", "SCATTER_NFE", "goal_table",
-           "goal_markdown", "stochastic_markdown", "summary_table", "figure_name", "scatter_figure", "versions",
-           "write"]
+__all__ = ["GOAL_NFE", "GOAL_RATIO", "STOCHASTIC_GOAL_NFE", "STOCHASTIC_GOAL_METRIC", "SCATTER_NFE", "PATH_NAMES",
+           "goal_table", "goal_markdown", "stochastic_markdown", "path_table", "path_markdown", "summary_table",
+           "figure_name", "scatter_figure", "versions", "write"]
 
 GOAL_NFE = (5, 10, 20)
 GOAL_RATIO = 0.5
@@ -38,34 +41,81 @@ SCATTER_NFE = (10, 50, 200)  # the budgets of a 2-D target's scatter figure
 CURVE_METRICS = ("sw2", "frechet", "map_error")  # one figure each
 RESULT_COLUMNS = ["target", "sde", "sampler", "nfe_budget", "steps", "tolerance", "nfe", "seconds", "sw2", "mmd2",
                   "energy", "frechet", "nll", "mode_error", "map_error", "diverged", "frechet_classifier", "confident"]
-COMPARE_COLUMNS = ["target", "sde", "side", "sampler", "nfe_budget", "steps", "nfe", "map_error", "diverged",
-                   "seconds", "error"]
+COMPARE_COLUMNS = ["target", "sde", "side", "sampler", "nfe_budget", "steps", "nfe", "map_error", "sw2", "sw2_floor",
+                   "diverged", "seconds", "start_sigma", "start_error", "same_as", "error"]
 STOCHASTIC_COLUMNS = ["target", "sde", "side", "sampler", "nfe_budget", "steps", "nfe", "frechet_moments",
-                      "mode_error", "sw2", "diverged", "seconds", "error"]
+                      "mode_error", "sw2", "diverged", "seconds", "same_as", "error"]
+PATH_NAMES = {"vp": "VP", "ve": "VE", "edm": "EDM", "rf": "RF"}  # the cross-path table's column heads
+
+
+def _best(rows: list[dict], nfe: int, metric: str = "map_error") -> dict | None:
+    """The finite row of least ``metric`` that spent at most ``nfe``, or None."""
+    hits = [r for r in rows if not r["diverged"] and r.get("nfe") is not None and r["nfe"] <= nfe]
+    return min(hits, key=lambda r: r[metric]) if hits else None
 
 
 def goal_table(rows: list[dict], budgets=GOAL_NFE, peer: str | tuple = "diffusers",
                metric: str = "map_error") -> list[dict]:
     """Per target, SDE and budget (of ``budgets``, those the rows have): the best (least ``metric``, finite, within
-    the budget) configuration of sgm's side and of the ``peer`` side (or sides, a tuple: the best of them all), and
-    ``ratio = sgm / peer``."""
+    the budget) configuration of sgm's side and of the ``peer`` side (or sides, a tuple: the best of them all),
+    ``ratio = sgm / peer``, and each one's SW₂ with the problem's floor (the exact map's SW₂) where the rows have
+    them."""
     table, budgets = [], [b for b in budgets if any(r["nfe_budget"] == b for r in rows)]
     sides = {"peer": (peer,) if isinstance(peer, str) else tuple(peer), "sgm": ("sgm",)}
     for target, sde in dict.fromkeys((r["target"], r["sde"]) for r in rows):
         for nfe in budgets:
-            best = {}
-            for side, names in sides.items():
-                hits = [r for r in rows if (r["target"], r["sde"], r["nfe_budget"]) == (target, sde, nfe)
-                        and r["side"] in names and not r["diverged"] and r["nfe"] is not None and r["nfe"] <= nfe]
-                best[side] = min(hits, key=lambda r: r[metric]) if hits else None
-            theirs, ours = best["peer"], best["sgm"]
+            theirs, ours = (_best([r for r in rows if (r["target"], r["sde"], r["nfe_budget"]) == (target, sde, nfe)
+                                   and r["side"] in names], nfe, metric) for names in sides.values())
             ratio = ours[metric] / theirs[metric] if theirs and ours else float("nan")
             table.append({"target": target, "sde": sde, "nfe": nfe,
                           "peer": theirs["sampler"] if theirs else None,
                           "peer_error": theirs[metric] if theirs else None,
                           "sgm": ours["sampler"] if ours else None, "sgm_error": ours[metric] if ours else None,
-                          "ratio": ratio, "met": bool(ratio <= GOAL_RATIO)})
+                          "ratio": ratio, "met": bool(ratio <= GOAL_RATIO),
+                          "peer_sw2": theirs.get("sw2") if theirs else None,
+                          "sgm_sw2": ours.get("sw2") if ours else None,
+                          "sw2_floor": (ours or theirs or {}).get("sw2_floor")})
     return table
+
+
+def path_table(rows: list[dict], budgets) -> list[dict]:
+    """Per target and budget (of ``budgets``, those the rows have): each path's (``sde``'s) best sgm run within the
+    budget (``"paths": {sde: {"sampler", "map_error"} or None}``) and the ``best`` path, the one of least map error."""
+    table, rows = [], [r for r in rows if r.get("side", "sgm") == "sgm"]
+    budgets = [b for b in budgets if any(r["nfe_budget"] == b for r in rows)]
+    for target in dict.fromkeys(r["target"] for r in rows):
+        mine = [r for r in rows if r["target"] == target]
+        for nfe in budgets:
+            cells = {}
+            for sde in dict.fromkeys(r["sde"] for r in mine):
+                best = _best([r for r in mine if r["sde"] == sde and r["nfe_budget"] == nfe], nfe)
+                cells[sde] = ({"sampler": best["sampler"], "map_error": best["map_error"], "sw2": best.get("sw2")}
+                             if best else None)
+            found = {k: v for k, v in cells.items() if v is not None}
+            table.append({"target": target, "nfe": nfe, "paths": cells,
+                          "best": min(found, key=lambda k: found[k]["map_error"]) if found else None})
+    return table
+
+
+def path_markdown(table: list[dict]) -> str:
+    """``path_table`` as markdown: one table per target, a line per budget, each path's best map error, its SW₂ and
+    its configuration, the lowest map error in bold."""
+    out = []
+    for target in dict.fromkeys(r["target"] for r in table):
+        mine = [r for r in table if r["target"] == target]
+        sdes = list(dict.fromkeys(sde for r in mine for sde in r["paths"]))
+        heads = [PATH_NAMES.get(sde, sde) for sde in sdes]
+        lines = [f"**{target}**", "", "| NFE | " + " | ".join(heads) + " | lowest |",
+                 "|---|" + "---|" * (len(sdes) + 1)]
+        for r in mine:
+            cells = []
+            for sde in sdes:
+                cell = r["paths"].get(sde)
+                text = f"{_number(cell['map_error'])} (SW₂ {_number(cell['sw2'])}; {cell['sampler']})" if cell else "—"
+                cells.append(f"**{text}**" if sde == r["best"] else text)
+            lines.append(f"| {r['nfe']} | " + " | ".join(cells) + f" | {PATH_NAMES.get(r['best'], r['best'] or '—')} |")
+        out.append("\n".join(lines))
+    return "\n\n".join(out)
 
 
 def _number(value) -> str:
@@ -76,15 +126,17 @@ def _number(value) -> str:
 def goal_markdown(table: list[dict], peer: str = "diffusers", metric: str = "map error",
                   floors: dict | None = None) -> str:
     """``goal_table`` as markdown (``metric`` names the error column; with ``floors``, ``{"target / sde": value}``,
-    a column of each problem's Monte-Carlo floor of it)."""
+    a column of each problem's Monte-Carlo floor of it); the last column each side's SW₂ and the exact map's."""
     floor_head, floor_rule = (" floor |", "---|") if floors is not None else ("", "")
     lines = [f"| target | SDE | NFE | best {peer} configuration | {metric} | best sgm configuration | {metric} "
-             f"|{floor_head} sgm / peer | ≤ {GOAL_RATIO} |", "|---|---|---|---|---|---|---|" + floor_rule + "---|---|"]
+             f"|{floor_head} sgm / peer | ≤ {GOAL_RATIO} | SW₂ {peer} / sgm / floor |",
+             "|---|---|---|---|---|---|---|" + floor_rule + "---|---|---|"]
     for r in table:
         floor = "" if floors is None else f" {_number(floors.get(r['target'] + ' / ' + r['sde']))} |"
+        sw2 = " / ".join(_number(r.get(k)) for k in ("peer_sw2", "sgm_sw2", "sw2_floor"))
         lines.append(f"| {r['target']} | {r['sde'].upper()} | {r['nfe']} | {r['peer'] or '—'} | {_number(r['peer_error'])} "
                      f"| {r['sgm'] or '—'} | {_number(r['sgm_error'])} |{floor} {_number(r['ratio'])} | "
-                     f"{'yes' if r['met'] else 'no'} |")
+                     f"{'yes' if r['met'] else 'no'} | {sw2} |")
     return "\n".join(lines)
 
 
@@ -150,21 +202,28 @@ def stochastic_markdown(goal: list[dict], floors: dict) -> str:
 
 
 def write(out_dir: str, rows: list[dict], meta: dict, compared: list[dict] = (), goal: list[dict] = (),
-          stochastic: list[dict] = (), stochastic_goal: list[dict] = ()) -> None:
+          across: list[dict] = (), paths: list[dict] = (), stochastic: list[dict] = (),
+          stochastic_goal: list[dict] = ()) -> None:
     """Every file of the report (see the module docstring) to ``out_dir``; ``meta`` holds the floors and the flow
-    map's metrics per ``"target / sde"`` (and the stochastic leg's floors, ``stochastic_floors``)."""
+    map's metrics per ``"target / sde"`` (and the stochastic leg's floors, ``stochastic_floors``); ``across`` and
+    ``paths`` are the cross-path rows and ``path_table``, ``stochastic`` and ``stochastic_goal`` the stochastic
+    leg's rows and goal table."""
     _write_csv(os.path.join(out_dir, "results.csv"), RESULT_COLUMNS, rows)
     _write_csv(os.path.join(out_dir, "compare.csv"), COMPARE_COLUMNS, compared)
     with open(os.path.join(out_dir, "goal.md"), "w") as f:
         f.write(goal_markdown(goal) + "\n")
+    if across:
+        _write_csv(os.path.join(out_dir, "paths.csv"), COMPARE_COLUMNS, across)
+        with open(os.path.join(out_dir, "paths.md"), "w") as f:
+            f.write(path_markdown(paths) + "\n")
     if stochastic:
         _write_csv(os.path.join(out_dir, "stochastic.csv"), STOCHASTIC_COLUMNS, stochastic)
         with open(os.path.join(out_dir, "stochastic_goal.md"), "w") as f:
             f.write(stochastic_markdown(stochastic_goal, meta.get("stochastic_floors", {})) + "\n")
     with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump({"meta": meta, "rows": rows, "compare": list(compared), "goal": list(goal),
-                   "stochastic": list(stochastic), "stochastic_goal": list(stochastic_goal)}, f, indent=1,
-                  default=float)
+        json.dump({"meta": meta, "rows": rows, "compare": list(compared), "goal": list(goal), "paths": list(across),
+                   "path_table": list(paths), "stochastic": list(stochastic),
+                   "stochastic_goal": list(stochastic_goal)}, f, indent=1, default=float)
     groups = sorted({(r["target"], r["sde"].split(" ")[0]) for r in rows if "sw2" in r})
     for target_name, sde_name in groups:
         group = [r for r in rows if r["target"] == target_name and r["sde"].split(" ")[0] == sde_name and "sw2" in r]

@@ -5,11 +5,13 @@ steps whose ``solver.nfe(steps)`` fits); the NFE a row reports is the run's own 
 
 - **Curves** (``curve_rows``): each run of ``curve_runs`` at each budget and the adaptive dopri5 over
   tolerances, from the problem's ``x_T`` on its continuous SDE, judged by every metric (``judge.judge_curve``).
-- **Comparison** (``sgm_rows``): every deterministic fixed-step sampler over its options (``sgm_configs``) on the
-  continuous spacings (``problem.sde``, exact score) and the chain's timesteps (``problem.chain_sde``, the score
-  on the chain only), by map error; ``optimized_rows``: ``optimize_grid``'s grids for the best of them.
+- **Comparison** (``sgm_rows``): every deterministic fixed-step sampler over its options (``sgm_configs``) on each
+  of the problem's paths (its ``variants``: on rectified flow shift 1 and 3), on the continuous spacings (the
+  path, ``problems.exact_model``: the exact score, or ``x̂_0`` where ``α(T) = 0``) and the chain's timesteps (the
+  variant's ``chain_sde``, ``problems.chain_model``: exact on the chain only), by map error; ``optimized_rows``:
+  ``optimize_grid``'s grids for the best of them, each on its own path.
 - **The stochastic leg** (``sgm_rows`` with ``stochastic_configs`` and a distribution ``judge``): every option set
-  of every fixed-step sampler that draws noise, on the same spacings, its noise from a generator seeded
+  of every fixed-step sampler that draws noise, on the same paths and spacings, its noise from a generator seeded
   ``seed + 10``.
 - **A trained model** (``checkpoint_rows``): the curve runs on a digits checkpoint, judged in a classifier's features.
 
@@ -29,8 +31,8 @@ from torch import Tensor
 
 from .. import metrics, samplers
 from ..samplers import SamplerDiverged, optimize_grid, sample
-from .judge import STOCHASTIC_METRICS, failed, judge_curve, judge_map
-from .problems import TRAIN_STEPS, OffChain, Problem, on_chain_score
+from .judge import STOCHASTIC_METRICS, failed, judge_curve
+from .problems import TRAIN_STEPS, OffChain, Problem, chain_model, exact_model
 
 __all__ = ["Run", "CONTINUOUS_SPACINGS", "CHAIN_SPACINGS", "curve_runs", "budgeted", "Curves", "curve_rows",
            "sgm_configs", "stochastic_configs", "label", "sgm_rows", "optimized_rows", "checkpoint_rows"]
@@ -111,7 +113,7 @@ def curve_rows(problem: Problem, nfes, tolerances, reference: Tensor, seed: int,
     """Every run of ``curve_runs`` at every budget, and dopri5 over ``tolerances``, all metrics against the target
     sample ``reference``; the samples of the finite runs at budgets in ``scatter_nfe`` kept for a figure."""
     target, sde = problem.target, problem.sde
-    score, rows, scatter = target.score_fn(sde), [], []
+    score, rows, scatter = exact_model(target, sde), [], []
     common = {"target": problem.target_name, "sde": problem.sde_name}
     for run, nfe, steps in budgeted(nfes):
         x, row = _timed_run(score, sde, problem.x_T, run.sampler, steps, {**run.options, "spacing": run.spacing},
@@ -166,19 +168,21 @@ def stochastic_configs() -> list[tuple[str, dict]]:
     return _configs(stochastic=True)
 
 
-def label(name: str, options: dict, spacing: str) -> str:
-    """A comparison row's name: ``"dpm_solver order=2 method=multistep, logsnr"``."""
-    return " ".join([name] + [f"{k}={v}" for k, v in options.items()]) + f", {spacing}"
+def label(name: str, options: dict, spacing: str, variant: str = "") -> str:
+    """A comparison row's name: ``"dpm_solver order=2 method=multistep, logsnr"`` (``", shift 3"`` appended on a
+    variant's path)."""
+    words = " ".join([name] + [f"{k}={v}" for k, v in options.items()])
+    return f"{words}, {spacing}" + (f", {variant}" if variant else "")
 
 
 def _sgm_row(problem: Problem, score, sde, name: str, options: dict, nfe: int, steps: int, row_label: str,
-             sample_kw: dict, judge: Judge | None = None) -> dict | None:
-    """One sgm run from ``x_T`` (None when the sampler cannot run on a chain grid), scored by ``judge(x)``
-    (default: its map error); ``sample_kw``: ``sample``'s grid options (or a ``grid``) and generator."""
+             sample_kw: dict, variant: str = "", judge: Judge | None = None) -> dict | None:
+    """One sgm run from ``x_T`` (None when the sampler cannot run on a chain grid), judged by ``problem.judge`` (or
+    by ``judge(x)``, a stochastic run); ``sample_kw``: ``sample``'s grid options (or a ``grid``) and generator."""
     t0 = time.perf_counter()
     row = {"target": problem.target_name, "sde": problem.sde_name, "side": "sgm", "sampler": row_label,
            "nfe_budget": nfe, "steps": steps, "name": name, "options": options,
-           "spacing": sample_kw.get("spacing", "optimised")}
+           "spacing": sample_kw.get("spacing", "optimised"), "variant": variant}
     try:
         budget = {} if "grid" in sample_kw else {"steps": steps}  # a ready grid fixes its own nodes
         out = sample(score, sde, tuple(problem.x_T.shape), sampler=name, x_init=problem.x_T, **budget, **sample_kw,
@@ -188,54 +192,61 @@ def _sgm_row(problem: Problem, score, sde, name: str, options: dict, nfe: int, s
     except (ValueError, RuntimeError) as e:  # diverged (SamplerDiverged), or a solver refusing this grid
         return {**row, **failed(e, t0, keys=("map_error",) if judge is None else STOCHASTIC_METRICS)}
     if judge is None:
-        return {**row, **judge_map(out.x, problem.x_ref, out.nfe, t0)}
+        return {**row, **problem.judge(out.x, out.nfe, t0)}
     return {**row, "nfe": out.nfe, "seconds": time.perf_counter() - t0, **judge(out.x)}
 
 
 def sgm_rows(problem: Problem, nfes, configs=None, judge: Judge | None = None, seed: int = 0) -> list[dict]:
-    """Every configuration of ``configs`` (default ``sgm_configs()``) on every spacing (continuous on
-    ``problem.sde`` with the exact score, chain spacings on ``problem.chain_sde`` with ``on_chain_score``) at every
-    budget, scored by ``judge`` (default: map error; see ``_sgm_row``), any noise from a generator seeded
+    """Every configuration of ``configs`` (default ``sgm_configs()``) on every spacing of every variant of the
+    problem (continuous spacings on ``variant.sde`` with ``exact_model``, chain spacings on ``variant.chain_sde``
+    with ``chain_model``) at every budget, judged as ``_sgm_row`` says, any noise from a generator seeded
     ``seed + 10``."""
-    scores = {False: problem.target.score_fn(problem.sde), True: on_chain_score(problem.target, problem.chain)}
-    rows = []
-    for name, options in sgm_configs() if configs is None else configs:
-        solver = samplers.solver(name, **options)
-        for spacing, nfe in itertools.product(CONTINUOUS_SPACINGS + CHAIN_SPACINGS, nfes):
-            steps = solver.steps_for_nfe(nfe)
-            if steps is None:
-                continue
-            on_chain = spacing in CHAIN_SPACINGS
-            kw = {"spacing": spacing, "train_steps": TRAIN_STEPS, "generator": torch.Generator().manual_seed(seed + 10)}
-            row = _sgm_row(problem, scores[on_chain], problem.chain_sde if on_chain else problem.sde, name, options,
-                           nfe, steps, label(name, options, spacing), kw, judge)
-            if row is not None:
-                rows.append(row)
+    rows, configs = [], sgm_configs() if configs is None else configs
+    for variant in problem.variants:
+        models = {False: exact_model(problem.target, variant.sde), True: chain_model(problem.target, variant.chain_sde)}
+        for name, options in configs:
+            solver = samplers.solver(name, **options)
+            for spacing, nfe in itertools.product(CONTINUOUS_SPACINGS + CHAIN_SPACINGS, nfes):
+                steps = solver.steps_for_nfe(nfe)
+                if steps is None:
+                    continue
+                on_chain = spacing in CHAIN_SPACINGS
+                kw = {"spacing": spacing, "train_steps": TRAIN_STEPS,
+                      "generator": torch.Generator().manual_seed(seed + 10)}
+                row = _sgm_row(problem, models[on_chain], variant.chain_sde if on_chain else variant.sde, name,
+                               options, nfe, steps, label(name, options, spacing, variant.label), kw, variant.label,
+                               judge)
+                if row is not None:
+                    rows.append(row)
     return rows
 
 
 def optimized_rows(problem: Problem, nfes, fixed: list[dict], seed: int, top: int = 3) -> list[dict]:
-    """``optimize_grid``'s grid for each of the ``top`` best distinct samplers-with-options among the
-    continuous-grid runs of ``fixed`` at each budget, calibrated on 256 prior draws from ``seed + 20``
-    (independent of ``x_T``); the grid then runs from ``x_T``. An optimisation that fails is a diverged row."""
-    score, rows = problem.target.score_fn(problem.sde), []
+    """``optimize_grid``'s grid for each of the ``top`` best distinct samplers-with-options-and-paths among the
+    continuous-grid runs of ``fixed`` at each budget, on that run's path (its variant) with ``exact_model``,
+    calibrated on 256 prior draws from ``seed + 20`` (independent of ``x_T``); the grid then runs from ``x_T``. An
+    optimisation that fails is a diverged row."""
+    paths, rows = {v.label: v.sde for v in problem.variants}, []
     for nfe in nfes:
         ranked = sorted((r for r in fixed if r["nfe_budget"] == nfe and not r["diverged"]
                          and r["spacing"] in CONTINUOUS_SPACINGS), key=lambda r: r["map_error"])
-        distinct = {(r["name"], tuple(r["options"].items())): r for r in reversed(ranked)}  # each one's best run
+        # each sampler-with-options-and-path's best run
+        distinct = {(r["name"], tuple(r["options"].items()), r.get("variant", "")): r for r in reversed(ranked)}
         for best in sorted(distinct.values(), key=lambda r: r["map_error"])[:top]:
             name, options, steps, t0 = best["name"], best["options"], best["steps"], time.perf_counter()
-            row_label = label(name, options, "optimised grid")
+            variant = best.get("variant", "")
+            sde = paths[variant]
+            model, row_label = exact_model(problem.target, sde), label(name, options, "optimised grid", variant)
             try:
-                grid = optimize_grid(score, problem.sde, steps, sampler=name, shape=(problem.target.dim,), n=256,
+                grid = optimize_grid(model, sde, steps, sampler=name, shape=(problem.target.dim,), n=256,
                                      generator=torch.Generator().manual_seed(seed + 20), **options)
             except (ValueError, RuntimeError) as e:  # SamplerDiverged on every starting grid
                 rows.append({"target": problem.target_name, "sde": problem.sde_name, "side": "sgm",
-                             "sampler": row_label, "nfe_budget": nfe, "steps": steps,
+                             "sampler": row_label, "nfe_budget": nfe, "steps": steps, "variant": variant,
                              **failed(e, t0, "optimize_grid: ")})
                 continue
             seconds = time.perf_counter() - t0
-            row = _sgm_row(problem, score, problem.sde, name, options, nfe, steps, row_label, {"grid": grid})
+            row = _sgm_row(problem, model, sde, name, options, nfe, steps, row_label, {"grid": grid}, variant)
             rows.append({**row, "optimize_seconds": seconds})
     return rows
 

@@ -1,8 +1,10 @@
-"""The sweep and its command (``sgm bench``, ``python benchmarks/sweep.py``): for each target and SDE, the curves
-(every sampler at each budget of ``NFE_GRID``, the adaptive ODE over ``TOLERANCES``, all metrics), the
-comparison (every deterministic configuration of sgm and of each installed peer at each budget of
-``COMPARE_NFE``, map error) and the stochastic leg (every stochastic configuration of sgm and of each installed
-peer at each budget of ``STOCHASTIC_NFE``, distribution error against the exact target), then the report."""
+"""The sweep and its command (``sgm bench``, ``python benchmarks/sweep.py``): for each target and path, the curves
+(VP and VE: every sampler at each budget of ``NFE_GRID``, the adaptive ODE over ``TOLERANCES``, all metrics), the
+comparison (VP, VE and rectified flow: every deterministic configuration of sgm and of each installed peer at each
+budget of ``COMPARE_NFE``, map error and SW₂), the stochastic leg (VP and VE: every stochastic configuration of sgm
+and of each installed peer at each budget of ``STOCHASTIC_NFE``, distribution error against the exact target) and
+the cross-path comparison (``--only paths``: sgm's every configuration on VP, VE, EDM's path and rectified flow at
+each budget of ``PATH_NFE``, each path's best against its own exact map), then the report."""
 from __future__ import annotations
 
 import json
@@ -13,67 +15,98 @@ import torch
 
 from . import report
 from .judge import distribution_metrics, floors, judge_stochastic, stochastic_floors
-from .peers import peer_rows, stochastic_peer_rows
-from .problems import TARGETS, Problem, make_problem, make_targets
+from .peers import PEERS, peer_rows, stochastic_peer_rows
+from .problems import PATHS, TARGETS, Problem, make_problem, make_targets
 from .runs import checkpoint_rows, curve_rows, optimized_rows, sgm_rows, stochastic_configs
 
-__all__ = ["NFE_GRID", "QUICK_NFE", "TOLERANCES", "QUICK_TOLERANCES", "COMPARE_NFE", "QUICK_COMPARE_NFE",
-           "STOCHASTIC_NFE", "QUICK_STOCHASTIC_NFE", "STOCHASTIC_N", "compare_rows", "stochastic_rows", "run_sweep",
-           "add_arguments", "check_checkpoint", "run_from_args", "main"]
+__all__ = ["NFE_GRID", "QUICK_NFE", "TOLERANCES", "QUICK_TOLERANCES", "COMPARE_NFE", "QUICK_COMPARE_NFE", "PATH_NFE",
+           "STOCHASTIC_NFE", "QUICK_STOCHASTIC_NFE", "STOCHASTIC_N", "CURVE_SDES", "COMPARE_SDES", "STOCHASTIC_SDES",
+           "JOBS", "compare_rows", "path_rows", "stochastic_rows", "run_sweep", "add_arguments", "check_checkpoint",
+           "run_from_args", "main"]
 
 NFE_GRID = (5, 10, 20, 50, 100, 200, 500, 1000)
 QUICK_NFE = (5, 10, 20, 50)
 TOLERANCES = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5)
 QUICK_TOLERANCES = (1e-2, 1e-4)
 COMPARE_NFE = QUICK_COMPARE_NFE = (5, 10, 20)
+PATH_NFE = COMPARE_NFE  # the cross-path comparison's budgets (the same: it reuses the comparison's sgm runs)
 STOCHASTIC_NFE = (5, 10, 20, 50)
 QUICK_STOCHASTIC_NFE = (10, 20)  # the goal's budgets
 STOCHASTIC_N = 2000  # samples per stochastic run (quick: 500)
+CURVE_SDES = ("vp", "ve")  # the paths the curves run on
+COMPARE_SDES = ("vp", "ve", "rf")  # the paths sgm is compared with its peers on
+STOCHASTIC_SDES = ("vp", "ve")  # the paths of the stochastic leg
+JOBS = ("curves", "compare", "stochastic", "paths")
 
 
-def compare_rows(problem: Problem, nfes, seed: int = 0, peers: bool = True, optimise: bool = True) -> list[dict]:
-    """The comparison on ``problem``: sgm's fixed grids, its optimised grids (with ``optimise``) and every
-    installed peer (with ``peers``)."""
+def compare_rows(problem: Problem, nfes, seed: int = 0, peers=True, optimise: bool = True) -> list[dict]:
+    """The comparison on ``problem``: sgm's fixed grids, its optimised grids (with ``optimise``) and the installed
+    peers (``peers``: True for all of ``PEERS``, False for none, or a sequence of their names)."""
     fixed = sgm_rows(problem, nfes)
     rows = fixed + (optimized_rows(problem, nfes, fixed, seed) if optimise else [])
-    return rows + (peer_rows(problem, nfes) if peers else [])
+    names = _peer_names(peers)
+    return rows + (peer_rows(problem, nfes, names) if names else [])
 
 
-def stochastic_rows(problem: Problem, nfes, seed: int = 0, peers: bool = True) -> list[dict]:
-    """The stochastic leg on ``problem``: sgm's ``stochastic_configs`` on every spacing and every installed peer's
-    stochastic configurations (with ``peers``), each run from the problem's start, its noise seeded ``seed + 10``,
-    scored by ``judge_stochastic`` against one target sample of the problem's size drawn from ``seed + 2``."""
+def path_rows(problem: Problem, nfes, seed: int = 0, optimise: bool = True, done: list[dict] = ()) -> list[dict]:
+    """The cross-path comparison's runs on ``problem``: sgm's fixed grids and (with ``optimise``) optimised grids at
+    the budgets of ``nfes`` that ``done`` (sgm's comparison rows of the same problem, if it ran) does not hold, plus
+    those rows."""
+    have = {r["nfe_budget"] for r in done}
+    todo = tuple(nfe for nfe in nfes if nfe not in have)
+    fixed = sgm_rows(problem, todo) if todo else []
+    return list(done) + fixed + (optimized_rows(problem, todo, fixed, seed) if optimise and todo else [])
+
+
+def _peer_names(peers) -> tuple:
+    """``peers`` as names of ``PEERS``: True for all, False (or None) for none, or a sequence of their names."""
+    return PEERS if peers is True else tuple(peers or ())
+
+
+def stochastic_rows(problem: Problem, nfes, seed: int = 0, peers=True) -> list[dict]:
+    """The stochastic leg on ``problem``: sgm's ``stochastic_configs`` on every spacing and the stochastic
+    configurations of the installed peers (``peers`` as in ``compare_rows``), each run from the problem's start, its
+    noise seeded ``seed + 10``, scored by ``judge_stochastic`` against one target sample of the problem's size drawn
+    from ``seed + 2``."""
     target = problem.target
     reference = target.sample(problem.z.shape[0], generator=torch.Generator().manual_seed(seed + 2))
 
     def judge(x):
         return judge_stochastic(x, reference, target, seed)
 
-    rows = sgm_rows(problem, nfes, stochastic_configs(), judge, seed)
-    return rows + (stochastic_peer_rows(problem, nfes, judge, seed + 10) if peers else [])
+    rows, names = sgm_rows(problem, nfes, stochastic_configs(), judge, seed), _peer_names(peers)
+    return rows + (stochastic_peer_rows(problem, nfes, judge, seed + 10, names) if names else [])
 
 
 def run_sweep(out_dir: str, quick: bool = False, n: int | None = None, seed: int = 0,
-              checkpoint: str | None = None, peers: bool = True, progress: bool = True, curves: bool = True,
-              compare: bool = True, n_compare: int | None = None, targets=None, stochastic: bool = True,
-              n_stochastic: int | None = None, stochastic_nfe=None) -> list[dict]:
-    """Run the sweep, write its report to ``out_dir`` and return the curve rows (the comparison's and the
-    stochastic leg's rows and goal tables are in ``results.json``). Seeds: the problem's draw ``seed``, the floors
-    ``seed + 1``, the target sample the curves are judged against ``seed + 2``, SW₂'s directions ``seed + 3``,
-    stochastic samplers' noise ``seed + 10``, ``optimize_grid``'s calibration draws ``seed + 20``."""
+              checkpoint: str | None = None, peers=True, progress: bool = True, curves: bool = True,
+              compare: bool = True, n_compare: int | None = None, targets=None, paths: bool = False,
+              sdes=None, stochastic: bool = True, n_stochastic: int | None = None, stochastic_nfe=None) -> list[dict]:
+    """Run the sweep, write its report to ``out_dir`` and return the curve rows (the comparison's rows, the goal
+    table, the cross-path rows and table, the stochastic leg's rows and goal table are in ``results.json``).
+    ``sdes``: the paths to run (default: all of ``problems.PATHS``; the curves run on those of ``CURVE_SDES``, the
+    comparison on those of ``COMPARE_SDES``, the stochastic leg on those of ``STOCHASTIC_SDES``); ``paths``: the
+    cross-path comparison on each of them. Seeds: the problem's draw ``seed``, the floors ``seed + 1``, the target
+    sample the curves, the comparison and the stochastic leg are judged against ``seed + 2``, the curves' SW₂
+    directions ``seed + 3``, stochastic samplers' noise ``seed + 10``, ``optimize_grid``'s calibration draws
+    ``seed + 20``."""
     os.makedirs(out_dir, exist_ok=True)
     n_stochastic = n_stochastic or (min(n, STOCHASTIC_N) if n else (500 if quick else STOCHASTIC_N))
     n = n or (500 if quick else 4000)
     n_compare = n_compare or min(n, 1000)
     nfes, tolerances = (QUICK_NFE, QUICK_TOLERANCES) if quick else (NFE_GRID, TOLERANCES)
     compare_nfes = QUICK_COMPARE_NFE if quick else COMPARE_NFE
-    rows, compared, floor_metrics, flow_maps, t_start = [], [], {}, {}, time.perf_counter()
+    rows, compared, across, floor_metrics, flow_maps, t_start = [], [], [], {}, {}, time.perf_counter()
     stochastic_runs, stochastic_floor_metrics = [], {}
     stochastic_nfe = tuple(stochastic_nfe or (QUICK_STOCHASTIC_NFE if quick else STOCHASTIC_NFE))
+    sdes = tuple(sdes or PATHS)
     for target_name, target in make_targets(quick, targets).items():
-        for sde_name in ("vp", "ve"):
+        for sde_name in sdes:
+            if not ((curves and sde_name in CURVE_SDES) or (compare and sde_name in COMPARE_SDES)
+                    or (stochastic and sde_name in STOCHASTIC_SDES)):
+                continue
             key = f"{target_name} / {sde_name}"
-            if curves:
+            if curves and sde_name in CURVE_SDES:
                 problem = make_problem(target_name, target, sde_name, n, seed)
                 floor_metrics[key] = floors(target, n, seed + 1)
                 reference = target.sample(n, generator=torch.Generator().manual_seed(seed + 2))
@@ -84,25 +117,31 @@ def run_sweep(out_dir: str, quick: bool = False, n: int | None = None, seed: int
                 rows += result.rows
                 if result.scatter:
                     report.scatter_figure(out_dir, target_name, sde_name, target, result.scatter)
-            if compare:
+            if compare and sde_name in COMPARE_SDES:
                 compared += compare_rows(make_problem(target_name, target, sde_name, n_compare, seed), compare_nfes,
                                          seed, peers, optimise=not quick)
-            if stochastic:
+            if stochastic and sde_name in STOCHASTIC_SDES:
                 stochastic_floor_metrics[key] = stochastic_floors(target, n_stochastic, seed + 1)
                 stochastic_runs += stochastic_rows(make_problem(target_name, target, sde_name, n_stochastic, seed),
                                                    stochastic_nfe, seed, peers)
             print(f"{key}: {time.perf_counter() - t_start:.0f}s so far", flush=True)
+        for path_name in [p for p in PATHS if p in sdes] if paths else ():
+            done = [r for r in compared if (r["target"], r["sde"], r["side"]) == (target_name, path_name, "sgm")]
+            across += path_rows(make_problem(target_name, target, path_name, n_compare, seed), PATH_NFE, seed,
+                                optimise=not quick, done=done)
+            print(f"{target_name} / {path_name} (paths): {time.perf_counter() - t_start:.0f}s so far", flush=True)
     if checkpoint:
         rows.extend(checkpoint_rows(checkpoint, nfes, seed, progress))
     goal = report.goal_table(compared) if compared else []
     stochastic_goal = report.goal_table(stochastic_runs, report.STOCHASTIC_GOAL_NFE, ("diffusers", "k-diffusion"),
                                         report.STOCHASTIC_GOAL_METRIC) if stochastic_runs else []
     meta = {"seed": seed, "n": n, "n_compare": n_compare, "n_stochastic": n_stochastic, "quick": quick,
-            "nfe_grid": list(nfes), "compare_nfe": list(compare_nfes), "stochastic_nfe": list(stochastic_nfe),
-            "tolerances": list(tolerances), "floors": floor_metrics, "flow_map": flow_maps,
-            "stochastic_floors": stochastic_floor_metrics, "seconds": time.perf_counter() - t_start,
-            "versions": report.versions()}
-    report.write(out_dir, rows, meta, compared, goal, stochastic_runs, stochastic_goal)
+            "nfe_grid": list(nfes), "compare_nfe": list(compare_nfes), "path_nfe": list(PATH_NFE) if paths else [],
+            "stochastic_nfe": list(stochastic_nfe), "tolerances": list(tolerances), "floors": floor_metrics,
+            "flow_map": flow_maps, "stochastic_floors": stochastic_floor_metrics,
+            "seconds": time.perf_counter() - t_start, "versions": report.versions()}
+    report.write(out_dir, rows, meta, compared, goal, across, report.path_table(across, PATH_NFE) if across else [],
+                 stochastic_runs, stochastic_goal)
     return rows
 
 
@@ -117,15 +156,22 @@ def add_arguments(parser) -> None:
     parser.add_argument("--checkpoint", default=None, help="a trained digits checkpoint to sweep as well (a network on a CPU: "
                         "use with --quick, which took 9.4 min for the 8×8 U-Net on 2 cores)")
     parser.add_argument("--no-peers", action="store_true", help="skip the peer libraries (diffusers) even if installed")
+    parser.add_argument("--peers", nargs="+", choices=PEERS, default=None,
+                        help="only these peer modules (default: all installed; diffusers_flow: the flow schedulers)")
     parser.add_argument("--progress", action="store_true", help="progress bars for each run")
     parser.add_argument("--targets", nargs="+", choices=tuple(TARGETS), default=None,
                         help="the targets to run (default: all; the 2-D ring with --quick)")
+    parser.add_argument("--sdes", nargs="+", choices=PATHS, default=None,
+                        help="the paths to run (default: all; the curves and the stochastic leg run on vp and ve, the "
+                        "comparison on vp, ve and rf, the cross-path comparison on all four)")
     parser.add_argument("--stochastic-nfe", type=int, nargs="+", default=None,
                         help=f"the stochastic leg's budgets (default {' '.join(map(str, STOCHASTIC_NFE))}; "
                         f"{' '.join(map(str, QUICK_STOCHASTIC_NFE))} with --quick)")
-    parser.add_argument("--only", choices=("curves", "compare", "stochastic"), default=None,
-                        help="run only the curves (all metrics), only the sgm-vs-peers comparison (map error) or only "
-                        "the stochastic leg (distribution error, sgm and peers)")
+    parser.add_argument("--only", nargs="+", choices=JOBS, default=None,
+                        help="run only these jobs (default: curves, compare and, without --quick, stochastic): the "
+                        "curves (all metrics), the sgm-vs-peers comparison (map error, SW₂), the stochastic leg "
+                        "(distribution error, sgm and peers), the cross-path comparison (every path's best sgm "
+                        "configuration; with compare it reuses the comparison's sgm runs)")
 
 
 def check_checkpoint(path: str) -> None:
@@ -148,22 +194,24 @@ def run_from_args(args) -> int:
     if args.checkpoint:
         check_checkpoint(args.checkpoint)
     t0 = time.perf_counter()
+    jobs = set(args.only or ("curves", "compare") + (() if args.quick else ("stochastic",)))
     rows = run_sweep(args.out, quick=args.quick, n=args.n, seed=args.seed, checkpoint=args.checkpoint,
-                     peers=not args.no_peers, progress=args.progress, curves=args.only in (None, "curves"),
-                     compare=args.only in (None, "compare"), targets=args.targets,
-                     stochastic=args.only == "stochastic" or (args.only is None and not args.quick),
-                     stochastic_nfe=args.stochastic_nfe)
+                     peers=not args.no_peers and (args.peers or True), progress=args.progress, curves="curves" in jobs,
+                     compare="compare" in jobs, targets=args.targets, paths="paths" in jobs, sdes=args.sdes,
+                     stochastic="stochastic" in jobs, stochastic_nfe=args.stochastic_nfe)
     with open(os.path.join(args.out, "results.json")) as f:
-        written = json.load(f)
-    goal = written["goal"]
+        results = json.load(f)
+    goal, across = results["goal"], results["path_table"]
     print(f"{len(rows)} curve runs in {time.perf_counter() - t0:.0f}s; wrote {args.out}/results.csv, compare.csv, "
           f"goal.md, results.json and figures")
     if rows:
         print(report.summary_table(rows, (10, 20)))
     if goal:
         print(report.goal_markdown(goal))
-    if written["stochastic_goal"]:
-        print(report.stochastic_markdown(written["stochastic_goal"], written["meta"]["stochastic_floors"]))
+    if across:
+        print(report.path_markdown(across))
+    if results["stochastic_goal"]:
+        print(report.stochastic_markdown(results["stochastic_goal"], results["meta"]["stochastic_floors"]))
     return 0
 
 

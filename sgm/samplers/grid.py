@@ -42,6 +42,7 @@ import torch
 
 from ..checks import choice, flag, integer, positive, real
 from ..paths import DiscreteChain, GaussianPath
+from .fingerprint import check_model
 
 __all__ = ["Node", "TimeGrid", "time_grid", "SPACINGS", "FAMILIES", "path_family"]
 
@@ -166,6 +167,14 @@ class TimeGrid:
         return {"format": GRID_FORMAT, "version": GRID_VERSION, "sde": self.sde,
                 "nodes": [list(n) for n in self.nodes], "info": dict(self.info)}
 
+    def check_model(self, model, sde: GaussianPath, device=None) -> None:
+        """Raise ``ValueError`` when the grid was made for another path than ``sde`` or calibrated for another model
+        than ``model`` (``info["model"]``: the fingerprint ``optimize_grid`` records — class, parameter count,
+        predicted kind and outputs on a fixed probe batch, see ``sgm.samplers.fingerprint``). A grid without
+        a fingerprint is accepted for any model."""
+        self.check_sde(sde)
+        check_model(self.info.get("model"), model, sde, device, what="grid")
+
     def save(self, path: str | os.PathLike) -> None:
         """Write the grid to ``path`` as JSON: nodes ``[t, scale, std, d_scale, d_std]`` (floats round-trip exactly),
         ``sde``, ``info``."""
@@ -173,14 +182,20 @@ class TimeGrid:
             json.dump(self.as_dict(), f, indent=1, allow_nan=False)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, sde: GaussianPath | None = None) -> "TimeGrid":
-        """Read a grid written by ``save``; with ``sde``, refuse (``ValueError``) a grid made for another path."""
+    def load(cls, path: str | os.PathLike, sde: GaussianPath | None = None, model=None) -> "TimeGrid":
+        """Read a grid written by ``save``; with ``sde``, refuse (``ValueError``) a grid made for another path, and with
+        ``model`` too, one calibrated for another model (``check_model``)."""
+        if model is not None and sde is None:
+            raise ValueError("TimeGrid.load(path, model=...) needs the path too: TimeGrid.load(path, sde, model)")
         with open(path) as f:
             try:
                 data = json.load(f)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{os.fspath(path)!r} is not a grid file (invalid JSON: {e})") from None
-        return cls.from_dict(data, sde, source=repr(os.fspath(path)))
+        grid = cls.from_dict(data, sde, source=repr(os.fspath(path)))
+        if model is not None:
+            grid.check_model(model, sde)
+        return grid
 
     @classmethod
     def from_dict(cls, data, sde: GaussianPath | None = None, source: str = "grid") -> "TimeGrid":
@@ -227,7 +242,8 @@ class TimeGrid:
         """Nodes at the given decreasing timesteps of a discrete chain, with the chain's ``(scale, std)``. With the
         path ``sde`` the nodes get the derivatives of the path's moment equations at their time applied to the
         chain's marginal, ``d_scale = f·scale``, ``d_std = (f·std² + ½g²)/std`` (the path's ``α', σ'`` on a node of the
-        path itself), and the grid records the path."""
+        path itself; at a node of scale 0, where both are ``0·∞``, the path's ``α', σ'``), and the grid records the
+        path."""
         idx = [integer("index", i, 0, len(chain) - 1) for i in indices]
         t = torch.tensor([float(chain.t[i]) for i in idx], dtype=torch.float64)
         scale, std = chain.scale[idx].to(torch.float64), chain.std[idx].to(torch.float64)
@@ -235,8 +251,12 @@ class TimeGrid:
             nodes = [Node(*v) for v in zip(t.tolist(), scale.tolist(), std.tolist())]
         else:
             f, g2 = sde.drift_coefficient(t), sde.diffusion_squared(t)
-            nodes = [Node(*v) for v in zip(t.tolist(), scale.tolist(), std.tolist(), (f * scale).tolist(),
-                                           ((f * std**2 + 0.5 * g2) / std).tolist())]
+            d_scale, d_std = f * scale, (f * std**2 + 0.5 * g2) / std
+            # a node of scale 0 (the exact top of a path with α(T) = 0) makes both 0·∞: the path's own α', σ' there
+            top = scale == 0
+            d_scale = torch.where(top, sde.d_alpha(t).to(torch.float64), d_scale)
+            d_std = torch.where(top, sde.d_sigma(t).to(torch.float64), d_std)
+            nodes = [Node(*v) for v in zip(t.tolist(), scale.tolist(), std.tolist(), d_scale.tolist(), d_std.tolist())]
         return cls(tuple(nodes) + ((DATA_NODE,) if denoise else ()), None if sde is None else repr(sde))
 
 

@@ -31,7 +31,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from ..checks import integer
+from ..checks import integer, shape as check_shape
 from ..device import resolve_device
 from ..paths import GaussianPath
 from .base import SamplerOutput, check_state
@@ -41,12 +41,15 @@ from .dpm import DPMSolver
 from .dpm_v3 import DPMSolverV3
 from .dpm_sde import DPMSolverSDE
 from .edm import Heun
+from .er_sde import ERSDE
 from .grid import FAMILIES, KARRAS_RHO, SPACINGS, TimeGrid, path_family, time_grid
 from .langevin import AnnealedLangevin, PredictorCorrector
 from .noise import Noise, make_noise
 from .predictors import DDIM, Ancestral, EulerMaruyama, ReverseDiffusion
 from .probability_flow import ode_solver
+from .restart import Restart
 from .reverse_sde import SDE_METHODS, TorchSDE
+from .sa_solver import SASolver
 from .solver import Callback, Solver, integrate
 from .uni_pc import UniPC
 
@@ -111,10 +114,9 @@ SAMPLERS: dict[str, Entry] = {
     "sde": Entry(TorchSDE, "the reverse SDE by torchsde (Euler, Milstein, SRK; fixed or adaptive steps)", steps=500,
                  sweep={"method": SDE_METHODS}),
     # NCSN's geometric levels: at 5–50 NFE other grids measure better, but the hundreds of levels annealed Langevin
-    # needs to match a mixture (steps=160 here) relax only on geometric levels (docs/samplers.md)
+    # needs to match a mixture (its defaults at 400 here) relax only on geometric levels (docs/samplers.md)
     "langevin": Entry(AnnealedLangevin, "annealed Langevin dynamics over the grid's noise levels (NCSN)",
-                      spacing="geometric", steps=160,
-                      options={"n_steps_each": 30}, smoke={"n_steps_each": 2}, curves=({"n_steps_each": 5},)),
+                      spacing="geometric", steps=400, smoke={"n_steps_each": 2}),
     "pc": Entry(PredictorCorrector, "predictor–corrector: a one-step predictor, then Langevin corrector steps",
                 steps=500, spacing={"vp": "uniform", "ve": "karras", "rf": "uniform"}),
     "dpm_solver": Entry(DPMSolver, "DPM-Solver (ε̂) / DPM-Solver++ (x̂₀), orders 1–3, multistep or singlestep",
@@ -143,6 +145,17 @@ SAMPLERS: dict[str, Entry] = {
                                 spacing={"vp": "quadratic", "ve": "karras", "rf": "uniform"}, steps=100),
     "heun": Entry(Heun, "EDM's sampler: Heun's method in σ on x/α with optional churn (Algorithm 2)",
                   spacing={"vp": "uniform", "ve": "karras", "rf": "uniform"}, steps=100, stochastic=({"churn": 1.0},)),
+    "sa_solver": Entry(SASolver, "SA-Solver: stochastic Adams predictor and corrector on x̂₀, orders 1–4, "
+                                 "stochasticity τ(t)", spacing={"vp": "quadratic", "ve": "logsnr", "rf": "logsnr"},
+                       steps=100,
+                       sweep={"predictor_order": (1, 2, 3, 4), "corrector_order": (0, 2, 4)}),
+    "er_sde": Entry(ERSDE, "ER-SDE-Solver: the extended reverse-time SDE of a noise-scale function, orders 1–3",
+                    spacing={"vp": "uniform", "ve": "karras", "rf": "karras"}, steps=100, smoke={"order": 1},
+                    sweep={"order": (1, 2, 3), "noise_scale": ("er_sde_5", "er_sde_1", "reverse_sde")}),
+    "restart": Entry(Restart, "Restart sampling: EDM's Heun with forward re-noising jumps and Heun inner steps over "
+                              "restart intervals", spacing={"vp": "uniform", "ve": "karras", "rf": "uniform"},
+                     steps=200, smoke={"repeats": 1, "inner_steps": 3},
+                     sweep={"intervals": ("cifar10_vp", "cifar10_edm", "stable_diffusion")}),
 }
 
 
@@ -249,19 +262,6 @@ def get(name: str) -> Callable[..., SamplerOutput]:
     return run
 
 
-def _check_shape(shape) -> tuple[int, ...]:
-    if isinstance(shape, torch.Size):
-        shape = tuple(shape)
-    if not isinstance(shape, (tuple, list)) or not shape:
-        raise TypeError(f"shape must be a non-empty tuple of ints (batch, ...), got {shape!r}")
-    try:
-        return tuple(integer("shape", n) for n in shape)
-    except TypeError:
-        raise TypeError(f"shape must be a non-empty tuple of ints (batch, ...), got {shape!r}") from None
-    except ValueError:
-        raise ValueError(f"shape must have positive sizes, got {tuple(shape)}") from None
-
-
 def budget_grid(method: Solver, sde: GaussianPath, nfe: int, spacing: str, eps=None, denoise: bool = True,
                 train_steps: int = 1000, rho: float = KARRAS_RHO, t_max=None) -> TimeGrid:
     """The grid of the most noise levels on which ``method`` spends at most ``nfe`` evaluations (``grid_nfe``:
@@ -315,7 +315,7 @@ def sample(score, sde: GaussianPath, shape, sampler: str | None = None, steps: i
                         f"got {type(sde).__name__}")
     if not callable(score):
         raise TypeError(f"score must be callable as score(x, t), got {type(score).__name__}")
-    shape = _check_shape(shape)
+    shape = check_shape("shape", shape)
     if correction is not None:
         from .corrections import Correction
         if not isinstance(correction, Correction):
@@ -366,6 +366,7 @@ def sample(score, sde: GaussianPath, shape, sampler: str | None = None, steps: i
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     device = (generator.device if generator is not None else torch.device("cpu")) if device is None \
         else resolve_device(device)
+    grid.check_model(score, sde, device)  # refused: a grid for another path, an optimised one for another model
     like = torch.empty(shape, dtype=dtype, device=device)
     if seeds is None and not isinstance(noise, Noise):
         # x_T from the generator first, then the noise made from it (a Brownian path's entropy after x_T)

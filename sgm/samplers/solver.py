@@ -172,7 +172,7 @@ Callback = Callable[[Tensor, Node, Prediction], Optional[Tensor]]
 
 def _check_plausible(x: Tensor, node: Node, bound: float) -> None:
     """``SamplerDiverged`` when the state is not finite or beyond ``bound`` in magnitude (one reduction)."""
-    largest = float(x.abs().amax())
+    largest = float(x.detach().abs().amax())  # detached: LD3 integrates with its graph
     if not largest <= bound:
         raise SamplerDiverged(f"the sampler's state left the plausible range at t={node.t:.6g}: max |x| = "
                               f"{largest:.3g} > {bound:.3g} (PLAUSIBLE·max(1, prior_std))")

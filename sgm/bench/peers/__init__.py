@@ -12,21 +12,25 @@ from importlib import import_module
 
 __all__ = ["PEERS", "installed", "peer_rows", "stochastic_peer_rows"]
 
-PEERS = ("diffusers", "k_diffusion")
+PEERS = ("diffusers", "diffusers_flow", "k_diffusion")
 
 
-def installed() -> list:
-    """The modules of ``PEERS`` whose library is installed."""
-    modules = [import_module(f"{__name__}.{name}") for name in PEERS]
+def installed(names=PEERS) -> list:
+    """The modules of ``names`` (of ``PEERS``) whose library is installed."""
+    unknown = set(names) - set(PEERS)
+    if unknown:
+        raise ValueError(f"peers must be among {PEERS}, got {sorted(unknown)}")
+    modules = [import_module(f"{__name__}.{name}") for name in names]
     return [m for m in modules if m.available()]
 
 
-def peer_rows(problem, nfes) -> list[dict]:
-    """Every installed peer's comparison rows on ``problem`` at the budgets ``nfes``."""
-    return [row for module in installed() if hasattr(module, "rows") for row in module.rows(problem, nfes)]
+def peer_rows(problem, nfes, names=PEERS) -> list[dict]:
+    """The comparison rows on ``problem`` at the budgets ``nfes`` of every installed peer of ``names``."""
+    return [row for module in installed(names) if hasattr(module, "rows") for row in module.rows(problem, nfes)]
 
 
-def stochastic_peer_rows(problem, nfes, judge, seed: int) -> list[dict]:
-    """Every installed peer's stochastic rows on ``problem`` at the budgets ``nfes``, scored by ``judge``."""
-    return [row for module in installed() if hasattr(module, "stochastic_rows")
+def stochastic_peer_rows(problem, nfes, judge, seed: int, names=PEERS) -> list[dict]:
+    """The stochastic rows on ``problem`` at the budgets ``nfes`` of every installed peer of ``names``, scored by
+    ``judge``."""
+    return [row for module in installed(names) if hasattr(module, "stochastic_rows")
             for row in module.stochastic_rows(problem, nfes, judge, seed)]

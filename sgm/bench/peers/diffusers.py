@@ -28,16 +28,18 @@ import itertools
 import math
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
 from ... import DiscreteChain
-from ..judge import STOCHASTIC_METRICS, failed, judge_map
+from ..judge import STOCHASTIC_METRICS, failed
 from ..problems import Problem, eps_at
 
 __all__ = ["FAMILIES", "STOCHASTIC_FAMILIES", "SPACINGS", "SIGMA_OPTIONS", "Config", "available", "configs",
-           "stochastic_configs", "vp_betas", "make_scheduler", "noise_level", "row", "rows", "stochastic_rows"]
+           "stochastic_configs", "vp_betas", "fit_budget", "make_scheduler", "noise_level", "drive", "run", "quiet",
+           "row", "rows", "stochastic_rows"]
 
 # (family label template, scheduler class, option axes). Timestep spacings and sigma options are crossed in
 # where the class's constructor takes them; labels fill the template from the options.
@@ -81,12 +83,14 @@ SIGMA_OPTIONS = ("use_karras_sigmas", "use_lu_lambdas", "use_exponential_sigmas"
 
 @dataclass(frozen=True)
 class Config:
-    """One diffusers configuration: its row ``label``, the ``scheduler`` class name and its constructor's
-    ``options`` as ``(name, value)`` pairs."""
+    """One diffusers configuration: its row ``label``, the ``scheduler`` class name, its constructor's ``options``
+    and the keyword arguments of ``set_timesteps`` beside the step count (``set_timesteps``: FlowMatch's dynamic
+    shift ``mu``), each as ``(name, value)`` pairs."""
 
     label: str
     scheduler: str
     options: tuple
+    set_timesteps: tuple = ()
 
 
 def available() -> bool:
@@ -137,27 +141,36 @@ def vp_betas(chain: DiscreteChain) -> list[float]:
     return torch.cat([1 - abar[:1], 1 - abar[1:] / abar[:-1]]).tolist()
 
 
-def make_scheduler(config: Config, betas: list[float], nfe: int):
-    """The scheduler of ``config`` on ``betas``, set to the most steps whose run makes at most ``nfe`` model calls
-    (one per entry of ``timesteps``; at least 2 steps), and those steps; ``(None, None)`` when even 2 cost more."""
-    import diffusers
-
-    scheduler = getattr(diffusers, config.scheduler)(num_train_timesteps=len(betas), trained_betas=betas,
-                                                     prediction_type="epsilon", **dict(config.options))
+def fit_budget(scheduler, nfe: int, set_timesteps=()) -> int | None:
+    """Set ``scheduler`` to the most steps whose run makes at most ``nfe`` model calls (one per entry of
+    ``timesteps``; at least 2 steps; ``set_timesteps``: its other keyword arguments as pairs) and return them;
+    None when even 2 cost more."""
+    kwargs = dict(set_timesteps)
 
     def calls(steps):
-        scheduler.set_timesteps(steps)
+        scheduler.set_timesteps(steps, **kwargs)
         return len(scheduler.timesteps)
 
     steps = max(nfe, 2)
     while steps > 2 and calls(steps) > nfe:  # shrink in proportion, never below 2 steps
         steps = max(2, min(steps - 1, steps * nfe // calls(steps)))
     if calls(steps) > nfe:
-        return None, None
+        return None
     while steps + 1 <= nfe and calls(steps + 1) <= nfe:
         steps += 1
     calls(steps)
-    return scheduler, steps
+    return steps
+
+
+def make_scheduler(config: Config, betas: list[float], nfe: int):
+    """The scheduler of ``config`` on ``betas``, set to the most steps whose run makes at most ``nfe`` model calls
+    (``fit_budget``), and those steps; ``(None, None)`` when even 2 steps cost more."""
+    import diffusers
+
+    scheduler = getattr(diffusers, config.scheduler)(num_train_timesteps=len(betas), trained_betas=betas,
+                                                     prediction_type="epsilon", **dict(config.options))
+    steps = fit_budget(scheduler, nfe, config.set_timesteps)
+    return (scheduler, steps) if steps is not None else (None, None)
 
 
 def noise_level(scheduler, k: int, t) -> float:
@@ -176,39 +189,47 @@ def noise_level(scheduler, k: int, t) -> float:
     return sigma if c == 1.0 or math.isclose(staged, sigma, rel_tol=1e-3) else staged
 
 
-def row(config: Config, problem: Problem, nfe: int, betas: list[float] | None = None,
-        seen: dict | None = None, judge=None, seed: int = 0) -> dict | None:
-    """One run of ``config`` from ``z·init_noise_sigma`` (see the module docstring), scored by ``judge(x)`` (a
-    stochastic run: its metrics and ``diverged``, noise seeded ``seed``) or by its map error. Any failure or
-    non-finite result is a diverged row with the error; None when the budget is below 2 steps. ``seen`` caches
-    results by schedule (class, options but the spacing, timesteps, sigmas): a configuration whose spacing the
-    scheduler ignores (Karras sigmas, …) reuses the identical run's result, naming it in ``same_as``."""
+def drive(scheduler, problem: Problem, model, step_options: dict | None = None) -> torch.Tensor:
+    """diffusers' sampling loop on a set ``scheduler``, from its users' start ``z·init_noise_sigma``: the k-th call
+    gets ``model(scheduler.scale_model_input(x, t), scheduler, k, t)`` and each ``step`` the keyword arguments
+    ``step_options`` (a stochastic scheduler's ``generator``). FlowMatch schedulers have neither
+    ``init_noise_sigma`` nor ``scale_model_input``: their users start from ``z`` and give the state to the model as
+    it is. Returns the final state."""
+    x = problem.z * float(getattr(scheduler, "init_noise_sigma", 1.0))
+    scale = getattr(scheduler, "scale_model_input", lambda x, t: x)
+    kwargs = step_options or {}
+    for k, t in enumerate(scheduler.timesteps):
+        x = scheduler.step(model(scale(x, t), scheduler, k, t), t, x, **kwargs).prev_sample
+    return x
+
+
+def run(config: Config, problem: Problem, nfe: int, make, model, seen: dict | None = None, annotate=None,
+        step_options=None, judge=None) -> dict | None:
+    """One run (``drive``) of ``config`` on ``problem`` within ``nfe`` model calls, judged by ``problem.judge`` (or,
+    a stochastic run, by ``judge(x)``: ``STOCHASTIC_METRICS`` and ``diverged``): ``make()`` gives
+    ``(scheduler, steps)`` set for the budget (``(None, None)``: below 2 steps, no row), and the k-th call gets
+    ``model(x, scheduler, k, t)``, the exact prediction at the noise level that call uses; ``annotate(scheduler)``
+    adds fields to the row, ``step_options(scheduler)`` keyword arguments to each ``step``. Any failure or
+    non-finite result is a diverged row with the error. ``seen`` caches results by schedule (class, options but the
+    spacing, timesteps, sigmas): a configuration whose spacing the scheduler ignores (Karras sigmas, …) reuses the
+    identical run's result, naming it in ``same_as``."""
     out = {"target": problem.target_name, "sde": problem.sde_name, "side": "diffusers", "sampler": config.label,
            "nfe_budget": nfe}
     t0 = time.perf_counter()
-    options = dict(config.options)
-    if judge is not None and config.scheduler == "DPMSolverSDEScheduler":
-        options["noise_sampler_seed"] = seed
     try:
-        scheduler, steps = make_scheduler(Config(config.label, config.scheduler, tuple(options.items())),
-                                          betas or vp_betas(problem.chain), nfe)
+        scheduler, steps = make()
         if scheduler is None:
             return None
         out["steps"] = steps
+        out.update(annotate(scheduler) if annotate else {})
         sigmas = getattr(scheduler, "sigmas", None)
         key = (config.scheduler, tuple(o for o in config.options if o[0] != "timestep_spacing"),
                tuple(scheduler.timesteps.tolist()), tuple(sigmas.tolist()) if sigmas is not None else None)
         if seen is not None and key in seen:
             return {**seen[key], **out, "same_as": seen[key]["sampler"]}
-        takes = inspect.signature(scheduler.step).parameters
-        noise = {"generator": torch.Generator().manual_seed(seed)} if judge is not None and "generator" in takes \
-            else {}
-        x = problem.z * float(scheduler.init_noise_sigma)
-        for k, t in enumerate(scheduler.timesteps):
-            eps = eps_at(problem.target, scheduler.scale_model_input(x, t), noise_level(scheduler, k, t))
-            x = scheduler.step(eps, t, x, **noise).prev_sample
+        x = drive(scheduler, problem, model, step_options(scheduler) if step_options else None)
         if judge is None:
-            out.update(judge_map(x, problem.x_ref, len(scheduler.timesteps), t0))
+            out.update(problem.judge(x, len(scheduler.timesteps), t0))
         else:
             out.update({"nfe": len(scheduler.timesteps), "seconds": time.perf_counter() - t0, **judge(x)})
         if seen is not None:
@@ -218,15 +239,59 @@ def row(config: Config, problem: Problem, nfe: int, betas: list[float] | None = 
         return {**out, **failed(e, t0, keys=("map_error",) if judge is None else STOCHASTIC_METRICS)}
 
 
-def _rows(problem: Problem, nfes, made: list[Config], judge=None, seed: int = 0) -> list[dict]:
+def _eps_model(problem: Problem):
+    """The exact ε at the noise level of each call (``noise_level``)."""
+
+    def model(x, scheduler, k, t):
+        return eps_at(problem.target, x, noise_level(scheduler, k, t))
+
+    return model
+
+
+def _generator(seed: int):
+    """``step_options`` of a stochastic run: a generator seeded ``seed`` where the scheduler's ``step`` takes one."""
+
+    def options(scheduler) -> dict:
+        takes = inspect.signature(scheduler.step).parameters
+        return {"generator": torch.Generator().manual_seed(seed)} if "generator" in takes else {}
+
+    return options
+
+
+def row(config: Config, problem: Problem, nfe: int, betas: list[float] | None = None,
+        seen: dict | None = None, judge=None, seed: int = 0) -> dict | None:
+    """One run of ``config`` on the problem's chain (``run``; see the module docstring), by map error, or with a
+    ``judge`` a stochastic run scored by ``judge(x)``, its noise seeded ``seed`` (DPM-Solver SDE:
+    ``noise_sampler_seed``)."""
+    betas = betas or vp_betas(problem.chain)
+    made = config
+    if judge is not None and config.scheduler == "DPMSolverSDEScheduler":
+        made = Config(config.label, config.scheduler, config.options + (("noise_sampler_seed", seed),))
+    return run(config, problem, nfe, lambda: make_scheduler(made, betas, nfe), _eps_model(problem), seen,
+               step_options=_generator(seed) if judge is not None else None, judge=judge)
+
+
+@contextmanager
+def quiet():
+    """diffusers logging only errors, its deprecation warnings silenced (its DPM-Solver (ε) is deprecated: still a
+    choice), and torchsde's on the float32 ends of its tree's interval and numpy 2's on KDPM2's σ interpolation."""
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.set_verbosity_error()
-    betas, seen = vp_betas(problem.chain), {}
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # diffusers deprecates its DPM-Solver (ε): still a choice
-        warnings.filterwarnings("ignore", "Should have", UserWarning)  # torchsde: float32 ends of the tree's interval
-        warnings.simplefilter("ignore", DeprecationWarning)  # numpy 2 on KDPM2's σ interpolation
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.filterwarnings("ignore", "Should have", UserWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        yield
+
+
+def _rows(problem: Problem, nfes, made: list[Config], judge=None, seed: int = 0) -> list[dict]:
+    """``row`` of every configuration of ``made`` at every budget; none on a problem off VP and VE (the
+    rectified-flow problem's peers are ``peers.diffusers_flow``'s)."""
+    if problem.sde_name not in ("vp", "ve"):
+        return []
+    betas, seen = vp_betas(problem.chain), {}
+    with quiet():
         out = [row(c, problem, nfe, betas, seen, judge, seed) for c in made for nfe in nfes]
     return [r for r in out if r is not None]
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import sgm
-from sgm.bench import peers, runs
+from sgm.bench import peers, problems, runs
 from sgm.bench.peers import diffusers as peer
 
 D = torch.float64
@@ -18,7 +18,7 @@ needs_diffusers = pytest.mark.skipif(not peer.available(), reason="diffusers is 
 def test_every_peer_module_offers_the_peer_functions(bench_problems, monkeypatch):
     for name in peers.PEERS:
         module = importlib.import_module(f"sgm.bench.peers.{name}")
-        assert callable(module.available) and callable(module.rows)
+        assert callable(module.available) and callable(module.rows) and callable(module.rerun)
     monkeypatch.setattr(peer, "rows", lambda problem, nfes: [{"side": "diffusers", "nfe_budget": n} for n in nfes])
     monkeypatch.setattr(peer, "available", lambda: True)
     assert peers.peer_rows(bench_problems["vp"], (5, 10)) == [{"side": "diffusers", "nfe_budget": 5},
@@ -103,6 +103,6 @@ def test_a_failing_or_diverging_peer_is_a_row(bench_problems, monkeypatch):
     bad = peer.Config("diffusers DDIM, nonsense", "DDIMScheduler", (("timestep_spacing", "nonsense"),))
     row = peer.row(bad, bench_problems["vp"], 10)
     assert row["diverged"] and row["nfe"] is None and "nonsense" in row["error"] and row["map_error"] != row["map_error"]
-    monkeypatch.setattr(peer, "eps_at", lambda target, x, sigma: x * float("nan"))
+    monkeypatch.setattr(problems, "eps_at", lambda target, x, sigma: x * float("nan"))  # what Problem.eps_at calls
     row = peer.row(peer.configs()[0], bench_problems["vp"], 10)
     assert row["diverged"] and row["nfe"] == 10 and row["map_error"] != row["map_error"]

@@ -8,6 +8,7 @@ One module per job, data flowing down the list:
 | ``problems`` | the targets, each under VP and VE: the start ``x_T`` from one draw ``z``, the exact reference flow map, the exact model on the chain and at a noise level |
 | ``runs`` | sgm's side: the curve runs and the comparison configurations (from the sampler registry's entries), fixed and optimised grids, a trained checkpoint |
 | ``peers`` | other libraries, one module each (``peers.diffusers``), driven by the exact model from the same ``z`` |
+| ``trained`` | the trained-network leg: a network's own flow map as reference, screening, finalists, classifier FD |
 | ``judge`` | how any run is scored: map error, the distribution metrics and their floors, diverged rows |
 | ``report`` | the goal and summary tables, ``results.csv`` / ``compare.csv`` / ``goal.md`` / ``results.json``, figures |
 | ``sweep`` | the loop over problems, runs and peers, and the command's arguments |

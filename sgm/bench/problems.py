@@ -11,6 +11,11 @@ probability-flow map of ``x_T`` from ``σ_top`` to ``σ = 0`` (``exact_flow_map`
 
 The exact model in the two other forms the runs use: the score on the chain's timesteps only
 (``on_chain_score``) and the noise prediction at a noise level (``eps_at``).
+
+What the runs and the peers ask of a problem (``Problem`` here, ``trained.TrainedProblem`` for a network): the
+fields ``target_name, sde_name, chain, z, x_T, x_ref`` and the methods ``model_for(on_chain)`` (the model and path
+sgm's samplers run on), ``eps_at(x, sigma)`` (the peers' noise prediction) and ``judge(x, nfe, t0)`` (a row's
+scores).
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from torch import Tensor
 
 from .. import SDE, VESDE, VPSDE, DiscreteChain, GaussianMixture, random_mixture, ring_mixture
 from ..samplers.optimize import flow_map
+from .judge import judge_map
 
 __all__ = ["TARGETS", "TRAIN_STEPS", "Problem", "make_problem", "make_targets", "exact_flow_map", "OffChain",
            "on_chain_score", "eps_at"]
@@ -61,6 +67,21 @@ class Problem:
     z: Tensor
     x_T: Tensor
     x_ref: Tensor
+
+    def model_for(self, on_chain: bool):
+        """``(score, path)`` for sgm's samplers: the chain's score on ``chain_sde`` (``on_chain_score``) for a chain
+        spacing, else the exact score on the continuous ``sde``."""
+        if on_chain:
+            return on_chain_score(self.target, self.chain), self.chain_sde
+        return self.target.score_fn(self.sde), self.sde
+
+    def eps_at(self, x: Tensor, sigma: float) -> Tensor:
+        """The exact noise prediction at noise level ``sigma`` (``eps_at``)."""
+        return eps_at(self.target, x, sigma)
+
+    def judge(self, x: Tensor, nfe: int, t0: float) -> dict:
+        """A comparison row's scores: ``judge.judge_map`` against ``x_ref``."""
+        return judge_map(x, self.x_ref, nfe, t0)
 
 
 def make_problem(target_name: str, target: GaussianMixture, sde_name: str, n: int, seed: int) -> Problem:

@@ -25,7 +25,7 @@ from .. import GaussianMixture, __version__
 from ..plotting import nfe_curves, scatter_panels
 
 __all__ = ["GOAL_NFE", "GOAL_RATIO", "SCATTER_NFE", "goal_table", "goal_markdown", "summary_table", "figure_name",
-           "scatter_figure", "versions", "write"]
+           "scatter_figure", "versions", "write_csv", "write"]
 
 GOAL_NFE = (5, 10, 20)
 GOAL_RATIO = 0.5
@@ -121,7 +121,8 @@ def versions() -> dict:
     return out
 
 
-def _write_csv(path: str, columns: list[str], rows) -> None:
+def write_csv(path: str, columns: list[str], rows) -> None:
+    """``rows`` (dicts) as a CSV file with ``columns`` (other keys left out)."""
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, columns, extrasaction="ignore")
         writer.writeheader()
@@ -131,8 +132,8 @@ def _write_csv(path: str, columns: list[str], rows) -> None:
 def write(out_dir: str, rows: list[dict], meta: dict, compared: list[dict] = (), goal: list[dict] = ()) -> None:
     """Every file of the report (see the module docstring) to ``out_dir``; ``meta`` holds the floors and the flow
     map's metrics per ``"target / sde"``."""
-    _write_csv(os.path.join(out_dir, "results.csv"), RESULT_COLUMNS, rows)
-    _write_csv(os.path.join(out_dir, "compare.csv"), COMPARE_COLUMNS, compared)
+    write_csv(os.path.join(out_dir, "results.csv"), RESULT_COLUMNS, rows)
+    write_csv(os.path.join(out_dir, "compare.csv"), COMPARE_COLUMNS, compared)
     with open(os.path.join(out_dir, "goal.md"), "w") as f:
         f.write(goal_markdown(goal) + "\n")
     with open(os.path.join(out_dir, "results.json"), "w") as f:

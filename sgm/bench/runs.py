@@ -23,13 +23,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .. import metrics, samplers
+from .. import samplers
 from ..samplers import SamplerDiverged, optimize_grid, sample
-from .judge import failed, judge_curve, judge_map
-from .problems import TRAIN_STEPS, OffChain, Problem, on_chain_score
+from .judge import classifier_scores, failed, judge_curve
+from .problems import TRAIN_STEPS, OffChain, Problem
 
 __all__ = ["Run", "CONTINUOUS_SPACINGS", "CHAIN_SPACINGS", "curve_runs", "budgeted",
-           "Curves", "curve_rows", "sgm_configs", "label", "sgm_rows", "optimized_rows", "checkpoint_rows"]
+           "Curves", "curve_rows", "sgm_configs", "label", "sgm_row", "sgm_rows", "optimized_rows", "checkpoint_rows"]
 
 
 @dataclass(frozen=True)
@@ -150,9 +150,10 @@ def label(name: str, options: dict, spacing: str) -> str:
     return " ".join([name] + [f"{k}={v}" for k, v in options.items()]) + f", {spacing}"
 
 
-def _sgm_row(problem: Problem, score, sde, name: str, options: dict, nfe: int, steps: int, row_label: str,
-             grid_kw: dict) -> dict | None:
-    """One sgm run of the comparison from ``x_T`` (None when the sampler cannot run on a chain grid)."""
+def sgm_row(problem: Problem, score, sde, name: str, options: dict, nfe: int, steps: int, row_label: str,
+            grid_kw: dict) -> dict | None:
+    """One sgm run of the comparison from ``x_T``, scored by ``problem.judge`` (None when the sampler cannot run on
+    a chain grid)."""
     t0 = time.perf_counter()
     row = {"target": problem.target_name, "sde": problem.sde_name, "side": "sgm", "sampler": row_label,
            "nfe_budget": nfe, "steps": steps, "name": name, "options": options,
@@ -165,23 +166,24 @@ def _sgm_row(problem: Problem, score, sde, name: str, options: dict, nfe: int, s
         return None
     except (ValueError, RuntimeError) as e:  # diverged (SamplerDiverged), or a solver refusing this grid
         return {**row, **failed(e, t0)}
-    return {**row, **judge_map(out.x, problem.x_ref, out.nfe, t0)}
+    return {**row, **problem.judge(out.x, out.nfe, t0)}
 
 
-def sgm_rows(problem: Problem, nfes) -> list[dict]:
-    """Every ``sgm_configs`` configuration on every spacing (continuous on ``problem.sde`` with the exact score,
-    chain spacings on ``problem.chain_sde`` with ``on_chain_score``) at every budget."""
-    scores = {False: problem.target.score_fn(problem.sde), True: on_chain_score(problem.target, problem.chain)}
+def sgm_rows(problem: Problem, nfes, configs=None) -> list[dict]:
+    """Every configuration of ``configs`` (default ``sgm_configs()``) on every spacing (the model and path of
+    ``problem.model_for``: on an exact problem the continuous spacings on ``problem.sde``, the chain spacings on
+    ``problem.chain_sde`` with the score on the chain only) at every budget."""
+    models = {on_chain: problem.model_for(on_chain) for on_chain in (False, True)}
     rows = []
-    for name, options in sgm_configs():
+    for name, options in configs if configs is not None else sgm_configs():
         solver = samplers.solver(name, **options)
         for spacing, nfe in itertools.product(CONTINUOUS_SPACINGS + CHAIN_SPACINGS, nfes):
             steps = solver.steps_for_nfe(nfe)
             if steps is None:
                 continue
             on_chain = spacing in CHAIN_SPACINGS
-            row = _sgm_row(problem, scores[on_chain], problem.chain_sde if on_chain else problem.sde, name, options,
-                           nfe, steps, label(name, options, spacing), {"spacing": spacing, "train_steps": TRAIN_STEPS})
+            row = sgm_row(problem, *models[on_chain], name, options, nfe, steps, label(name, options, spacing),
+                          {"spacing": spacing, "train_steps": TRAIN_STEPS})
             if row is not None:
                 rows.append(row)
     return rows
@@ -208,15 +210,14 @@ def optimized_rows(problem: Problem, nfes, fixed: list[dict], seed: int, top: in
                              **failed(e, t0, "optimize_grid: ")})
                 continue
             seconds = time.perf_counter() - t0
-            row = _sgm_row(problem, score, problem.sde, name, options, nfe, steps, row_label, {"grid": grid})
+            row = sgm_row(problem, score, problem.sde, name, options, nfe, steps, row_label, {"grid": grid})
             rows.append({**row, "optimize_seconds": seconds})
     return rows
 
 
 # --- a trained digits model ------------------------------------------------------------------------
 def checkpoint_rows(path: str, nfes, seed: int, progress: bool, n: int = 1000) -> list[dict]:
-    """The curve runs on the trained model at ``path``: the Fréchet distance in a digits classifier's features
-    and the fraction of samples it labels with probability > 0.9."""
+    """The curve runs on the trained model at ``path``, judged by ``judge.classifier_scores``."""
     from ..data import load_digits
     from ..nets import train_digits_classifier
     from ..train import model_from_checkpoint
@@ -231,12 +232,9 @@ def checkpoint_rows(path: str, nfes, seed: int, progress: bool, n: int = 1000) -
         with torch.no_grad():
             out = sample(model, model.sde, (n,) + shape, sampler=run.sampler, steps=steps, spacing=run.spacing,
                          generator=g, dtype=torch.float32, progress=progress, **run.options)
-            x = out.x.clamp(-1, 1)
-            confident = float((classifier(x).softmax(1).max(1).values > 0.9).float().mean())
         rows.append({"target": f"digits model ({path})", "sde": config.sde, "sampler": run.label, "nfe_budget": nfe,
                      "steps": steps, "nfe": out.nfe, "seconds": time.perf_counter() - t0,
-                     "frechet_classifier": metrics.frechet_distance(x, images, features=classifier.features),
-                     "confident": confident})
+                     **classifier_scores(out.x, classifier, images)})
         print(f"digits model, {run.label} at NFE {out.nfe}: Fréchet {rows[-1]['frechet_classifier']:.1f}, "
-              f"confident {confident:.3f} ({rows[-1]['seconds']:.0f}s)", flush=True)  # a network sweep takes minutes
+              f"confident {rows[-1]['confident']:.3f} ({rows[-1]['seconds']:.0f}s)", flush=True)  # takes minutes
     return rows

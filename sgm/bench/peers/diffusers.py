@@ -9,8 +9,9 @@ spacings ``SPACINGS`` where the class takes ``timestep_spacing`` and with the de
 NCSN's levels on VE (every deterministic sampler depends only on the noise levels and ``x/scale``, so this is
 the VE probability flow exactly, in VP coordinates). A run starts as diffusers' users start, from
 ``z·init_noise_sigma``; at its k-th call the scheduler gets the exact ``ε`` at the noise level it integrates
-with: its own ``sigmas[k]`` where it keeps sigmas, else ``σ`` of its ``alphas_cumprod[t]``. The steps for a
-budget are the most whose ``timesteps`` (one model call each) fit.
+with: its own ``sigmas[k]`` where it keeps sigmas, else ``σ`` of its ``alphas_cumprod[t]`` (``problem.eps_at``:
+the exact ε on a mixture, the network's on a trained model). The steps for a budget are the most whose
+``timesteps`` (one model call each) fit; a row is scored by ``problem.judge``.
 """
 from __future__ import annotations
 
@@ -24,11 +25,11 @@ from dataclasses import dataclass
 import torch
 
 from ... import DiscreteChain
-from ..judge import failed, judge_map
-from ..problems import Problem, eps_at
+from ..judge import failed
+from ..problems import Problem
 
 __all__ = ["FAMILIES", "SPACINGS", "SIGMA_OPTIONS", "Config", "available", "configs", "vp_betas", "make_scheduler",
-           "row", "rows"]
+           "row", "rows", "rerun"]
 
 # (family label template, scheduler class, option axes). Timestep spacings and sigma options are crossed in
 # where the class's constructor takes them; labels fill the template from the options.
@@ -152,8 +153,8 @@ def row(config: Config, problem: Problem, nfe: int, betas: list[float] | None = 
         x = problem.z * float(scheduler.init_noise_sigma)
         for k, t in enumerate(scheduler.timesteps):
             sigma = float(sigmas[k]) if sigmas is not None else math.sqrt((1 - abar[int(t)]) / abar[int(t)])
-            x = scheduler.step(eps_at(problem.target, scheduler.scale_model_input(x, t), sigma), t, x).prev_sample
-        out.update(judge_map(x, problem.x_ref, len(scheduler.timesteps), t0))
+            x = scheduler.step(problem.eps_at(scheduler.scale_model_input(x, t), sigma), t, x).prev_sample
+        out.update(problem.judge(x, len(scheduler.timesteps), t0))
         if seen is not None:
             seen[key] = out
         return out
@@ -161,13 +162,25 @@ def row(config: Config, problem: Problem, nfe: int, betas: list[float] | None = 
         return {**out, **failed(e, t0)}
 
 
-def rows(problem: Problem, nfes) -> list[dict]:
-    """Every configuration of ``configs`` at every budget on ``problem``."""
+def _quiet(run):
+    """``run()`` with diffusers' logging at errors only and its FutureWarnings (it deprecates its DPM-Solver (ε),
+    still a choice) silenced."""
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.set_verbosity_error()
-    betas, seen = vp_betas(problem.chain), {}
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # diffusers deprecates its DPM-Solver (ε): still a choice
-        made = [row(c, problem, nfe, betas, seen) for c in configs() for nfe in nfes]
+        warnings.simplefilter("ignore", FutureWarning)
+        return run()
+
+
+def rows(problem: Problem, nfes) -> list[dict]:
+    """Every configuration of ``configs`` at every budget on ``problem``."""
+    betas, seen = vp_betas(problem.chain), {}
+    made = _quiet(lambda: [row(c, problem, nfe, betas, seen) for c in configs() for nfe in nfes])
     return [r for r in made if r is not None]
+
+
+def rerun(done: dict, problem) -> dict | None:
+    """The configuration and budget of the row ``done`` (by its label) run again on ``problem``."""
+    config = next(c for c in configs() if c.label == done["sampler"])
+    return _quiet(lambda: row(config, problem, done["nfe_budget"]))

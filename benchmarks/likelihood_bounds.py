@@ -11,7 +11,7 @@ The model is the exact score (on the DDPM chain: the exact ε of each chain time
 
 ``--sampling`` instead prints SW₂ to the 3-mode test mixture of ancestral (β̃, β, analytic) and DDIM (η = 0,
 analytic) samples on 10, 20 and 50 trailing timesteps of the 1000-step chain, per seed (the numbers behind
-tests/test_bound.py's sampling test).
+tests/test_bounds.py's sampling test).
 
 ``--checkpoint runs/digits_cond/checkpoint.pt`` instead gives the rows (no exact value) for a trained digits model
 (benchmarks/conditional_digits.py) on the digits it held out, and docs/likelihood_digits.png.
@@ -25,7 +25,7 @@ import time
 import torch
 
 import sgm
-from sgm.bound import continuous_elbo, elbo, estimate_gamma
+from sgm.bounds import continuous_elbo, elbo, estimate_gamma
 from sgm.likelihood import log_likelihood
 
 D = torch.float64

@@ -24,15 +24,16 @@ import json
 import os
 import pickle
 import re
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, NamedTuple
 
 import torch
 from torch import Tensor
 
 from .config import TrainConfig, build_model, build_net
+from .score import ScoreModel
 
 __all__ = ["CheckpointError", "write_atomic", "save_checkpoint", "load_checkpoint", "export", "read_weights",
-           "model_from_checkpoint", "saved_config", "remove_stale_temporaries", "FORMAT_VERSION", "CHECKPOINT"]
+           "TrainedModel", "model_from_checkpoint", "saved_config", "remove_stale_temporaries", "FORMAT_VERSION", "CHECKPOINT"]
 
 CHECKPOINT = "checkpoint.pt"
 # 1 also held RNG states (byte tensors), which are now ignored: training draws from streams seeded by (seed, step,
@@ -180,7 +181,15 @@ def read_weights(path: str, ema: bool = True, device="cpu") -> tuple[dict[str, T
     return state["ema" if ema else "model"], state["config"], tuple(state["data_shape"])
 
 
-def model_from_checkpoint(path: str, ema: bool = True, device="cpu"):
+class TrainedModel(NamedTuple):
+    """A saved run's ``model`` (a ``ScoreModel`` on its path), its ``config`` and the per-sample data ``shape``."""
+
+    model: ScoreModel
+    config: TrainConfig
+    shape: tuple[int, ...]
+
+
+def model_from_checkpoint(path: str, ema: bool = True, device="cpu") -> TrainedModel:
     """The score function of a saved run (EMA weights by default), its ``TrainConfig`` and the data shape;
     ``path`` is a training checkpoint or a file written by ``export``."""
     from .device import resolve_device
@@ -194,7 +203,7 @@ def model_from_checkpoint(path: str, ema: bool = True, device="cpu"):
     except RuntimeError as err:
         raise CheckpointError(f"{path}: weights do not fit the network its config builds ({err})") from None
     net.eval()
-    return build_model(net, config), config, shape
+    return TrainedModel(build_model(net, config), config, shape)
 
 
 def _config_of(path: str, values: dict) -> TrainConfig:

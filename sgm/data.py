@@ -17,14 +17,17 @@ import math
 import os
 import pickle
 import struct
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from .checks import choice, integer
 from .targets import ring_mixture
 
-__all__ = ["TOY_SETS", "toy_2d", "load_digits", "load_mnist", "load_cifar10", "load_image_folder", "ImageFolder",
+__all__ = ["TOY_SETS", "toy_2d", "LabelledImages", "FolderImages", "load_digits", "load_mnist", "load_cifar10",
+           "load_image_folder", "ImageFolder",
            "load_dataset", "DATASETS", "FILE_DATASETS", "check_finite", "fingerprint"]
 
 TOY_SETS = ("moons", "swiss_roll", "8gaussians", "checkerboard")
@@ -39,10 +42,8 @@ def toy_2d(name: str, n: int, generator: torch.Generator | None = None) -> Tenso
     - ``8gaussians``: 8 equal Gaussians of std 0.3 on a circle of radius 2 (``sgm.targets.ring_mixture``);
     - ``checkerboard``: uniform on the black squares of a 4×4 board on [-2, 2]².
     """
-    if name not in TOY_SETS:
-        raise ValueError(f"name must be one of {TOY_SETS}, got {name!r}")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be an int >= 1, got {n!r}")
+    choice("name", name, TOY_SETS)
+    n = integer("n", n)
 
     def rand(*shape):
         return torch.rand(shape, generator=generator)
@@ -68,17 +69,32 @@ def toy_2d(name: str, n: int, generator: torch.Generator | None = None) -> Tenso
     return torch.stack([col, row], 1).float() - 2 + rand(n, 2)
 
 
+class LabelledImages(NamedTuple):
+    """A labelled image set: ``images`` ``(N, C, H, W)`` in [-1, 1] and integer ``labels`` ``(N,)``."""
+
+    images: Tensor
+    labels: Tensor
+
+
+class FolderImages(NamedTuple):
+    """An image folder's ``images`` and ``labels`` with its ``classes``: the sub-folder names in label order."""
+
+    images: Tensor
+    labels: Tensor
+    classes: tuple[str, ...]
+
+
 def _to_unit_range(images: np.ndarray, top: float) -> Tensor:
     """``uint8``-like images in ``[0, top]`` to float32 in ``[-1, 1]``."""
     return torch.from_numpy(images.astype(np.float32) * (2.0 / top) - 1.0)
 
 
-def load_digits() -> tuple[Tensor, Tensor]:
+def load_digits() -> LabelledImages:
     """scikit-learn's bundled 8×8 digits (1797 images, 17 grey levels): ``(N, 1, 8, 8)`` in [-1, 1] and labels."""
     from sklearn.datasets import load_digits as sklearn_digits
 
     bunch = sklearn_digits()
-    return _to_unit_range(bunch.images[:, None], 16.0), torch.from_numpy(bunch.target).long()
+    return LabelledImages(_to_unit_range(bunch.images[:, None], 16.0), torch.from_numpy(bunch.target).long())
 
 
 def _existing(path: str, what: str) -> str:
@@ -127,7 +143,7 @@ def load_mnist(folder: str, split: str = "train") -> tuple[Tensor, Tensor]:
     labels = _read_idx(find(f"{prefix}-labels-idx1-ubyte"), 2049)
     if len(images) != len(labels):
         raise ValueError(f"MNIST folder {folder!r}: {len(images)} images but {len(labels)} labels")
-    return _to_unit_range(images[:, None], 255.0), torch.from_numpy(labels.astype(np.int64))
+    return LabelledImages(_to_unit_range(images[:, None], 255.0), torch.from_numpy(labels.astype(np.int64)))
 
 
 _RECONSTRUCT = np.zeros(1).__reduce__()[0]  # numpy's array-unpickling function, whatever module numpy keeps it in
@@ -184,7 +200,7 @@ def load_cifar10(folder: str, split: str = "train") -> tuple[Tensor, Tensor]:
         data, lab = _read_cifar_batch(path)
         images.append(data.reshape(-1, 3, 32, 32))
         labels.append(lab)
-    return _to_unit_range(np.concatenate(images), 255.0), torch.from_numpy(np.concatenate(labels))
+    return LabelledImages(_to_unit_range(np.concatenate(images), 255.0), torch.from_numpy(np.concatenate(labels)))
 
 
 class ImageFolder:
@@ -197,8 +213,7 @@ class ImageFolder:
         folder = _existing(folder, "image folder")
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels}")
-        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-            raise ValueError(f"size must be an int >= 1 or None, got {size!r}")
+        size = None if size is None else integer("size", size)
         self.folder, self.size, self.channels = folder, size, channels
         self.files = sorted(os.path.join(root, f) for root, _, names in os.walk(folder) for f in names
                             if f.lower().endswith(IMAGE_EXTENSIONS))
@@ -257,11 +272,11 @@ class ImageFolder:
 
 def load_image_folder(folder: str, size: int | None = None, channels: int = 3, labels: bool = False):
     """Every image file under ``folder`` (sorted), as ``(N, channels, H, W)`` in [-1, 1], resized to ``size``×``size``
-    (bilinear) when given; otherwise all images must share one size. With ``labels``, returns ``(images, labels,
-    class_names)``: each image's class is its top-level sub-folder, classes numbered in sorted name order."""
+    (bilinear) when given; otherwise all images must share one size. With ``labels``,
+    ``FolderImages``: each image's class is its top-level sub-folder, classes numbered in sorted name order."""
     images = ImageFolder(folder, size, channels, labels)
     x = images.images(range(len(images)))
-    return (x, images.labels, images.classes) if labels else x
+    return FolderImages(x, images.labels, tuple(images.classes)) if labels else x
 
 
 FILE_DATASETS = ("mnist", "cifar10", "folder")
@@ -289,20 +304,22 @@ def fingerprint(x: Tensor, labels: Tensor | None = None) -> dict:
 def load_dataset(name: str, path: str | None = None, n: int = 50_000, seed: int = 0, size: int | None = None,
                  labels: bool = False):
     """The training tensor of a named dataset: a toy set (``n`` points drawn with ``seed``), ``digits``, or
-    ``mnist`` / ``cifar10`` / ``folder`` read from ``path``. With ``labels``, ``(data, labels)`` (the image sets;
+    ``mnist`` / ``cifar10`` / ``folder`` read from ``path``. With ``labels``, a ``LabelledImages`` (the image sets;
     a folder's classes are its sub-folders); toy sets have no labels."""
     if name in TOY_SETS:
         if labels:
             raise ValueError(f"dataset {name!r} has no class labels (labelled: digits, mnist, cifar10, folder)")
         return toy_2d(name, n, torch.Generator().manual_seed(seed))
     if name == "digits":
-        return load_digits() if labels else load_digits()[0]
+        return load_digits() if labels else load_digits().images
     if name in ("mnist", "cifar10", "folder"):
         if path is None:
             raise ValueError(f"dataset {name!r} needs a path to its files")
         if name == "mnist":
-            return load_mnist(path) if labels else load_mnist(path)[0]
+            return load_mnist(path) if labels else load_mnist(path).images
         if name == "cifar10":
-            return load_cifar10(path) if labels else load_cifar10(path)[0]
-        return load_image_folder(path, size, labels=True)[:2] if labels else load_image_folder(path, size)
+            return load_cifar10(path) if labels else load_cifar10(path).images
+        if labels:
+            return LabelledImages(*load_image_folder(path, size, labels=True)[:2])
+        return load_image_folder(path, size)
     raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}")

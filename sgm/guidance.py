@@ -49,9 +49,7 @@ def _n_classes(cond_score, n_classes) -> int:
     if n is None:
         raise ValueError("guidance needs a conditional model: cond_score has no n_classes (an unconditional "
                          "model cannot be guided by labels); pass n_classes for a plain function")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n_classes must be an int >= 1, got {n!r}")
-    return n
+    return integer("n_classes", n)
 
 
 def _labels(labels, n_classes: int) -> Tensor | int:

@@ -35,7 +35,7 @@ import math
 import torch
 from torch import Tensor
 
-from .checks import real
+from .checks import choice, integer, real
 from .paths import SDE
 from .predictions import predict, predicts, score_coefficient
 from .samplers.solver import Solver
@@ -169,8 +169,7 @@ class PosteriorScore:
             raise TypeError(f"sde must be an sgm SDE, got {type(sde).__name__}")
         if not isinstance(observation, LinearObservation):
             raise TypeError(f"observation must be a LinearObservation, got {type(observation).__name__}")
-        if method not in self.METHODS:
-            raise ValueError(f"method must be one of {self.METHODS}, got {method!r}")
+        choice("method", method, self.METHODS)
         if method == "dps" and observation.sigma_y == 0:
             raise ValueError("method='dps' needs sigma_y > 0 (its likelihood is N(y; A x̂_0, σ_y² I))")
         self.data_var = real("data_var", data_var)
@@ -217,11 +216,10 @@ class RePaint(Solver):
                  generator: torch.Generator | None = None):
         if not isinstance(solver, Solver) or solver.evals_per_step is None:
             raise TypeError(f"solver must be a fixed-step sgm Solver, got {solver!r}")
-        if isinstance(resample, bool) or not isinstance(resample, int) or resample < 1:
-            raise ValueError(f"resample must be an int >= 1, got {resample!r}")
-        self.solver, self.resample, self.replace = solver, resample, Replacement(observation, generator)
+        self.solver, self.resample = solver, integer("resample", resample)
+        self.replace = Replacement(observation, generator)
         self.name, self.stochastic, self.needs = f"repaint({solver.name})", True, solver.needs
-        self.evals_per_step, self.final_evals = resample * solver.evals_per_step, solver.final_evals
+        self.evals_per_step, self.final_evals = self.resample * solver.evals_per_step, solver.final_evals
 
     def check(self, grid) -> None:
         if self.solver.stepping_grid(grid) != grid:
@@ -233,8 +231,8 @@ class RePaint(Solver):
         return self.solver.init(x, grid)
 
     def step(self, model, x, a, b, state, noise):
-        r = a.scale / b.scale
-        v = max(a.std**2 - r**2 * b.std**2, 0.0)
+        r, v = a.transition(b)[:2]
+        v = max(v, 0.0)
         for k in range(self.resample):
             x_b, new_state = self.solver.step(model, x, a, b, state, noise)
             x_b = self.replace(x_b, b, None)

@@ -20,15 +20,15 @@ import torch
 from torch import Tensor
 from torchdiffeq import odeint
 
-from .bound import Bound, GammaEstimate, continuous_elbo, elbo, estimate_gamma
+from .bounds import Bound, GammaEstimate, continuous_elbo, elbo, estimate_gamma
 from .predictions import predict, predicts
 from .samplers.base import CheckedScore
 from .samplers.probability_flow import ADAPTIVE_METHODS, FIXED_METHODS
 from .paths import SDE
-from .checks import integer, positive, real
+from .checks import choice, integer, positive, real
 
 __all__ = ["log_likelihood", "bits_per_dim", "Likelihood", "DIVERGENCES", "PROBES",
-           "elbo", "continuous_elbo", "estimate_gamma", "GammaEstimate", "Bound"]  # the bounds: sgm.bound
+           "elbo", "continuous_elbo", "estimate_gamma", "GammaEstimate", "Bound"]  # the bounds: sgm.bounds
 
 DIVERGENCES = ("exact", "hutchinson")
 PROBES = ("rademacher", "gaussian")
@@ -74,12 +74,9 @@ def log_likelihood(score: Callable[[Tensor, Tensor], Tensor], sde: SDE, x: Tenso
     """
     if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() < 2:
         raise TypeError(f"x must be a floating tensor of shape (batch, ...), got {type(x).__name__}")
-    if divergence not in DIVERGENCES:
-        raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
-    if probe not in PROBES:
-        raise ValueError(f"probe must be one of {PROBES}, got {probe!r}")
-    if method not in ADAPTIVE_METHODS + FIXED_METHODS:
-        raise ValueError(f"method must be one of {ADAPTIVE_METHODS + FIXED_METHODS}, got {method!r}")
+    choice("divergence", divergence, DIVERGENCES)
+    choice("probe", probe, PROBES)
+    choice("method", method, ADAPTIVE_METHODS + FIXED_METHODS)
     n_probes = integer("n_probes", n_probes)
     steps = integer("steps", steps)
     rtol, atol, eps = positive("rtol", rtol), positive("atol", atol), positive("eps", eps)
@@ -124,6 +121,5 @@ def log_likelihood(score: Callable[[Tensor, Tensor], Tensor], sde: SDE, x: Tenso
 def bits_per_dim(logp: Tensor, dim: int, levels: int = 256) -> Tensor:
     """Bits per dimension of data quantised to ``levels`` values and scaled to [-1, 1], with uniform dequantisation
     ``x = 2(k + u)/levels - 1``: ``bpd = -(log p(x) + D log(2/levels)) / (D log 2)`` (8 for a uniform model, 8-bit)."""
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-        raise ValueError(f"dim must be an int >= 1, got {dim!r}")
+    dim = integer("dim", dim)
     return -(logp + dim * math.log(2.0 / levels)) / (dim * math.log(2.0))

@@ -30,6 +30,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from .checks import integer
 from .targets import GaussianMixture
 
 __all__ = ["DEFAULT_SEED", "sliced_wasserstein", "mmd", "energy_distance", "frechet_distance", "frechet_of_features", "frechet_to_gaussian",
@@ -81,8 +82,7 @@ def sliced_wasserstein(x: Tensor, y: Tensor, n_projections: int = 256,
     """``SW₂(x, y)`` over ``n_projections`` random directions drawn from ``generator`` (default: seeded with
     ``DEFAULT_SEED``)."""
     x, y = _flat_pair(x, y)
-    if isinstance(n_projections, bool) or not isinstance(n_projections, int) or n_projections < 1:
-        raise ValueError(f"n_projections must be an int >= 1, got {n_projections!r}")
+    n_projections = integer("n_projections", n_projections)
     generator = _generator(generator)
     theta = torch.randn((x.shape[1], n_projections), generator=generator, dtype=x.dtype,
                         device=generator.device).to(x.device)
@@ -195,9 +195,7 @@ def kid(fx: Tensor, fy: Tensor, n_subsets: int = 100, subset_size: int = 1000,
     seeded with ``DEFAULT_SEED``)."""
     fx, fy = _flat_pair(fx, fy)
     fx, fy = fx.to(torch.float64), fy.to(torch.float64)
-    for name, value in (("n_subsets", n_subsets), ("subset_size", subset_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 2:
-            raise ValueError(f"{name} must be an int >= 2, got {value!r}")
+    n_subsets, subset_size = integer("n_subsets", n_subsets, 2), integer("subset_size", subset_size, 2)
     m, d = min(subset_size, len(fx), len(fy)), fx.shape[1]
     generator, values = _generator(generator), []
     for _ in range(n_subsets):
@@ -214,8 +212,7 @@ def inception_score(logits: Tensor, splits: int = 10) -> tuple[float, float]:
     """IS from classifier ``logits`` ``(n, classes)``: mean and standard deviation over ``splits`` equal parts."""
     if not isinstance(logits, Tensor) or logits.dim() != 2:
         raise TypeError(f"logits must be a tensor (n, classes), got {type(logits).__name__}")
-    if isinstance(splits, bool) or not isinstance(splits, int) or not 1 <= splits <= len(logits):
-        raise ValueError(f"splits must be an int in [1, n={len(logits)}], got {splits!r}")
+    splits = integer("splits", splits, 1, len(logits))
     log_p = torch.log_softmax(logits.to(torch.float64), dim=1)
     scores = []
     for part in log_p.tensor_split(splits):

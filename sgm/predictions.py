@@ -29,6 +29,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from .checks import choice
 from .paths import batch_view
 
 __all__ = ["KINDS", "predicts", "coefficients", "score_coefficient", "target", "convert", "Prediction", "predict",
@@ -193,7 +194,6 @@ def as_score(model: Callable, path) -> Callable[[Tensor, Tensor], Tensor]:
 
 def with_prediction(fn: Callable, kind: str) -> Callable:
     """``fn`` marked as predicting ``kind`` (sets ``fn.predicts``)."""
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    choice("kind", kind, KINDS)
     fn.predicts = kind
     return fn

@@ -37,6 +37,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from .checks import choice
 from .labels import check_class_labels
 from .paths import DiscreteChain, GaussianPath, batch_view
 from .predictions import Prediction
@@ -70,8 +71,7 @@ class ScoreModel:
             raise TypeError(f"net must be callable as net(x, t), got {type(net).__name__}")
         if not isinstance(sde, GaussianPath):
             raise TypeError(f"sde must be an sgm path (GaussianPath), got {type(sde).__name__}")
-        if prediction not in PREDICTIONS:
-            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+        choice("prediction", prediction, PREDICTIONS)
         if chain is not None and not isinstance(chain, DiscreteChain):
             raise TypeError(f"chain must be a DiscreteChain, got {type(chain).__name__}")
         if (prediction == "edm" or sigma_data is not None) and not (

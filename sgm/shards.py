@@ -20,6 +20,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from . import distributed
+from .checks import integer
 from .checkpoint import write_atomic
 from .samplers import sample
 from .paths import SDE
@@ -60,9 +61,7 @@ def sample_shards(score: Callable[[Tensor, Tensor], Tensor], sde: SDE, shape: tu
     shards already there) and return every shard's path once all processes are done (``steps`` noise levels, or a
     budget of ``nfe`` evaluations: ``sgm.sample``'s). ``record``: more settings (e.g. the checkpoint) that a resumed
     run must share."""
-    for name, value in (("n", n), ("shard_size", shard_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    n, shard_size = integer("n", n), integer("shard_size", shard_size)
     os.makedirs(out_dir, exist_ok=True)
     steps = None if nfe is not None else steps
     manifest = {"n": n, "shard_size": shard_size, "seed": seed, "sampler": sampler, "steps": steps, "nfe": nfe,

@@ -33,6 +33,7 @@ import math
 import torch
 from torch import Tensor
 
+from .checks import choice
 from .labels import check_class_labels
 from .paths import SDE, DiscreteChain
 from .predictions import KINDS
@@ -66,8 +67,7 @@ class _Mixture:
     def prediction_fn(self, sde: SDE, kind: str = "x0"):
         """The exact model of ``kind``: ``m(x, t)`` with ``m.predicts = kind``. ``x0`` (the default) runs every sampler
         from the exact top of every path (a score cannot give ``x̂_0`` where ``α = 0``)."""
-        if kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        choice("kind", kind, KINDS)
 
         def model(x: Tensor, t: Tensor) -> Tensor:
             return self.predict(x, t, sde, kind)
@@ -85,12 +85,16 @@ class _Mixture:
 
 class GaussianMixture(_Mixture):
     """``Σ_k w_k N(μ_k, diag(σ_k²))`` with ``means (K, D)``, ``stds (K,)`` isotropic or ``(K, D)``, ``weights (K,)``
-    and ``labels (K,)``: each component's class in ``0 … n_classes - 1`` (every class used; default ``0 … K-1``)."""
+    and ``labels (K,)``: each component's class in ``0 … n_classes - 1`` (every class used; default ``0 … K-1``).
+    The parameters are held in ``dtype``; by default in ``means``' own floating dtype when it is a tensor, else in
+    float64, as every exact target (``ring_mixture``, ``random_mixture``): the score is then evaluated in ``x``'s
+    dtype."""
 
     def __init__(self, means, stds, weights=None, dtype: torch.dtype | None = None, device=None, labels=None):
+        given_floating = isinstance(means, torch.Tensor) and means.is_floating_point()
         means = torch.as_tensor(means, dtype=dtype, device=device)
-        if not means.is_floating_point():
-            means = means.to(torch.get_default_dtype())
+        if dtype is None and not given_floating:
+            means = means.to(torch.float64)
         if means.dim() != 2 or means.shape[0] < 1 or means.shape[1] < 1:
             raise ValueError(f"means must have shape (components, dim), got {tuple(means.shape)}")
         k, d = means.shape
@@ -394,8 +398,7 @@ class FullGaussianMixture(_Mixture):
 
 def _exact_prediction(mixture, x: Tensor, t: Tensor, sde: SDE, kind: str) -> Tensor:
     """``kind`` from the exact ``x̂_0`` and ``ε̂ = -σ s`` of ``mixture`` (``p·x̂_0 + q·ε̂``, ``sgm.predictions``)."""
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    choice("kind", kind, KINDS)
     if kind == "score":
         return mixture.score(x, t, sde)
     t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])

@@ -190,7 +190,7 @@ class Trainer:
         else:
             data = datasets.load_dataset(config.data, config.data_path, config.n_data, config.seed,
                                          labels=config.conditional)
-            data, labels = data if config.conditional else (data, None)
+            data, labels = (data.images, data.labels) if config.conditional else (data, None)
         if not config.conditional:
             if labels is not None:
                 raise ValueError("labels given to an unconditional run; set conditional=True")

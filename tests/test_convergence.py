@@ -48,6 +48,9 @@ DETERMINISTIC = [
     ("dpm_solver", {"order": 3, "prediction": "eps", **EXP}, LOGSNR),
     ("dpm_solver", {"order": 2, "method": "singlestep", **EXP}, LOGSNR),
     ("dpm_solver", {"order": 3, "method": "singlestep", "prediction": "eps", **EXP}, LOGSNR_FINE),
+    ("dpm_solver_v3", {"order": 2, "use_corrector": False, **EXP}, LOGSNR),
+    ("dpm_solver_v3", {"order": 3, "use_corrector": False, **EXP}, LOGSNR_FINE),
+    ("dpm_solver_v3", {**EXP}, LOGSNR_FINE),  # the pseudo-order corrector: declares 2 (docs/samplers.md)
     ("unipc", {"order": 1, **EXP}, LOGSNR),
     ("unipc", {"order": 2, **EXP}, LOGSNR_FINE),
     ("unipc", {"order": 2, "variant": "bh1", **EXP}, LOGSNR),

@@ -114,9 +114,9 @@ def test_labelled_datasets(tmp_path):
         (tmp_path / cls).mkdir(exist_ok=True)
         Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)).save(tmp_path / cls / f"{i}.png")
     x, y, names = data.load_image_folder(str(tmp_path), labels=True)
-    assert names == ["cat", "dog"] and y.tolist() == [0, 1, 1] and x.shape == (3, 3, 4, 4)  # files sorted by path
-    x2, y2 = data.load_dataset("folder", str(tmp_path), labels=True)
-    assert torch.equal(x2, x) and torch.equal(y2, y)
+    assert names == ("cat", "dog") and y.tolist() == [0, 1, 1] and x.shape == (3, 3, 4, 4)  # files sorted by path
+    folder = data.load_dataset("folder", str(tmp_path), labels=True)
+    assert torch.equal(folder.images, x) and torch.equal(folder.labels, y)
     images, labels = data.load_dataset("digits", labels=True)
     assert len(images) == len(labels) == 1797 and labels.unique().tolist() == list(range(10))
     with pytest.raises(ValueError, match="'moons' has no class labels"):

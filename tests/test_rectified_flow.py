@@ -1,7 +1,7 @@
 """Rectified flow and EDM's path with exact predictions: diffusers' flow-matching schedulers reproduced element by
 element, EDM's Algorithm 2, every sampler within 3× the SW₂ Monte-Carlo floor, the local order of the step from pure
 noise. (Orders on rectified flow: tests/test_convergence.py; its likelihood and bound: tests/test_likelihood.py,
-tests/test_bound.py; the flow-matching loss: tests/test_losses.py.)
+tests/test_bounds.py; the flow-matching loss: tests/test_losses.py.)
 
 Which sgm run is which diffusers configuration (``N = num_train_timesteps``; FlowMatch sigmas are already shifted):
 

@@ -12,6 +12,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..checks import integer
 from ..labels import check_class_labels
 
 __all__ = ["SinusoidalEmbedding", "FourierEmbedding", "LabelEmbedding", "time_embedding", "EMBEDDINGS"]
@@ -52,9 +53,7 @@ class LabelEmbedding(nn.Module):
 
     def __init__(self, n_classes: int, dim: int):
         super().__init__()
-        if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1:
-            raise ValueError(f"n_classes must be an int >= 1, got {n_classes!r}")
-        self.n_classes = n_classes
+        self.n_classes = integer("n_classes", n_classes)
         self.table = nn.Embedding(n_classes + 1, dim)
 
     def forward(self, y: Tensor | None, batch: int, device) -> Tensor:

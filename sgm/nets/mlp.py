@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from ..checks import integer
 from .embeddings import LabelEmbedding, add_labels, time_embedding
 
 __all__ = ["MLP"]
@@ -34,8 +35,7 @@ class MLP(nn.Module):
                  out_dim: int | None = None):
         super().__init__()
         for name, v in (("dim", dim), ("width", width), ("depth", depth), ("emb_dim", emb_dim)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+            integer(name, v)
         self.dim = dim
         self.embed = nn.Sequential(time_embedding(embedding, emb_dim, time_scale), nn.Linear(emb_dim, emb_dim),
                                    nn.SiLU(), nn.Linear(emb_dim, emb_dim))

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ..checks import integer
 from .embeddings import LabelEmbedding, add_labels, time_embedding
 
 __all__ = ["UNet"]
@@ -75,8 +76,7 @@ class UNet(nn.Module):
                  head_channels: int = 64, n_classes: int = 0):
         super().__init__()
         for name, v in (("in_channels", in_channels), ("channels", channels), ("num_res_blocks", num_res_blocks)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+            integer(name, v)
         if not channel_mult or any(int(m) < 1 for m in channel_mult):
             raise ValueError(f"channel_mult must be a non-empty sequence of ints >= 1, got {channel_mult!r}")
         if any(not 0 <= int(level) < len(channel_mult) for level in attn_levels):

@@ -49,6 +49,29 @@ KARRAS_RHO = 7.0
 SPACINGS = ("uniform", "quadratic", "logsnr", "geometric", "karras", "leading", "trailing")
 
 
+class Transition(NamedTuple):
+    """The forward move from a node ``b`` to a noisier node ``a`` of one Gaussian path and DDPM's posterior of it:
+
+        x_a = r·x_b + √v·z,   r = scale_a/scale_b,   v = std_a² − r² std_b²,
+        q(x_b | x_a, x_0) = N(c_x·x_a + c_0·x_0, β̃),   c_x = r std_b²/std_a²,   c_0 = scale_b v/std_a²,
+        β̃ = std_b² v/std_a²
+
+    (on DDPM's chain ``r = √α_i``, ``v = β_i``; on VE ``r = 1``, ``v = σ_a² − σ_b²``; from rectified flow's exact
+    top ``r = 0``, ``v = std_a²``). The fields are floats, or tensors when built from tensors (``between``)."""
+
+    r: float
+    v: float
+    c_x: float
+    c_0: float
+    posterior_var: float
+
+    @classmethod
+    def between(cls, scale_a, std_a, scale_b, std_b) -> "Transition":
+        r = scale_a / scale_b
+        v = std_a**2 - r**2 * std_b**2
+        return cls(r, v, r * std_b**2 / std_a**2, scale_b * v / std_a**2, std_b**2 * v / std_a**2)
+
+
 class Node(NamedTuple):
     t: float
     scale: float
@@ -71,6 +94,10 @@ class Node(NamedTuple):
         if self.std == 0:
             return math.inf
         return math.log(self.scale / self.std) if self.scale > 0 else -math.inf
+
+    def transition(self, b: "Node") -> Transition:
+        """The forward move from the less noisy node ``b`` to this one (``Transition``)."""
+        return Transition.between(self.scale, self.std, b.scale, b.std)
 
 
 DATA_NODE = Node(0.0, 1.0, 0.0)
@@ -133,28 +160,38 @@ class TimeGrid:
         if self.sde is not None and self.sde != repr(sde):
             raise ValueError(f"grid was made for {self.sde}, not for sde={sde!r}; build or optimise a grid for this path")
 
+    def as_dict(self) -> dict:
+        """The grid as JSON values: ``format``, ``version``, ``sde``, nodes ``[t, scale, std, d_scale, d_std]``, ``info``
+        (what ``save`` writes; ``from_dict`` reads it)."""
+        return {"format": GRID_FORMAT, "version": GRID_VERSION, "sde": self.sde,
+                "nodes": [list(n) for n in self.nodes], "info": dict(self.info)}
+
     def save(self, path: str | os.PathLike) -> None:
         """Write the grid to ``path`` as JSON: nodes ``[t, scale, std, d_scale, d_std]`` (floats round-trip exactly),
         ``sde``, ``info``."""
-        data = {"format": GRID_FORMAT, "version": GRID_VERSION, "sde": self.sde,
-                "nodes": [list(n) for n in self.nodes], "info": dict(self.info)}
         with open(path, "w") as f:
-            json.dump(data, f, indent=1, allow_nan=False)
+            json.dump(self.as_dict(), f, indent=1, allow_nan=False)
 
     @classmethod
     def load(cls, path: str | os.PathLike, sde: GaussianPath | None = None) -> "TimeGrid":
         """Read a grid written by ``save``; with ``sde``, refuse (``ValueError``) a grid made for another path."""
-        if sde is not None and not isinstance(sde, GaussianPath):
-            raise TypeError(f"sde must be an sgm path or None, got {type(sde).__name__}")
         with open(path) as f:
             try:
                 data = json.load(f)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{os.fspath(path)!r} is not a grid file (invalid JSON: {e})") from None
+        return cls.from_dict(data, sde, source=repr(os.fspath(path)))
+
+    @classmethod
+    def from_dict(cls, data, sde: GaussianPath | None = None, source: str = "grid") -> "TimeGrid":
+        """The grid of ``as_dict``'s values (``source`` names them in errors); with ``sde``, refuse (``ValueError``) a
+        grid made for another path."""
+        if sde is not None and not isinstance(sde, GaussianPath):
+            raise TypeError(f"sde must be an sgm path or None, got {type(sde).__name__}")
         if not isinstance(data, dict) or data.get("format") != GRID_FORMAT:
-            raise ValueError(f"{os.fspath(path)!r} is not an sgm time grid file (no format {GRID_FORMAT!r})")
+            raise ValueError(f"{source} is not an sgm time grid file (no format {GRID_FORMAT!r})")
         if data.get("version") not in (1, GRID_VERSION):
-            raise ValueError(f"{os.fspath(path)!r} has grid format version {data.get('version')!r}; "
+            raise ValueError(f"{source} has grid format version {data.get('version')!r}; "
                              f"this sgm reads versions 1 and {GRID_VERSION}")
         nodes = data.get("nodes")
 
@@ -165,9 +202,9 @@ class TimeGrid:
         if not isinstance(nodes, list) or not all(
                 isinstance(n, list) and len(n) in (3, 5) and all(number(v, k >= 3) for k, v in enumerate(n))
                 for n in nodes):
-            raise ValueError(f"{os.fspath(path)!r}: nodes must be a list of finite [t, scale, std(, d_scale, d_std)]")
+            raise ValueError(f"{source}: nodes must be a list of finite [t, scale, std(, d_scale, d_std)]")
         if any(n[1] < 0 or n[2] < 0 for n in nodes):
-            raise ValueError(f"{os.fspath(path)!r}: every node needs scale >= 0 and std >= 0")
+            raise ValueError(f"{source}: every node needs scale >= 0 and std >= 0")
         grid = cls(tuple(Node(*(None if v is None else float(v) for v in n)) for n in nodes), data.get("sde"),
                    data.get("info") or {})
         if sde is not None:

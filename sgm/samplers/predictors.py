@@ -1,11 +1,8 @@
 """One-evaluation-per-step samplers: a transition from node ``a`` to the less noisy node ``b``.
 
-Notation for a transition (``s = s(x, t_a)``, ``h = t_a - t_b``; nodes carry ``(scale, std)``):
-
-    r = scale_a / scale_b,   v = std_a² - r² std_b²
-
-so the forward process moves ``x_b ↦ x_a = r·x_b + √v·z`` (on DDPM's chain ``r = √α_i``, ``v = β_i``;
-on VE ``r = 1``, ``v = σ_a² - σ_b²``; from the exact top of rectified flow ``r = 0``, ``v = std_a²``). Each is a
+Notation for a transition (``s = s(x, t_a)``, ``h = t_a - t_b``; nodes carry ``(scale, std)``): the forward process
+moves ``x_b ↦ x_a = r·x_b + √v·z``, with ``r``, ``v`` and DDPM's posterior coefficients from ``Node.transition``
+(``grid.Transition``). Each is a
 ``Solver`` of one evaluation per step (the model at ``(x, t_a)``); ``integrate`` takes the step into the data node by
 Tweedie's formula. Ancestral sampling and DDIM are written in ``x̂_0`` and ``ε̂`` (``Prediction.combine``), so they
 start from pure noise where ``α = 0``; Euler–Maruyama and the reverse-diffusion predictor discretise the SDE's drift,
@@ -30,11 +27,6 @@ __all__ = ["EulerMaruyama", "ReverseDiffusion", "Ancestral", "DDIM", "PREDICTORS
 ANCESTRAL_VARIANCES = ("posterior", "beta", "analytic")
 
 
-def _transition(a: Node, b: Node) -> tuple[float, float]:
-    r = a.scale / b.scale
-    return r, a.std**2 - r**2 * b.std**2
-
-
 # Each step is written as one new tensor updated in place (x·α, then += β·s, += γ·z): on large CPU batches
 # every temporary costs a fresh allocation, and these steps run within 1.2× of a bare torch loop
 # (benchmarks/sampler_speed.py).
@@ -50,7 +42,7 @@ def euler_maruyama_step(p: Prediction, a: Node, b: Node, sde: GaussianPath, z: T
 def reverse_diffusion_step(p: Prediction, a: Node, b: Node, z: Tensor) -> Tensor:
     """Song et al. (2021)'s reverse diffusion predictor on the chain ``x_a = r x_b + √v z``:
     ``x_b = x - (r - 1) x + v s + √v z``."""
-    r, v = _transition(a, b)
+    r, v = a.transition(b)[:2]
     return p.combine(2 - r, score=v).add_(z, alpha=math.sqrt(v))
 
 
@@ -60,12 +52,12 @@ def ancestral_step(p: Prediction, a: Node, b: Node, z: Tensor, variance: str = "
     (``= (x + v s)/r`` where ``r > 0``) plus ``σ z``, with ``σ² = std_b² v / std_a²`` (``posterior``: DDPM's β̃,
     SMLD's), ``σ² = v`` (``beta``: DDPM's β) or Analytic-DPM's ``β̃ + (scale_b v/std_a²)² Var[x_0|x_a]`` from the Γ
     estimate ``gamma`` (``analytic``)."""
-    r, v = _transition(a, b)
+    step = a.transition(b)
     if variance == "analytic":
         var = gamma.reverse_variance((a.scale, a.std), (b.scale, b.std))
     else:
-        var = v if variance == "beta" else b.std**2 * v / a.std**2
-    return p.combine(r * b.std**2 / a.std**2, x0=b.scale * v / a.std**2).add_(z, alpha=math.sqrt(var))
+        var = step.v if variance == "beta" else step.posterior_var
+    return p.combine(step.c_x, x0=step.c_0).add_(z, alpha=math.sqrt(var))
 
 
 def ddim_step(p: Prediction, a: Node, b: Node, noise: Noise, eta: float = 0.0, gamma=None) -> Tensor:
@@ -73,7 +65,7 @@ def ddim_step(p: Prediction, a: Node, b: Node, noise: Noise, eta: float = 0.0, g
     ``c = η std_b √v / std_a``, ``σ = c``. ``η = 0`` is the exponential integrator of the probability-flow ODE (exact
     for constant ε̂); from pure noise (``scale_a = 0``) it is ``scale_b x̂_0 + std_b ε̂``. With a Γ estimate
     ``gamma``, ``σ²`` is Analytic-DDIM's ``c² + (scale_b - √(std_b² - c²) scale_a/std_a)² Var[x_0|x_a]``."""
-    c = eta * b.std * math.sqrt(_transition(a, b)[1]) / a.std
+    c = eta * b.std * math.sqrt(a.transition(b).v) / a.std
     k = math.sqrt(max(b.std**2 - c**2, 0.0))
     sigma = c if gamma is None else math.sqrt(gamma.reverse_variance((a.scale, a.std), (b.scale, b.std), c**2))
     x = p.combine(x0=b.scale, eps=k)
@@ -87,7 +79,7 @@ def check_variance(variance) -> str:
 
 
 def check_gamma(gamma, variance: str):
-    """The Γ estimate (``sgm.bound.GammaEstimate``) that ``variance="analytic"`` needs, and only it."""
+    """The Γ estimate (``sgm.bounds.GammaEstimate``) that ``variance="analytic"`` needs, and only it."""
     if variance == "analytic" and not (hasattr(gamma, "reverse_variance") and hasattr(gamma, "timestep")):
         raise TypeError("gamma must be a GammaEstimate (sgm.likelihood.estimate_gamma on the sampling chain) for "
                         f"variance='analytic', got {type(gamma).__name__}")

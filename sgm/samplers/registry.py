@@ -32,6 +32,7 @@ from .base import SamplerOutput, check_state
 from .ancestral_steps import DPMPP2SAncestral, EulerAncestral
 from .deis import DEIS, IPNDM
 from .dpm import DPMSolver
+from .dpm_v3 import DPMSolverV3
 from .dpm_sde import DPMSolverSDE
 from .edm import Heun
 from .grid import FAMILIES, KARRAS_RHO, SPACINGS, TimeGrid, path_family, time_grid
@@ -110,6 +111,10 @@ SAMPLERS: dict[str, Entry] = {
                         spacing={"vp": "quadratic", "ve": "logsnr", "rf": "karras"}, steps=50,
                         sweep={"order": (1, 2, 3), "method": ("multistep", "singlestep"),
                                "prediction": ("x0", "eps")}),
+    "dpm_solver_v3": Entry(DPMSolverV3, "DPM-Solver-v3: the ODE in the parameterisation of the model's empirical "
+                           "statistics (`ems`; without: DPM-Solver++'s), multistep predictor–corrector",
+                           spacing={"vp": "quadratic", "ve": "logsnr", "rf": "uniform"}, steps=50,
+                           sweep={"order": (1, 2, 3)}),
     "unipc": Entry(UniPC, "UniPC: the UniP predictor and the UniC corrector at no extra evaluation",
                    spacing={"vp": "quadratic", "ve": "logsnr", "rf": "karras"}, steps=50,
                    sweep={"order": (1, 2, 3), "variant": ("bh1", "bh2")}),
@@ -232,12 +237,12 @@ def budget_grid(method: Solver, sde: GaussianPath, nfe: int, spacing: str, eps=N
         grid = more
 
 
-def sample(score, sde: GaussianPath, shape, sampler: str = "euler_maruyama", steps: int | None = None, *,
+def sample(score, sde: GaussianPath, shape, sampler: str | None = None, steps: int | None = None, *,
            nfe: int | None = None, generator: torch.Generator | None = None, spacing: str | None = None,
            eps: float | None = None,
            denoise: bool = True, train_steps: int = 1000, rho: float = KARRAS_RHO, t_max: float | None = None,
            grid: TimeGrid | None = None, x_init: torch.Tensor | None = None, dtype: torch.dtype | None = None,
-           device=None, progress: bool = False, callback: Callback | None = None, seeds=None,
+           device=None, progress: bool = False, callback: Callback | None = None, seeds=None, correction=None,
            **options_) -> SamplerOutput:
     """Draw samples of ``shape`` by solving the path ``sde`` backwards with the model ``score(x, t)`` (a score
     function, or any model declaring what it ``predicts``: see ``sgm.predictions``).
@@ -252,6 +257,9 @@ def sample(score, sde: GaussianPath, shape, sampler: str = "euler_maruyama", ste
     step (see ``integrate``). ``options_`` go to the sampler (``sgm.samplers.options(name)`` lists them).
     ``seeds`` (one int per sample, instead of ``generator``): sample ``i`` draws its ``x_T`` and all its noise
     from its own stream seeded ``seeds[i]`` (``SeededNoise``), so it does not depend on the batch it is in.
+    ``sampler`` is ``euler_maruyama`` unless given. ``correction`` (a learned ``sgm.samplers.corrections.Correction``,
+    checked against the model and the path first) fixes the sampler, its options and, when it was calibrated on one,
+    the grid; it spends no more evaluations than the sampler on that grid.
     Returns ``(x, nfe)``.
     """
     if not isinstance(sde, GaussianPath):
@@ -260,7 +268,25 @@ def sample(score, sde: GaussianPath, shape, sampler: str = "euler_maruyama", ste
     if not callable(score):
         raise TypeError(f"score must be callable as score(x, t), got {type(score).__name__}")
     shape = _check_shape(shape)
-    method = solver(sampler, **options_)
+    if correction is not None:
+        from .corrections import Correction
+        if not isinstance(correction, Correction):
+            raise TypeError(f"correction must be an sgm Correction (sgm.samplers.corrections), got "
+                            f"{type(correction).__name__}")
+        if sampler is not None and sampler != correction.sampler:
+            raise ValueError(f"correction is for sampler {correction.sampler!r}, not sampler={sampler!r}; give one")
+        if options_:
+            raise ValueError(f"a correction fixes the sampler's options ({dict(correction.options)}); "
+                             f"{sorted(options_)} would be ignored")
+        correction.check(score, sde)
+        sampler, method = correction.sampler, correction.solver()
+        if correction.grid is not None:
+            if grid is not None:
+                raise ValueError("this correction was calibrated on its own grid (correction.grid); give no grid")
+            grid = correction.grid
+    else:
+        sampler = "euler_maruyama" if sampler is None else sampler
+        method = solver(sampler, **options_)
     if steps is not None and nfe is not None:
         raise ValueError("give steps (noise levels) or nfe (a budget of model evaluations), not both")
     if grid is None:

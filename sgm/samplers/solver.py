@@ -14,7 +14,8 @@ A solver walks a ``TimeGrid`` from the prior to the data. It declares
 
 and provides ``init(x, grid) -> state`` and ``step(model, x, a, b, state, noise) -> (x, state)`` for a
 transition from node ``a`` to the less noisy node ``b`` (optionally ``finish``, run once at the last noisy
-node, and ``stepping_grid``, the nodes it steps on when that is not the whole grid). **A state is a value**: a
+node, ``denoise``, the step into the data node (Tweedie's ``x̂_0`` unless a wrapper adjusts it), and
+``stepping_grid``, the nodes it steps on when that is not the whole grid). **A state is a value**: a
 solver returns a new state and never changes the one it was given (tuples and named tuples, not lists or dicts),
 so a wrapper may run a step again from a saved state (RePaint's resampling, guidance, a learned correction).
 
@@ -118,6 +119,11 @@ class Solver:
         """Work at the last noisy node before the final denoising (annealed Langevin's last level); none by default."""
         return x
 
+    def denoise(self, model: Model, x: Tensor, node: Node, state: Any) -> Tensor:
+        """The transition from the last noisy node into the data node: Tweedie's ``x̂_0`` there (one evaluation) by
+        default; a wrapper may adjust it (a learned correction of the last step, ``sgm.samplers.corrections``)."""
+        return model(x, node).x0
+
     def stepping_grid(self, grid: TimeGrid) -> TimeGrid:
         """The nodes the solver steps on; the whole grid by default (adaptive drivers keep its ends)."""
         return grid
@@ -215,6 +221,6 @@ def integrate(solver: Solver, score, sde: GaussianPath, x: Tensor, grid: TimeGri
             _check_plausible(x, b, bound)
         x = solver.finish(model, x, last, state, noise)
         if grid.denoise:
-            x = _apply(callback, model(x, last).x0, grid.nodes[-1], model.last)
+            x = _apply(callback, solver.denoise(model, x, last, state), grid.nodes[-1], model.last)
         model.score.check()  # the finite flags an accelerator kept
     return SamplerOutput(x, model.nfe)

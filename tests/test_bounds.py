@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import sgm
-from sgm.bound import GammaEstimate, continuous_elbo, elbo, estimate_gamma
+from sgm.bounds import GammaEstimate, continuous_elbo, elbo, estimate_gamma
 from conftest import SDES, gen, mixture
 
 D = torch.float64
@@ -92,7 +92,7 @@ def test_ho_terms_element_by_element(variance, indices):
 
 def test_decoder_tails_stay_finite():
     """A decoder mean far from the bin: the plain CDF difference underflows to 0, the tail formula does not."""
-    from sgm.bound import decoder_nll
+    from sgm.bounds import decoder_nll
     x0 = torch.tensor([[0.5, -0.5]], dtype=D)
     mean = torch.tensor([[-0.5, 0.5]], dtype=D)
     nll = decoder_nll(x0, mean, torch.tensor(1e-4, dtype=D), "discrete", 256)

@@ -1,10 +1,10 @@
 """The trained-network leg: sgm's deterministic samplers against diffusers' schedulers, all driven by one trained
 digits U-Net from the same ``x_T`` (``python benchmarks/trained_digits.py --checkpoint PATH``).
 
-**The problem** (``trained_problems``): the model on its path (VP, ``t ∈ [eps, T]``) and two disjoint batches of
-draws ``z ~ N(0, I)``: the evaluation batch (``n`` from ``seed``) and the screening batch (``n_screen`` from
-``seed + 1``), ``x_T = prior_std·z``. For both, the reference is the network's own probability-flow map
-``x_ref = Φ(x_T)``: dopri5 at ``rtol = atol = tol`` from ``T`` to ``eps``, then Tweedie's step
+**The problem** (``trained_problems``): the model on its path (``t ∈ [eps, T]``; VP for sgm's digits runs) and
+two disjoint batches of draws ``z ~ N(0, I)``: the evaluation batch (``n`` from ``seed``) and the screening batch
+(``n_screen`` from ``seed + 1``), ``x_T = prior_std·z``. For both, the reference is the network's own
+probability-flow map ``x_ref = Φ(x_T)``: dopri5 at ``rtol = atol = tol`` from ``T`` to ``eps``, then Tweedie's step
 (``samplers.optimize.flow_map``), cached under ``cache_dir`` by the checkpoint's digest, the draws and ``tol``. Its
 own error is measured on the first ``REFERENCE_CHECK`` evaluation draws against a run at ``tol/10``.
 
@@ -14,12 +14,12 @@ the network is evaluated at the time ``t(σ)`` of the noise level the scheduler 
 
 **The protocol** (``run_leg``): every configuration runs on the screening batch, scored by map error — sgm's
 ``SAMPLERS`` over their options on every spacing (their default grid among them), every configuration of
-diffusers (``peers.diffusers.configs``). At each budget the ``finalists`` best distinct configurations of each
-side (and sgm's best on its default grid) run again on the evaluation batch, scored by the map error and by
+diffusers (``peers.diffusers.configs``). At each budget the ``k`` best distinct configurations of each side
+(and sgm's best on its default grid) run again on the evaluation batch, scored by the map error and by
 ``judge.classifier_scores``: the Fréchet distance in the digits classifier's features against the 1797 real
 digits. Choosing the finalists on draws disjoint from the evaluation batch keeps the table free of selection bias;
-a method calibrated on prior draws (an optimised grid, a learned correction) calibrates on the screening batch
-(``screen.z``, ``screen.x_ref``) and adds its rows to the finals.
+a method calibrated on prior draws (an optimised grid, a learned correction: ``run_leg(calibrated=...)``)
+calibrates on the screening batch (``screen.z``, ``screen.x_ref``) and adds its rows to the finals.
 """
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ from .. import samplers
 from ..checks import integer, real
 from ..paths import DiscreteChain, GaussianPath
 from ..predictions import predict
+from ..samplers.grid import path_family
 from ..samplers.optimize import flow_map, map_error
 from . import peers, report
 from .judge import classifier_scores, judge_map
@@ -125,7 +126,7 @@ def trained_problems(model, sde: GaussianPath, shape: tuple, n: int, n_screen: i
             os.makedirs(os.path.dirname(cache) or ".", exist_ok=True)
             torch.save({"x_ref": x_ref, "x_ref_screen": x_ref_screen, "info": info}, cache)
     chain = path_chain(sde)
-    evaluation = TrainedProblem(name, "vp", model, sde, chain, z, x_T, x_ref, classifier, images)
+    evaluation = TrainedProblem(name, path_family(sde), model, sde, chain, z, x_T, x_ref, classifier, images)
     screen = replace(evaluation, z=z_screen, x_T=x_T_screen, x_ref=x_ref_screen, classifier=None, images=None)
     return evaluation, screen, info
 
@@ -323,5 +324,6 @@ def main(argv: list[str] | None = None) -> int:
         json.dump({"meta": meta, "screen": screened, "final": final}, f, indent=1, default=str)
     print(text)
     print(f"the reference map itself: FD {reference['frechet_classifier']:.3g}, confident "
-          f"{reference['confident']:.3f}; {len(screened)} screening and {len(final)} final runs in {time.perf_counter() - t0:.0f}s")
+          f"{reference['confident']:.3f}; {len(screened)} screening and {len(final)} final runs in "
+          f"{time.perf_counter() - t0:.0f}s")
     return 0

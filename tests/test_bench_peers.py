@@ -24,6 +24,7 @@ def test_every_peer_module_offers_the_peer_functions(bench_problems, monkeypatch
         module = importlib.import_module(f"sgm.bench.peers.{name}")
         legs = [getattr(module, leg, None) for leg in ("rows", "stochastic_rows")]
         assert callable(module.available) and any(callable(leg) for leg in legs), name
+    assert callable(peer.rerun)  # the trained leg's peer reruns its finalists
     kd = importlib.import_module("sgm.bench.peers.k_diffusion")
     monkeypatch.setattr(kd, "available", lambda: True)
     monkeypatch.setattr(kd, "stochastic_rows", lambda problem, nfes, judge, seed: [{"side": "k-diffusion"}])
@@ -122,7 +123,7 @@ def test_a_failing_or_diverging_peer_is_a_row(bench_problems, monkeypatch):
     bad = peer.Config("diffusers DDIM, nonsense", "DDIMScheduler", (("timestep_spacing", "nonsense"),))
     row = peer.row(bad, bench_problems["vp"], 10)
     assert row["diverged"] and row["nfe"] is None and "nonsense" in row["error"] and row["map_error"] != row["map_error"]
-    monkeypatch.setattr(peer, "eps_at", lambda target, x, sigma: x * float("nan"))
+    monkeypatch.setattr(problems, "eps_at", lambda target, x, sigma: x * float("nan"))  # what Problem.eps_at calls
     row = peer.row(peer.configs()[0], bench_problems["vp"], 10)
     assert row["diverged"] and row["nfe"] == 10 and row["map_error"] != row["map_error"]
 

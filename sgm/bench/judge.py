@@ -2,6 +2,8 @@
 
 - The **map error** ``mean_i ‖x_i - x_ref,i‖`` against the problem's reference map (``samplers.optimize.map_error``):
   every deterministic run; with a target sample, also its SW₂ against it (``judge_map``).
+- On digits (a trained model): ``classifier_scores``, the Fréchet distance in a digits classifier's 128 features
+  against the real digits and the fraction of samples it labels with probability > ``CONFIDENT``.
 - The distribution metrics against a fresh target sample (the curves): SW₂ (``SW2_PROJECTIONS`` directions),
   MMD² and the energy distance (O(n²): the first ``PAIRWISE_N`` samples of each set), the Fréchet distance of
   the raw coordinates, the exact NLL and the mode-weight error; and the Monte-Carlo floor of each, its value
@@ -24,14 +26,15 @@ from torch import Tensor
 from .. import GaussianMixture, metrics
 from ..samplers.optimize import map_error
 
-__all__ = ["METRICS", "STOCHASTIC_METRICS", "PAIRWISE_N", "SW2_PROJECTIONS", "distribution_metrics", "floors",
-           "stochastic_metrics", "stochastic_floors", "judge_curve", "map_sw2", "judge_map", "judge_stochastic",
-           "failed"]
+__all__ = ["METRICS", "STOCHASTIC_METRICS", "PAIRWISE_N", "SW2_PROJECTIONS", "CONFIDENT", "distribution_metrics",
+           "floors", "stochastic_metrics", "stochastic_floors", "judge_curve", "map_sw2", "judge_map",
+           "judge_stochastic", "classifier_scores", "failed"]
 
 METRICS = ("sw2", "mmd2", "energy", "frechet", "nll", "mode_error", "map_error")
 STOCHASTIC_METRICS = ("frechet_moments", "mode_error", "sw2")
 PAIRWISE_N = 1000
 SW2_PROJECTIONS = 256
+CONFIDENT = 0.9
 
 
 def distribution_metrics(x: Tensor, reference: Tensor, target: GaussianMixture, generator: torch.Generator) -> dict:
@@ -108,6 +111,17 @@ def judge_stochastic(x: Tensor | None, reference: Tensor, target: GaussianMixtur
     if not _finite(x):
         return {**dict.fromkeys(STOCHASTIC_METRICS, float("nan")), "diverged": True}
     return {**stochastic_metrics(x, reference, target, torch.Generator().manual_seed(seed + 3)), "diverged": False}
+
+
+def classifier_scores(x: Tensor, classifier, images: Tensor) -> dict:
+    """Digits samples ``x`` (clamped to the data's range [-1, 1]) in the eyes of ``classifier``
+    (``nets.DigitsClassifier``): ``frechet_classifier``, the Fréchet distance of its features to those of the real
+    ``images``, and ``confident``, the fraction of samples whose top class has probability > ``CONFIDENT``."""
+    x = x.clamp(-1, 1)
+    with torch.no_grad():
+        confident = float((classifier(x).softmax(1).max(1).values > CONFIDENT).float().mean())
+    return {"frechet_classifier": metrics.frechet_distance(x, images, features=classifier.features),
+            "confident": confident}
 
 
 def failed(error: Exception, t0: float, prefix: str = "", keys=("map_error",)) -> dict:

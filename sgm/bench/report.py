@@ -31,7 +31,7 @@ from ..plotting import nfe_curves, scatter_panels
 
 __all__ = ["GOAL_NFE", "GOAL_RATIO", "STOCHASTIC_GOAL_NFE", "STOCHASTIC_GOAL_METRIC", "SCATTER_NFE", "PATH_NAMES",
            "goal_table", "goal_markdown", "stochastic_markdown", "path_table", "path_markdown", "summary_table",
-           "figure_name", "scatter_figure", "versions", "write"]
+           "figure_name", "scatter_figure", "versions", "write_csv", "write"]
 
 GOAL_NFE = (5, 10, 20)
 GOAL_RATIO = 0.5
@@ -187,7 +187,8 @@ def versions() -> dict:
     return out
 
 
-def _write_csv(path: str, columns: list[str], rows) -> None:
+def write_csv(path: str, columns: list[str], rows) -> None:
+    """``rows`` (dicts) as a CSV file with ``columns`` (other keys left out)."""
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, columns, extrasaction="ignore")
         writer.writeheader()
@@ -208,16 +209,16 @@ def write(out_dir: str, rows: list[dict], meta: dict, compared: list[dict] = (),
     map's metrics per ``"target / sde"`` (and the stochastic leg's floors, ``stochastic_floors``); ``across`` and
     ``paths`` are the cross-path rows and ``path_table``, ``stochastic`` and ``stochastic_goal`` the stochastic
     leg's rows and goal table."""
-    _write_csv(os.path.join(out_dir, "results.csv"), RESULT_COLUMNS, rows)
-    _write_csv(os.path.join(out_dir, "compare.csv"), COMPARE_COLUMNS, compared)
+    write_csv(os.path.join(out_dir, "results.csv"), RESULT_COLUMNS, rows)
+    write_csv(os.path.join(out_dir, "compare.csv"), COMPARE_COLUMNS, compared)
     with open(os.path.join(out_dir, "goal.md"), "w") as f:
         f.write(goal_markdown(goal) + "\n")
     if across:
-        _write_csv(os.path.join(out_dir, "paths.csv"), COMPARE_COLUMNS, across)
+        write_csv(os.path.join(out_dir, "paths.csv"), COMPARE_COLUMNS, across)
         with open(os.path.join(out_dir, "paths.md"), "w") as f:
             f.write(path_markdown(paths) + "\n")
     if stochastic:
-        _write_csv(os.path.join(out_dir, "stochastic.csv"), STOCHASTIC_COLUMNS, stochastic)
+        write_csv(os.path.join(out_dir, "stochastic.csv"), STOCHASTIC_COLUMNS, stochastic)
         with open(os.path.join(out_dir, "stochastic_goal.md"), "w") as f:
             f.write(stochastic_markdown(stochastic_goal, meta.get("stochastic_floors", {})) + "\n")
     with open(os.path.join(out_dir, "results.json"), "w") as f:

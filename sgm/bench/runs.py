@@ -29,13 +29,13 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .. import metrics, samplers
+from .. import samplers
 from ..samplers import SamplerDiverged, optimize_grid, sample
-from .judge import STOCHASTIC_METRICS, failed, judge_curve
-from .problems import TRAIN_STEPS, OffChain, Problem, chain_model, exact_model
+from .judge import STOCHASTIC_METRICS, classifier_scores, failed, judge_curve
+from .problems import TRAIN_STEPS, OffChain, Problem, exact_model
 
 __all__ = ["Run", "CONTINUOUS_SPACINGS", "CHAIN_SPACINGS", "curve_runs", "budgeted", "Curves", "curve_rows",
-           "sgm_configs", "stochastic_configs", "label", "sgm_rows", "optimized_rows", "checkpoint_rows"]
+           "sgm_configs", "stochastic_configs", "label", "sgm_row", "sgm_rows", "optimized_rows", "checkpoint_rows"]
 
 
 @dataclass(frozen=True)
@@ -175,8 +175,8 @@ def label(name: str, options: dict, spacing: str, variant: str = "") -> str:
     return f"{words}, {spacing}" + (f", {variant}" if variant else "")
 
 
-def _sgm_row(problem: Problem, score, sde, name: str, options: dict, nfe: int, steps: int, row_label: str,
-             sample_kw: dict, variant: str = "", judge: Judge | None = None) -> dict | None:
+def sgm_row(problem: Problem, score, sde, name: str, options: dict, nfe: int, steps: int, row_label: str,
+            sample_kw: dict, variant: str = "", judge: Judge | None = None) -> dict | None:
     """One sgm run from ``x_T`` (None when the sampler cannot run on a chain grid), judged by ``problem.judge`` (or
     by ``judge(x)``, a stochastic run); ``sample_kw``: ``sample``'s grid options (or a ``grid``) and generator."""
     t0 = time.perf_counter()
@@ -198,24 +198,22 @@ def _sgm_row(problem: Problem, score, sde, name: str, options: dict, nfe: int, s
 
 def sgm_rows(problem: Problem, nfes, configs=None, judge: Judge | None = None, seed: int = 0) -> list[dict]:
     """Every configuration of ``configs`` (default ``sgm_configs()``) on every spacing of every variant of the
-    problem (continuous spacings on ``variant.sde`` with ``exact_model``, chain spacings on ``variant.chain_sde``
-    with ``chain_model``) at every budget, judged as ``_sgm_row`` says, any noise from a generator seeded
-    ``seed + 10``."""
+    problem (the model and path of ``problem.model_for``: on an exact problem the continuous spacings on
+    ``variant.sde`` with ``exact_model``, the chain spacings on ``variant.chain_sde`` with ``chain_model``) at every
+    budget, judged as ``sgm_row`` says, any noise from a generator seeded ``seed + 10``."""
     rows, configs = [], sgm_configs() if configs is None else configs
     for variant in problem.variants:
-        models = {False: exact_model(problem.target, variant.sde), True: chain_model(problem.target, variant.chain_sde)}
+        models = {on_chain: problem.model_for(variant, on_chain) for on_chain in (False, True)}
         for name, options in configs:
             solver = samplers.solver(name, **options)
             for spacing, nfe in itertools.product(CONTINUOUS_SPACINGS + CHAIN_SPACINGS, nfes):
                 steps = solver.steps_for_nfe(nfe)
                 if steps is None:
                     continue
-                on_chain = spacing in CHAIN_SPACINGS
                 kw = {"spacing": spacing, "train_steps": TRAIN_STEPS,
                       "generator": torch.Generator().manual_seed(seed + 10)}
-                row = _sgm_row(problem, models[on_chain], variant.chain_sde if on_chain else variant.sde, name,
-                               options, nfe, steps, label(name, options, spacing, variant.label), kw, variant.label,
-                               judge)
+                row = sgm_row(problem, *models[spacing in CHAIN_SPACINGS], name, options, nfe, steps,
+                              label(name, options, spacing, variant.label), kw, variant.label, judge)
                 if row is not None:
                     rows.append(row)
     return rows
@@ -246,15 +244,14 @@ def optimized_rows(problem: Problem, nfes, fixed: list[dict], seed: int, top: in
                              **failed(e, t0, "optimize_grid: ")})
                 continue
             seconds = time.perf_counter() - t0
-            row = _sgm_row(problem, model, sde, name, options, nfe, steps, row_label, {"grid": grid}, variant)
+            row = sgm_row(problem, model, sde, name, options, nfe, steps, row_label, {"grid": grid}, variant)
             rows.append({**row, "optimize_seconds": seconds})
     return rows
 
 
 # --- a trained digits model ------------------------------------------------------------------------
 def checkpoint_rows(path: str, nfes, seed: int, progress: bool, n: int = 1000) -> list[dict]:
-    """The curve runs on the trained model at ``path``: the Fréchet distance in a digits classifier's features
-    and the fraction of samples it labels with probability > 0.9."""
+    """The curve runs on the trained model at ``path``, judged by ``judge.classifier_scores``."""
     from ..data import load_digits
     from ..nets import train_digits_classifier
     from ..train import model_from_checkpoint
@@ -269,12 +266,9 @@ def checkpoint_rows(path: str, nfes, seed: int, progress: bool, n: int = 1000) -
         with torch.no_grad():
             out = sample(model, model.sde, (n,) + shape, sampler=run.sampler, steps=steps, spacing=run.spacing,
                          generator=g, dtype=torch.float32, progress=progress, **run.options)
-            x = out.x.clamp(-1, 1)
-            confident = float((classifier(x).softmax(1).max(1).values > 0.9).float().mean())
         rows.append({"target": f"digits model ({path})", "sde": config.sde, "sampler": run.label, "nfe_budget": nfe,
                      "steps": steps, "nfe": out.nfe, "seconds": time.perf_counter() - t0,
-                     "frechet_classifier": metrics.frechet_distance(x, images, features=classifier.features),
-                     "confident": confident})
+                     **classifier_scores(out.x, classifier, images)})
         print(f"digits model, {run.label} at NFE {out.nfe}: Fréchet {rows[-1]['frechet_classifier']:.1f}, "
-              f"confident {confident:.3f} ({rows[-1]['seconds']:.0f}s)", flush=True)  # a network sweep takes minutes
+              f"confident {rows[-1]['confident']:.3f} ({rows[-1]['seconds']:.0f}s)", flush=True)  # takes minutes
     return rows

@@ -18,8 +18,9 @@ NCSN's levels on VE (every deterministic sampler depends only on the noise level
 the VE probability flow exactly, in VP coordinates). A run starts as diffusers' users start, from
 ``z·init_noise_sigma``; at its k-th call the scheduler gets the exact ``ε`` at the noise level it integrates
 with (``noise_level``): its own ``sigmas[k]`` where it keeps sigmas, else ``σ`` of its ``alphas_cumprod[t]``; a
-σ-based scheduler's midpoint stage (KDPM2-ancestral, DPM-Solver SDE) the σ of that stage. The steps for a budget
-are the most whose ``timesteps`` (one model call each) fit.
+σ-based scheduler's midpoint stage (KDPM2-ancestral, DPM-Solver SDE) the σ of that stage (``problem.eps_at``: the
+exact ε on a mixture, the network's on a trained model). The steps for a budget are the most whose ``timesteps``
+(one model call each) fit; a row is scored by ``problem.judge`` (a stochastic row by the leg's ``judge``).
 """
 from __future__ import annotations
 
@@ -35,11 +36,11 @@ import torch
 
 from ... import DiscreteChain
 from ..judge import STOCHASTIC_METRICS, failed
-from ..problems import Problem, eps_at
+from ..problems import Problem
 
 __all__ = ["FAMILIES", "STOCHASTIC_FAMILIES", "SPACINGS", "SIGMA_OPTIONS", "Config", "available", "configs",
            "stochastic_configs", "vp_betas", "fit_budget", "make_scheduler", "noise_level", "drive", "run", "quiet",
-           "row", "rows", "stochastic_rows"]
+           "row", "rows", "stochastic_rows", "rerun"]
 
 # (family label template, scheduler class, option axes). Timestep spacings and sigma options are crossed in
 # where the class's constructor takes them; labels fill the template from the options.
@@ -240,10 +241,10 @@ def run(config: Config, problem: Problem, nfe: int, make, model, seen: dict | No
 
 
 def _eps_model(problem: Problem):
-    """The exact ε at the noise level of each call (``noise_level``)."""
+    """The problem's ε at the noise level of each call (``problem.eps_at`` at ``noise_level``)."""
 
     def model(x, scheduler, k, t):
-        return eps_at(problem.target, x, noise_level(scheduler, k, t))
+        return problem.eps_at(x, noise_level(scheduler, k, t))
 
     return model
 
@@ -305,3 +306,10 @@ def stochastic_rows(problem: Problem, nfes, judge, seed: int) -> list[dict]:
     """Every configuration of ``stochastic_configs`` at every budget on ``problem``, scored by ``judge(x)``
     (``STOCHASTIC_METRICS`` and ``diverged``), noise seeded ``seed``."""
     return _rows(problem, nfes, stochastic_configs(), judge, seed)
+
+
+def rerun(done: dict, problem) -> dict | None:
+    """The configuration and budget of the comparison row ``done`` (by its label) run again on ``problem``."""
+    config = next(c for c in configs() if c.label == done["sampler"])
+    with quiet():
+        return row(config, problem, done["nfe_budget"])

@@ -142,8 +142,10 @@ def test_k_diffusion_budgets_are_counted_calls():
 
 @needs_k_diffusion
 def test_k_diffusion_stochastic_rows_on_the_problem(bench_problems):
-    """Every configuration at 10 NFE on both problems, scored by the judge given; reproducible from the seed."""
-    for p in bench_problems.values():
+    """Every configuration at 10 NFE on the VP and VE problems, scored by the judge given, and none on rectified
+    flow (its chain's top σ is infinite); reproducible from the seed."""
+    assert kpeer.stochastic_rows(bench_problems["rf"], (10,), None, 5) == []
+    for p in (bench_problems["vp"], bench_problems["ve"]):
         ref = p.target.sample(64, generator=gen(2))
         rows = kpeer.stochastic_rows(p, (10,), lambda x: judge.judge_stochastic(x, ref, p.target, 0), 5)
         assert [r["sampler"] for r in rows] == [c.label for c in kpeer.configs()]
@@ -225,7 +227,8 @@ def test_diffusers_noise_level_is_the_stage_of_each_call(bench_problems, cls_nam
 
 @needs_diffusers
 def test_diffusers_stochastic_rows_on_the_problem(bench_problems, monkeypatch):
-    """One configuration of each family at 10 NFE: scored by the judge, within the budget, finite, and seeded."""
+    """One configuration of each family at 10 NFE: scored by the judge, within the budget, finite, and seeded; none
+    on rectified flow."""
     chosen = {}
     for c in dpeer.stochastic_configs():
         chosen.setdefault(c.scheduler + c.label.split(",")[0].split()[-1], c)
@@ -239,19 +242,21 @@ def test_diffusers_stochastic_rows_on_the_problem(bench_problems, monkeypatch):
         assert r["side"] == "diffusers" and not r["diverged"] and r["nfe"] <= 10, r
         assert math.isfinite(r["frechet_moments"]) and math.isfinite(r["sw2"])
     assert [r["frechet_moments"] for r in rows] == [r["frechet_moments"] for r in again]
+    assert dpeer.stochastic_rows(bench_problems["rf"], (10,), None, 5) == []  # flow schedulers: diffusers_flow
 
 
 # --- the leg's tables and files ------------------------------------------------------------------------------
 def test_stochastic_goal_takes_the_best_peer_of_all_libraries():
     def row(side, name, err, nfe=10):
         return {"target": "t", "sde": "ve", "side": side, "sampler": name, "nfe_budget": nfe, "nfe": nfe,
-                "frechet_moments": err, "diverged": False}
+                "frechet_moments": err, "sw2": 10 * err, "diverged": False}
 
     rows = [row("diffusers", "d", 0.04), row("k-diffusion", "k", 0.02), row("sgm", "s", 0.008)]
     (g,) = report.goal_table(rows, (10,), ("diffusers", "k-diffusion"), "frechet_moments")
     assert (g["peer"], g["sgm"], g["ratio"], g["met"]) == ("k", "s", pytest.approx(0.4), True)
-    md = report.stochastic_markdown([g], {"t / ve": {"frechet_moments": 0.005}}).splitlines()
-    assert "| floor |" in md[0] and md[2] == "| t | VE | 10 | k | 0.02 | s | 0.008 | 0.005 | 0.4 | yes |"
+    md = report.stochastic_markdown([g], {"t / ve": {"frechet_moments": 0.005, "sw2": 0.03}}).splitlines()
+    assert "| floor |" in md[0] and "| SW₂ peer / sgm / floor |" in md[0]
+    assert md[2] == "| t | VE | 10 | k | 0.02 | s | 0.008 | 0.005 | 0.4 | yes | 0.2 / 0.08 / 0.03 |"
 
 
 def test_the_stochastic_sweep_writes_its_rows_and_goal(tmp_path, monkeypatch):

@@ -196,8 +196,9 @@ def write_csv(path: str, columns: list[str], rows) -> None:
 
 
 def stochastic_markdown(goal: list[dict], floors: dict) -> str:
-    """The stochastic leg's goal table as markdown, with the floor of ``STOCHASTIC_GOAL_METRIC`` from ``floors``
-    (``{"target / sde": {metric: value}}``)."""
+    """The stochastic leg's goal table as markdown, with the floors (``{"target / sde": {metric: value}}``) of
+    ``STOCHASTIC_GOAL_METRIC`` in its column and of SW₂ in the SW₂ column."""
+    goal = [{**g, "sw2_floor": floors.get(f"{g['target']} / {g['sde']}", {}).get("sw2")} for g in goal]
     return goal_markdown(goal, "peer", "Fréchet (moments)",
                          {key: f.get(STOCHASTIC_GOAL_METRIC) for key, f in floors.items()})
 

@@ -185,7 +185,10 @@ def run(config: Config, problem: Problem, nfe: int, seed: int, z: Tensor | None 
 
 def stochastic_rows(problem: Problem, nfes, judge, seed: int) -> list[dict]:
     """Every configuration at every budget on ``problem``, each scored by ``judge(x)`` (``STOCHASTIC_METRICS`` and
-    ``diverged``), its noise seeded ``seed``; a run that raises is a diverged row with the error."""
+    ``diverged``), its noise seeded ``seed``; a run that raises is a diverged row with the error. None on a problem
+    off VP and VE (rectified flow's chain ends at σ = ∞, no level for ``x̃ = σ_max·z``)."""
+    if problem.sde_name not in ("vp", "ve"):
+        return []
     out = []
     for config in configs():
         for nfe in nfes:

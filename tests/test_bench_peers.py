@@ -18,18 +18,33 @@ needs_diffusers = pytest.mark.skipif(not peer.available(), reason="diffusers is 
 
 
 def test_every_peer_module_offers_the_peer_functions(bench_problems, monkeypatch):
+    """Each module has ``available`` and at least one leg (``rows``, ``stochastic_rows``); a leg a module does not
+    run contributes no rows."""
     for name in peers.PEERS:
         module = importlib.import_module(f"sgm.bench.peers.{name}")
-        assert callable(module.available) and callable(module.rows)
+        legs = [getattr(module, leg, None) for leg in ("rows", "stochastic_rows")]
+        assert callable(module.available) and any(callable(leg) for leg in legs), name
+    assert callable(peer.rerun)  # the trained leg's peer reruns its finalists
+    kd = importlib.import_module("sgm.bench.peers.k_diffusion")
+    monkeypatch.setattr(kd, "available", lambda: True)
+    monkeypatch.setattr(kd, "stochastic_rows", lambda problem, nfes, judge, seed: [{"side": "k-diffusion"}])
     monkeypatch.setattr(peer, "rows", lambda problem, nfes: [{"side": "diffusers", "nfe_budget": n} for n in nfes])
     monkeypatch.setattr(peer, "available", lambda: True)
     assert peers.peer_rows(bench_problems["vp"], (5, 10)) == [{"side": "diffusers", "nfe_budget": 5},
                                                               {"side": "diffusers", "nfe_budget": 10}]
     assert peers.peer_rows(bench_problems["vp"], (5,), ("diffusers",)) == [{"side": "diffusers", "nfe_budget": 5}]
+    monkeypatch.setattr(peer, "stochastic_rows", lambda problem, nfes, judge, seed: [{"side": "diffusers"}])
+    assert peers.stochastic_peer_rows(bench_problems["vp"], (5,), None, 0) == [{"side": "diffusers"},
+                                                                               {"side": "k-diffusion"}]
+    assert peers.stochastic_peer_rows(bench_problems["vp"], (5,), None, 0, ("k_diffusion",)) == [
+        {"side": "k-diffusion"}]
     with pytest.raises(ValueError, match="peers must be among"):
         peers.installed(("k-diffusion",))
     monkeypatch.setattr(peer, "available", lambda: False)
     assert peers.installed(("diffusers",)) == [] and peers.peer_rows(bench_problems["vp"], (5,), ("diffusers",)) == []
+    monkeypatch.setattr(kd, "available", lambda: False)
+    monkeypatch.setattr(flow_peer, "available", lambda: False)
+    assert peers.installed() == [] and peers.stochastic_peer_rows(bench_problems["vp"], (5,), None, 0) == []
 
 
 @needs_diffusers
@@ -108,7 +123,7 @@ def test_a_failing_or_diverging_peer_is_a_row(bench_problems, monkeypatch):
     bad = peer.Config("diffusers DDIM, nonsense", "DDIMScheduler", (("timestep_spacing", "nonsense"),))
     row = peer.row(bad, bench_problems["vp"], 10)
     assert row["diverged"] and row["nfe"] is None and "nonsense" in row["error"] and row["map_error"] != row["map_error"]
-    monkeypatch.setattr(peer, "eps_at", lambda target, x, sigma: x * float("nan"))
+    monkeypatch.setattr(problems, "eps_at", lambda target, x, sigma: x * float("nan"))  # what Problem.eps_at calls
     row = peer.row(peer.configs()[0], bench_problems["vp"], 10)
     assert row["diverged"] and row["nfe"] == 10 and row["map_error"] != row["map_error"]
 

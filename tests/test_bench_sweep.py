@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from sgm.bench import report, runs, sweep
 from sgm.bench.peers import diffusers as peer
 from sgm.bench.peers import diffusers_flow as flow_peer
@@ -21,8 +23,13 @@ def test_sgm_bench_is_the_sweeps_command():
     args = build_parser().parse_args(["bench", "--quick", "--only", "compare", "--targets", "16d mixture"])
     assert args.func is sweep.run_from_args and args.quick and args.only == ["compare"]
     assert args.targets == ["16d mixture"] and args.out == "benchmarks/results" and args.peers is None
+    assert args.stochastic_nfe is None
     args = build_parser().parse_args(["bench", "--only", "compare", "paths", "--peers", "diffusers_flow"])
     assert args.only == ["compare", "paths"] and args.peers == ["diffusers_flow"]
+    args = build_parser().parse_args(["bench", "--only", "stochastic", "--stochastic-nfe", "10", "20"])
+    assert args.only == ["stochastic"] and args.stochastic_nfe == [10, 20]
+    with pytest.raises(ValueError, match="--stochastic-nfe"):
+        sweep.run_from_args(build_parser().parse_args(["bench", "--stochastic-nfe", "0"]))
 
 
 def test_quick_sweep_writes_every_run_and_figure(tmp_path, monkeypatch):
@@ -38,7 +45,8 @@ def test_quick_sweep_writes_every_run_and_figure(tmp_path, monkeypatch):
     monkeypatch.setattr(peer, "configs", lambda: configs)
     flow_configs = [c for c in flow_peer.configs() if c.label.startswith("diffusers FlowMatch Euler, shift 1")][:1]
     monkeypatch.setattr(flow_peer, "configs", lambda: flow_configs)
-    rows = sweep.run_sweep(str(tmp_path), quick=True, n=200, progress=False, paths=True)
+    rows = sweep.run_sweep(str(tmp_path), quick=True, n=200, progress=False, paths=True,
+                           stochastic=False)  # the stochastic leg: test_bench_stochastic
     per_sde = len(list(runs.budgeted((5, 10)))) + 1
     assert len(rows) == 2 * per_sde
     assert not any(r["diverged"] for r in rows if r["nfe_budget"] == 10)

@@ -2,10 +2,16 @@
 
 - The **map error** ``mean_i ‖x_i - x_ref,i‖`` against the problem's reference map (``samplers.optimize.map_error``):
   every deterministic run; with a target sample, also its SW₂ against it (``judge_map``).
+- On digits (a trained model): ``classifier_scores``, the Fréchet distance in a digits classifier's 128 features
+  against the real digits and the fraction of samples it labels with probability > ``CONFIDENT``.
 - The distribution metrics against a fresh target sample (the curves): SW₂ (``SW2_PROJECTIONS`` directions),
   MMD² and the energy distance (O(n²): the first ``PAIRWISE_N`` samples of each set), the Fréchet distance of
   the raw coordinates, the exact NLL and the mode-weight error; and the Monte-Carlo floor of each, its value
   between two independent target samples.
+- The stochastic leg's distribution error (``STOCHASTIC_METRICS``): the Fréchet distance of the samples' mean
+  ``m̂`` and covariance ``Ĉ`` to the mixture's exact ``(m, C)``, ``‖m̂ - m‖² + Tr(Ĉ + C - 2(C^½ Ĉ C^½)^½)``
+  (``frechet_moments``), the mode-weight error ``Σ_k |n_k/n - w_k|`` and SW₂ to a target sample; their floors
+  (``stochastic_floors``) are the values of ``n`` exact samples (SW₂: between two such samples).
 
 A run that diverged (no samples, or a NaN/inf among them) or failed is a row with ``diverged`` true and NaN
 metrics, never a crash.
@@ -20,12 +26,15 @@ from torch import Tensor
 from .. import GaussianMixture, metrics
 from ..samplers.optimize import map_error
 
-__all__ = ["METRICS", "PAIRWISE_N", "SW2_PROJECTIONS", "distribution_metrics", "floors", "judge_curve", "map_sw2",
-           "judge_map", "failed"]
+__all__ = ["METRICS", "STOCHASTIC_METRICS", "PAIRWISE_N", "SW2_PROJECTIONS", "CONFIDENT", "distribution_metrics",
+           "floors", "stochastic_metrics", "stochastic_floors", "judge_curve", "map_sw2", "judge_map",
+           "judge_stochastic", "classifier_scores", "failed"]
 
 METRICS = ("sw2", "mmd2", "energy", "frechet", "nll", "mode_error", "map_error")
+STOCHASTIC_METRICS = ("frechet_moments", "mode_error", "sw2")
 PAIRWISE_N = 1000
 SW2_PROJECTIONS = 256
+CONFIDENT = 0.9
 
 
 def distribution_metrics(x: Tensor, reference: Tensor, target: GaussianMixture, generator: torch.Generator) -> dict:
@@ -46,6 +55,22 @@ def floors(target: GaussianMixture, n: int, seed: int) -> dict:
     g = torch.Generator().manual_seed(seed)
     a, b = target.sample(n, generator=g), target.sample(n, generator=g)
     return distribution_metrics(a, b, target, g)
+
+
+def stochastic_metrics(x: Tensor, reference: Tensor, target: GaussianMixture, generator: torch.Generator) -> dict:
+    """``STOCHASTIC_METRICS`` of samples ``x``: to the target's exact moments and weights, SW₂ to ``reference``."""
+    x = x.reshape(x.shape[0], -1)
+    return {"frechet_moments": metrics.frechet_to_gaussian(x, *target.moments()),
+            "mode_error": metrics.mode_weight_error(x, target),
+            "sw2": metrics.sliced_wasserstein(x, reference, SW2_PROJECTIONS, generator)}
+
+
+def stochastic_floors(target: GaussianMixture, n: int, seed: int) -> dict:
+    """The Monte-Carlo floor of each of ``STOCHASTIC_METRICS``: its value for ``n`` exact samples from ``seed``
+    (SW₂ between two independent samples of ``n``)."""
+    g = torch.Generator().manual_seed(seed)
+    a, b = target.sample(n, generator=g), target.sample(n, generator=g)
+    return stochastic_metrics(a, b, target, g)
 
 
 def _finite(x: Tensor | None) -> bool:
@@ -80,7 +105,26 @@ def judge_map(x: Tensor, x_ref: Tensor, nfe: int, t0: float, reference: Tensor |
     return row
 
 
-def failed(error: Exception, t0: float, prefix: str = "") -> dict:
-    """The row of a run that raised ``error``: no NFE, NaN map error, ``diverged`` and the error's text."""
-    return {"nfe": None, "seconds": time.perf_counter() - t0, "map_error": float("nan"), "diverged": True,
-            "error": f"{prefix}{type(error).__name__}: {error}"[:300]}
+def judge_stochastic(x: Tensor | None, reference: Tensor, target: GaussianMixture, seed: int) -> dict:
+    """A stochastic run's ``STOCHASTIC_METRICS`` (SW₂'s directions from ``seed + 3``) and ``diverged``; NaN and
+    diverged when ``x`` is None or not finite."""
+    if not _finite(x):
+        return {**dict.fromkeys(STOCHASTIC_METRICS, float("nan")), "diverged": True}
+    return {**stochastic_metrics(x, reference, target, torch.Generator().manual_seed(seed + 3)), "diverged": False}
+
+
+def classifier_scores(x: Tensor, classifier, images: Tensor) -> dict:
+    """Digits samples ``x`` (clamped to the data's range [-1, 1]) in the eyes of ``classifier``
+    (``nets.DigitsClassifier``): ``frechet_classifier``, the Fréchet distance of its features to those of the real
+    ``images``, and ``confident``, the fraction of samples whose top class has probability > ``CONFIDENT``."""
+    x = x.clamp(-1, 1)
+    with torch.no_grad():
+        confident = float((classifier(x).softmax(1).max(1).values > CONFIDENT).float().mean())
+    return {"frechet_classifier": metrics.frechet_distance(x, images, features=classifier.features),
+            "confident": confident}
+
+
+def failed(error: Exception, t0: float, prefix: str = "", keys=("map_error",)) -> dict:
+    """The row of a run that raised ``error``: no NFE, NaN metrics ``keys``, ``diverged`` and the error's text."""
+    return {"nfe": None, "seconds": time.perf_counter() - t0, **dict.fromkeys(keys, float("nan")),
+            "diverged": True, "error": f"{prefix}{type(error).__name__}: {error}"[:300]}

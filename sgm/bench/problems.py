@@ -18,6 +18,11 @@ Each problem lists its ``variants``: the paths sgm's side runs on, each with the
 use. The exact model the runs use is ``exact_model`` (the score, or ``x̂_0`` where ``α(T) = 0``); on a chain grid
 ``chain_model`` (exact at the chain's timesteps only). The peers get the exact noise prediction at a noise level
 (``eps_at``) or the exact flow velocity at a flow sigma (``velocity_at``).
+
+What the runs and the peers ask of a problem (``Problem`` here, ``trained.TrainedProblem`` for a network): the
+fields ``target_name, sde_name, chain, z, x_T, x_ref, variants`` and the methods ``model_for(variant, on_chain)``
+(the model and path sgm's samplers run on), ``eps_at(x, sigma)`` (the VP-chain peers' noise prediction) and
+``judge(x, nfe, t0)`` (a comparison row's scores).
 """
 from __future__ import annotations
 
@@ -110,6 +115,17 @@ class Problem:
         if not self.variants:
             object.__setattr__(self, "variants", (Variant("", self.sde, self.chain_sde),))
 
+    def model_for(self, variant: Variant, on_chain: bool):
+        """``(model, path)`` for sgm's samplers on ``variant``: ``chain_model`` on its ``chain_sde`` for a chain
+        spacing, else ``exact_model`` on its continuous ``sde``."""
+        if on_chain:
+            return chain_model(self.target, variant.chain_sde), variant.chain_sde
+        return exact_model(self.target, variant.sde), variant.sde
+
+    def eps_at(self, x: Tensor, sigma: float) -> Tensor:
+        """The exact noise prediction at noise level ``sigma`` (``eps_at``)."""
+        return eps_at(self.target, x, sigma)
+
     def judge(self, x: Tensor | None, nfe: int, t0: float) -> dict:
         """A comparison run's scores (``judge.judge_map``: map error against ``x_ref``, SW₂ against ``reference``)
         and the problem's ``sw2_floor``."""
@@ -122,6 +138,21 @@ def _vp_paths() -> tuple[SDE, SDE]:
     # VPSDE(T)'s β(t) = β_min + (t/T)(β_max - β_min) integrates to T(β_min + β_max)/2 = -log ᾱ(T): match ᾱ_999.
     T = -math.log(float(chain.alphas_cumprod[-1])) / ((chain_sde.beta_min + chain_sde.beta_max) / 2)
     return VPSDE(T=T), chain_sde
+
+    def model_for(self, on_chain: bool):
+        """``(score, path)`` for sgm's samplers: the chain's score on ``chain_sde`` (``on_chain_score``) for a chain
+        spacing, else the exact score on the continuous ``sde``."""
+        if on_chain:
+            return on_chain_score(self.target, self.chain), self.chain_sde
+        return self.target.score_fn(self.sde), self.sde
+
+    def eps_at(self, x: Tensor, sigma: float) -> Tensor:
+        """The exact noise prediction at noise level ``sigma`` (``eps_at``)."""
+        return eps_at(self.target, x, sigma)
+
+    def judge(self, x: Tensor, nfe: int, t0: float) -> dict:
+        """A comparison row's scores: ``judge.judge_map`` against ``x_ref``."""
+        return judge_map(x, self.x_ref, nfe, t0)
 
 
 def make_problem(target_name: str, target: GaussianMixture, sde_name: str, n: int, seed: int) -> Problem:

@@ -2,15 +2,17 @@
 
 - ``goal_table``: per target, SDE and budget, each side's configuration with the least map error (among finite
   runs that spent at most the budget) and the ratio sgm / peer; the goal (issue 9) is a ratio of at most
-  ``GOAL_RATIO`` at every budget of ``GOAL_NFE``.
+  ``GOAL_RATIO`` at every budget of ``GOAL_NFE``. The stochastic leg's goal (issue 17) is the same table of the
+  distribution error ``STOCHASTIC_GOAL_METRIC`` at ``STOCHASTIC_GOAL_NFE``, the best peer of all libraries.
 - ``path_table``: per target and budget, each path's best sgm configuration (least map error against that path's
   own exact map, finite, within the budget) and which path's is lowest.
 - ``write``: ``results.csv`` (the curve rows), ``compare.csv`` (the comparison rows), ``goal.md``, ``paths.csv``
   and ``paths.md`` (the cross-path rows and table, when run), ``results.json`` (rows, comparison, goal, cross-path
-  rows and table, floors, the exact flow map's metrics, seeds, versions) and the
+  rows and table, stochastic rows and goal, floors, the exact flow map's metrics, seeds, versions) and the
   figures ``{metric}_{target}_{sde}.png`` (SW₂, Fréchet distance, map error against NFE; the floor dotted, the
   exact flow map dash-dotted, the best comparison configuration of each side on the map-error figure),
-  ``scatter_{target}_{sde}.png`` (``scatter_figure``) and ``digits_frechet.png`` — names from ``figure_name``.
+  ``scatter_{target}_{sde}.png`` (``scatter_figure``) and ``digits_frechet.png`` — names from ``figure_name``;
+  with a stochastic leg, ``stochastic.csv`` and ``stochastic_goal.md``.
 """
 from __future__ import annotations
 
@@ -27,40 +29,48 @@ from torch import Tensor
 from .. import GaussianMixture, __version__
 from ..plotting import nfe_curves, scatter_panels
 
-__all__ = ["GOAL_NFE", "GOAL_RATIO", "SCATTER_NFE", "PATH_NAMES", "goal_table", "goal_markdown", "path_table",
-           "path_markdown", "summary_table", "figure_name", "scatter_figure", "versions", "write"]
+__all__ = ["GOAL_NFE", "GOAL_RATIO", "STOCHASTIC_GOAL_NFE", "STOCHASTIC_GOAL_METRIC", "SCATTER_NFE", "PATH_NAMES",
+           "goal_table", "goal_markdown", "stochastic_markdown", "path_table", "path_markdown", "summary_table",
+           "figure_name", "scatter_figure", "versions", "write_csv", "write"]
 
 GOAL_NFE = (5, 10, 20)
 GOAL_RATIO = 0.5
+STOCHASTIC_GOAL_NFE = (10, 20)
+STOCHASTIC_GOAL_METRIC = "frechet_moments"
 SCATTER_NFE = (10, 50, 200)  # the budgets of a 2-D target's scatter figure
 CURVE_METRICS = ("sw2", "frechet", "map_error")  # one figure each
 RESULT_COLUMNS = ["target", "sde", "sampler", "nfe_budget", "steps", "tolerance", "nfe", "seconds", "sw2", "mmd2",
                   "energy", "frechet", "nll", "mode_error", "map_error", "diverged", "frechet_classifier", "confident"]
 COMPARE_COLUMNS = ["target", "sde", "side", "sampler", "nfe_budget", "steps", "nfe", "map_error", "sw2", "sw2_floor",
                    "diverged", "seconds", "start_sigma", "start_error", "same_as", "error"]
+STOCHASTIC_COLUMNS = ["target", "sde", "side", "sampler", "nfe_budget", "steps", "nfe", "frechet_moments",
+                      "mode_error", "sw2", "diverged", "seconds", "same_as", "error"]
 PATH_NAMES = {"vp": "VP", "ve": "VE", "edm": "EDM", "rf": "RF"}  # the cross-path table's column heads
 
 
-def _best(rows: list[dict], nfe: int) -> dict | None:
-    """The finite row of least map error that spent at most ``nfe``, or None."""
+def _best(rows: list[dict], nfe: int, metric: str = "map_error") -> dict | None:
+    """The finite row of least ``metric`` that spent at most ``nfe``, or None."""
     hits = [r for r in rows if not r["diverged"] and r.get("nfe") is not None and r["nfe"] <= nfe]
-    return min(hits, key=lambda r: r["map_error"]) if hits else None
+    return min(hits, key=lambda r: r[metric]) if hits else None
 
 
-def goal_table(rows: list[dict], budgets=GOAL_NFE, peer: str = "diffusers") -> list[dict]:
-    """Per target, SDE and budget (of ``budgets``, those the rows have): the best (least map error, finite, within
-    the budget) configuration of sgm's side and of ``peer``'s, ``ratio = sgm / peer``, and each one's SW₂ with the
-    problem's floor (the exact map's SW₂) where the rows have them."""
+def goal_table(rows: list[dict], budgets=GOAL_NFE, peer: str | tuple = "diffusers",
+               metric: str = "map_error") -> list[dict]:
+    """Per target, SDE and budget (of ``budgets``, those the rows have): the best (least ``metric``, finite, within
+    the budget) configuration of sgm's side and of the ``peer`` side (or sides, a tuple: the best of them all),
+    ``ratio = sgm / peer``, and each one's SW₂ with the problem's floor (the exact map's SW₂) where the rows have
+    them."""
     table, budgets = [], [b for b in budgets if any(r["nfe_budget"] == b for r in rows)]
+    sides = {"peer": (peer,) if isinstance(peer, str) else tuple(peer), "sgm": ("sgm",)}
     for target, sde in dict.fromkeys((r["target"], r["sde"]) for r in rows):
         for nfe in budgets:
-            theirs, ours = (_best([r for r in rows if (r["target"], r["sde"], r["side"], r["nfe_budget"])
-                                   == (target, sde, side, nfe)], nfe) for side in (peer, "sgm"))
-            ratio = ours["map_error"] / theirs["map_error"] if theirs and ours else float("nan")
+            theirs, ours = (_best([r for r in rows if (r["target"], r["sde"], r["nfe_budget"]) == (target, sde, nfe)
+                                   and r["side"] in names], nfe, metric) for names in sides.values())
+            ratio = ours[metric] / theirs[metric] if theirs and ours else float("nan")
             table.append({"target": target, "sde": sde, "nfe": nfe,
                           "peer": theirs["sampler"] if theirs else None,
-                          "peer_error": theirs["map_error"] if theirs else None,
-                          "sgm": ours["sampler"] if ours else None, "sgm_error": ours["map_error"] if ours else None,
+                          "peer_error": theirs[metric] if theirs else None,
+                          "sgm": ours["sampler"] if ours else None, "sgm_error": ours[metric] if ours else None,
                           "ratio": ratio, "met": bool(ratio <= GOAL_RATIO),
                           "peer_sw2": theirs.get("sw2") if theirs else None,
                           "sgm_sw2": ours.get("sw2") if ours else None,
@@ -113,14 +123,19 @@ def _number(value) -> str:
     return f"{value:.3g}" if value is not None and math.isfinite(value) else "—"
 
 
-def goal_markdown(table: list[dict], peer: str = "diffusers") -> str:
-    """``goal_table`` as markdown."""
-    lines = [f"| target | SDE | NFE | best {peer} configuration | map error | best sgm configuration | map error "
-             f"| sgm / peer | ≤ {GOAL_RATIO} | SW₂ {peer} / sgm / floor |", "|---|---|---|---|---|---|---|---|---|---|"]
+def goal_markdown(table: list[dict], peer: str = "diffusers", metric: str = "map error",
+                  floors: dict | None = None) -> str:
+    """``goal_table`` as markdown (``metric`` names the error column; with ``floors``, ``{"target / sde": value}``,
+    a column of each problem's Monte-Carlo floor of it); the last column each side's SW₂ and the exact map's."""
+    floor_head, floor_rule = (" floor |", "---|") if floors is not None else ("", "")
+    lines = [f"| target | SDE | NFE | best {peer} configuration | {metric} | best sgm configuration | {metric} "
+             f"|{floor_head} sgm / peer | ≤ {GOAL_RATIO} | SW₂ {peer} / sgm / floor |",
+             "|---|---|---|---|---|---|---|" + floor_rule + "---|---|---|"]
     for r in table:
+        floor = "" if floors is None else f" {_number(floors.get(r['target'] + ' / ' + r['sde']))} |"
         sw2 = " / ".join(_number(r.get(k)) for k in ("peer_sw2", "sgm_sw2", "sw2_floor"))
         lines.append(f"| {r['target']} | {r['sde'].upper()} | {r['nfe']} | {r['peer'] or '—'} | {_number(r['peer_error'])} "
-                     f"| {r['sgm'] or '—'} | {_number(r['sgm_error'])} | {_number(r['ratio'])} | "
+                     f"| {r['sgm'] or '—'} | {_number(r['sgm_error'])} |{floor} {_number(r['ratio'])} | "
                      f"{'yes' if r['met'] else 'no'} | {sw2} |")
     return "\n".join(lines)
 
@@ -172,28 +187,45 @@ def versions() -> dict:
     return out
 
 
-def _write_csv(path: str, columns: list[str], rows) -> None:
+def write_csv(path: str, columns: list[str], rows) -> None:
+    """``rows`` (dicts) as a CSV file with ``columns`` (other keys left out)."""
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
 
 
+def stochastic_markdown(goal: list[dict], floors: dict) -> str:
+    """The stochastic leg's goal table as markdown, with the floors (``{"target / sde": {metric: value}}``) of
+    ``STOCHASTIC_GOAL_METRIC`` in its column and of SW₂ in the SW₂ column."""
+    goal = [{**g, "sw2_floor": floors.get(f"{g['target']} / {g['sde']}", {}).get("sw2")} for g in goal]
+    return goal_markdown(goal, "peer", "Fréchet (moments)",
+                         {key: f.get(STOCHASTIC_GOAL_METRIC) for key, f in floors.items()})
+
+
 def write(out_dir: str, rows: list[dict], meta: dict, compared: list[dict] = (), goal: list[dict] = (),
-          across: list[dict] = (), paths: list[dict] = ()) -> None:
+          across: list[dict] = (), paths: list[dict] = (), stochastic: list[dict] = (),
+          stochastic_goal: list[dict] = ()) -> None:
     """Every file of the report (see the module docstring) to ``out_dir``; ``meta`` holds the floors and the flow
-    map's metrics per ``"target / sde"``; ``across`` and ``paths`` are the cross-path rows and ``path_table``."""
-    _write_csv(os.path.join(out_dir, "results.csv"), RESULT_COLUMNS, rows)
-    _write_csv(os.path.join(out_dir, "compare.csv"), COMPARE_COLUMNS, compared)
+    map's metrics per ``"target / sde"`` (and the stochastic leg's floors, ``stochastic_floors``); ``across`` and
+    ``paths`` are the cross-path rows and ``path_table``, ``stochastic`` and ``stochastic_goal`` the stochastic
+    leg's rows and goal table."""
+    write_csv(os.path.join(out_dir, "results.csv"), RESULT_COLUMNS, rows)
+    write_csv(os.path.join(out_dir, "compare.csv"), COMPARE_COLUMNS, compared)
     with open(os.path.join(out_dir, "goal.md"), "w") as f:
         f.write(goal_markdown(goal) + "\n")
     if across:
-        _write_csv(os.path.join(out_dir, "paths.csv"), COMPARE_COLUMNS, across)
+        write_csv(os.path.join(out_dir, "paths.csv"), COMPARE_COLUMNS, across)
         with open(os.path.join(out_dir, "paths.md"), "w") as f:
             f.write(path_markdown(paths) + "\n")
+    if stochastic:
+        write_csv(os.path.join(out_dir, "stochastic.csv"), STOCHASTIC_COLUMNS, stochastic)
+        with open(os.path.join(out_dir, "stochastic_goal.md"), "w") as f:
+            f.write(stochastic_markdown(stochastic_goal, meta.get("stochastic_floors", {})) + "\n")
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump({"meta": meta, "rows": rows, "compare": list(compared), "goal": list(goal), "paths": list(across),
-                   "path_table": list(paths)}, f, indent=1, default=float)
+                   "path_table": list(paths), "stochastic": list(stochastic),
+                   "stochastic_goal": list(stochastic_goal)}, f, indent=1, default=float)
     groups = sorted({(r["target"], r["sde"].split(" ")[0]) for r in rows if "sw2" in r})
     for target_name, sde_name in groups:
         group = [r for r in rows if r["target"] == target_name and r["sde"].split(" ")[0] == sde_name and "sw2" in r]

@@ -10,28 +10,32 @@ steps whose ``solver.nfe(steps)`` fits); the NFE a row reports is the run's own 
   path, ``problems.exact_model``: the exact score, or ``x̂_0`` where ``α(T) = 0``) and the chain's timesteps (the
   variant's ``chain_sde``, ``problems.chain_model``: exact on the chain only), by map error; ``optimized_rows``:
   ``optimize_grid``'s grids for the best of them, each on its own path.
+- **The stochastic leg** (``sgm_rows`` with ``stochastic_configs`` and a distribution ``judge``): every option set
+  of every fixed-step sampler that draws noise, on the same paths and spacings, its noise from a generator seeded
+  ``seed + 10``.
 - **A trained model** (``checkpoint_rows``): the curve runs on a digits checkpoint, judged in a classifier's features.
 
 Which samplers and options run comes from the sampler registry (``sgm.samplers.entry``): each entry's ``curves``
-(option sets, on its default ``spacing``) for the curves, its ``sweep`` axes for the comparison, so a newly
-registered sampler is benchmarked with no edit here.
+(option sets, on its default ``spacing``) for the curves, its ``sweep`` axes for the comparison and the stochastic
+leg, so a newly registered sampler is benchmarked with no edit here.
 """
 from __future__ import annotations
 
 import itertools
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import Tensor
 
-from .. import metrics, samplers
+from .. import samplers
 from ..samplers import SamplerDiverged, optimize_grid, sample
-from .judge import failed, judge_curve
-from .problems import TRAIN_STEPS, OffChain, Problem, chain_model, exact_model
+from .judge import STOCHASTIC_METRICS, classifier_scores, failed, judge_curve
+from .problems import TRAIN_STEPS, OffChain, Problem, exact_model
 
-__all__ = ["Run", "CONTINUOUS_SPACINGS", "CHAIN_SPACINGS", "curve_runs", "budgeted",
-           "Curves", "curve_rows", "sgm_configs", "label", "sgm_rows", "optimized_rows", "checkpoint_rows"]
+__all__ = ["Run", "CONTINUOUS_SPACINGS", "CHAIN_SPACINGS", "curve_runs", "budgeted", "Curves", "curve_rows",
+           "sgm_configs", "stochastic_configs", "label", "sgm_row", "sgm_rows", "optimized_rows", "checkpoint_rows"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,8 @@ class Run:
     def deterministic(self) -> bool:
         return not self.solver().stochastic
 
+
+Judge = Callable[[Tensor], dict]  # a run's samples -> its metrics and ``diverged``
 
 CONTINUOUS_SPACINGS = ("uniform", "quadratic", "logsnr", "karras")
 CHAIN_SPACINGS = ("trailing", "leading")
@@ -131,20 +137,35 @@ def _product(axes: dict) -> list[dict]:
     return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
 
 
-def sgm_configs() -> list[tuple[str, dict]]:
-    """``(sampler, options)`` for every registered deterministic fixed-step sampler over its entry's ``sweep`` axes
-    (invalid combinations, a ValueError/TypeError from the solver, are skipped)."""
-    configs = []
+def _configs(stochastic: bool) -> list[tuple[str, dict]]:
+    configs, seen = [], set()
     for name in samplers.available():
-        axes = dict(samplers.entry(name).sweep)
-        for options in _product(axes):
+        entry = samplers.entry(name)
+        extra = [(dict(c), True) for c in entry.curves + entry.stochastic] if stochastic else []
+        for options, once in [(o, False) for o in _product(dict(entry.sweep))] + extra:
             try:
                 solver = samplers.solver(name, **options)
             except (ValueError, TypeError):
                 continue
-            if not solver.stochastic and solver.evals_per_step is not None:
+            if once and repr(solver) in seen:  # a curves set that is one of the sweep's solvers
+                continue
+            seen.add(repr(solver))
+            if solver.stochastic == stochastic and solver.evals_per_step is not None:
                 configs.append((name, options))
     return configs
+
+
+def sgm_configs() -> list[tuple[str, dict]]:
+    """``(sampler, options)`` for every registered deterministic fixed-step sampler over its entry's ``sweep`` axes
+    (invalid combinations, a ValueError/TypeError from the solver, are skipped)."""
+    return _configs(stochastic=False)
+
+
+def stochastic_configs() -> list[tuple[str, dict]]:
+    """``(sampler, options)`` for every registered fixed-step sampler option set that draws noise: each valid
+    combination of its entry's ``sweep`` axes and each of its ``curves`` and ``stochastic`` option sets (DDIM's η,
+    EDM's churn) that is not one of them (the same solver)."""
+    return _configs(stochastic=True)
 
 
 def label(name: str, options: dict, spacing: str, variant: str = "") -> str:
@@ -154,41 +175,45 @@ def label(name: str, options: dict, spacing: str, variant: str = "") -> str:
     return f"{words}, {spacing}" + (f", {variant}" if variant else "")
 
 
-def _sgm_row(problem: Problem, score, sde, name: str, options: dict, nfe: int, steps: int, row_label: str,
-             grid_kw: dict, variant: str = "") -> dict | None:
-    """One sgm run of the comparison from ``x_T`` (None when the sampler cannot run on a chain grid)."""
+def sgm_row(problem: Problem, score, sde, name: str, options: dict, nfe: int, steps: int, row_label: str,
+            sample_kw: dict, variant: str = "", judge: Judge | None = None) -> dict | None:
+    """One sgm run from ``x_T`` (None when the sampler cannot run on a chain grid), judged by ``problem.judge`` (or
+    by ``judge(x)``, a stochastic run); ``sample_kw``: ``sample``'s grid options (or a ``grid``) and generator."""
     t0 = time.perf_counter()
     row = {"target": problem.target_name, "sde": problem.sde_name, "side": "sgm", "sampler": row_label,
            "nfe_budget": nfe, "steps": steps, "name": name, "options": options,
-           "spacing": grid_kw.get("spacing", "optimised"), "variant": variant}
+           "spacing": sample_kw.get("spacing", "optimised"), "variant": variant}
     try:
-        budget = {} if "grid" in grid_kw else {"steps": steps}  # a ready grid fixes its own nodes
-        out = sample(score, sde, tuple(problem.x_T.shape), sampler=name, x_init=problem.x_T, **budget, **grid_kw,
+        budget = {} if "grid" in sample_kw else {"steps": steps}  # a ready grid fixes its own nodes
+        out = sample(score, sde, tuple(problem.x_T.shape), sampler=name, x_init=problem.x_T, **budget, **sample_kw,
                      **options)
     except OffChain:
         return None
     except (ValueError, RuntimeError) as e:  # diverged (SamplerDiverged), or a solver refusing this grid
-        return {**row, **failed(e, t0)}
-    return {**row, **problem.judge(out.x, out.nfe, t0)}
+        return {**row, **failed(e, t0, keys=("map_error",) if judge is None else STOCHASTIC_METRICS)}
+    if judge is None:
+        return {**row, **problem.judge(out.x, out.nfe, t0)}
+    return {**row, "nfe": out.nfe, "seconds": time.perf_counter() - t0, **judge(out.x)}
 
 
-def sgm_rows(problem: Problem, nfes) -> list[dict]:
-    """Every ``sgm_configs`` configuration on every spacing of every variant of the problem (continuous spacings on
-    ``variant.sde`` with ``exact_model``, chain spacings on ``variant.chain_sde`` with ``chain_model``) at every
-    budget."""
-    rows = []
+def sgm_rows(problem: Problem, nfes, configs=None, judge: Judge | None = None, seed: int = 0) -> list[dict]:
+    """Every configuration of ``configs`` (default ``sgm_configs()``) on every spacing of every variant of the
+    problem (the model and path of ``problem.model_for``: on an exact problem the continuous spacings on
+    ``variant.sde`` with ``exact_model``, the chain spacings on ``variant.chain_sde`` with ``chain_model``) at every
+    budget, judged as ``sgm_row`` says, any noise from a generator seeded ``seed + 10``."""
+    rows, configs = [], sgm_configs() if configs is None else configs
     for variant in problem.variants:
-        models = {False: exact_model(problem.target, variant.sde), True: chain_model(problem.target, variant.chain_sde)}
-        for name, options in sgm_configs():
+        models = {on_chain: problem.model_for(variant, on_chain) for on_chain in (False, True)}
+        for name, options in configs:
             solver = samplers.solver(name, **options)
             for spacing, nfe in itertools.product(CONTINUOUS_SPACINGS + CHAIN_SPACINGS, nfes):
                 steps = solver.steps_for_nfe(nfe)
                 if steps is None:
                     continue
-                on_chain = spacing in CHAIN_SPACINGS
-                row = _sgm_row(problem, models[on_chain], variant.chain_sde if on_chain else variant.sde, name,
-                               options, nfe, steps, label(name, options, spacing, variant.label),
-                               {"spacing": spacing, "train_steps": TRAIN_STEPS}, variant.label)
+                kw = {"spacing": spacing, "train_steps": TRAIN_STEPS,
+                      "generator": torch.Generator().manual_seed(seed + 10)}
+                row = sgm_row(problem, *models[spacing in CHAIN_SPACINGS], name, options, nfe, steps,
+                              label(name, options, spacing, variant.label), kw, variant.label, judge)
                 if row is not None:
                     rows.append(row)
     return rows
@@ -219,15 +244,14 @@ def optimized_rows(problem: Problem, nfes, fixed: list[dict], seed: int, top: in
                              **failed(e, t0, "optimize_grid: ")})
                 continue
             seconds = time.perf_counter() - t0
-            row = _sgm_row(problem, model, sde, name, options, nfe, steps, row_label, {"grid": grid}, variant)
+            row = sgm_row(problem, model, sde, name, options, nfe, steps, row_label, {"grid": grid}, variant)
             rows.append({**row, "optimize_seconds": seconds})
     return rows
 
 
 # --- a trained digits model ------------------------------------------------------------------------
 def checkpoint_rows(path: str, nfes, seed: int, progress: bool, n: int = 1000) -> list[dict]:
-    """The curve runs on the trained model at ``path``: the Fréchet distance in a digits classifier's features
-    and the fraction of samples it labels with probability > 0.9."""
+    """The curve runs on the trained model at ``path``, judged by ``judge.classifier_scores``."""
     from ..data import load_digits
     from ..nets import train_digits_classifier
     from ..train import model_from_checkpoint
@@ -242,12 +266,9 @@ def checkpoint_rows(path: str, nfes, seed: int, progress: bool, n: int = 1000) -
         with torch.no_grad():
             out = sample(model, model.sde, (n,) + shape, sampler=run.sampler, steps=steps, spacing=run.spacing,
                          generator=g, dtype=torch.float32, progress=progress, **run.options)
-            x = out.x.clamp(-1, 1)
-            confident = float((classifier(x).softmax(1).max(1).values > 0.9).float().mean())
         rows.append({"target": f"digits model ({path})", "sde": config.sde, "sampler": run.label, "nfe_budget": nfe,
                      "steps": steps, "nfe": out.nfe, "seconds": time.perf_counter() - t0,
-                     "frechet_classifier": metrics.frechet_distance(x, images, features=classifier.features),
-                     "confident": confident})
+                     **classifier_scores(out.x, classifier, images)})
         print(f"digits model, {run.label} at NFE {out.nfe}: Fréchet {rows[-1]['frechet_classifier']:.1f}, "
-              f"confident {confident:.3f} ({rows[-1]['seconds']:.0f}s)", flush=True)  # a network sweep takes minutes
+              f"confident {rows[-1]['confident']:.3f} ({rows[-1]['seconds']:.0f}s)", flush=True)  # takes minutes
     return rows

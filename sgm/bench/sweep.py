@@ -1,9 +1,10 @@
 """The sweep and its command (``sgm bench``, ``python benchmarks/sweep.py``): for each target and path, the curves
 (VP and VE: every sampler at each budget of ``NFE_GRID``, the adaptive ODE over ``TOLERANCES``, all metrics), the
 comparison (VP, VE and rectified flow: every deterministic configuration of sgm and of each installed peer at each
-budget of ``COMPARE_NFE``, map error and SW₂) and the cross-path comparison (``--only paths``: sgm's every
-configuration on VP, VE, EDM's path and rectified flow at each budget of ``PATH_NFE``, each path's best against its
-own exact map), then the report."""
+budget of ``COMPARE_NFE``, map error and SW₂), the stochastic leg (VP and VE: every stochastic configuration of sgm
+and of each installed peer at each budget of ``STOCHASTIC_NFE``, distribution error against the exact target) and
+the cross-path comparison (``--only paths``: sgm's every configuration on VP, VE, EDM's path and rectified flow at
+each budget of ``PATH_NFE``, each path's best against its own exact map), then the report."""
 from __future__ import annotations
 
 import json
@@ -13,14 +14,15 @@ import time
 import torch
 
 from . import report
-from .judge import distribution_metrics, floors
-from .peers import PEERS, peer_rows
+from .judge import distribution_metrics, floors, judge_stochastic, stochastic_floors
+from .peers import PEERS, peer_rows, stochastic_peer_rows
 from .problems import PATHS, TARGETS, Problem, make_problem, make_targets
-from .runs import checkpoint_rows, curve_rows, optimized_rows, sgm_rows
+from .runs import checkpoint_rows, curve_rows, optimized_rows, sgm_rows, stochastic_configs
 
 __all__ = ["NFE_GRID", "QUICK_NFE", "TOLERANCES", "QUICK_TOLERANCES", "COMPARE_NFE", "QUICK_COMPARE_NFE", "PATH_NFE",
-           "CURVE_SDES", "COMPARE_SDES", "JOBS", "compare_rows", "path_rows", "run_sweep", "add_arguments",
-           "check_checkpoint", "run_from_args", "main"]
+           "STOCHASTIC_NFE", "QUICK_STOCHASTIC_NFE", "STOCHASTIC_N", "CURVE_SDES", "COMPARE_SDES", "STOCHASTIC_SDES",
+           "JOBS", "compare_rows", "path_rows", "stochastic_rows", "run_sweep", "add_arguments", "check_checkpoint",
+           "run_from_args", "main"]
 
 NFE_GRID = (5, 10, 20, 50, 100, 200, 500, 1000)
 QUICK_NFE = (5, 10, 20, 50)
@@ -28,9 +30,13 @@ TOLERANCES = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5)
 QUICK_TOLERANCES = (1e-2, 1e-4)
 COMPARE_NFE = QUICK_COMPARE_NFE = (5, 10, 20)
 PATH_NFE = COMPARE_NFE  # the cross-path comparison's budgets (the same: it reuses the comparison's sgm runs)
+STOCHASTIC_NFE = (5, 10, 20, 50)
+QUICK_STOCHASTIC_NFE = (10, 20)  # the goal's budgets
+STOCHASTIC_N = 2000  # samples per stochastic run (quick: 500)
 CURVE_SDES = ("vp", "ve")  # the paths the curves run on
 COMPARE_SDES = ("vp", "ve", "rf")  # the paths sgm is compared with its peers on
-JOBS = ("curves", "compare", "paths")
+STOCHASTIC_SDES = ("vp", "ve")  # the paths of the stochastic leg
+JOBS = ("curves", "compare", "stochastic", "paths")
 
 
 def compare_rows(problem: Problem, nfes, seed: int = 0, peers=True, optimise: bool = True) -> list[dict]:
@@ -38,7 +44,7 @@ def compare_rows(problem: Problem, nfes, seed: int = 0, peers=True, optimise: bo
     peers (``peers``: True for all of ``PEERS``, False for none, or a sequence of their names)."""
     fixed = sgm_rows(problem, nfes)
     rows = fixed + (optimized_rows(problem, nfes, fixed, seed) if optimise else [])
-    names = PEERS if peers is True else tuple(peers or ())
+    names = _peer_names(peers)
     return rows + (peer_rows(problem, nfes, names) if names else [])
 
 
@@ -52,27 +58,52 @@ def path_rows(problem: Problem, nfes, seed: int = 0, optimise: bool = True, done
     return list(done) + fixed + (optimized_rows(problem, todo, fixed, seed) if optimise and todo else [])
 
 
+def _peer_names(peers) -> tuple:
+    """``peers`` as names of ``PEERS``: True for all, False (or None) for none, or a sequence of their names."""
+    return PEERS if peers is True else tuple(peers or ())
+
+
+def stochastic_rows(problem: Problem, nfes, seed: int = 0, peers=True) -> list[dict]:
+    """The stochastic leg on ``problem``: sgm's ``stochastic_configs`` on every spacing and the stochastic
+    configurations of the installed peers (``peers`` as in ``compare_rows``), each run from the problem's start, its
+    noise seeded ``seed + 10``, scored by ``judge_stochastic`` against one target sample of the problem's size drawn
+    from ``seed + 2``."""
+    target = problem.target
+    reference = target.sample(problem.z.shape[0], generator=torch.Generator().manual_seed(seed + 2))
+
+    def judge(x):
+        return judge_stochastic(x, reference, target, seed)
+
+    rows, names = sgm_rows(problem, nfes, stochastic_configs(), judge, seed), _peer_names(peers)
+    return rows + (stochastic_peer_rows(problem, nfes, judge, seed + 10, names) if names else [])
+
+
 def run_sweep(out_dir: str, quick: bool = False, n: int | None = None, seed: int = 0,
               checkpoint: str | None = None, peers=True, progress: bool = True, curves: bool = True,
               compare: bool = True, n_compare: int | None = None, targets=None, paths: bool = False,
-              sdes=None) -> list[dict]:
+              sdes=None, stochastic: bool = True, n_stochastic: int | None = None, stochastic_nfe=None) -> list[dict]:
     """Run the sweep, write its report to ``out_dir`` and return the curve rows (the comparison's rows, the goal
-    table, the cross-path rows and table are in ``results.json``). ``sdes``: the paths to run (default: all of
-    ``problems.PATHS``; the curves run on those of ``CURVE_SDES``, the comparison on those of ``COMPARE_SDES``);
-    ``paths``: the cross-path comparison on each of them. Seeds: the problem's draw ``seed``, the floors
-    ``seed + 1``, the target sample the curves and the comparison are judged against ``seed + 2``, the curves' SW₂
+    table, the cross-path rows and table, the stochastic leg's rows and goal table are in ``results.json``).
+    ``sdes``: the paths to run (default: all of ``problems.PATHS``; the curves run on those of ``CURVE_SDES``, the
+    comparison on those of ``COMPARE_SDES``, the stochastic leg on those of ``STOCHASTIC_SDES``); ``paths``: the
+    cross-path comparison on each of them. Seeds: the problem's draw ``seed``, the floors ``seed + 1``, the target
+    sample the curves, the comparison and the stochastic leg are judged against ``seed + 2``, the curves' SW₂
     directions ``seed + 3``, stochastic samplers' noise ``seed + 10``, ``optimize_grid``'s calibration draws
     ``seed + 20``."""
     os.makedirs(out_dir, exist_ok=True)
+    n_stochastic = n_stochastic or (min(n, STOCHASTIC_N) if n else (500 if quick else STOCHASTIC_N))
     n = n or (500 if quick else 4000)
     n_compare = n_compare or min(n, 1000)
     nfes, tolerances = (QUICK_NFE, QUICK_TOLERANCES) if quick else (NFE_GRID, TOLERANCES)
     compare_nfes = QUICK_COMPARE_NFE if quick else COMPARE_NFE
     rows, compared, across, floor_metrics, flow_maps, t_start = [], [], [], {}, {}, time.perf_counter()
+    stochastic_runs, stochastic_floor_metrics = [], {}
+    stochastic_nfe = tuple(stochastic_nfe or (QUICK_STOCHASTIC_NFE if quick else STOCHASTIC_NFE))
     sdes = tuple(sdes or PATHS)
     for target_name, target in make_targets(quick, targets).items():
         for sde_name in sdes:
-            if not ((curves and sde_name in CURVE_SDES) or (compare and sde_name in COMPARE_SDES)):
+            if not ((curves and sde_name in CURVE_SDES) or (compare and sde_name in COMPARE_SDES)
+                    or (stochastic and sde_name in STOCHASTIC_SDES)):
                 continue
             key = f"{target_name} / {sde_name}"
             if curves and sde_name in CURVE_SDES:
@@ -89,6 +120,10 @@ def run_sweep(out_dir: str, quick: bool = False, n: int | None = None, seed: int
             if compare and sde_name in COMPARE_SDES:
                 compared += compare_rows(make_problem(target_name, target, sde_name, n_compare, seed), compare_nfes,
                                          seed, peers, optimise=not quick)
+            if stochastic and sde_name in STOCHASTIC_SDES:
+                stochastic_floor_metrics[key] = stochastic_floors(target, n_stochastic, seed + 1)
+                stochastic_runs += stochastic_rows(make_problem(target_name, target, sde_name, n_stochastic, seed),
+                                                   stochastic_nfe, seed, peers)
             print(f"{key}: {time.perf_counter() - t_start:.0f}s so far", flush=True)
         for path_name in [p for p in PATHS if p in sdes] if paths else ():
             done = [r for r in compared if (r["target"], r["sde"], r["side"]) == (target_name, path_name, "sgm")]
@@ -98,11 +133,15 @@ def run_sweep(out_dir: str, quick: bool = False, n: int | None = None, seed: int
     if checkpoint:
         rows.extend(checkpoint_rows(checkpoint, nfes, seed, progress))
     goal = report.goal_table(compared) if compared else []
-    meta = {"seed": seed, "n": n, "n_compare": n_compare, "quick": quick, "nfe_grid": list(nfes),
-            "compare_nfe": list(compare_nfes), "path_nfe": list(PATH_NFE) if paths else [],
-            "tolerances": list(tolerances), "floors": floor_metrics, "flow_map": flow_maps,
+    stochastic_goal = report.goal_table(stochastic_runs, report.STOCHASTIC_GOAL_NFE, ("diffusers", "k-diffusion"),
+                                        report.STOCHASTIC_GOAL_METRIC) if stochastic_runs else []
+    meta = {"seed": seed, "n": n, "n_compare": n_compare, "n_stochastic": n_stochastic, "quick": quick,
+            "nfe_grid": list(nfes), "compare_nfe": list(compare_nfes), "path_nfe": list(PATH_NFE) if paths else [],
+            "stochastic_nfe": list(stochastic_nfe), "tolerances": list(tolerances), "floors": floor_metrics,
+            "flow_map": flow_maps, "stochastic_floors": stochastic_floor_metrics,
             "seconds": time.perf_counter() - t_start, "versions": report.versions()}
-    report.write(out_dir, rows, meta, compared, goal, across, report.path_table(across, PATH_NFE) if across else [])
+    report.write(out_dir, rows, meta, compared, goal, across, report.path_table(across, PATH_NFE) if across else [],
+                 stochastic_runs, stochastic_goal)
     return rows
 
 
@@ -110,8 +149,9 @@ def add_arguments(parser) -> None:
     """``sgm bench``'s arguments on ``parser``."""
     parser.add_argument("--out", default="benchmarks/results", help="folder for results.csv/.json and figures")
     parser.add_argument("--quick", action="store_true", help="2-D only, NFE up to 50, 500 samples, the comparison without "
-                        "optimised grids")
-    parser.add_argument("--n", type=int, default=None, help="samples per run (default 4000, the comparison 1000; 500 with --quick)")
+                        "optimised grids, no stochastic leg (unless --only stochastic: NFE 10, 20)")
+    parser.add_argument("--n", type=int, default=None, help="samples per run (default 4000, the comparison 1000, the "
+                        "stochastic leg 2000; 500 with --quick)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint", default=None, help="a trained digits checkpoint to sweep as well (a network on a CPU: "
                         "use with --quick, which took 9.4 min for the 8×8 U-Net on 2 cores)")
@@ -122,11 +162,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--targets", nargs="+", choices=tuple(TARGETS), default=None,
                         help="the targets to run (default: all; the 2-D ring with --quick)")
     parser.add_argument("--sdes", nargs="+", choices=PATHS, default=None,
-                        help="the paths to run (default: all; the curves run on vp and ve, the comparison on vp, ve "
-                        "and rf, the cross-path comparison on all four)")
+                        help="the paths to run (default: all; the curves and the stochastic leg run on vp and ve, the "
+                        "comparison on vp, ve and rf, the cross-path comparison on all four)")
+    parser.add_argument("--stochastic-nfe", type=int, nargs="+", default=None,
+                        help=f"the stochastic leg's budgets (default {' '.join(map(str, STOCHASTIC_NFE))}; "
+                        f"{' '.join(map(str, QUICK_STOCHASTIC_NFE))} with --quick)")
     parser.add_argument("--only", nargs="+", choices=JOBS, default=None,
-                        help="run only these jobs (default: curves and compare): the curves (all metrics), the "
-                        "sgm-vs-peers comparison (map error, SW₂), the cross-path comparison (every path's best sgm "
+                        help="run only these jobs (default: curves, compare and, without --quick, stochastic): the "
+                        "curves (all metrics), the sgm-vs-peers comparison (map error, SW₂), the stochastic leg "
+                        "(distribution error, sgm and peers), the cross-path comparison (every path's best sgm "
                         "configuration; with compare it reuses the comparison's sgm runs)")
 
 
@@ -145,13 +189,16 @@ def run_from_args(args) -> int:
     """Run the sweep the parsed ``args`` ask for and print its summary and goal tables."""
     if args.n is not None and args.n < 1:
         raise ValueError(f"--n must be an integer >= 1, got {args.n}")
+    if args.stochastic_nfe is not None and min(args.stochastic_nfe) < 1:
+        raise ValueError(f"--stochastic-nfe must be integers >= 1, got {args.stochastic_nfe}")
     if args.checkpoint:
         check_checkpoint(args.checkpoint)
     t0 = time.perf_counter()
-    jobs = set(args.only or ("curves", "compare"))
+    jobs = set(args.only or ("curves", "compare") + (() if args.quick else ("stochastic",)))
     rows = run_sweep(args.out, quick=args.quick, n=args.n, seed=args.seed, checkpoint=args.checkpoint,
                      peers=not args.no_peers and (args.peers or True), progress=args.progress, curves="curves" in jobs,
-                     compare="compare" in jobs, targets=args.targets, paths="paths" in jobs, sdes=args.sdes)
+                     compare="compare" in jobs, targets=args.targets, paths="paths" in jobs, sdes=args.sdes,
+                     stochastic="stochastic" in jobs, stochastic_nfe=args.stochastic_nfe)
     with open(os.path.join(args.out, "results.json")) as f:
         results = json.load(f)
     goal, across = results["goal"], results["path_table"]
@@ -163,6 +210,8 @@ def run_from_args(args) -> int:
         print(report.goal_markdown(goal))
     if across:
         print(report.path_markdown(across))
+    if results["stochastic_goal"]:
+        print(report.stochastic_markdown(results["stochastic_goal"], results["meta"]["stochastic_floors"]))
     return 0
 
 

@@ -19,6 +19,7 @@ SHRINK = {
     ("training.md", 'steps=4000, out_dir="runs/roll"'): 'steps=3, n_data=64, width=8, depth=1, batch_size=16, '
                                                         'sample_every=10, progress=False, out_dir="runs/roll"',
     ("README.md", "(10_000, 2)"): "(500, 2)",
+    ("README.md", "range(10_000)"): "range(500)",
     ("paths.md", "steps=300, width=64, depth=2"): "steps=5, width=8, depth=1, batch_size=32, n_samples=4, "
                                                    "sample_steps=2",
     ("paths.md", "torch.randn(2048, 2"): "torch.randn(64, 2",

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import sgm
-from sgm.bench import judge, runs
+from sgm.bench import judge, report, runs
 from conftest import gen, mixture
 
 D = torch.float64
@@ -143,6 +143,10 @@ def test_optimised_grids_use_sgms_optimize_grid(bench_problems):
     (row,) = runs.optimized_rows(p, (5,), fixed, 0, top=1)
     assert row["sampler"] == "ddim, optimised grid" and row["nfe"] == 5 and row["optimize_seconds"] > 0
     assert row["map_error"] <= fixed[0]["map_error"]  # the uniform grid is one of optimize_grid's starts
+    # its calibration cost (optimize_grid's record) reaches the goal table's sgm cell
+    assert row["calibration_evaluations"] > 0
+    (goal,) = report.goal_table([row], (5,), peer="none")
+    assert goal["sgm"].startswith("ddim, optimised grid (calibration: ") and "evaluations of 256 draws" in goal["sgm"]
 
 
 def test_checkpoint_sweep_judges_a_trained_digits_model(tmp_path, monkeypatch):

@@ -245,7 +245,8 @@ def optimized_rows(problem: Problem, nfes, fixed: list[dict], seed: int, top: in
                 continue
             seconds = time.perf_counter() - t0
             row = sgm_row(problem, model, sde, name, options, nfe, steps, row_label, {"grid": grid}, variant)
-            rows.append({**row, "optimize_seconds": seconds})
+            cost = grid.info.get("cost", {})  # optimize_grid's record: evaluations of the batch of 256 draws
+            rows.append({**row, "optimize_seconds": seconds, "calibration_evaluations": cost.get("evaluations")})
     return rows
 
 

@@ -103,21 +103,27 @@ def available() -> bool:
     return True
 
 
+def installed(families):
+    """``(template, class name, axes, takes, sigma options)`` of each of ``families`` whose scheduler the installed
+    diffusers has: ``takes``, its constructor's parameters; the sigma options, ``None`` and those of
+    ``SIGMA_OPTIONS`` it takes."""
+    import diffusers
+
+    for template, cls_name, axes in families:
+        cls = getattr(diffusers, cls_name, None)
+        if cls is not None:
+            takes = inspect.signature(cls.__init__).parameters
+            yield template, cls_name, axes, takes, (None,) + tuple(o for o in SIGMA_OPTIONS if o in takes)
+
+
 def configs(families=FAMILIES) -> list[Config]:
     """Every configuration of ``families`` × the timestep spacings × (default sigmas or one sigma option) that the
     installed diffusers offers; [] without diffusers."""
     if not available():
         return []
-    import diffusers
-
     out = []
-    for template, cls_name, axes in families:
-        cls = getattr(diffusers, cls_name, None)
-        if cls is None:
-            continue
-        takes = inspect.signature(cls.__init__).parameters
+    for template, cls_name, axes, takes, sigma_options in installed(families):
         spacings = SPACINGS if "timestep_spacing" in takes else (None,)
-        sigma_options = (None,) + tuple(o for o in SIGMA_OPTIONS if o in takes)
         for values, spacing, sigma in itertools.product(itertools.product(*axes.values()), spacings, sigma_options):
             options = dict(zip(axes, values))
             extra = {**({"timestep_spacing": spacing} if spacing else {}), **({sigma: True} if sigma else {})}

@@ -52,7 +52,7 @@ __all__ = ["SHIFTS", "SHIFT_TERMINAL", "FAMILIES", "SIGMA_OPTIONS", "FINAL_SIGMA
 
 SHIFTS = (1.0, 3.0)
 SHIFT_TERMINAL = 0.1  # LTX-Video's shift_terminal
-SIGMA_OPTIONS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas")
+SIGMA_OPTIONS = _diffusers.SIGMA_OPTIONS  # the same sigma options as the VP schedulers
 FINAL_SIGMAS = ("zero", "sigma_min")
 EVERY_STEP = tuple(range(TRAIN_STEPS))  # disable_corrector on every step
 
@@ -130,17 +130,8 @@ def configs() -> list[Config]:
     sigma option) × ``final_sigmas_type`` that the installed diffusers offers; [] without diffusers."""
     if not available():
         return []
-    import inspect
-
-    import diffusers
-
     out = []
-    for template, cls_name, axes in FAMILIES:
-        cls = getattr(diffusers, cls_name, None)
-        if cls is None:
-            continue
-        takes = inspect.signature(cls.__init__).parameters
-        sigma_options = (None,) + tuple(o for o in SIGMA_OPTIONS if o in takes)
+    for template, cls_name, axes, takes, sigma_options in _diffusers.installed(FAMILIES):
         finals = FINAL_SIGMAS if "final_sigmas_type" in takes else (None,)
         for values, shift, sigma, final in itertools.product(itertools.product(*axes.values()), SHIFTS, sigma_options,
                                                              finals):

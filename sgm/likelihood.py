@@ -23,7 +23,7 @@ from torchdiffeq import odeint
 from .bounds import Bound, GammaEstimate, continuous_elbo, elbo, estimate_gamma
 from .predictions import predict, predicts
 from .samplers.base import CheckedScore
-from .samplers.probability_flow import ADAPTIVE_METHODS, FIXED_METHODS
+from .samplers.probability_flow import ADAPTIVE_METHODS, FIXED_METHODS, odeint_landing
 from .paths import SDE
 from .checks import choice, integer, positive, real
 
@@ -103,17 +103,18 @@ def log_likelihood(score: Callable[[Tensor, Tensor], Tensor], sde: SDE, x: Tenso
         y = state[0]
         with torch.enable_grad():
             y = y.detach().requires_grad_(True)
-            tt = t.to(y.dtype).clamp(eps, t_max).expand(y.shape[0])  # the initial step's probe held inside
+            tt = t.to(y.dtype).expand(y.shape[0])
             v = predict(checked, sde, y, tt).velocity
             div = _divergence_exact(v, y) if probes is None else _divergence_hutchinson(v, y, probes)
         return v.detach(), div.detach()
 
     ts = torch.tensor([eps, t_max], dtype=x.dtype, device=x.device)
-    # step_t: the adaptive solver lands on t_max instead of stepping past it (a model beyond T is off its path)
-    options = {"step_size": (t_max - eps) / steps} if method in FIXED_METHODS else {"step_t": ts}
     state = (x.detach(), torch.zeros(x.shape[0], dtype=x.dtype, device=x.device))
-    x_T, integral = (s[-1] for s in odeint(dynamics, state, ts, method=method, rtol=rtol, atol=atol,
-                                           options=options))
+    if method in FIXED_METHODS:
+        solution = odeint(dynamics, state, ts, method=method, options={"step_size": (t_max - eps) / steps})
+    else:  # never evaluates the model beyond t_max (off its path) nor, probing its first step, outside [eps, t_max]
+        solution = odeint_landing(dynamics, state, ts, method, rtol, atol)
+    x_T, integral = (s[-1] for s in solution)
     prior = sde.prior_logp(x_T) if prior_logp is None else prior_logp(x_T)
     return Likelihood(prior + integral, prior, checked.nfe)
 

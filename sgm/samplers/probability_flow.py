@@ -60,6 +60,16 @@ def check_method(method) -> str:
     return method
 
 
+def odeint_landing(func, y0, ts: Tensor, method: str, rtol: float, atol: float):
+    """torchdiffeq's adaptive ``odeint(func, y0, ts)`` that lands on every time of ``ts`` (``step_t``: never steps
+    past the interval's ends, where a path's model is off its path) and holds the initial step's probe
+    (Hairer's ``h0 = 0.01·|y|/|f|``, large where ``f`` is small) inside ``[min ts, max ts]``: ``func(t, y)`` only
+    ever sees times of the interval."""
+    lo, hi = float(ts.min()), float(ts.max())
+    return odeint(lambda t, y: func(t.clamp(lo, hi), y), y0, ts, method=method, rtol=rtol, atol=atol,
+                  options={"step_t": ts})
+
+
 def _velocity(model: Model, first):
     """``u(y, t)``, the probability-flow velocity; ``first`` is the node at the step's start (a grid node: on a
     chain grid it carries the chain's marginal)."""
@@ -106,11 +116,9 @@ class AdaptiveODE(Solver):
         # overflow to inf and the time to NaN); the score still sees x's dtype.
         work = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
         ts = torch.tensor([a.t, b.t], dtype=work, device=x.device)
-        # step_t makes the solver land on the end time instead of stepping past it (t < eps); the initial step's
-        # probe (Hairer's h0 = 0.01·|y|/|u|, large where u is small) is held inside [b.t, a.t].
-        lo, hi = b.t, a.t
-        y = odeint(lambda t, y: velocity(y.to(x.dtype), min(max(float(t), lo), hi)).to(work), x.to(work), ts,
-                   method=self.method, rtol=self.rtol, atol=self.atol, options={"step_t": ts})[-1]
+        # clamped again in float64: ts in float32 (half precision) rounds a.t, which the first node is matched by
+        y = odeint_landing(lambda t, y: velocity(y.to(x.dtype), min(max(float(t), b.t), a.t)).to(work), x.to(work),
+                           ts, self.method, self.rtol, self.atol)[-1]
         return y.to(x.dtype), state
 
 

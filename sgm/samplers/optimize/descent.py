@@ -19,10 +19,10 @@ import math
 
 import torch
 from torch import Tensor
-from torchdiffeq import odeint
 
 from ..base import SamplerDiverged
 from ..grid import TimeGrid, time_grid
+from ..probability_flow import odeint_landing
 from ..solver import Model, integrate
 from .common import FIXED_SPACINGS, MapError, Positions, map_error
 
@@ -63,9 +63,7 @@ def _trajectory(model: Model, x_T: Tensor, grid: TimeGrid, tol: float) -> list[T
     """The probability-flow states at every noisy node of ``grid``: one dopri5 run at ``rtol = atol = tol`` that lands
     on each node (``step_t``); the initial step's probe is held inside the interval."""
     ts = torch.tensor([n.t for n in grid.noisy], dtype=x_T.dtype, device=x_T.device)
-    lo, hi = grid.noisy[-1].t, grid.noisy[0].t
-    return list(odeint(lambda t, y: model(y, min(max(float(t), lo), hi)).velocity, x_T, ts, method="dopri5",
-                       rtol=tol, atol=tol, options={"step_t": ts}))
+    return list(odeint_landing(lambda t, y: model(y, float(t)).velocity, x_T, ts, "dopri5", tol, tol))
 
 
 def _dp_start(objective: MapError, positions: Positions, steps: int, candidates: int, tol: float) -> TimeGrid | None:

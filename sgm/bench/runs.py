@@ -31,10 +31,12 @@ from torch import Tensor
 
 from .. import samplers
 from ..samplers import SamplerDiverged, optimize_grid, sample
+from ..samplers.grid import path_family
 from .judge import STOCHASTIC_METRICS, classifier_scores, failed, judge_curve
 from .problems import TRAIN_STEPS, OffChain, Problem, exact_model
 
-__all__ = ["Run", "CONTINUOUS_SPACINGS", "CHAIN_SPACINGS", "curve_runs", "budgeted", "Curves", "curve_rows",
+__all__ = ["Run", "CONTINUOUS_SPACINGS", "FLOW_SPACINGS", "CHAIN_SPACINGS", "continuous_spacings", "curve_runs",
+           "budgeted", "Curves", "curve_rows",
            "sgm_configs", "stochastic_configs", "label", "sgm_row", "sgm_rows", "optimized_rows", "checkpoint_rows"]
 
 
@@ -59,7 +61,14 @@ class Run:
 Judge = Callable[[Tensor], dict]  # a run's samples -> its metrics and ``diverged``
 
 CONTINUOUS_SPACINGS = ("uniform", "quadratic", "logsnr", "karras")
+FLOW_SPACINGS = ("flow",)  # the flow-matching schedulers' grid, swept on the rectified-flow family only
 CHAIN_SPACINGS = ("trailing", "leading")
+
+
+def continuous_spacings(sde) -> tuple[str, ...]:
+    """The continuous spacings swept on path ``sde``: ``CONTINUOUS_SPACINGS``, and ``FLOW_SPACINGS`` on the
+    rectified-flow family (``grid.path_family``)."""
+    return CONTINUOUS_SPACINGS + (FLOW_SPACINGS if path_family(sde) == "rf" else ())
 
 
 # --- the curves: each sampler over the NFE grid, all metrics ----------------------------------------
@@ -206,7 +215,7 @@ def sgm_rows(problem: Problem, nfes, configs=None, judge: Judge | None = None, s
         models = {on_chain: problem.model_for(variant, on_chain) for on_chain in (False, True)}
         for name, options in configs:
             solver = samplers.solver(name, **options)
-            for spacing, nfe in itertools.product(CONTINUOUS_SPACINGS + CHAIN_SPACINGS, nfes):
+            for spacing, nfe in itertools.product(continuous_spacings(variant.sde) + CHAIN_SPACINGS, nfes):
                 steps = solver.steps_for_nfe(nfe)
                 if steps is None:
                     continue
@@ -227,7 +236,7 @@ def optimized_rows(problem: Problem, nfes, fixed: list[dict], seed: int, top: in
     paths, rows = {v.label: v.sde for v in problem.variants}, []
     for nfe in nfes:
         ranked = sorted((r for r in fixed if r["nfe_budget"] == nfe and not r["diverged"]
-                         and r["spacing"] in CONTINUOUS_SPACINGS), key=lambda r: r["map_error"])
+                         and r["spacing"] not in CHAIN_SPACINGS), key=lambda r: r["map_error"])
         # each sampler-with-options-and-path's best run
         distinct = {(r["name"], tuple(r["options"].items()), r.get("variant", "")): r for r in reversed(ranked)}
         for best in sorted(distinct.values(), key=lambda r: r["map_error"])[:top]:

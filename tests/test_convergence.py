@@ -1,10 +1,11 @@
 """Convergence at the expected order, with the exact mixture score (float64).
 
 Deterministic samplers: mean ‖x_K - x_ref‖ of the map x_T ↦ x_eps against adaptive dopri5 at
-rtol = atol = 1e-10. SDE samplers, started from exact p_T draws: weak order from |mean error| + |variance error| at eps, computed
-exactly on Gaussian targets (and by Monte Carlo on a mixture where a Gaussian hides the order); strong order from E‖x_K - x_ref‖ against a fine run driven by the
-same Brownian path per sample (sgm.samplers.convergence). The order is the least-squares slope of log error against
-log steps; measured slopes (benchmarks) sit within 0.2 of theory, the tests allow 0.3 (deterministic) and 0.25.
+rtol = atol = 1e-10. SDE samplers, started from exact p_T draws: weak order from |mean error| + |variance error| at
+eps, computed exactly on Gaussian targets (by Monte Carlo on a mixture where a Gaussian hides the order); strong order
+from E‖x_K - x_ref‖ against a fine run driven by the same Brownian path per sample (sgm.samplers.convergence). The
+order is the least-squares slope of log error against log steps; measured slopes (benchmarks) sit within 0.2 of
+theory, the tests allow 0.3 (deterministic) and 0.25.
 """
 import functools
 import pathlib
@@ -142,9 +143,9 @@ STOCHASTIC = [name for name in sgm.samplers.available()
               if (s := sgm.samplers.solver(name, **sgm.samplers.entry(name).smoke)).stochastic
               and s.weak_order == 1]
 # On VE the Gaussian target hides Euler–Maruyama's first order: VE has no drift, so its mean is exact, and its variance
-# error is second order (measured 1.89 and 1.97 on the cases' Gaussians, 1.4–2.1 on four others, at 128–1024 steps); there a non-Gaussian target is needed
-# (test_weak_order_on_a_mixture). ``sde`` (torchsde's Euler) is that same scheme, element by element
-# (test_torchsde_euler_is_euler_maruyama), so its weak order is EM's.
+# error is second order (measured 1.89 and 1.97 on the cases' Gaussians, 1.4–2.1 on four others, at 128–1024 steps);
+# there a non-Gaussian target is needed (test_weak_order_on_a_mixture). ``sde`` (torchsde's Euler) is that same
+# scheme, element by element (test_torchsde_euler_is_euler_maruyama), so its weak order is EM's.
 SUPERCONVERGENT_ON_GAUSSIANS = {("euler_maruyama", "ve"), ("sde", "ve")}
 WEAK_ON_GAUSSIANS = [(name, sde_name) for sde_name in ("vp", "ve") for name in STOCHASTIC
                      if (name, sde_name) not in SUPERCONVERGENT_ON_GAUSSIANS]

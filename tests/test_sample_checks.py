@@ -43,7 +43,7 @@ def test_a_float32_network_samples_in_float64_and_optimises_a_grid():
     x64 = sgm.sample(m, sde, (8, 2), "ddim", 5, x_init=x_T).x
     assert x64.dtype == torch.float64
     torch.testing.assert_close(x64.float(), x32, rtol=1e-4, atol=1e-4)
-    grid = sgm.samplers.optimize_grid(m, sde, 4, "ddim", shape=(2,), n=16, generator=gen(1), sweeps=1)
+    grid = sgm.samplers.optimize_grid(m, sde, 4, "ddim", shape=(16, 2), generator=gen(1), sweeps=1)
     assert len(grid.noisy) == 4
 
 

@@ -97,7 +97,8 @@ def batch_fingerprint(model, sde: GaussianPath, shape: tuple, dtype: torch.dtype
     except (ValueError, RuntimeError, IndexError) as e:
         raise ValueError(f"shape={tuple(shape)} is the batch shape (n, *dims) of the calibration draws, as in "
                          f"sgm.sample, but the model does not take samples of shape {tuple(shape[1:])} ({e}); for n "
-                         f"draws of samples of shape {tuple(shape)} give shape=(n, {', '.join(map(str, shape))})") from e
+                         f"draws of samples of shape {tuple(shape)} give shape=(n, {', '.join(map(str, shape))})"
+                         ) from e
 
 
 def check_model(recorded: dict | None, model, sde: GaussianPath, device=None, *, what: str = "it") -> None:

@@ -11,8 +11,8 @@ variance seen at a high noise level:
 and grid. Its error is the data's mean seen through ``α_T/σ_T`` — small on VP (``α_T = 0.0066``), larger on VE
 (``σ_T = 50``) and rectified flow, where ``x̂_0(x_T) = E x_0`` exactly.
 
-``afs(sampler, score=model, sde=path, shape=(n, …))`` calibrates the same step with the model's own moments: the mean ``μ``
-and per-element variance ``v`` of its samples (the flow map of ``n`` prior draws), and the posterior mean of
+``afs(sampler, score=model, sde=path, shape=(n, …))`` calibrates the same step with the model's own moments: the mean
+``μ`` and per-element variance ``v`` of its samples (the flow map of ``n`` prior draws), and the posterior mean of
 ``N(μ, diag v)``,
 
     x̂_0(x_T) = μ + α_T v (x_T - α_T μ)/(α_T² v + σ_T²),

@@ -237,10 +237,10 @@ def amed(score, sde, sampler: str = "ipndm", *, grid: TimeGrid | None = None, nf
          dtype: torch.dtype = torch.float64, device=None, **options) -> Correction:
     """Calibrate AMED-Plugin for the deterministic ``sampler`` (with ``options``) on ``grid`` (its odd noisy nodes are
     the intermediate times, moved by the fit) or on the budget ``nfe`` (the sampler's default ``spacing`` unless given),
-    with the prior draws of the batch ``shape = (n, *dims)`` from ``generator`` (see the module docstring: ``scale_dir``,
-    ``scale_time``; ``maxfev``: Nelder–Mead trials per step; ``guard``; ``afs``: the analytical first step,
-    ``"moments"``, ``True`` or ``False``). Returns a ``Correction`` (``method="amed"``) whose grid holds the fitted
-    intermediate nodes."""
+    with the prior draws of the batch ``shape = (n, *dims)`` from ``generator`` (see the module docstring:
+    ``scale_dir``, ``scale_time``; ``maxfev``: Nelder–Mead trials per step; ``guard``; ``afs``: the analytical first
+    step, ``"moments"``, ``True`` or ``False``). Returns a ``Correction`` (``method="amed"``) whose grid holds the
+    fitted intermediate nodes."""
     scale_dir, scale_time = real("scale_dir", scale_dir, 0.0, 0.5), real("scale_time", scale_time, 0.0, 0.5)
     maxfev = integer("maxfev", maxfev, 1)
     s = setup(score, sde, sampler, options, grid=grid, nfe=nfe, spacing=spacing, shape=shape,

@@ -18,10 +18,10 @@ Positions are in a bounded coordinate ``u`` of λ that keeps the exact top of ev
 (``common.Positions``: rectified flow's ``t = 1``, where ``λ = -∞``, is ``u = 0``). ``free_start=True`` lets the first
 node leave ``T`` (the sampler then starts from the prior draw at ``t_0 < T``); ``None`` takes each optimiser's
 measured default (``FREE_START``). Every grid records in ``grid.info`` how it was made (``optimizer``, the sampler and
-options, the method's own record), its calibration cost (``info["cost"]``: evaluations of the batch of ``n``
-calibration draws, ``shape = (n, *dims)``, ``draws``, ``sample_evaluations``, ``backward`` passes, ``seconds``) and the fingerprint of the
-model it was calibrated for (``info["model"]``, see ``sgm.samplers.fingerprint``; ``None`` for DMN, whose grid does
-not depend on the model); ``grid.save(path)`` writes it, ``TimeGrid.load(path, sde, model=…)`` refuses another path
+options, the method's own record), its calibration cost (``info["cost"]``: evaluations of the batch of ``n`` calibration
+draws, ``shape = (n, *dims)``, ``draws``, ``sample_evaluations``, ``backward`` passes, ``seconds``) and the fingerprint
+of the model it was calibrated for (``info["model"]``, see ``sgm.samplers.fingerprint``; ``None`` for DMN, whose grid
+does not depend on the model); ``grid.save(path)`` writes it, ``TimeGrid.load(path, sde, model=…)`` refuses another path
 or model, and ``sgm.sample`` refuses a grid calibrated for another model or made for another path.
 """
 from __future__ import annotations

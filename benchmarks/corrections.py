@@ -70,7 +70,7 @@ def main(argv=None) -> list[dict]:
             score = target.prediction_fn(sde, "x0") if path_name == "rf" else target.score_fn(sde)
             x = sde.prior_sample((args.n_test, dim), generator=torch.Generator().manual_seed(1), dtype=D)
             reference, _ = flow_map(score, sde, x, tol=1e-9)
-            cal = lambda: {"shape": (dim,), "n": args.n, "generator": torch.Generator().manual_seed(0)}  # noqa: E731
+            cal = lambda: {"shape": (args.n, dim), "generator": torch.Generator().manual_seed(0)}  # noqa: E731
             statistics, v3_seconds = timed(lambda: ems(score, sde, steps=120, **cal()))
             moments_afs, afs_seconds = timed(lambda: afs("ddim", score, sde, **cal()))
 
@@ -91,10 +91,10 @@ def main(argv=None) -> list[dict]:
                             grid_name = spacing
                         else:
                             steps = base.steps_for_nfe(nfe)
-                            grid = optimize_grid(score, sde, steps, name, shape=(dim,), n=args.n,
+                            grid = optimize_grid(score, sde, steps, name, shape=(args.n, dim),
                                                  generator=torch.Generator().manual_seed(0))
                             v3_grid = None if name != "dpm_solver" else optimize_grid(
-                                score, sde, steps, "dpm_solver_v3", shape=(dim,), n=args.n,
+                                score, sde, steps, "dpm_solver_v3", shape=(args.n, dim),
                                 generator=torch.Generator().manual_seed(0), ems=statistics.solver().ems)
                             grid_name = "optimised"
                         row = {"target": target_name, "path": path_name, "sampler": name, "nfe": nfe,

@@ -98,7 +98,7 @@ def main(argv=None) -> list[dict]:
                     for label, (optimizer, kwargs) in runs.items():
                         t0 = time.perf_counter()
                         try:
-                            grid = optimize_grid(model, sde, steps, name, shape=(target.dim,), n=args.n,
+                            grid = optimize_grid(model, sde, steps, name, shape=(args.n, target.dim),
                                                  generator=torch.Generator().manual_seed(0), optimizer=optimizer,
                                                  **kwargs, **opts)
                         except (ValueError, RuntimeError) as e:

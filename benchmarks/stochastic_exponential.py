@@ -4,8 +4,8 @@ dpmpp_2s_ancestral), with the exact score (float64): the numbers behind their de
 - ``weak``: weak error ``|E x - m| + |Var x - v|`` at ``eps`` (no denoising) against the exact moments, from exact
   ``p_T`` draws, as the least-squares slope over 16 … 256 steps. On a Gaussian target the samplers are affine in
   ``(x_T, z_1, z_2, …)``, so their output moments are computed exactly (no Monte Carlo): run on ``x_T = 0``, ``x_T = 1``
-  and one unit draw at a time. On a 1-D two-mode mixture (as ``tests/test_convergence.py::test_weak_order``), by
-  Monte Carlo with ``--n`` samples.
+  and one unit draw at a time. On a 1-D two-mode mixture (as
+  ``tests/test_convergence.py::test_weak_order_on_a_mixture``), by Monte Carlo with ``--n`` samples.
 - ``strong``: ``E ‖x_K - x_ref‖`` against the same solver at ``--fine`` steps on the same Brownian path per sample
   (``torchsde.BrownianInterval`` over path time; a draw for ``[t1, t0]`` is the normalised increment), 2-D mixture.
 - ``spacing``: SW₂ to the target (n = 10⁴, over the Monte-Carlo floor) at 10, 20, 50 and 100 steps on each spacing.
@@ -115,7 +115,7 @@ def weak(steps=(16, 32, 64, 128, 256), n=1_000_000):
                     a, sd = grid.noisy[-1].scale, grid.noisy[-1].std
                     errors.append(abs(mean - a * mu) + abs(var - (a**2 * s**2 + sd**2)))
                 mix = []
-                if spacing == "uniform":  # as tests/test_convergence.py::test_weak_order
+                if spacing == "uniform":  # as tests/test_convergence.py::test_weak_order_on_a_mixture
                     for k in steps[:3]:
                         x = integrate(solver, gm.score_fn(path), path, x_T, time_grid(path, k + 1, denoise=False),
                                       generator=torch.Generator().manual_seed(k)).x

@@ -116,18 +116,18 @@ def test_samplers_that_evaluate_between_timesteps_do_not_run_on_the_chain(bench_
 
 def test_optimised_grids_run_the_best_configurations_from_x_T(bench_problems, monkeypatch):
     """The two best distinct fixed configurations run on optimize_grid's grid (here a stand-in returning the logsnr
-    grid) from the same x_T, calibrated on per-sample shape (dim,); a failing optimisation is a diverged row."""
+    grid) from the same x_T, calibrated on the batch shape (256, dim); a failing optimisation is a diverged row."""
     p = bench_problems["ve"]
     fixed = runs.sgm_rows(p, (10,))
     calls = []
 
-    def logsnr_grid(score, sde, steps, sampler, shape, n, generator, **options):
-        calls.append((sampler, steps, shape, n))
+    def logsnr_grid(score, sde, steps, sampler, shape, generator, **options):
+        calls.append((sampler, steps, shape))
         return sgm.samplers.time_grid(sde, steps, "logsnr")
 
     monkeypatch.setattr(runs, "optimize_grid", logsnr_grid)
     rows = runs.optimized_rows(p, (10,), fixed, 0, top=2)
-    assert len(rows) == len(calls) == 2 and all(c[2] == (2,) and c[3] == 256 for c in calls)
+    assert len(rows) == len(calls) == 2 and all(c[2] == (256, 2) for c in calls)
     assert rows[0]["name"] != rows[1]["name"] or rows[0]["options"] != rows[1]["options"]  # two distinct samplers
     for r in rows:
         same = next(f for f in fixed if f["sampler"] == runs.label(r["name"], r["options"], "logsnr")

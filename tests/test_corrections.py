@@ -57,7 +57,7 @@ def held_out(case, method, grid) -> float:
 
 
 def calibration(case):
-    return {"shape": (case[1],), "n": N_CAL, "generator": gen(0)}
+    return {"shape": (N_CAL, case[1]), "generator": gen(0)}
 
 
 # --- each correction beats its uncorrected solver on held-out draws ---------------------------------------------------
@@ -120,7 +120,7 @@ def test_corrections_compose_with_an_optimised_grid(case):
     below the uncorrected error; AMED's guard keeps nothing there, 1.00, so it is asserted not above it; v3 with a
     10 % margin)."""
     _, sde, score, _, _ = problem(*case)
-    optimised = functools.partial(optimize_grid, score, sde, 6, shape=(case[1],), n=64, generator=gen(5), sweeps=1)
+    optimised = functools.partial(optimize_grid, score, sde, 6, shape=(64, case[1]), generator=gen(5), sweeps=1)
     grid = optimised("ddim")
     base = held_out(case, solver("ddim"), grid)
     assert held_out(case, pas(score, sde, "ddim", grid=grid, **calibration(case)).solver(), grid) < base
@@ -340,7 +340,7 @@ def gaussian_ems(sde, lams):
 def test_ems_match_their_definition_on_a_gaussian(path):
     sde = PATHS[path]()
     gaussian = sgm.GaussianMixture(GAUSS_MEAN[None], GAUSS_STD[None], [1.0], dtype=D)
-    statistics = ems(gaussian.score_fn(sde), sde, (2,), n=32, steps=40, generator=gen(0))
+    statistics = ems(gaussian.score_fn(sde), sde, (32, 2), steps=40, generator=gen(0))
     lams = torch.tensor(statistics.params["lams"], dtype=D)
     assert lams[0].item() == pytest.approx(float(sde.lam(torch.tensor([sde.T], dtype=D))[0]))
     l, s, b = gaussian_ems(sde, lams)
@@ -481,7 +481,7 @@ def test_load_rejects_bad_files(tmp_path, content, match):
 
 def _bad(kind):
     _, sde, score, _, _ = problem(1, 2, "vp")
-    common = {"shape": (2,), "n": 8, "generator": gen(0)}
+    common = {"shape": (8, 2), "generator": gen(0)}
     grid = time_grid(sde, 5, "uniform")
     calls = {
         "components": lambda: pas(score, sde, "ddim", grid=grid, components=0, **common),
@@ -495,11 +495,13 @@ def _bad(kind):
         "stochastic": lambda: pas(score, sde, "ddim", nfe=5, eta=1.0, **common),
         "adaptive": lambda: amed(score, sde, "ode", nfe=5, **common),
         "amed_grid": lambda: amed(score, sde, "ddim", grid=time_grid(sde, 2, "uniform"), **common),
-        "shape": lambda: pas(score, sde, "ddim", grid=grid, shape=2, n=8),
-        "n": lambda: ems(score, sde, (2,), n=1),
-        "steps": lambda: ems(score, sde, (2,), steps=1),
-        "t_max": lambda: ems(score, sde, (2,), t_max=2.0),
-        "ems_option": lambda: ems(score, sde, (2,), order=4),
+        "shape": lambda: pas(score, sde, "ddim", grid=grid, shape=2),
+        "per_sample_shape": lambda: amed(score, sde, "ddim", nfe=5, shape=(2,)),
+        "per_sample_shape_afs": lambda: afs("ddim", score, sde, shape=(2,)),
+        "n": lambda: ems(score, sde, (1, 2)),
+        "steps": lambda: ems(score, sde, (8, 2), steps=1),
+        "t_max": lambda: ems(score, sde, (8, 2), t_max=2.0),
+        "ems_option": lambda: ems(score, sde, (8, 2), order=4),
         "afs_half": lambda: afs("ddim", score),
         "sampler": lambda: afs(3),
         "v3_ems": lambda: solver("dpm_solver_v3", ems="table"),
@@ -515,7 +517,9 @@ def _bad(kind):
     ("scale_dir", ValueError, "scale_dir"), ("maxfev", ValueError, "maxfev"),
     ("grid_and_nfe", ValueError, "give grid .* or nfe"), ("neither", ValueError, "give grid .* or nfe"),
     ("stochastic", ValueError, "stochastic"), ("adaptive", ValueError, "adaptive"),
-    ("amed_grid", ValueError, "at least 3 noisy nodes"), ("shape", TypeError, "shape"), ("n", ValueError, "n must"),
+    ("amed_grid", ValueError, "at least 3 noisy nodes"), ("shape", TypeError, "shape"),
+    ("per_sample_shape", ValueError, r"shape=\(2,\) is the batch shape"),
+    ("per_sample_shape_afs", ValueError, r"shape=\(2,\) is the batch shape"), ("n", ValueError, r"shape\[0\] must"),
     ("steps", ValueError, "steps"), ("t_max", ValueError, "t_max"), ("ems_option", ValueError, "order"),
     ("afs_half", TypeError, "sde must be an sgm path"), ("sampler", TypeError, "sampler must be a sampler name"),
     ("v3_ems", TypeError, "ems must be an EMS"), ("sde", TypeError, "sde must be an sgm path"),

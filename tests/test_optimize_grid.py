@@ -81,7 +81,7 @@ def test_each_optimizer_beats_the_best_fixed_spacing_on_held_out_draws(optimizer
                                                                        seed):
     sde = PATHS[path]()
     model = model_for(drawn_mixture(dim, seed), sde)
-    grid = optimize_grid(model, sde, steps, name, shape=(dim,), n=64, generator=gen(0), optimizer=optimizer,
+    grid = optimize_grid(model, sde, steps, name, shape=(64, dim), generator=gen(0), optimizer=optimizer,
                          **options)
     fixed, optimised = held_out(model, sde, name, options, steps, grid, dim)
     assert optimised < min(fixed.values()), (optimised, fixed)
@@ -94,7 +94,7 @@ def test_each_optimizer_beats_the_best_fixed_spacing_on_held_out_draws(optimizer
 def test_descent_record_and_cost():
     sde = sgm.VPSDE()
     steps, method = 5, solver("ode", method="heun2")
-    grid = optimize_grid(mixture().score_fn(sde), sde, steps, "ode", shape=(2,), n=32, generator=gen(0), sweeps=1,
+    grid = optimize_grid(mixture().score_fn(sde), sde, steps, "ode", shape=(32, 2), generator=gen(0), sweeps=1,
                          eps=2e-3, free_start=False, method="heun2")
     assert len(grid.noisy) == steps and grid.denoise and grid.sde == repr(sde)
     assert grid.noisy[0].t == sde.T and grid.noisy[-1].t == pytest.approx(2e-3, rel=1e-12)
@@ -114,7 +114,7 @@ def test_a_free_first_node_only_adds_a_coordinate():
     """From the same start the free descent can only lower the calibration error (the runs are deterministic), and
     its first node may leave T; pinned, it stays at T."""
     sde, score = sgm.VPSDE(), mixture().score_fn(sgm.VPSDE())
-    kwargs = dict(shape=(2,), n=64, sweeps=3)
+    kwargs = dict(shape=(64, 2), sweeps=3)
     pinned = optimize_grid(score, sde, 5, "ddim", free_start=False, generator=gen(0), **kwargs)
     free = optimize_grid(score, sde, 5, "ddim", free_start=True, generator=gen(0), **kwargs)
     assert free.info["error"] <= pinned.info["error"] and pinned.noisy[0].t == sde.T
@@ -140,7 +140,7 @@ def test_cheapest_path_is_the_brute_force_minimum():
 
 def test_the_dp_start_only_adds_a_second_descent():
     sde, score = sgm.VESDE(), mixture().score_fn(sgm.VESDE())
-    kwargs = dict(shape=(2,), n=64, sweeps=2, free_start=False)
+    kwargs = dict(shape=(64, 2), sweeps=2, free_start=False)
     plain = optimize_grid(score, sde, 6, "ddim", generator=gen(0), **kwargs)
     with_dp = optimize_grid(score, sde, 6, "ddim", dp=True, candidates=18, generator=gen(0), **kwargs)
     assert with_dp.info["error"] <= plain.info["error"] and with_dp.info["nfe"] > plain.info["nfe"]
@@ -150,7 +150,7 @@ def test_the_dp_start_only_adds_a_second_descent():
 
 def test_two_pinned_steps_leave_nothing_to_move():
     sde = sgm.VESDE()
-    grid = optimize_grid(mixture().score_fn(sde), sde, 2, "ddim", shape=(2,), n=16, generator=gen(0),
+    grid = optimize_grid(mixture().score_fn(sde), sde, 2, "ddim", shape=(16, 2), generator=gen(0),
                          free_start=False)
     assert grid.info["runs"] == len(FIXED_SPACINGS) and grid == time_grid(sde, 2, grid.info["start"])
 
@@ -262,7 +262,7 @@ def test_dmn_on_rectified_flow_weighs_the_model_s_own_error():
         top, near, far = bound(-math.inf, order), bound(-20.0, order), bound(-100.0, order)
         assert abs(far - top) <= 1e-3 * top and abs(far - top) <= abs(near - top) / 3
     model = model_for(mixture(), sde)
-    grid = optimize_grid(model, sde, 6, "unipc", shape=(2,), optimizer="dmn")
+    grid = optimize_grid(model, sde, 6, "unipc", shape=(256, 2), optimizer="dmn")
     assert grid.noisy[0].t == 1.0 and grid.noisy[0].scale == 0.0 and grid.info["cost"]["evaluations"] == 0
     assert grid.info["objective"] <= grid.info["initial_objective"] and grid.info["model"] is None
 
@@ -292,7 +292,7 @@ def test_ays_klub_of_gaussian_data_is_its_closed_form():
 
 def test_ays_search_lowers_its_bound_from_the_best_fixed_spacing():
     sde = sgm.VESDE()
-    grid = optimize_grid(mixture().score_fn(sde), sde, 5, "ddim", shape=(2,), n=64, generator=gen(0),
+    grid = optimize_grid(mixture().score_fn(sde), sde, 5, "ddim", shape=(64, 2), generator=gen(0),
                          optimizer="ays", sweeps=2)
     info = grid.info
     assert info["objective"] <= info["initial_klub"][info["start"]] == min(info["initial_klub"].values())
@@ -308,7 +308,7 @@ def test_ays_grid_lowers_the_kl_of_a_stochastic_sampler():
     c, d, sde = 0.5, 2, sgm.VPSDE()
     target = sgm.GaussianMixture(torch.zeros(1, d, dtype=D), [c], dtype=D)
     score = target.score_fn(sde)
-    grid = optimize_grid(score, sde, 10, "ddim", shape=(d,), n=128, generator=gen(0), optimizer="ays", eta=1.0)
+    grid = optimize_grid(score, sde, 10, "ddim", shape=(128, d), generator=gen(0), optimizer="ays", eta=1.0)
     assert grid.info["error"] is None  # a stochastic sampler has no map error
 
     def kl(g):
@@ -351,7 +351,7 @@ def test_ld3_parts_are_its_definitions():
 def test_ld3_lowers_its_validation_loss():
     sde = sgm.RectifiedFlow()
     model = model_for(mixture(), sde)
-    grid = optimize_grid(model, sde, 4, "ddim", shape=(2,), n=32, generator=gen(0), optimizer="ld3",
+    grid = optimize_grid(model, sde, 4, "ddim", shape=(32, 2), generator=gen(0), optimizer="ld3",
                          free_start=False, optimizer_options={"rounds": 1})
     history = grid.info["validation_history"]
     assert grid.info["objective"] == min(history) < history[0] and grid.info["cost"]["backward"] > 0
@@ -368,7 +368,7 @@ def rf_grid(request):
     ``t = 1``, at its cheapest settings (16 draws, one sweep or round)."""
     optimizer, sde = request.param, sgm.RectifiedFlow()
     model = model_for(mixture(), sde)
-    grid = optimize_grid(model, sde, 4, "ipndm", shape=(2,), n=16, generator=gen(0), optimizer=optimizer,
+    grid = optimize_grid(model, sde, 4, "ipndm", shape=(16, 2), generator=gen(0), optimizer=optimizer,
                          free_start=False, sweeps=1, optimizer_options={"rounds": 1} if optimizer == "ld3" else None)
     return optimizer, sde, model, grid
 
@@ -428,7 +428,7 @@ def test_positions_keep_the_ends_exact():
 def test_a_grid_is_refused_for_another_model(tmp_path):
     sde = sgm.VPSDE()
     a, b = drawn_mixture(2, 20), drawn_mixture(2, 21)
-    grid = optimize_grid(a.score_fn(sde), sde, 4, "ddim", shape=(2,), n=16, generator=gen(0), sweeps=1)
+    grid = optimize_grid(a.score_fn(sde), sde, 4, "ddim", shape=(16, 2), generator=gen(0), sweeps=1)
     fp = grid.info["model"]
     assert fp["predicts"] == "score" and fp["parameters"] == 0 and fp["weights"] == [] and fp["shape"] == [2]
     assert len(fp["probe"]) == 6
@@ -448,7 +448,7 @@ def test_a_grid_is_refused_for_another_model(tmp_path):
     # A network: the same architecture with other weights is another model.
     torch.manual_seed(0)
     nets = [sgm.ScoreModel(sgm.nets.MLP(2, width=16, depth=2).to(D), sde, prediction="eps") for _ in range(2)]
-    net_grid = optimize_grid(nets[0], sde, 3, "ddim", shape=(2,), n=8, generator=gen(0), sweeps=0)
+    net_grid = optimize_grid(nets[0], sde, 3, "ddim", shape=(8, 2), generator=gen(0), sweeps=0)
     net_grid.check_model(nets[0], sde)
     with pytest.raises(ValueError, match="another model"):
         net_grid.check_model(nets[1], sde)
@@ -501,9 +501,6 @@ def test_load_rejects_bad_files(tmp_path, content, match):
     ({"sampler": "nope"}, ValueError, "unknown sampler"),
     ({"sampler": "ddim", "order": 2}, TypeError, "takes no option"),
     ({"steps": 1}, ValueError, "steps"),
-    ({"n": 0}, ValueError, "n must be"),
-    ({"n": 1, "optimizer": "ld3"}, ValueError, "n must be"),
-    ({"n": 2.5}, TypeError, "n must be"),
     ({"shape": 2}, TypeError, "shape"),
     ({"shape": (0,)}, ValueError, "shape must have positive sizes"),
     ({"shape": (2.5,)}, TypeError, "shape must be a non-empty tuple of ints"),
@@ -518,6 +515,8 @@ def test_load_rejects_bad_files(tmp_path, content, match):
     ({"generator": 3}, TypeError, "generator"),
     ({"dtype": torch.int64}, TypeError, "dtype"),
     ({"optimizer": "adam"}, ValueError, "optimizer must be one of"),
+    ({"shape": (2,)}, ValueError, r"shape=\(2,\) is the batch shape \(n, \*dims\)"),  # a per-sample shape
+    ({"shape": (1, 2), "optimizer": "ld3"}, ValueError, r"shape\[0\] must be >= 2"),
     ({"free_start": 1}, TypeError, "free_start"),
     ({"free_start": True, "optimizer": "dmn"}, ValueError, "free_start"),
     ({"free_start": True, "optimizer": "ays"}, ValueError, "free_start"),
@@ -531,7 +530,7 @@ def test_load_rejects_bad_files(tmp_path, content, match):
 ])
 def test_bad_arguments(kwargs, error, match):
     sde = sgm.VPSDE()
-    args = {"steps": 4, "sampler": "ddim", "shape": (2,), "n": 8, **kwargs}
+    args = {"steps": 4, "sampler": "ddim", "shape": (8, 2), **kwargs}
     with pytest.raises(error, match=match):
         optimize_grid(mixture().score_fn(sde), sde, args.pop("steps"), args.pop("sampler"), **args)
 
@@ -539,10 +538,21 @@ def test_bad_arguments(kwargs, error, match):
 def test_bad_score_sde_and_gits_dev_at_an_exact_top():
     sde = sgm.VPSDE()
     with pytest.raises(TypeError, match="score"):
-        optimize_grid(None, sde, 4, shape=(2,))
+        optimize_grid(None, sde, 4, shape=(8, 2))
     with pytest.raises(TypeError, match="sde"):
-        optimize_grid(mixture().score_fn(sde), "vp", 4, shape=(2,))
+        optimize_grid(mixture().score_fn(sde), "vp", 4, shape=(8, 2))
     rf = sgm.RectifiedFlow()
     with pytest.raises(ValueError, match="metric='dev'"):
-        optimize_grid(model_for(mixture(), rf), rf, 4, "ddim", shape=(2,), n=8, optimizer="gits",
+        optimize_grid(model_for(mixture(), rf), rf, 4, "ddim", shape=(8, 2), optimizer="gits",
                       optimizer_options={"metric": "dev"})
+
+
+def test_a_networks_per_sample_shape_is_refused_naming_shape():
+    """``shape`` is the batch shape: a network's per-sample ``(2,)`` would be 2 draws of scalars, which its first
+    linear layer refuses; the calibration says so, naming ``shape``, before it draws anything."""
+    sde = sgm.VPSDE()
+    net = sgm.ScoreModel(sgm.nets.MLP(2, width=16, depth=1).to(D), sde, prediction="eps")
+    g = gen(0)
+    with pytest.raises(ValueError, match=r"shape=\(2,\) is the batch shape .* give shape=\(n, 2\)"):
+        optimize_grid(net, sde, 4, "ddim", shape=(2,), generator=g)
+    assert torch.equal(g.get_state(), gen(0).get_state())

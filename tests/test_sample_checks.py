@@ -43,7 +43,7 @@ def test_a_float32_network_samples_in_float64_and_optimises_a_grid():
     x64 = sgm.sample(m, sde, (8, 2), "ddim", 5, x_init=x_T).x
     assert x64.dtype == torch.float64
     torch.testing.assert_close(x64.float(), x32, rtol=1e-4, atol=1e-4)
-    grid = sgm.samplers.optimize_grid(m, sde, 4, "ddim", shape=(2,), n=16, generator=gen(1), sweeps=1)
+    grid = sgm.samplers.optimize_grid(m, sde, 4, "ddim", shape=(16, 2), generator=gen(1), sweeps=1)
     assert len(grid.noisy) == 4
 
 
@@ -54,3 +54,25 @@ def test_a_cpu_generator_feeds_a_cuda_run_with_its_own_draws():
     on_gpu = sgm.sample(score, sde, (16, 2), "ancestral", 5, generator=gen(0), dtype=torch.float64, device="cuda")
     assert on_gpu.x.device.type == "cuda"
     torch.testing.assert_close(on_gpu.x.cpu(), on_cpu.x, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("grid_by", ["steps", "nfe", "grid"])
+def test_sample_checks_its_grid_once(grid_by, monkeypatch):
+    """``sample`` checks its grid arguments once (``check_grid``: ``eps`` among them), the grid's path once and the
+    solver against the grid once, not again in ``time_grid``, the NFE budget's search or ``integrate``."""
+    gm, sde = mixture(), sgm.VPSDE()
+    given = {"steps": {"steps": 6}, "nfe": {"nfe": 6}, "grid": {"grid": sgm.samplers.time_grid(sde, 6)}}[grid_by]
+    calls = []
+
+    def counted(name, f):
+        def wrapper(*args, **kwargs):
+            calls.append(name)
+            return f(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(sgm.samplers.grid, "check_eps", counted("eps", sgm.samplers.grid.check_eps))
+    monkeypatch.setattr(sgm.samplers.TimeGrid, "check_sde", counted("sde", sgm.samplers.TimeGrid.check_sde))
+    monkeypatch.setattr(sgm.samplers.Solver, "check", counted("solver", sgm.samplers.Solver.check))
+    out = sgm.sample(gm.score_fn(sde), sde, (4, 2), "dpm_solver", generator=gen(0), **given)
+    assert sorted(calls) == sorted(["sde", "solver"] + (["eps"] if grid_by != "grid" else [])), calls
+    assert out.nfe == 6

@@ -245,7 +245,7 @@ def optimized_rows(problem: Problem, nfes, fixed: list[dict], seed: int, top: in
             sde = paths[variant]
             model, row_label = exact_model(problem.target, sde), label(name, options, "optimised grid", variant)
             try:
-                grid = optimize_grid(model, sde, steps, sampler=name, shape=(problem.target.dim,), n=256,
+                grid = optimize_grid(model, sde, steps, sampler=name, shape=(256, problem.target.dim),
                                      generator=torch.Generator().manual_seed(seed + 20), **options)
             except (ValueError, RuntimeError) as e:  # SamplerDiverged on every starting grid
                 rows.append({"target": problem.target_name, "sde": problem.sde_name, "side": "sgm",

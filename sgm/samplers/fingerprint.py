@@ -11,7 +11,10 @@ batch of ``PROBE_BATCH`` states ``√(α² + σ²)·z`` (``z`` from the fixed se
 direction, and its norm). ``check_model(recorded, model, sde)`` raises ``ValueError`` naming what differs: class,
 parameter count, kind, weights or probe (relative tolerance ``PROBE_RTOL``, which float rounding across devices
 passes and other weights or another mixture do not). A probe costs ``len(PROBE_TIMES)`` model calls on
-``PROBE_BATCH`` states, outside any evaluation count.
+``PROBE_BATCH`` states, outside any evaluation count. ``batch_fingerprint(model, sde, shape, dtype)`` is the record a
+calibration takes of its model before any work, for its batch ``shape = (n, *dims)`` of draws (``sgm.sample``'s
+convention): the probe on samples of shape ``dims`` refuses, naming ``shape``, a model that fails on them or does not
+return their shape, as when a per-sample shape is given for the batch shape.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ import torch
 from ..paths import GaussianPath
 from ..predictions import predicts
 
-__all__ = ["fingerprint", "check_model", "PROBE_SEED", "PROBE_BATCH", "PROBE_TIMES", "PROBE_RTOL"]
+__all__ = ["fingerprint", "batch_fingerprint", "check_model", "PROBE_SEED", "PROBE_BATCH", "PROBE_TIMES", "PROBE_RTOL"]
 
 PROBE_SEED, PROBE_BATCH, PROBE_TIMES, PROBE_RTOL = 2024, 4, (0.2, 0.5, 0.8), 1e-4
 
@@ -78,10 +81,24 @@ def fingerprint(model, sde: GaussianPath, shape, dtype: torch.dtype = torch.floa
         alpha, sigma = (float(v[0]) for v in sde.marginal(t[:1]))
         x = math.sqrt(alpha**2 + sigma**2) * z
         out = model(x.to(dtype=dtype, device=device), t.to(dtype=dtype, device=device)).to(torch.float64).cpu()
+        if out.shape != x.shape:
+            raise ValueError(f"model(x, t) must return x's shape {tuple(x.shape)}, got {tuple(out.shape)}")
         direction = torch.randn(out.shape, generator=g, dtype=torch.float64)
         probe += [float((out * direction).sum()), float(out.norm())]
     return {"class": _class_name(model), "parameters": _parameter_count(model), "predicts": predicts(model),
             "probe": probe, "weights": _weights(model), "shape": list(shape), "dtype": str(dtype).replace("torch.", "")}
+
+
+def batch_fingerprint(model, sde: GaussianPath, shape: tuple, dtype: torch.dtype = torch.float64, device=None) -> dict:
+    """``fingerprint`` of ``model`` for the samples of the batch ``shape = (n, *dims)``; ``ValueError`` naming
+    ``shape`` when the model fails on samples of shape ``dims`` or does not return their shape."""
+    try:
+        return fingerprint(model, sde, shape[1:], dtype, device)
+    except (ValueError, RuntimeError, IndexError) as e:
+        raise ValueError(f"shape={tuple(shape)} is the batch shape (n, *dims) of the calibration draws, as in "
+                         f"sgm.sample, but the model does not take samples of shape {tuple(shape[1:])} ({e}); for n "
+                         f"draws of samples of shape {tuple(shape)} give shape=(n, {', '.join(map(str, shape))})"
+                         ) from e
 
 
 def check_model(recorded: dict | None, model, sde: GaussianPath, device=None, *, what: str = "it") -> None:

@@ -49,7 +49,8 @@ from ..checks import choice, flag, integer, positive, real
 from ..paths import DiscreteChain, GaussianPath
 from .fingerprint import check_model
 
-__all__ = ["Node", "TimeGrid", "time_grid", "SPACINGS", "FAMILIES", "path_family"]
+__all__ = ["Node", "TimeGrid", "time_grid", "check_grid", "build_grid", "GridArguments", "SPACINGS", "FAMILIES",
+           "path_family"]
 
 KARRAS_RHO = 7.0
 FLOW_TOP_OFFSET = 1e-6  # the flow grid's first node on a path with α(T) = 0: σ = 1 - δ on rectified flow
@@ -299,11 +300,22 @@ def check_spacing(spacing) -> str:
     return choice("spacing", spacing, SPACINGS)
 
 
-def time_grid(sde: GaussianPath, steps: int, spacing: str = "uniform", eps: float | None = None,
-              denoise: bool = True, train_steps: int = 1000, rho: float = KARRAS_RHO,
-              t_max: float | None = None) -> TimeGrid:
-    """The grid of ``steps`` noise levels for ``sde`` from ``t_max`` (``T``) to ``eps`` (the path's
-    ``default_eps``); see the module docstring for the spacings."""
+class GridArguments(NamedTuple):
+    """``time_grid``'s arguments, checked, with the defaults filled in (``eps``, ``t_max``)."""
+    sde: GaussianPath
+    steps: int
+    spacing: str
+    eps: float
+    denoise: bool
+    train_steps: int
+    rho: float
+    t_max: float
+
+
+def check_grid(sde: GaussianPath, steps: int, spacing: str = "uniform", eps: float | None = None,
+               denoise: bool = True, train_steps: int = 1000, rho: float = KARRAS_RHO,
+               t_max: float | None = None) -> GridArguments:
+    """``time_grid``'s arguments checked, each error naming its argument: what ``build_grid`` takes."""
     if not isinstance(sde, GaussianPath):
         raise TypeError(f"sde must be an sgm path (GaussianPath), got {type(sde).__name__}")
     steps = integer("steps", steps)
@@ -322,6 +334,21 @@ def time_grid(sde: GaussianPath, steps: int, spacing: str = "uniform", eps: floa
         train_steps = integer("train_steps", train_steps)
         if steps > train_steps:
             raise ValueError(f"steps must be <= train_steps={train_steps} for spacing={spacing!r}, got {steps}")
+    return GridArguments(sde, steps, spacing, eps, denoise, train_steps, rho, t_max)
+
+
+def time_grid(sde: GaussianPath, steps: int, spacing: str = "uniform", eps: float | None = None,
+              denoise: bool = True, train_steps: int = 1000, rho: float = KARRAS_RHO,
+              t_max: float | None = None) -> TimeGrid:
+    """The grid of ``steps`` noise levels for ``sde`` from ``t_max`` (``T``) to ``eps`` (the path's
+    ``default_eps``); see the module docstring for the spacings."""
+    return build_grid(check_grid(sde, steps, spacing, eps, denoise, train_steps, rho, t_max))
+
+
+def build_grid(args: GridArguments) -> TimeGrid:
+    """``time_grid`` of arguments ``check_grid`` has checked (an entry point that checked them once calls this)."""
+    sde, steps, spacing, eps, denoise, train_steps, rho, t_max = args
+    if spacing in ("leading", "trailing"):
         if spacing == "leading":
             idx = [k * (train_steps // steps) for k in range(steps)][::-1]
         else:

@@ -42,7 +42,7 @@ from .dpm_v3 import DPMSolverV3
 from .dpm_sde import DPMSolverSDE
 from .edm import Heun
 from .er_sde import ERSDE
-from .grid import FAMILIES, KARRAS_RHO, SPACINGS, TimeGrid, path_family, time_grid
+from .grid import FAMILIES, KARRAS_RHO, SPACINGS, TimeGrid, build_grid, check_grid, path_family
 from .langevin import AnnealedLangevin, PredictorCorrector
 from .noise import Noise, make_noise
 from .predictors import DDIM, Ancestral, EulerMaruyama, ReverseDiffusion
@@ -50,7 +50,7 @@ from .probability_flow import ode_solver
 from .restart import Restart
 from .reverse_sde import SDE_METHODS, TorchSDE
 from .sa_solver import SASolver
-from .solver import Callback, Solver, integrate
+from .solver import Callback, Solver, check_run, integrate, run_checked
 from .uni_pc import UniPC
 
 __all__ = ["Entry", "SAMPLERS", "available", "entry", "configurations", "declaring", "get", "options", "solver", "sample",
@@ -276,12 +276,15 @@ def budget_grid(method: Solver, sde: GaussianPath, nfe: int, spacing: str, eps=N
     if steps is None:
         raise ValueError(f"nfe={nfe} is below the fewest evaluations {method.name} can spend ({method.nfe(2, denoise)}"
                          f" for 2 noise levels)")
-    grid = time_grid(sde, steps, spacing, eps, denoise, train_steps, rho, t_max)
-    while True:  # a solver whose step from pure noise costs less may fit one more level
-        more = time_grid(sde, len(grid.noisy) + 1, spacing, eps, denoise, train_steps, rho, t_max)
+    args = check_grid(sde, steps, spacing, eps, denoise, train_steps, rho, t_max)
+    grid = build_grid(args)
+    # a solver whose step from pure noise costs less may fit one more level (a chain's spacing: up to all its steps)
+    while not (spacing in ("leading", "trailing") and len(grid.noisy) == args.train_steps):
+        more = build_grid(args._replace(steps=len(grid.noisy) + 1))
         if method.grid_nfe(more) > nfe:
             return grid
         grid = more
+    return grid
 
 
 def sample(score, sde: GaussianPath, shape, sampler: str | None = None, steps: int | None = None, *,
@@ -344,7 +347,8 @@ def sample(score, sde: GaussianPath, shape, sampler: str | None = None, steps: i
         if nfe is not None:
             grid = budget_grid(method, sde, nfe, spacing, eps, denoise, train_steps, rho, t_max)
         else:
-            grid = time_grid(sde, 500 if steps is None else steps, spacing, eps, denoise, train_steps, rho, t_max)
+            grid = build_grid(check_grid(sde, 500 if steps is None else steps, spacing, eps, denoise, train_steps,
+                                         rho, t_max))
     elif not isinstance(grid, TimeGrid):
         raise TypeError(f"grid must be a TimeGrid, got {type(grid).__name__}")
     else:
@@ -369,6 +373,7 @@ def sample(score, sde: GaussianPath, shape, sampler: str | None = None, steps: i
     device = (generator.device if generator is not None else torch.device("cpu")) if device is None \
         else resolve_device(device)
     grid.check_model(score, sde, device)  # refused: a grid for another path, an optimised one for another model
+    check_run(method, grid, callback)
     like = torch.empty(shape, dtype=dtype, device=device)
     if seeds is None and not isinstance(noise, Noise):
         # x_T from the generator first, then the noise made from it (a Brownian path's entropy after x_T)
@@ -379,4 +384,4 @@ def sample(score, sde: GaussianPath, shape, sampler: str | None = None, steps: i
         noise = make_noise(noise, generator, seeds, like, sde.T)
         # x_T ~ N(0, prior_std² I), as prior_sample, the noise's first draw (row i from stream i with seeds)
         x = x_init.to(dtype=dtype, device=device) if x_init is not None else sde.prior_std * noise()
-    return integrate(method, score, sde, x, grid, progress=progress, callback=callback, noise=noise)
+    return run_checked(method, score, sde, x, grid, noise, progress, callback)

@@ -54,7 +54,7 @@ from .base import CheckedScore, SamplerDiverged, SamplerOutput, check_state
 from .grid import Node, TimeGrid, path_nodes
 from .noise import Noise, make_noise
 
-__all__ = ["Prediction", "Model", "Solver", "integrate", "Callback", "NEEDS", "PLAUSIBLE"]
+__all__ = ["Prediction", "Model", "Solver", "integrate", "check_run", "run_checked", "Callback", "NEEDS", "PLAUSIBLE"]
 
 NEEDS = ("positive_alpha",)
 PLAUSIBLE = 1e6  # a state beyond PLAUSIBLE·max(1, prior_std) in magnitude has diverged
@@ -190,7 +190,6 @@ def _apply(callback: Callback | None, x: Tensor, node: Node, prediction: Predict
     return out
 
 
-@torch.no_grad()
 def integrate(solver: Solver, score, sde: GaussianPath, x: Tensor, grid: TimeGrid, *,
               generator: torch.Generator | None = None, progress: bool = False, callback: Callback | None = None,
               noise: Noise | str | None = None) -> SamplerOutput:
@@ -207,10 +206,22 @@ def integrate(solver: Solver, score, sde: GaussianPath, x: Tensor, grid: TimeGri
     if not isinstance(grid, TimeGrid):
         raise TypeError(f"grid must be a TimeGrid, got {type(grid).__name__}")
     grid.check_sde(sde)
+    check_run(solver, grid, callback)
+    return run_checked(solver, score, sde, x, grid, make_noise(noise, generator, None, x, sde.T), progress, callback)
+
+
+def check_run(solver: Solver, grid: TimeGrid, callback: Callback | None) -> None:
+    """What ``integrate`` checks beyond the types of its arguments: the grid suits the solver, the callback is
+    callable."""
     solver.check(grid)
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable as callback(x, node, prediction), got {type(callback).__name__}")
-    noise = make_noise(noise, generator, None, x, sde.T)
+
+
+@torch.no_grad()
+def run_checked(solver: Solver, score, sde: GaussianPath, x: Tensor, grid: TimeGrid, noise: Noise,
+                progress: bool = False, callback: Callback | None = None) -> SamplerOutput:
+    """``integrate``'s loop on arguments an entry point has checked (``integrate`` itself, ``sgm.sample``)."""
     total = solver.grid_nfe(grid)
     with tqdm(total=total, desc=solver.name, unit="nfe", disable=not progress, leave=False) as bar:
         model = Model(score, sde, bar)

@@ -46,7 +46,7 @@ from ..grid import Node, TimeGrid, path_nodes
 from ..registry import solver as make_solver
 from ..solver import integrate
 from ..optimize import map_error
-from .base import (Correction, Corrected, finish_record, flat, model_record, moments_from, moments_params,
+from .base import (Correction, Corrected, finish_record, flat, moments_from, moments_params,
                    register_method, rest_of_run, setup)
 
 __all__ = ["AMED", "AMEDCalibration", "amed", "intermediate_node", "ScaledTime", "R_BOUNDS"]
@@ -231,19 +231,19 @@ class AMEDCalibration(AMED):
 
 
 def amed(score, sde, sampler: str = "ipndm", *, grid: TimeGrid | None = None, nfe: int | None = None,
-         spacing: str | None = None, shape, n: int = 256, generator: torch.Generator | None = None, afs="moments",
+         spacing: str | None = None, shape, generator: torch.Generator | None = None, afs="moments",
          scale_dir: float = 0.01, scale_time: float = 0.2, maxfev: int = 60, guard: bool = True,
          reference_tol: float = 1e-8,
          dtype: torch.dtype = torch.float64, device=None, **options) -> Correction:
     """Calibrate AMED-Plugin for the deterministic ``sampler`` (with ``options``) on ``grid`` (its odd noisy nodes are
     the intermediate times, moved by the fit) or on the budget ``nfe`` (the sampler's default ``spacing`` unless given),
-    with ``n`` prior draws of per-sample ``shape`` from ``generator`` (see the module docstring: ``scale_dir``,
-    ``scale_time``; ``maxfev``: Nelder–Mead trials per step; ``guard``; ``afs``: the analytical first step,
-    ``"moments"``, ``True`` or ``False``). Returns a ``Correction`` (``method="amed"``) whose grid holds the fitted
-    intermediate nodes."""
+    with the prior draws of the batch ``shape = (n, *dims)`` from ``generator`` (see the module docstring:
+    ``scale_dir``, ``scale_time``; ``maxfev``: Nelder–Mead trials per step; ``guard``; ``afs``: the analytical first
+    step, ``"moments"``, ``True`` or ``False``). Returns a ``Correction`` (``method="amed"``) whose grid holds the
+    fitted intermediate nodes."""
     scale_dir, scale_time = real("scale_dir", scale_dir, 0.0, 0.5), real("scale_time", scale_time, 0.0, 0.5)
     maxfev = integer("maxfev", maxfev, 1)
-    s = setup(score, sde, sampler, options, grid=grid, nfe=nfe, spacing=spacing, shape=shape, n=n,
+    s = setup(score, sde, sampler, options, grid=grid, nfe=nfe, spacing=spacing, shape=shape,
               generator=generator, afs=afs, reference_tol=reference_tol, dtype=dtype, device=device)
     if pairs_in(s.grid) < 1:
         raise ValueError(f"AMED needs a grid of at least 3 noisy nodes (one two-evaluation step), got "
@@ -264,7 +264,7 @@ def amed(score, sde, sampler: str = "ipndm", *, grid: TimeGrid | None = None, nf
     params = {"pairs": [{k: f[k] for k in ("r", "scale_dir", "scale_time")} for f in learner.fits],
               "scale_dir_bound": scale_dir, "scale_time_bound": scale_time, **moments_params(s.moments)}
     return Correction("amed", sampler, options, params, fitted, bool(afs), repr(sde),
-                      model_record(score, sde, s.record["shape"], dtype, s.x_T.device), info)
+                      s.model, info)
 
 
 def build(correction: Correction) -> AMED:

@@ -24,11 +24,11 @@ from typing import Any, Mapping, NamedTuple
 import torch
 from torch import Tensor
 
-from ...checks import choice, flag, integer, positive
+from ...checks import choice, flag, positive, shape as check_shape
 from ...paths import GaussianPath
 from ...predictions import Prediction
 from ..base import CheckedScore
-from ..fingerprint import check_model, fingerprint
+from ..fingerprint import batch_fingerprint, check_model
 from ..grid import Node, TimeGrid
 from ..probability_flow import AdaptiveODE
 from ..registry import budget_grid, entry, solver as make_solver
@@ -348,12 +348,14 @@ class Setup(NamedTuple):
     teacher: Teacher
     record: dict         # what every correction's info holds
     moments: tuple | None  # the AFS moments (afs="moments"): of the teacher's outputs
+    model: dict          # the fingerprint of the model (batch_fingerprint)
 
 
-def setup(score, sde: GaussianPath, sampler: str, options: Mapping, *, grid, nfe, spacing, shape, n, generator,
+def setup(score, sde: GaussianPath, sampler: str, options: Mapping, *, grid, nfe, spacing, shape, generator,
           afs, reference_tol: float, dtype, device) -> Setup:
     """Check the common arguments, make the grid (``grid``, or the budget ``nfe`` on ``spacing``: the sampler's
-    default spacing unless given), draw the ``n`` calibration draws from ``generator`` and run the teacher."""
+    default spacing unless given), draw the calibration batch ``shape = (n, *dims)`` from ``generator`` and run the
+    teacher."""
     started = time.perf_counter()
     if not callable(score):
         raise TypeError(f"score must be callable as score(x, t), got {type(score).__name__}")
@@ -364,8 +366,7 @@ def setup(score, sde: GaussianPath, sampler: str, options: Mapping, *, grid, nfe
         raise TypeError(f"sampler must be a sampler name (str), got {type(sampler).__name__}")
     method = check_base(make_solver(sampler, **options), sampler, options)
     afs = check_afs(afs)
-    shape = check_shape(shape)
-    n = integer("n", n, 1)
+    shape = check_shape("shape", shape)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     reference_tol = positive("reference_tol", reference_tol)
@@ -390,12 +391,13 @@ def setup(score, sde: GaussianPath, sampler: str, options: Mapping, *, grid, nfe
     method.check(grid)
     if device is None:
         device = generator.device if generator is not None else "cpu"
-    x_T = sde.prior_sample((n, *shape), generator=generator, dtype=dtype, device=device)
+    model = batch_fingerprint(score, sde, shape, dtype, device)
+    x_T = sde.prior_sample(shape, generator=generator, dtype=dtype, device=device)
     taught = teacher(score, sde, x_T, grid, reference_tol)
-    record = {"n": n, "shape": list(shape), "dtype": str(dtype).replace("torch.", ""),
+    record = {"n": shape[0], "shape": list(shape), "dtype": str(dtype).replace("torch.", ""),
               "reference": f"dopri5 rtol=atol={reference_tol:g} from T to each node in turn, then Tweedie",
               "reference_nfe": taught.nfe, "started": started}
-    return Setup(method, grid, x_T, taught, record, moments_of(taught.x0) if afs == "moments" else None)
+    return Setup(method, grid, x_T, taught, record, moments_of(taught.x0) if afs == "moments" else None, model)
 
 
 def finish_record(record: dict, spent: int) -> dict:
@@ -409,23 +411,6 @@ def finish_record(record: dict, spent: int) -> dict:
     return record
 
 
-def model_record(score, sde: GaussianPath, shape, dtype, device) -> dict:
-    """The fingerprint of the model a correction is calibrated for."""
-    return fingerprint(score, sde, tuple(shape), dtype, device)
-
-
 def flat(x: Tensor) -> Tensor:
     """``x`` as ``(batch, features)``."""
     return x.reshape(x.shape[0], -1)
-
-
-def check_shape(shape) -> tuple[int, ...]:
-    """One sample's shape: a non-empty tuple of positive ints."""
-    if isinstance(shape, torch.Size):
-        shape = tuple(shape)
-    if not isinstance(shape, (tuple, list)) or not shape or not all(
-            isinstance(v, int) and not isinstance(v, bool) for v in shape):
-        raise TypeError(f"shape must be one sample's shape, a non-empty tuple of ints, got {shape!r}")
-    if any(v < 1 for v in shape):
-        raise ValueError(f"shape must have positive sizes, got {tuple(shape)}")
-    return tuple(shape)

@@ -23,16 +23,17 @@ import time
 import torch
 from torch import Tensor
 
-from ...checks import integer, positive
+from ...checks import integer, positive, shape as check_shape
 from ...paths import GaussianPath
 from ...predictions import predict
 from ..base import CheckedScore
 from ..dpm_v3 import EMS
+from ..fingerprint import batch_fingerprint
 from ..grid import check_eps
 from ..probability_flow import AdaptiveODE
 from ..registry import solver as make_solver
 from ..solver import Model
-from .base import Correction, check_shape, finish_record, model_record, register_method
+from .base import Correction, finish_record, register_method
 
 __all__ = ["ems", "ems_statistics", "TOP_FRACTION"]
 
@@ -95,10 +96,10 @@ def ems_statistics(score, sde: GaussianPath, x_T: Tensor, lams: Tensor, generato
     return torch.stack(ls), torch.stack(ss), torch.stack(bs), checked.nfe + jvps
 
 
-def ems(score, sde: GaussianPath, shape, *, n: int = 256, steps: int = 120, generator: torch.Generator | None = None,
+def ems(score, sde: GaussianPath, shape, *, steps: int = 120, generator: torch.Generator | None = None,
         eps: float | None = None, t_max: float | None = None, reference_tol: float = 1e-8,
         dtype: torch.dtype = torch.float64, device=None, **options) -> Correction:
-    """The EMS of the model ``score`` on ``sde`` for samples of per-sample ``shape``, from ``n`` prior draws of
+    """The EMS of the model ``score`` on ``sde`` from the prior draws of the batch ``shape = (n, *dims)`` from
     ``generator`` on ``steps + 1`` λ-uniform points from ``λ(t_max)`` to ``λ(eps)`` (see the module docstring), as a
     ``Correction`` for ``dpm_solver_v3`` with ``options`` (its ``order``, ``p_pseudo``, ``use_corrector``,
     ``c_pseudo``, ``lower_order_final``)."""
@@ -107,8 +108,8 @@ def ems(score, sde: GaussianPath, shape, *, n: int = 256, steps: int = 120, gene
         raise TypeError(f"score must be callable as score(x, t), got {type(score).__name__}")
     if not isinstance(sde, GaussianPath):
         raise TypeError(f"sde must be an sgm path (GaussianPath), got {type(sde).__name__}")
-    shape = check_shape(shape)
-    n, steps = integer("n", n, 2), integer("steps", steps, 2)
+    shape = check_shape("shape", shape)
+    n, steps = integer("shape[0]", shape[0], 2), integer("steps", steps, 2)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     eps = check_eps(eps, sde)
@@ -130,7 +131,8 @@ def ems(score, sde: GaussianPath, shape, *, n: int = 256, steps: int = 120, gene
     lams = torch.linspace(lo, hi, steps + 1, dtype=torch.float64)
     if device is None:
         device = generator.device if generator is not None else "cpu"
-    x_T = sde.prior_sample((n, *shape), generator=generator, dtype=dtype, device=device)
+    model = batch_fingerprint(score, sde, shape, dtype, device)
+    x_T = sde.prior_sample(shape, generator=generator, dtype=dtype, device=device)
     l, s, b, spent = ems_statistics(score, sde, x_T, lams, generator, reference_tol)
     statistics = EMS(lams, l.to(torch.float64).cpu(), s.to(torch.float64).cpu(), b.to(torch.float64).cpu())
     record = {"n": n, "shape": list(shape), "dtype": str(dtype).replace("torch.", ""), "reference_nfe": 0,
@@ -139,8 +141,7 @@ def ems(score, sde: GaussianPath, shape, *, n: int = 256, steps: int = 120, gene
     info.update(method="DPM-Solver-v3's empirical model statistics (Zheng et al. 2023)", steps=steps, eps=eps,
                 t_max=t_max, reference=f"dopri5 rtol=atol={reference_tol:g} from table point to table point")
     params = {"lams": lams.tolist(), "l": statistics.l.tolist(), "s": statistics.s.tolist(), "b": statistics.b.tolist()}
-    return Correction("dpm_solver_v3", "dpm_solver_v3", options, params, None, False, repr(sde),
-                      model_record(score, sde, shape, dtype, x_T.device), info)
+    return Correction("dpm_solver_v3", "dpm_solver_v3", options, params, None, False, repr(sde), model, info)
 
 
 def build(correction: Correction):

@@ -49,7 +49,7 @@ from ..grid import TimeGrid
 from ..registry import solver as make_solver
 from ..solver import integrate
 from ..optimize import map_error
-from .base import (Correction, Corrected, finish_record, flat, model_record, moments_from, moments_params,
+from .base import (Correction, Corrected, finish_record, flat, moments_from, moments_params,
                    register_method, rest_of_run, setup)
 
 __all__ = ["PAS", "PASCalibration", "pas", "pas_basis", "LOSSES"]
@@ -215,14 +215,14 @@ class PASCalibration(PAS):
 
 
 def pas(score, sde, sampler: str = "ddim", *, grid: TimeGrid | None = None, nfe: int | None = None,
-        spacing: str | None = None, shape, n: int = 256, generator: torch.Generator | None = None,
+        spacing: str | None = None, shape, generator: torch.Generator | None = None,
         components: int = 4, use_xT: bool = True, afs=False, tau_first: float = 1e-4, tau: float = 1e-4,
         lr: float = 0.01, epochs: int = 1000, early_stop: int = 10, loss: str = "l1", guard: bool = True,
         reference_tol: float = 1e-8,
         dtype: torch.dtype = torch.float64, device=None, **options) -> Correction:
     """Calibrate PAS for the deterministic ``sampler`` (with ``options``) on ``grid`` (any ``TimeGrid``: a fixed
-    spacing, ``optimize_grid``'s) or on the budget ``nfe`` (the sampler's default ``spacing`` unless given), with ``n``
-    prior draws of per-sample ``shape`` from ``generator`` (see the module docstring: ``components`` = PAS's
+    spacing, ``optimize_grid``'s) or on the budget ``nfe`` (the sampler's default ``spacing`` unless given), with the
+    prior draws of the batch ``shape = (n, *dims)`` from ``generator`` (see the module docstring: ``components`` = PAS's
     ``PCA_num``, ``use_xT``, the tolerances ``tau_first`` and ``tau``, Adam's ``lr``, ``epochs``, ``early_stop``,
     ``loss``, ``guard``; ``afs``: the analytical first step, ``False``, ``True`` or ``"moments"``). Returns a
     ``Correction`` (``method="pas"``)."""
@@ -233,7 +233,7 @@ def pas(score, sde, sampler: str = "ddim", *, grid: TimeGrid | None = None, nfe:
     lr = real("lr", lr, 0.0, open_low=True)
     epochs, early_stop = integer("epochs", epochs, 1), integer("early_stop", early_stop, 2)
     loss = choice("loss", loss, LOSSES)
-    s = setup(score, sde, sampler, options, grid=grid, nfe=nfe, spacing=spacing, shape=shape, n=n,
+    s = setup(score, sde, sampler, options, grid=grid, nfe=nfe, spacing=spacing, shape=shape,
               generator=generator, afs=afs, reference_tol=reference_tol, dtype=dtype, device=device)
     targets = [flat(x) / node.scale if node.scale > 0 else None for x, node in zip(s.teacher.states, s.grid.noisy)]
     targets.append(flat(s.teacher.x0))
@@ -249,7 +249,7 @@ def pas(score, sde, sampler: str = "ddim", *, grid: TimeGrid | None = None, nfe:
     params = {"coordinates": {str(i): c for i, c in learner.coordinates.items()}, "components": components,
               "use_xT": use_xT, **moments_params(s.moments)}
     return Correction("pas", sampler, options, params, s.grid, bool(afs), repr(sde),
-                      model_record(score, sde, s.record["shape"], dtype, s.x_T.device), info)
+                      s.model, info)
 
 
 def build(correction: Correction) -> PAS:

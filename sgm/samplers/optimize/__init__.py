@@ -18,10 +18,10 @@ Positions are in a bounded coordinate ``u`` of λ that keeps the exact top of ev
 (``common.Positions``: rectified flow's ``t = 1``, where ``λ = -∞``, is ``u = 0``). ``free_start=True`` lets the first
 node leave ``T`` (the sampler then starts from the prior draw at ``t_0 < T``); ``None`` takes each optimiser's
 measured default (``FREE_START``). Every grid records in ``grid.info`` how it was made (``optimizer``, the sampler and
-options, the method's own record), its calibration cost (``info["cost"]``: evaluations of a batch of the ``n``
-calibration draws, ``draws``, ``sample_evaluations``, ``backward`` passes, ``seconds``) and the fingerprint of the
-model it was calibrated for (``info["model"]``, see ``sgm.samplers.fingerprint``; ``None`` for DMN, whose grid does
-not depend on the model); ``grid.save(path)`` writes it, ``TimeGrid.load(path, sde, model=…)`` refuses another path
+options, the method's own record), its calibration cost (``info["cost"]``: evaluations of the batch of ``n`` calibration
+draws, ``shape = (n, *dims)``, ``draws``, ``sample_evaluations``, ``backward`` passes, ``seconds``) and the fingerprint
+of the model it was calibrated for (``info["model"]``, see ``sgm.samplers.fingerprint``; ``None`` for DMN, whose grid
+does not depend on the model); ``grid.save(path)`` writes it, ``TimeGrid.load(path, sde, model=…)`` refuses another path
 or model, and ``sgm.sample`` refuses a grid calibrated for another model or made for another path.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from ...checks import choice, flag, integer, real, shape as check_shape
 from ...paths import GaussianPath
 from ..base import SamplerDiverged
-from ..fingerprint import fingerprint
+from ..fingerprint import batch_fingerprint
 from ..grid import TimeGrid, check_eps, time_grid
 from ..solver import integrate
 from .ays import KLUB, ays
@@ -90,7 +90,7 @@ def _ld3_options(o: dict) -> dict:
     return o
 
 
-def optimize_grid(score, sde: GaussianPath, steps: int, sampler: str = "ddim", *, shape, n: int = 256,
+def optimize_grid(score, sde: GaussianPath, steps: int, sampler: str = "ddim", *, shape,
                   generator: torch.Generator | None = None, eps: float | None = None, optimizer: str = "descent",
                   free_start: bool | None = None, start: str | None = None, dp: bool = False,
                   candidates: int | None = None, sweeps: int = 6, tol: float = 1e-3, reference_tol: float = 1e-8,
@@ -98,7 +98,8 @@ def optimize_grid(score, sde: GaussianPath, steps: int, sampler: str = "ddim", *
                   optimizer_options: dict | None = None, **options) -> TimeGrid:
     """The grid of ``steps`` noisy nodes from ``T`` (or, with ``free_start``, below it) to ``eps`` plus the data node
     for the fixed-step ``sampler`` with ``options``, chosen by ``optimizer`` (see the package docstring) for the model
-    ``score(x, t)`` on ``n`` prior draws of per-sample ``shape`` from ``generator`` in ``dtype`` on ``device``.
+    ``score(x, t)`` on the prior draws of the batch ``shape = (n, *dims)`` (``sgm.sample``'s; 256 draws are typical)
+    from ``generator`` in ``dtype`` on ``device``.
 
     ``start``: the initial spacing (default: the best of ``FIXED_SPACINGS`` by the optimiser's objective, for LD3 by
     the map error on its calibration draws unless ``optimizer_options={"init": "uniform"}``, uniform in ``u``; DMN:
@@ -119,7 +120,7 @@ def optimize_grid(score, sde: GaussianPath, steps: int, sampler: str = "ddim", *
     optimizer = choice("optimizer", optimizer, OPTIMIZERS)
     method = check_solver(sampler, options, stochastic_ok=optimizer == "ays")
     shape = check_shape("shape", shape)
-    n = integer("n", n, 2 if optimizer == "ld3" else 1)
+    n = integer("shape[0]", shape[0], 2 if optimizer == "ld3" else 1)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     eps = check_eps(eps, sde)
@@ -149,6 +150,7 @@ def optimize_grid(score, sde: GaussianPath, steps: int, sampler: str = "ddim", *
         settings = _ld3_options(settings)
     if device is None:
         device = generator.device if generator is not None else "cpu"
+    calibrated_for = None if optimizer == "dmn" else batch_fingerprint(score, sde, shape, dtype, device)
 
     counted = Counted(score)
     cost = Cost(counted)
@@ -158,7 +160,7 @@ def optimize_grid(score, sde: GaussianPath, steps: int, sampler: str = "ddim", *
     error = None
     x_T = reference = None
     if optimizer != "dmn":
-        x_T = sde.prior_sample((n, *shape), generator=generator, dtype=dtype, device=device)
+        x_T = sde.prior_sample(shape, generator=generator, dtype=dtype, device=device)
     if optimizer in ("descent", "ays", "ld3"):
         reference, _ = flow_map(counted, sde, x_T, eps, reference_tol)
     reference_evaluations = counted.evaluations / n
@@ -205,8 +207,7 @@ def optimize_grid(score, sde: GaussianPath, steps: int, sampler: str = "ddim", *
             "dtype": str(dtype).replace("torch.", ""), "free_start": free, "settings": _jsonable(settings),
             **record, "error": error, "cost": bill, "nfe": _number(bill["evaluations"]),
             "reference_nfe": _number(reference_evaluations) if reference is not None else None,
-            "seconds": bill["seconds"],
-            "model": None if optimizer == "dmn" else fingerprint(score, sde, shape, dtype, device)}
+            "seconds": bill["seconds"], "model": calibrated_for}
     return TimeGrid(grid.nodes, grid.sde, _jsonable(info))
 
 

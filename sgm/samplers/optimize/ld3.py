@@ -19,12 +19,12 @@ training draws in mini-batches of 2, each step (i) moves the batch's latents ``z
 after 5 steps without improvement it returns to the best ``ξ`` and decays the rate ×0.8 (to at least 5e-5). A pass
 over the validation draws moves their latents likewise. The result is the best ``ξ`` on validation.
 
-Gradients: ``∂ℓ/∂z'`` by autograd through the sampler (``integrate`` run with the graph kept: its undecorated loop
-under ``torch.enable_grad()``, so sampling itself stays under ``no_grad``); ``∂L/∂ξ`` by central differences of the
-same runs (``2·dim ξ`` runs of the mini-batch), because a grid's nodes are Python floats that the solvers' step
-coefficients are computed from, outside autograd. LD3's second phase (a second, decoupled set of model-input times)
-needs solvers that evaluate the model off the grid and is not implemented. Cost: per step ``2·dim ξ + 3`` runs of
-the mini-batch (one of them differentiated) and one run of the validation draws.
+Gradients: ``∂ℓ/∂z'`` by autograd through the sampler (``integrate``'s loop ``run_checked`` with the graph kept: its
+undecorated function under ``torch.enable_grad()``, so sampling itself stays under ``no_grad``); ``∂L/∂ξ`` by central
+differences of the same runs (``2·dim ξ`` runs of the mini-batch), because a grid's nodes are Python floats that the
+solvers' step coefficients are computed from, outside autograd. LD3's second phase (a second, decoupled set of
+model-input times) needs solvers that evaluate the model off the grid and is not implemented. Cost: per step
+``2·dim ξ + 3`` runs of the mini-batch (one of them differentiated) and one run of the validation draws.
 """
 from __future__ import annotations
 
@@ -36,7 +36,8 @@ from torch import Tensor
 
 from ..base import SamplerDiverged
 from ..grid import TimeGrid
-from ..solver import Solver, integrate
+from ..noise import make_noise
+from ..solver import Solver, integrate, run_checked
 from .common import Positions
 
 __all__ = ["ld3", "soft_teacher_loss", "LD3_DEFAULTS", "positions_of"]
@@ -44,7 +45,7 @@ __all__ = ["ld3", "soft_teacher_loss", "LD3_DEFAULTS", "positions_of"]
 LD3_DEFAULTS = {"init": "best", "rounds": 2, "batch": 2, "lr": 0.005, "momentum": 0.9, "clip": 1.0, "radius": None,
                 "shift_lr": None, "patience": 5, "lr_decay": 0.8, "min_lr": 5e-5, "fd_step": None, "validation": 0.5}
 
-_integrate_with_graph = inspect.unwrap(integrate)  # the loop without its no_grad decorator
+_run_with_graph = inspect.unwrap(run_checked)  # integrate's loop without its no_grad decorator
 
 
 def positions_of(xi: Tensor, free_start: bool) -> list[float]:
@@ -71,10 +72,10 @@ def soft_teacher_loss(method: Solver, model, sde, grid: TimeGrid, z: Tensor, tar
     try:
         if graph:
             with torch.enable_grad():
-                out = _integrate_with_graph(method, model, sde, x, grid).x
+                out = _run_with_graph(method, model, sde, x, grid, make_noise(None, None, None, x, sde.T)).x
             if z.requires_grad and not out.requires_grad:
-                raise RuntimeError("integrate no longer runs its loop in the autograd graph when undecorated; "
-                                   "LD3 needs its undecorated loop (inspect.unwrap(integrate)) to keep the graph")
+                raise RuntimeError("run_checked no longer runs its loop in the autograd graph when undecorated; "
+                                   "LD3 needs its undecorated loop (inspect.unwrap(run_checked)) to keep the graph")
         else:
             out = integrate(method, model, sde, x, grid).x
     except SamplerDiverged:

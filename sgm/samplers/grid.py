@@ -324,12 +324,6 @@ def check_grid(sde: GaussianPath, steps: int, spacing: str = "uniform", eps: flo
     check_spacing(spacing)
     rho = positive("rho", rho)
     flag("denoise", denoise)
-    if spacing == "flow":
-        t = [t_max - (t_max - eps) * k / steps for k in range(steps)]
-        if math.isinf(float(sde.noise_level(torch.tensor([t_max], dtype=torch.float64)))):
-            level = torch.tensor([(1 - FLOW_TOP_OFFSET) / FLOW_TOP_OFFSET], dtype=torch.float64)
-            t[0] = float(sde.time_at_noise_level(level))
-        return TimeGrid.from_times(sde, t, denoise)
     if spacing in ("leading", "trailing"):
         train_steps = integer("train_steps", train_steps)
         if steps > train_steps:
@@ -348,6 +342,12 @@ def time_grid(sde: GaussianPath, steps: int, spacing: str = "uniform", eps: floa
 def build_grid(args: GridArguments) -> TimeGrid:
     """``time_grid`` of arguments ``check_grid`` has checked (an entry point that checked them once calls this)."""
     sde, steps, spacing, eps, denoise, train_steps, rho, t_max = args
+    if spacing == "flow":
+        t = [t_max - (t_max - eps) * k / steps for k in range(steps)]
+        if math.isinf(float(sde.noise_level(torch.tensor([t_max], dtype=torch.float64)))):
+            level = torch.tensor([(1 - FLOW_TOP_OFFSET) / FLOW_TOP_OFFSET], dtype=torch.float64)
+            t[0] = float(sde.time_at_noise_level(level))
+        return TimeGrid.from_times(sde, t, denoise)
     if spacing in ("leading", "trailing"):
         if spacing == "leading":
             idx = [k * (train_steps // steps) for k in range(steps)][::-1]

@@ -5,7 +5,8 @@ from .paths import (SDE, VESDE, VPSDE, CosineVPSDE, DiscreteChain, EDMPath, Gaus
 from .samplers import sample
 from .score import ScoreModel
 from .targets import FullGaussianMixture, GaussianMixture, random_mixture, ring_mixture
-from . import data, likelihood, losses, metrics, nets, reflow, train  # noqa: E402  (the submodules the docs use as sgm.X)
+# the submodules the docs use as sgm.X
+from . import data, likelihood, losses, metrics, nets, reflow, train  # noqa: E402
 
 __version__ = "0.1.0"
 

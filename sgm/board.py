@@ -20,7 +20,8 @@ class Board:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as err:
-            raise ValueError("tensorboard logging needs the tensorboard package: pip install 'sgm[tensorboard]'") from err
+            raise ValueError("tensorboard logging needs the tensorboard package: "
+                             "pip install 'sgm[tensorboard]'") from err
         self.writer = SummaryWriter(folder, purge_step=start + 1)  # drop events a crashed run logged after `start`
 
     def scalars(self, step: int, **values: float) -> None:

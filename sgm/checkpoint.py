@@ -7,9 +7,10 @@ Two formats:
   ``model``, ``ema``, ``optimizer``, ``scheduler`` and, from format 3, ``data`` (the training set's fingerprint),
   ``power_ema``, ``log_variance`` (EDM2's learned uncertainty, or None), ``scaler`` and ``path`` (the path's name
   and every parameter, checked against the config when the weights are read; no RNG state: training
-  draws from streams seeded by seed, step and rank, see ``sgm.distributed``). It is read with ``torch.load(..., weights_only=True)``:
-  PyTorch's restricted unpickler builds only those types, so a file whose pickle names any other callable
-  (an object whose ``__reduce__`` would run a shell command, say) is refused before anything in it runs.
+  draws from streams seeded by seed, step and rank, see ``sgm.distributed``). It is read with
+  ``torch.load(..., weights_only=True)``: PyTorch's restricted unpickler builds only those types, so a file whose pickle
+  names any other callable (an object whose ``__reduce__`` would run a shell command, say) is refused before anything in
+  it runs.
 - ``*.safetensors`` (written by ``export``): the EMA weights as raw tensors, with the run's config, data shape and
   path record (as in ``checkpoint.pt``, checked the same way) as JSON in the header's metadata. No pickle at all;
   for sharing a trained model.

@@ -66,8 +66,8 @@ def demo(args: argparse.Namespace) -> int:
     g = torch.Generator().manual_seed(args.seed)
     reference = target.sample(args.n, generator=g)
     g_floor = torch.Generator().manual_seed(args.seed + 1)  # its own stream: the samplers' draws stay as they were
-    floor = metrics.sliced_wasserstein(target.sample(args.n, generator=g_floor), target.sample(args.n, generator=g_floor),
-                                       generator=g_floor)
+    floor = metrics.sliced_wasserstein(target.sample(args.n, generator=g_floor),
+                                       target.sample(args.n, generator=g_floor), generator=g_floor)
     panels = [(f"target ({target.n_components} modes)\nSW₂ floor {floor:.3f}", reference)]
     print(f"{args.sde.upper()} SDE, exact score; SW2 floor (target vs target, {args.n} each): {floor:.4f}")
     print(f"{'sampler':<28}{'NFE':>6}{'SW2':>9}{'modes err':>11}{'seconds':>9}")

@@ -13,7 +13,8 @@ def resolve_device(name="auto") -> torch.device:
     if isinstance(name, str) and name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if not isinstance(name, (str, torch.device)):
-        raise TypeError(f"device must be a name such as 'cpu' or 'cuda:0', or a torch.device, got {type(name).__name__}")
+        raise TypeError(f"device must be a name such as 'cpu' or 'cuda:0', or a torch.device, "
+                        f"got {type(name).__name__}")
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -39,7 +40,8 @@ def wide_float(device) -> torch.dtype:
     return torch.float32 if torch.device(device).type == "mps" else torch.float64
 
 
-def randn(shape, generator: torch.Generator | None = None, dtype: torch.dtype | None = None, device=None) -> torch.Tensor:
+def randn(shape, generator: torch.Generator | None = None, dtype: torch.dtype | None = None,
+          device=None) -> torch.Tensor:
     """``torch.randn`` of ``shape`` on ``device`` from ``generator``, wherever the generator lives: drawn on the
     generator's device and moved when they differ (a CPU generator feeding a GPU run gives the draws it gives on
     the CPU)."""

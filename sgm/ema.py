@@ -38,8 +38,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["EMA", "PowerEMA", "flatten_parameters", "std_to_exponent", "exponent_to_std", "posthoc_coefficients", "profile_inner",
-           "snapshot_path", "list_snapshots", "posthoc_weights", "SNAPSHOT_FORMAT", "SNAPSHOTS"]
+__all__ = ["EMA", "PowerEMA", "flatten_parameters", "std_to_exponent", "exponent_to_std", "posthoc_coefficients",
+           "profile_inner", "snapshot_path", "list_snapshots", "posthoc_weights", "SNAPSHOT_FORMAT", "SNAPSHOTS"]
 
 SNAPSHOT_FORMAT = "sgm-phema-1"
 SNAPSHOTS = "snapshots"

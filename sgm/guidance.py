@@ -89,7 +89,8 @@ class ClassifierGuidance:
         if not callable(score):
             raise TypeError(f"score must be callable as score(x, t), got {type(score).__name__}")
         if not callable(classifier):
-            raise TypeError(f"classifier must be callable as classifier(x, t) -> logits, got {type(classifier).__name__}")
+            raise TypeError(f"classifier must be callable as classifier(x, t) -> logits, "
+                            f"got {type(classifier).__name__}")
         self.n_classes = _n_classes(classifier, n_classes)
         self.score, self.classifier = score, classifier
         self.predicts, self.sde = predicts(score), sde if sde is not None else getattr(score, "sde", None)

@@ -110,7 +110,8 @@ def _locate(folder: str, scheduler: str | None) -> tuple[str, str]:
     if not os.path.isfile(os.path.join(unet, "config.json")):
         raise FileNotFoundError(f"{unet!r} holds no UNet2DModel (no config.json)")
     if not os.path.isfile(sched):
-        raise FileNotFoundError(f"no scheduler config at {sched!r}; pass scheduler= the path of a scheduler_config.json")
+        raise FileNotFoundError(f"no scheduler config at {sched!r}; "
+                                f"pass scheduler= the path of a scheduler_config.json")
     return unet, sched
 
 
@@ -143,14 +144,16 @@ def load_diffusers(folder: str, scheduler: str | None = None, device="cpu",
     kind = config.get("_class_name", "")
     if kind.startswith("FlowMatch"):
         if kind not in FLOW_SCHEDULERS:
-            raise ValueError(f"{sched_path}: unsupported flow-matching scheduler {kind!r}; supported: {FLOW_SCHEDULERS}")
+            raise ValueError(f"{sched_path}: unsupported flow-matching scheduler {kind!r}; "
+                             f"supported: {FLOW_SCHEDULERS}")
         return _load_flow(unet_dir, sched_path, config, device, dtype, shift)
     if shift is not None:
         raise ValueError(f"shift applies to flow-matching schedulers only; {sched_path} is a {kind or 'DDPM-style'} "
                          "scheduler")
     prediction = config.get("prediction_type", "epsilon")
     if prediction not in PREDICTION_TYPES:
-        raise ValueError(f"{sched_path}: unsupported prediction_type {prediction!r}; supported: {sorted(PREDICTION_TYPES)}")
+        raise ValueError(f"{sched_path}: unsupported prediction_type {prediction!r}; "
+                         f"supported: {sorted(PREDICTION_TYPES)}")
     sde, chain = _schedule(config, sched_path)
     unet, shape = _unet(unet_dir, device, dtype)
 

@@ -21,10 +21,11 @@ Two ways to condition a sampler:
 
   with the gradient taken through the model's ``x̂_0`` by autograd (one vector–Jacobian product per
   evaluation); for a model of another kind the correction moves its output by ``b·∇_x log N(…)``
-  (``sgm.predictions.score_coefficient``), so the guided model keeps the kind. ``r_t² = σ² v/(σ² + v)``, ``σ = std/scale``, is the posterior variance of ``x_0 | x_t`` for a
-  ``N(·, v I)`` prior (``data_var = v``; ΠGDM's ``r_t² = σ²/(1 + σ²)`` at ``v = 1``); DPS is ``r_t = 0``.
-  It is an approximation of the exact posterior score ``∇ log p_t(x | y)`` (the likelihood ``p(y | x_t)``
-  is not Gaussian under a multimodal prior); docs/inverse.md reports the bias measured on exact posteriors.
+  (``sgm.predictions.score_coefficient``), so the guided model keeps the kind. ``r_t² = σ² v/(σ² + v)``,
+  ``σ = std/scale``, is the posterior variance of ``x_0 | x_t`` for a ``N(·, v I)`` prior (``data_var = v``; ΠGDM's
+  ``r_t² = σ²/(1 + σ²)`` at ``v = 1``); DPS is ``r_t = 0``. It is an approximation of the exact posterior score
+  ``∇ log p_t(x | y)`` (the likelihood ``p(y | x_t)`` is not Gaussian under a multimodal prior); docs/inverse.md reports
+  the bias measured on exact posteriors.
 - ``RePaint`` (Lugmayr et al., 2022): a solver wrapper that repeats each step with replacement and re-noising
   (``integrate(RePaint(solver, obs, resample), ...)``).
 """

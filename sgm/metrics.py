@@ -10,7 +10,8 @@ All take samples of shape ``(n, *event)`` (flattened to ``(n, D)``) and return a
 - Fréchet distance between Gaussians fitted to features:
   ``‖μ₁ - μ₂‖² + Tr(Σ₁ + Σ₂ - 2 (Σ₁^{½} Σ₂ Σ₁^{½})^{½})`` (W₂² of the two Gaussians; FID on Inception features).
 - KID (Bińkowski et al., 2018): the unbiased ``MMD²`` with the cubic kernel ``k(x, y) = (x·y/d + 1)³`` on
-  features, averaged over random subsets: ``(1/(m(m-1))) Σ_{i≠j} [k(x_i,x_j) + k(y_i,y_j)] - (2/m²) Σ_{i,j} k(x_i,y_j)``.
+  features, averaged over random subsets:
+  ``(1/(m(m-1))) Σ_{i≠j} [k(x_i,x_j) + k(y_i,y_j)] - (2/m²) Σ_{i,j} k(x_i,y_j)``.
 - Inception Score (Salimans et al., 2016): ``exp(E_x KL(p(y|x) ‖ p(y)))`` with ``p(y) = E_x p(y|x)``, over splits.
 - Against a ``GaussianMixture``: the negative log-likelihood ``-E log p(x)`` and the mode-weight error
   ``Σ_k |n_k/n - w_k|`` with each sample given to its most responsible component.
@@ -33,9 +34,8 @@ from torch import Tensor
 from .checks import integer
 from .targets import GaussianMixture
 
-__all__ = ["DEFAULT_SEED", "sliced_wasserstein", "mmd", "energy_distance", "frechet_distance", "frechet_of_features", "frechet_to_gaussian",
-           "gaussian_frechet",
-           "kid", "inception_score", "nll", "mode_weight_error", "floor"]
+__all__ = ["DEFAULT_SEED", "sliced_wasserstein", "mmd", "energy_distance", "frechet_distance", "frechet_of_features",
+           "frechet_to_gaussian", "gaussian_frechet", "kid", "inception_score", "nll", "mode_weight_error", "floor"]
 
 
 DEFAULT_SEED = 0
@@ -163,7 +163,8 @@ def frechet_to_gaussian(fx: Tensor, mu: Tensor, cov: Tensor) -> float:
     mu, cov = mu.to(torch.float64), cov.to(torch.float64)
     n, d = fx.shape
     if mu.shape != (d,) or cov.shape != (d, d):
-        raise ValueError(f"mu and cov must have shapes ({d},) and ({d}, {d}), got {tuple(mu.shape)}, {tuple(cov.shape)}")
+        raise ValueError(f"mu and cov must have shapes ({d},) and ({d}, {d}), "
+                         f"got {tuple(mu.shape)}, {tuple(cov.shape)}")
     if n >= d:
         return gaussian_frechet(fx.mean(0), torch.cov(fx.T).reshape(d, d), mu, cov)
     a = (fx - fx.mean(0)) / math.sqrt(n - 1)
@@ -235,7 +236,8 @@ def nll(x: Tensor, target: GaussianMixture) -> float:
 
 
 def mode_weight_error(x: Tensor, target: GaussianMixture) -> float:
-    """``Σ_k |n_k/n - w_k|``: total-variation-like error of the mode weights (each sample to its argmax-``r_k`` mode)."""
+    """``Σ_k |n_k/n - w_k|``: total-variation-like error of the mode weights (each sample to its argmax-``r_k``
+    mode)."""
     target = _check_mixture(target)
     comp = target.responsibilities(x.to(target.means.dtype)).argmax(1)
     freq = torch.bincount(comp, minlength=target.n_components).to(target.weights.dtype) / x.shape[0]

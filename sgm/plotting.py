@@ -34,7 +34,8 @@ def scatter_panels(panels: Sequence[tuple[str, Tensor]], path: str, density=None
     rows = -(-len(panels) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.2 * rows), squeeze=False)
     if limits is None:
-        finite = [x[:max_points, :2].abs() for x in [p[1] for p in panels] + ([reference] if reference is not None else [])]
+        finite = [x[:max_points, :2].abs()
+                  for x in [p[1] for p in panels] + ([reference] if reference is not None else [])]
         finite = [float(a[torch.isfinite(a)].max()) for a in finite if bool(torch.isfinite(a).any())]
         limits = 1.05 * max(finite + [1e-3])
     grid = None
@@ -79,7 +80,8 @@ def image_grid(x: Tensor, nrow: int | None = None, value_range: tuple[float, flo
     out = np.ones((rows * (h + 1) + 1, nrow * (w + 1) + 1, c), dtype=np.float32)
     for i in range(n):
         r, col = divmod(i, nrow)
-        out[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + col * (w + 1):1 + col * (w + 1) + w] = x[i].permute(1, 2, 0).numpy()
+        out[1 + r * (h + 1):1 + r * (h + 1) + h,
+            1 + col * (w + 1):1 + col * (w + 1) + w] = x[i].permute(1, 2, 0).numpy()
     return out
 
 
@@ -121,7 +123,8 @@ def nfe_curves(rows: list[dict], metric: str, path: str, title: str = "", floor:
     sampler) are drawn at the top edge as ▲ and their line's label says ``(clipped)``."""
     fig, ax = plt.subplots(figsize=(7.5, 5))
     samplers = list(dict.fromkeys(r["sampler"] for r in rows))
-    top = _clip_level([r[metric] for r in rows if r.get(metric) is not None and np.isfinite(r[metric]) and r[metric] > 0]
+    top = _clip_level([r[metric] for r in rows
+                       if r.get(metric) is not None and np.isfinite(r[metric]) and r[metric] > 0]
                       + [v for v in (floor, limit) if v is not None and v > 0])
     markers = "os^vDPX*<>"
     palette = plt.get_cmap("tab20")
@@ -135,7 +138,8 @@ def nfe_curves(rows: list[dict], metric: str, path: str, title: str = "", floor:
             clipped = [(n, v) for n, v in pts if v > top]
             color = (light if peer else dark + light)[drawn[peer] % (10 if peer else 20)]
             ax.plot(*zip(*[(n, min(v, top)) for n, v in pts]), marker=markers[drawn[peer] % len(markers)], ms=4,
-                    lw=1.3, label=name + (" (clipped)" if clipped else ""), color=color, linestyle="--" if peer else "-")
+                    lw=1.3, label=name + (" (clipped)" if clipped else ""), color=color,
+                    linestyle="--" if peer else "-")
             if clipped:
                 ax.plot([n for n, _ in clipped], [top] * len(clipped), "^", ms=8, color=color, clip_on=False)
             drawn[peer] += 1

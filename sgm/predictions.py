@@ -105,8 +105,8 @@ def score_coefficient(kind: str, alpha, sigma, d_alpha=None, d_sigma=None, check
 
 
 def target(kind: str, x0: Tensor, eps: Tensor, alpha, sigma, d_alpha=None, d_sigma=None) -> Tensor:
-    """``p·x_0 + q·ε``: the regression target of a ``kind`` model for ``x_t = α x_0 + σ ε`` (the ``eps``-network's ``ε``,
-    the flow-matching velocity ``α' x_0 + σ' ε``, Salimans' ``v``, DSM's ``-ε/σ``)."""
+    """``p·x_0 + q·ε``: the regression target of a ``kind`` model for ``x_t = α x_0 + σ ε`` (the ``eps``-network's
+    ``ε``, the flow-matching velocity ``α' x_0 + σ' ε``, Salimans' ``v``, DSM's ``-ε/σ``)."""
     p, q = _pq(kind, alpha, sigma, d_alpha, d_sigma)
     return p * x0 + q * eps
 

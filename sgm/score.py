@@ -25,10 +25,10 @@ model ``m(x, t | y)`` every sampler takes.
 
 with ``σ_d = sigma_data`` the data's standard deviation, written without dividing by ``α``
 (``c_skip x̃ = σ_d² α x/(σ² + α²σ_d²)``, ``c_in x̃ = x/√(σ² + α²σ_d²)``, ``c_out = σ σ_d/√(σ² + α²σ_d²)``), so it holds
-where ``α = 0`` (``D = σ_d F``, the top of rectified flow; there ``c_noise`` is capped at ``¼·20``). The network's input and its target have unit variance
-at every noise level, and where ``F`` is bounded (far from the data) the score tends to ``-x/(σ² + α²σ_d²)``,
-the score of ``N(0, σ_d²)`` diffused: ``c_skip`` pulls a stray trajectory back, where an ``eps`` network with a
-bounded output lets the probability-flow ODE carry it away.
+where ``α = 0`` (``D = σ_d F``, the top of rectified flow; there ``c_noise`` is capped at ``¼·20``). The network's input
+and its target have unit variance at every noise level, and where ``F`` is bounded (far from the data) the score tends
+to ``-x/(σ² + α²σ_d²)``, the score of ``N(0, σ_d²)`` diffused: ``c_skip`` pulls a stray trajectory back, where an
+``eps`` network with a bounded output lets the probability-flow ODE carry it away.
 """
 from __future__ import annotations
 

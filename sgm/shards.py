@@ -4,8 +4,9 @@
 (``samples``: float32 ``(size, *shape)``, as ``sgm sample`` writes them). Sample ``i`` is drawn from its own
 stream, seeded ``stream_seed(seed, i)`` (``sgm.sample(..., seeds=...)``), so it is the same whatever the shard
 size, the batch, the number of processes or which process drew it (for samplers that act sample by sample;
-see ``sgm.samplers.solver``). Process ``r`` of ``N`` draws the shards ``k ≡ r (mod N)``. Each shard is written to a temporary file and renamed, so a crash leaves only whole shards; running the
-same command again skips them. ``shards.json`` records the settings and a run with other settings is refused.
+see ``sgm.samplers.solver``). Process ``r`` of ``N`` draws the shards ``k ≡ r (mod N)``. Each shard is written to a
+temporary file and renamed, so a crash leaves only whole shards; running the same command again skips them.
+``shards.json`` records the settings and a run with other settings is refused.
 """
 from __future__ import annotations
 

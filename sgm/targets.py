@@ -315,7 +315,8 @@ class GaussianMixture(_Mixture):
         w = self.weights
         mean = (w[:, None] * means).sum(0)
         centred = means - mean
-        cov = torch.diag((w[:, None] * var).sum(0)) + (w[:, None, None] * centred[:, :, None] * centred[:, None, :]).sum(0)
+        cov = (torch.diag((w[:, None] * var).sum(0))
+               + (w[:, None, None] * centred[:, :, None] * centred[:, None, :]).sum(0))
         return mean, cov
 
 
@@ -432,7 +433,8 @@ def _check_labels(labels, k: int, device) -> Tensor:
     if labels.shape != (k,) or labels.is_floating_point() or labels.dtype == torch.bool:
         raise ValueError(f"labels must be an integer tensor of shape ({k},), got {tuple(labels.shape)} {labels.dtype}")
     if int(labels.min()) < 0 or set(labels.tolist()) != set(range(int(labels.max()) + 1)):
-        raise ValueError(f"labels must use every class 0 … C-1 (each class at least one component), got {labels.tolist()}")
+        raise ValueError(f"labels must use every class 0 … C-1 (each class at least one component), "
+                         f"got {labels.tolist()}")
     return labels.long()
 
 

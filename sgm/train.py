@@ -167,8 +167,8 @@ class Trainer:
         self.power_ema = PowerEMA(self.net, config.ema_stds)
         self.times = build_time_distribution(config)
         # EDM2's learned uncertainty: trained with the network, its gradients averaged over the processes by hand
-        self.log_variance = (LogVariance(generator=torch.Generator().manual_seed(config.seed)).to(self.device, self.dtype)
-                             if config.weighting == "edm2" else None)
+        self.log_variance = (LogVariance(generator=torch.Generator().manual_seed(config.seed))
+                             .to(self.device, self.dtype) if config.weighting == "edm2" else None)
         self.trained = list(self.net.parameters()) + ([] if self.log_variance is None else
                                                       list(self.log_variance.parameters()))
         self.optimizer = torch.optim.AdamW(self.trained, lr=config.lr, weight_decay=config.weight_decay)
@@ -290,8 +290,9 @@ class Trainer:
                                   f"{differ or ['data_shape']}); use another out_dir or remove it{hint}")
         fixed = [k for k in changed if k not in RESUMABLE_KEYS]
         if fixed:
-            raise CheckpointError(f"{self.path}: {', '.join(f'{k} {changed[k][0]!r} -> {changed[k][1]!r}' for k in fixed)}"
-                                  f" cannot change on resume; use the saved value or another out_dir")
+            values = ", ".join(f"{k} {changed[k][0]!r} -> {changed[k][1]!r}" for k in fixed)
+            raise CheckpointError(f"{self.path}: {values} cannot change on resume; "
+                                  f"use the saved value or another out_dir")
         return changed
 
     def _check_data(self, state: dict) -> None:

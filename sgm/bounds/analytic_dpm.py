@@ -58,9 +58,9 @@ class GammaEstimate:
         spacing); ``ValueError`` naming ``name`` if there is none."""
         i = int(torch.searchsorted(self.std, torch.tensor(float(std), dtype=torch.float64)))
         if i >= self.std.numel() or float(self.std[i]) != float(std) or float(self.scale[i]) != float(scale):
-            raise ValueError(f"{name} was estimated on a chain without a timestep at (scale={scale:.6g}, std={std:.6g}); "
-                             f"use that chain's timesteps (spacing 'leading' or 'trailing' with train_steps="
-                             f"{self.std.numel()} and the same SDE)")
+            raise ValueError(f"{name} was estimated on a chain without a timestep at (scale={scale:.6g}, "
+                             f"std={std:.6g}); use that chain's timesteps (spacing 'leading' or 'trailing' with "
+                             f"train_steps={self.std.numel()} and the same SDE)")
         return i
 
     def x0_variance(self, i: int, data_range: tuple[float, float] | None = None) -> float:

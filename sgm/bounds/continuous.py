@@ -63,7 +63,8 @@ def _integrand(score: ScoreFn, sde: SDE, x: Tensor, t: Tensor, z: Tensor, eps: f
     pair = sum_features(s**2) + 2 * sum_features(s * zz) / sig2
     c = 1 - (a**2 / (a**2 + sig**2)) ** 2
     B = x.shape[0]
-    return 0.5 * sde.diffusion(t.double()) ** 2 * ((pair[:B] + pair[B:]) / 2 + c * sum_features(z.double() ** 2) / sig**2)
+    return 0.5 * sde.diffusion(t.double()) ** 2 * ((pair[:B] + pair[B:]) / 2
+                                                 + c * sum_features(z.double() ** 2) / sig**2)
 
 
 def _deterministic_integral(sde: SDE, eps: float, d: int, nodes: int = 20001) -> float:
@@ -74,15 +75,16 @@ def _deterministic_integral(sde: SDE, eps: float, d: int, nodes: int = 20001) ->
 
         K = [σσ' (2a² + σ_t²) + (α'α/α_e²)(a²(1 - 2σ_e²) - σ_e² σ_t²)] / (a² + σ_t²)²,
 
-    bounded on ``[eps, T]`` with no division by ``α`` or ``σ_t`` (1 at the top of rectified flow, ``2σσ' + f(1 - 2σ_e²)``
-    at ``eps``)."""
+    bounded on ``[eps, T]`` with no division by ``α`` or ``σ_t`` (1 at the top of rectified flow,
+    ``2σσ' + f(1 - 2σ_e²)`` at ``eps``)."""
     t = torch.linspace(eps, sde.T, nodes, dtype=torch.float64)
     t[0] = eps  # linspace may round it
     a_e, s_e = (float(v) for v in sde.marginal(torch.tensor(eps, dtype=torch.float64)))
     a, sig = _conditional(sde, t, eps)
     a2, sig2 = a**2, sig**2
     alpha_dalpha = sde.alpha(t) * sde.d_alpha(t) / a_e**2
-    k = (sde.half_dsigma2(t) * (2 * a2 + sig2) + alpha_dalpha * (a2 * (1 - 2 * s_e**2) - s_e**2 * sig2)) / (a2 + sig2) ** 2
+    k = ((sde.half_dsigma2(t) * (2 * a2 + sig2) + alpha_dalpha * (a2 * (1 - 2 * s_e**2) - s_e**2 * sig2))
+         / (a2 + sig2) ** 2)
     return d * float(torch.trapezoid(k, t))
 
 

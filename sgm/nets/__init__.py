@@ -4,4 +4,5 @@ from .mlp import MLP
 from .classifier import DigitsClassifier, train_digits_classifier
 from .unet import UNet
 
-__all__ = ["MLP", "UNet", "DigitsClassifier", "train_digits_classifier", "SinusoidalEmbedding", "FourierEmbedding", "EMBEDDINGS"]
+__all__ = ["MLP", "UNet", "DigitsClassifier", "train_digits_classifier", "SinusoidalEmbedding", "FourierEmbedding",
+           "EMBEDDINGS"]

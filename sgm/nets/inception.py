@@ -71,7 +71,8 @@ class BlockC(nn.Module):  # Mixed_6b-e: 17×17 with factorised 7×7 convolutions
         super().__init__()
         row, col = dict(kernel=(1, 7), padding=(0, 3)), dict(kernel=(7, 1), padding=(3, 0))
         self.branch1x1 = Conv(c_in, 192, 1)
-        self.branch7x7_1, self.branch7x7_2, self.branch7x7_3 = Conv(c_in, c7, 1), Conv(c7, c7, **row), Conv(c7, 192, **col)
+        self.branch7x7_1, self.branch7x7_2, self.branch7x7_3 = (Conv(c_in, c7, 1), Conv(c7, c7, **row),
+                                                               Conv(c7, 192, **col))
         self.branch7x7dbl_1 = Conv(c_in, c7, 1)
         self.branch7x7dbl_2, self.branch7x7dbl_3 = Conv(c7, c7, **col), Conv(c7, c7, **row)
         self.branch7x7dbl_4, self.branch7x7dbl_5 = Conv(c7, c7, **col), Conv(c7, 192, **row)

@@ -67,8 +67,9 @@ class AttnBlock(nn.Module):
 
 class UNet(nn.Module):
     """``net(x, t, labels=None) -> (batch, out_channels, H, W)``; with ``n_classes`` a learned class embedding
-    (``LabelEmbedding``, with a "no label" index) is added to the time embedding. Self-attention at the levels ``attn_levels`` (level ``k``
-    works at resolution ``H/2^k``; DDPM's attention at 16×16 of a 32×32 image is level 1) and in the middle."""
+    (``LabelEmbedding``, with a "no label" index) is added to the time embedding. Self-attention at the levels
+    ``attn_levels`` (level ``k`` works at resolution ``H/2^k``; DDPM's attention at 16×16 of a 32×32 image is level 1)
+    and in the middle."""
 
     def __init__(self, in_channels: int = 3, channels: int = 64, channel_mult: Sequence[int] = (1, 2, 2),
                  num_res_blocks: int = 2, attn_levels: Sequence[int] = (1,), dropout: float = 0.1,
@@ -114,7 +115,8 @@ class UNet(nn.Module):
                 self.up.append(stage(c + skips.pop(), width, level))
                 c = width
             if level > 0:
-                self.up.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, c, 3, padding=1)))
+                self.up.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
+                                             nn.Conv2d(c, c, 3, padding=1)))
         self.out = nn.Sequential(_norm(c), nn.SiLU(), nn.Conv2d(c, out_channels or in_channels, 3, padding=1))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)

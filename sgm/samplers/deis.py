@@ -22,8 +22,9 @@ A multistep method replaces ``ε̂`` by the polynomial through its last ``k`` va
 
 Warm-up: the ``k``-th step (``k = 1, 2, …``) uses order ``min(order, k)`` — the history it has — so the
 first step is DDIM. From a node of ``α = 0`` (``ρ = ∞``) the step is ``from_noise``, DDIM's limit
-``x_b = scale_b x̂_0 + std_b ε̂``, and the warm-up starts after it. The step into the data node is ``integrate``'s Tweedie step (``y - ρ ε̂ = x̂_0``, exactly
-what any of these methods gives with a constant ``ε̂``), so ``steps`` noise levels cost ``steps`` evaluations.
+``x_b = scale_b x̂_0 + std_b ε̂``, and the warm-up starts after it. The step into the data node is ``integrate``'s
+Tweedie step (``y - ρ ε̂ = x̂_0``, exactly what any of these methods gives with a constant ``ε̂``), so ``steps`` noise
+levels cost ``steps`` evaluations.
 """
 from __future__ import annotations
 

@@ -9,11 +9,11 @@ Both approximate the prediction ``m`` (``ε̂`` or ``x̂_0``) in the variation-o
 - order 1: ``x_t = A x + B h φ_1 m_0`` (DDIM);
 - order 2 (2M): ``x_t = A x + B h φ_1 (m_0 + D_1/2)``, ``D_1 = (m_0 - m_1)/r_0``, ``r_0 = (λ_{s_0} - λ_{s_1})/h``;
 - order 3 (3M): ``x_t = A x + B (h φ_1 m_0 + h φ_2 D_1 + h φ_3 D_2)`` with ``D_1 = D_{1,0} + r_0/(r_0+r_1)
-  (D_{1,0} - D_{1,1})``, ``D_2 = (D_{1,0} - D_{1,1})/(r_0+r_1)``, ``D_{1,0} = (m_0 - m_1)/r_0``, ``D_{1,1} = (m_1 - m_2)/r_1``
-  (the published formula, as in Lu et al.'s code and diffusers). Its ``D_2`` weight is half the Taylor term's
-  (``h³ φ_3 m''`` needs ``2 h φ_3 D_2``): the local error keeps an ``h³ m''/12`` and the method is of second order
-  (declared ``order = 2``, measured in the tests); ``unipc(order=3, corrector=False)`` is the exact third-order
-  exponential Adams–Bashforth in λ.
+  (D_{1,0} - D_{1,1})``, ``D_2 = (D_{1,0} - D_{1,1})/(r_0+r_1)``, ``D_{1,0} = (m_0 - m_1)/r_0``,
+  ``D_{1,1} = (m_1 - m_2)/r_1`` (the published formula, as in Lu et al.'s code and diffusers). Its ``D_2`` weight is
+  half the Taylor term's (``h³ φ_3 m''`` needs ``2 h φ_3 D_2``): the local error keeps an ``h³ m''/12`` and the method
+  is of second order (declared ``order = 2``, measured in the tests); ``unipc(order=3, corrector=False)`` is the exact
+  third-order exponential Adams–Bashforth in λ.
 
 Warm-up: transition ``i`` uses order ``min(order, i + 1)`` (only ``i + 1`` predictions exist yet).
 

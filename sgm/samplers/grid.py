@@ -16,9 +16,9 @@ Spacings:
   every SDE (uniform in t on VE), so ``geometric`` names the same grid;
 - ``karras``:    ``σ_k = (σ_max^{1/ρ} + k/(steps-1)·(σ_min^{1/ρ} - σ_max^{1/ρ}))^ρ``, ``ρ = rho = 7`` by default
   (Karras et al., 2022);
-- ``flow``:      ``t_k = t_max - (t_max - eps)·k/steps``, ``k < steps``: the uniform grid of ``steps + 1`` levels without
-  its last, the grid of diffusers' flow-matching schedulers (``use_flow_sigmas``; SD3's on a shifted path), whose
-  last noise level is about ``t_max/steps``. Where ``α(t_max) = 0`` the first node moves to the noise level
+- ``flow``:      ``t_k = t_max - (t_max - eps)·k/steps``, ``k < steps``: the uniform grid of ``steps + 1`` levels
+  without its last, the grid of diffusers' flow-matching schedulers (``use_flow_sigmas``; SD3's on a shifted path),
+  whose last noise level is about ``t_max/steps``. Where ``α(t_max) = 0`` the first node moves to the noise level
   ``(1 - δ)/δ``, ``δ = FLOW_TOP_OFFSET = 1e-6`` (rectified flow's ``σ = 1 - δ``, as diffusers), so that an
   exponential integrator's first step spans a finite ``λ`` (``x_T`` from the prior is taken as the state there);
 - ``leading`` / ``trailing``: DDPM timestep sub-sequences of ``sde.discretize(train_steps)``
@@ -30,8 +30,8 @@ On a path whose noise level is infinite at ``t_max`` (``α = 0``: rectified flow
 level of the uniform grid's second node, ``t_max - (t_max - eps)/(steps - 1)``, down to ``eps``.
 
 A grid records the path it was made for (``grid.sde``, its ``repr``: class and parameters, a table path's digest),
-since its nodes carry that path's marginal; ``integrate`` refuses a grid made for another path. ``grid.save(path)`` writes it as JSON
-(nodes as exact float reprs, the path, and ``info``: how it was made, e.g. by ``optimize_grid``) and
+since its nodes carry that path's marginal; ``integrate`` refuses a grid made for another path. ``grid.save(path)``
+writes it as JSON (nodes as exact float reprs, the path, and ``info``: how it was made, e.g. by ``optimize_grid``) and
 ``TimeGrid.load(path, sde)`` reads it back, refusing a file made for another SDE.
 """
 from __future__ import annotations
@@ -166,11 +166,12 @@ class TimeGrid:
         """Raise ``ValueError`` when the grid was made for a path other than ``sde`` (its nodes carry that path's
         ``(scale, std)``, so a run with ``sde`` would mix two processes)."""
         if self.sde is not None and self.sde != repr(sde):
-            raise ValueError(f"grid was made for {self.sde}, not for sde={sde!r}; build or optimise a grid for this path")
+            raise ValueError(f"grid was made for {self.sde}, not for sde={sde!r}; "
+                             f"build or optimise a grid for this path")
 
     def as_dict(self) -> dict:
-        """The grid as JSON values: ``format``, ``version``, ``sde``, nodes ``[t, scale, std, d_scale, d_std]``, ``info``
-        (what ``save`` writes; ``from_dict`` reads it)."""
+        """The grid as JSON values: ``format``, ``version``, ``sde``, nodes ``[t, scale, std, d_scale, d_std]``,
+        ``info`` (what ``save`` writes; ``from_dict`` reads it)."""
         return {"format": GRID_FORMAT, "version": GRID_VERSION, "sde": self.sde,
                 "nodes": [list(n) for n in self.nodes], "info": dict(self.info)}
 

@@ -76,7 +76,8 @@ def _signed(c: int) -> int:
 
 
 def splitmix64(z: int) -> int:
-    """SplitMix64's finaliser on a Python int (mod 2⁶⁴): ``z ^= z >> 30; z *= C1; z ^= z >> 27; z *= C2; z ^= z >> 31``."""
+    """SplitMix64's finaliser on a Python int (mod 2⁶⁴):
+    ``z ^= z >> 30; z *= C1; z ^= z >> 27; z *= C2; z ^= z >> 31``."""
     z &= _U64
     z = ((z ^ (z >> 30)) * _C1) & _U64
     z = ((z ^ (z >> 27)) * _C2) & _U64

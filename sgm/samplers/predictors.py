@@ -48,10 +48,10 @@ def reverse_diffusion_step(p: Prediction, a: Node, b: Node, z: Tensor) -> Tensor
 
 def ancestral_step(p: Prediction, a: Node, b: Node, z: Tensor, variance: str = "posterior",
                    gamma=None) -> Tensor:
-    """Ancestral sampling: the posterior mean ``E[x_b | x_a, x_0 = x̂_0] = (r std_b²/std_a²) x + (scale_b v/std_a²) x̂_0``
-    (``= (x + v s)/r`` where ``r > 0``) plus ``σ z``, with ``σ² = std_b² v / std_a²`` (``posterior``: DDPM's β̃,
-    SMLD's), ``σ² = v`` (``beta``: DDPM's β) or Analytic-DPM's ``β̃ + (scale_b v/std_a²)² Var[x_0|x_a]`` from the Γ
-    estimate ``gamma`` (``analytic``)."""
+    """Ancestral sampling: the posterior mean
+    ``E[x_b | x_a, x_0 = x̂_0] = (r std_b²/std_a²) x + (scale_b v/std_a²) x̂_0`` (``= (x + v s)/r`` where ``r > 0``)
+    plus ``σ z``, with ``σ² = std_b² v / std_a²`` (``posterior``: DDPM's β̃, SMLD's), ``σ² = v`` (``beta``: DDPM's β) or
+    Analytic-DPM's ``β̃ + (scale_b v/std_a²)² Var[x_0|x_a]`` from the Γ estimate ``gamma`` (``analytic``)."""
     step = a.transition(b)
     if variance == "analytic":
         var = gamma.reverse_variance((a.scale, a.std), (b.scale, b.std))

@@ -236,8 +236,8 @@ def nll(x: Tensor, target: GaussianMixture) -> float:
 
 
 def mode_weight_error(x: Tensor, target: GaussianMixture) -> float:
-    """``Σ_k |n_k/n - w_k|``: total-variation-like error of the mode weights (each sample to its argmax-``r_k``
-    mode)."""
+    """``Σ_k |n_k/n - w_k|``: total-variation-like error of the mode weights
+    (each sample to its argmax-``r_k`` mode)."""
     target = _check_mixture(target)
     comp = target.responsibilities(x.to(target.means.dtype)).argmax(1)
     freq = torch.bincount(comp, minlength=target.n_components).to(target.weights.dtype) / x.shape[0]

@@ -153,8 +153,8 @@ class GaussianPath:
         return torch.log(alpha) - torch.log(sigma)
 
     def noise_level(self, t: Tensor) -> Tensor:
-        """``σ(t)/α(t) = e^{-λ}``: ``x_t/α = x_0 + (σ/α) ε`` is the VE process of the same data (``inf`` at
-        ``α = 0``)."""
+        """``σ(t)/α(t) = e^{-λ}``: ``x_t/α = x_0 + (σ/α) ε`` is the VE process of the same data
+        (``inf`` at ``α = 0``)."""
         alpha, sigma = self.marginal(t)
         return sigma / alpha
 

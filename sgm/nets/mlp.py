@@ -27,8 +27,8 @@ class _Block(nn.Module):
 
 
 class MLP(nn.Module):
-    """``net(x, t, labels=None) -> (batch, out_dim or dim)`` (``out_dim``: e.g. a noisy classifier's logits); with
-    ``n_classes`` a learned class embedding (``LabelEmbedding``, with a "no label" index) is added to the time
+    """``net(x, t, labels=None) -> (batch, out_dim or dim)`` (``out_dim``: e.g. a noisy classifier's logits);
+    with ``n_classes`` a learned class embedding (``LabelEmbedding``, with a "no label" index) is added to the time
     embedding."""
 
     def __init__(self, dim: int, width: int = 256, depth: int = 4, emb_dim: int = 128,

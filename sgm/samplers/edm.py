@@ -37,8 +37,8 @@ __all__ = ["Heun"]
 class Heun(Solver):
     """EDM's Algorithm 2: Heun steps in σ on ``x/scale`` (2 evaluations per step, ``2·steps - 1`` in all) with
     EDM's stochastic ``churn`` (``γ = min(churn/steps, √2 - 1)`` for ``σ`` in ``[s_tmin, s_tmax]``, noise
-    scaled by ``s_noise``). Deterministic unless ``churn > 0``. EDM's default grid is ``spacing="karras"``,
-    ``rho=7``."""
+    scaled by ``s_noise``). Deterministic unless ``churn > 0``.
+    EDM's default grid is ``spacing="karras"``, ``rho=7``."""
 
     name, evals_per_step = "heun", 2
 

@@ -229,7 +229,8 @@ def test_continuous_elbo_is_the_exact_nll_with_the_exact_score(sde_name):
 @pytest.mark.parametrize("kwargs,err,match", [
     ({"variance": "large"}, ValueError, "variance"), ({"decoder": "logistic"}, ValueError, "decoder"),
     ({"variance": "analytic"}, TypeError, "gamma"), ({"n_timesteps": 1}, ValueError, "n_timesteps"),
-    ({"indices": [3, 2]}, ValueError, "indices"), ({"proposal": torch.ones(3), "n_timesteps": 2}, ValueError, "proposal"),
+    ({"indices": [3, 2]}, ValueError, "indices"),
+    ({"proposal": torch.ones(3), "n_timesteps": 2}, ValueError, "proposal"),
     ({"proposal": torch.ones(50)}, ValueError, "n_timesteps"),
     ({"levels": 1}, ValueError, "levels"),
 ])

@@ -30,7 +30,8 @@ def test_class_score_and_posterior_are_bayes(sde, t):
     log_post = gm.class_log_posterior(x, tt, sde)
     # Bayes written out: p_t(y | x) = p(y) p_t(x | y) / p_t(x), with p_t(x | y) the renormalised class mixture.
     for c in range(2):
-        expected = math.log(float(gm.class_weights[c])) + gm.conditional(c).log_prob(x, tt, sde) - gm.log_prob(x, tt, sde)
+        expected = (math.log(float(gm.class_weights[c])) + gm.conditional(c).log_prob(x, tt, sde)
+                    - gm.log_prob(x, tt, sde))
         torch.testing.assert_close(log_post[:, c], expected, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(log_post.exp().sum(1), torch.ones(n, dtype=D), rtol=1e-12, atol=1e-12)
     # The class score is autograd of log p_t(x | y); ∇ log p_t(y | x) = s(x|y) - s(x).

@@ -90,9 +90,11 @@ def documented_failures(checkpoint, tmp):
         (train + ["--data", "mnist", "--data-path", str(tmp / "nowhere")], "nowhere"),
         (train + ["--image-size", "8"], "--image-size"), (train + ["--attn-levels", "5"], "--attn-levels"),
         (train + ["--channel-mult", "1,x"], "--channel-mult"), (train + ["--ema-stds", "0.5"], "--ema-stds"),
-        (train + ["--lr-schedule", "step"], "--lr-schedule"), (train + ["--grad-accumulation", "3"], "grad_accumulation"),
+        (train + ["--lr-schedule", "step"], "--lr-schedule"),
+        (train + ["--grad-accumulation", "3"], "grad_accumulation"),
         (train + ["--data-path", str(tmp)], "--data-path"), (train + ["--precision", "fp8"], "--precision"),
-        (sample + ["--option", "eta=abc"], "eta"), (sample + ["--sampler", "ode"], "--steps 2: sampler 'ode'"), (sample + ["--sampler", "dpm_solver", "--option", "order=2.0"], "order"),
+        (sample + ["--option", "eta=abc"], "eta"), (sample + ["--sampler", "ode"], "--steps 2: sampler 'ode'"),
+        (sample + ["--sampler", "dpm_solver", "--option", "order=2.0"], "order"),
         (sample + ["--option", "variance=analytic"], "variance=analytic"),
         (sample + ["--sampler", "pc", "--option", "corrector=0"], "corrector"), (sample + ["--label", "1"], "--label"),
         (sample + ["--guidance", "2"], "--guidance"), (sample[:-1] + [unwritable], "--out"),
@@ -105,7 +107,8 @@ def documented_failures(checkpoint, tmp):
         (["eval", str(tmp / "bytes.npz"), str(tmp / "ok.npz")], "--value-range"),
         (["eval", str(tmp / "none"), str(tmp / "ok.npz")], "none"),
         (["eval", str(tmp / "ok.npz"), str(tmp / "ok.npz"), "--inception", str(tmp / "none.pth")], "none.pth"),
-        (["bench", "--n", "0", "--quick"], "--n"), (["bench", "--quick", "--checkpoint", str(tmp / "none.pt")], "none.pt"),
+        (["bench", "--n", "0", "--quick"], "--n"),
+        (["bench", "--quick", "--checkpoint", str(tmp / "none.pt")], "none.pt"),
     ]
 
 
@@ -141,8 +144,10 @@ def test_bench_checks_its_checkpoint_before_the_sweep(checkpoint, tmp_path, caps
 
 def test_help_shows_defaults_and_choices_and_version(capsys):
     for command, expected in (("train", ["{vp,subvp,ve,cosine,edm,rectified-flow}", "(default: vp)", "(default: edm)",
-                                         "{auto,mlp,unet}", "{eps,score,x0,v,velocity,edm}", "--sigma-max", "--weight-decay", "--eps", "--sigma-data"]),
-                              ("sample", ["(default: ode)", "100 unless --nfe is given", "--nfe"]), ("demo", ["(default: vp)"])):
+                                         "{auto,mlp,unet}", "{eps,score,x0,v,velocity,edm}", "--sigma-max",
+                                         "--weight-decay", "--eps", "--sigma-data"]),
+                              ("sample", ["(default: ode)", "100 unless --nfe is given", "--nfe"]),
+                              ("demo", ["(default: vp)"])):
         with pytest.raises(SystemExit):
             main([command, "--help"])
         text = capsys.readouterr().out

@@ -39,8 +39,8 @@ def test_conditional_model_samples_the_asked_class(tmp_path):
     out = sgm.sample(model, model.sde, (400, 2), sampler="ddim", steps=20, generator=g).x
     assert 0.25 < float((out[:, 0] > 0).double().mean()) < 0.75
 
-    assert main(["sample", str(tmp_path / "checkpoint.pt"), "--sampler", "ddim", "--label", "1", "--guidance", "2", "--n", "8", "--steps",
-                 "4", "--out", str(tmp_path / "g.png"), "--no-progress", "--device", "cpu"]) == 0
+    assert main(["sample", str(tmp_path / "checkpoint.pt"), "--sampler", "ddim", "--label", "1", "--guidance", "2",
+                 "--n", "8", "--steps", "4", "--out", str(tmp_path / "g.png"), "--no-progress", "--device", "cpu"]) == 0
     assert (tmp_path / "g.png").exists()
 
 

@@ -152,8 +152,8 @@ def test_torchrun_trains_one_run_and_shares_the_sample_shards(tmp_path):
     assert stdout.count("starting") == 1 and "×2" in stdout
     assert [s for s, _ in rows(out)] == ["1", "2", "3", "4"]
     assert load_checkpoint(str(out / "checkpoint.pt"))["step"] == 4
-    sampling = ["sample", str(out / "checkpoint.pt"), "--sampler", "euler_maruyama", "--steps", "3", "--num-samples", "20",
-                "--shard-size", "6"]
+    sampling = ["sample", str(out / "checkpoint.pt"), "--sampler", "euler_maruyama", "--steps", "3",
+                "--num-samples", "20", "--shard-size", "6"]
     stdout = torchrun(*sampling, "--out", str(tmp_path / "two.png"))
     assert stdout.count("20 samples") == 1
     assert main([*sampling, "--out", str(tmp_path / "one.png"), "--device", "cpu", "--no-progress"]) == 0

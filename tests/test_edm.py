@@ -35,7 +35,8 @@ def test_a_bounded_network_gives_a_gaussian_pull_back_and_the_ode_stays_bounded(
     sde, sd = sgm.VPSDE(), 0.7
     zero = lambda x, t: torch.zeros_like(x)  # noqa: E731
     edm, eps = sgm.ScoreModel(zero, sde, "edm", sigma_data=sd), sgm.ScoreModel(zero, sde, "eps")
-    x, t = torch.randn(32, 2, generator=torch.Generator().manual_seed(1), dtype=D) * 5, torch.linspace(0.01, 1, 32, dtype=D)
+    x = torch.randn(32, 2, generator=torch.Generator().manual_seed(1), dtype=D) * 5
+    t = torch.linspace(0.01, 1, 32, dtype=D)
     a, s = (v[:, None] for v in sde.marginal(t))
     torch.testing.assert_close(sgm.predictions.as_score(edm, sde)(x, t), -x / (s**2 + a**2 * sd**2), rtol=1e-12,
                                atol=1e-12)

@@ -65,8 +65,8 @@ def test_heun_is_edm_algorithm_2(sde_name, churn, s_tmin, s_tmax):
     grid = time_grid(sde, n, spacing="karras", rho=7)
     lo, hi = (float(v) for v in sde.noise_level(torch.tensor([1e-3, sde.T], dtype=D)))
     sigmas = karras_sigmas(lo, hi, n)
-    torch.testing.assert_close(torch.tensor([v.noise_level for v in grid.nodes], dtype=D), torch.tensor(sigmas, dtype=D),
-                               rtol=1e-12, atol=0)
+    torch.testing.assert_close(torch.tensor([v.noise_level for v in grid.nodes], dtype=D),
+                               torch.tensor(sigmas, dtype=D), rtol=1e-12, atol=0)
     options = dict(churn=churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=1.007)
     out = sgm.sample(gm.score_fn(sde), sde, (64, 2), sampler="heun", grid=grid, generator=gen(0), dtype=D, **options)
     g = gen(0)

@@ -24,8 +24,9 @@ PHI = {"ode": lambda x: x, "reverse_sde": lambda x: x**2, "er_sde_1": lambda x: 
 
 def published(gm, sde, x, grid, order, phi, draws):
     """ER-SDE-Solver-``order`` (``vp_{1,2,3}_order(_taylor)`` of the official code) on the grid's noisy nodes: with
-    ``λ_i = σ_i/α_i`` and ``r = φ(λ_{i+1})/φ(λ_i)``, ``x ← (α_{i+1}/α_i) r x + α_{i+1}(1 - r) x̂_0 + α_{i+1}(λ_{i+1} - λ_i +
-    φ(λ_{i+1}) ∫1/φ) d + α_{i+1}((λ_{i+1} - λ_i)²/2 + φ(λ_{i+1}) ∫(λ - λ_i)/φ) dd + α_{i+1} √(λ_{i+1}² - λ_i² r²) z``,
+    ``λ_i = σ_i/α_i`` and ``r = φ(λ_{i+1})/φ(λ_i)``,
+    ``x ← (α_{i+1}/α_i) r x + α_{i+1}(1 - r) x̂_0 + α_{i+1}(λ_{i+1} - λ_i + φ(λ_{i+1}) ∫1/φ) d
+    + α_{i+1}((λ_{i+1} - λ_i)²/2 + φ(λ_{i+1}) ∫(λ - λ_i)/φ) dd + α_{i+1} √(λ_{i+1}² - λ_i² r²) z``,
     ``d = (x̂_0 - x̂_0')/(λ_i - λ_{i-1})``, ``dd = 2(d - d')/(λ_i - λ_{i-2})``; the integrals over ``[λ_{i+1}, λ_i]`` by
     mpmath's quadrature (the official code: a 100-point Riemann sum)."""
     mpmath.mp.dps = 40
@@ -46,7 +47,8 @@ def published(gm, sde, x, grid, order, phi, draws):
                 new = new + float(alpha[i + 1] * ((lam[i + 1] - lam[i]) ** 2 / 2 + s_u * phi(lam[i + 1]))) * dd
             old_d = d
         z = draws.pop(0) if phi is not PHI["ode"] else torch.zeros_like(x)
-        x = new + float(mpmath.sqrt(max(lam[i + 1] ** 2 - lam[i] ** 2 * r**2, 0)) * alpha[i + 1]) * z  # ± 1e-40 rounding
+        # max(·, 0): ± 1e-40 rounding
+        x = new + float(mpmath.sqrt(max(lam[i + 1] ** 2 - lam[i] ** 2 * r**2, 0)) * alpha[i + 1]) * z
         old_x0 = x0
     return x
 
@@ -77,22 +79,24 @@ def test_er_sde_is_the_published_algorithm(sde_name, order, noise_scale):
 
 @pytest.mark.parametrize("sde_name", list(SDES))
 def test_first_order_is_ddim_and_ancestral(sde_name):
-    """ER-SDE-Solver-1 with ``φ = x`` is DDIM; with ``φ = x²``, ``x_t = (α_t ρ_t²/α_s ρ_s²) x_s + α_t(1 - ρ_t²/ρ_s²) x̂_0 +
-    α_t ρ_t √(1 - ρ_t²/ρ_s²) z`` is the ancestral step with DDPM's posterior variance."""
+    """ER-SDE-Solver-1 with ``φ = x`` is DDIM; with ``φ = x²``,
+    ``x_t = (α_t ρ_t²/α_s ρ_s²) x_s + α_t(1 - ρ_t²/ρ_s²) x̂_0 + α_t ρ_t √(1 - ρ_t²/ρ_s²) z`` is the ancestral step with
+    DDPM's posterior variance."""
     forward, gm = SDES[sde_name](), mixture()
     grid = time_grid(forward, 15, spacing="logsnr")
     x = forward.prior_sample((64, 2), generator=gen(0), dtype=D)
     run = sgm.samplers.get("er_sde")
     torch.testing.assert_close(run(gm.score_fn(forward), forward, x, grid, order=1, noise_scale="ode").x,
-                               sgm.samplers.get("ddim")(gm.score_fn(forward), forward, x, grid).x, rtol=1e-12, atol=1e-12)
+                               sgm.samplers.get("ddim")(gm.score_fn(forward), forward, x, grid).x,
+                               rtol=1e-12, atol=1e-12)
     a = run(gm.score_fn(forward), forward, x, grid, order=1, noise_scale="reverse_sde", generator=gen(3))
     b = sgm.samplers.get("ancestral")(gm.score_fn(forward), forward, x, grid, variance="posterior", generator=gen(3))
     torch.testing.assert_close(a.x, b.x, rtol=1e-11, atol=1e-11)
 
 
 def test_quadrature_of_the_noise_scale_integrals():
-    """``(∫ dρ/φ, ∫ (ρ - ρ_s)/φ dρ)`` over ``[ρ_t, ρ_s]`` against closed forms (``φ = x``, ``x²``, ``x^1.5``) and 40-digit
-    quadrature (the others), from small steps to a step across 4 decades."""
+    """``(∫ dρ/φ, ∫ (ρ - ρ_s)/φ dρ)`` over ``[ρ_t, ρ_s]`` against closed forms (``φ = x``, ``x²``, ``x^1.5``) and
+    40-digit quadrature (the others), from small steps to a step across 4 decades."""
     closed = {"ode": (lambda lo, hi: math.log(hi / lo), lambda lo, hi: hi - lo - hi * math.log(hi / lo)),
               "reverse_sde": (lambda lo, hi: 1 / lo - 1 / hi, lambda lo, hi: math.log(hi / lo) + hi / hi - hi / lo),
               "er_sde_2": (lambda lo, hi: 2 * (lo**-0.5 - hi**-0.5),

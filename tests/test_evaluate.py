@@ -170,5 +170,6 @@ def test_float_images_are_read_in_their_own_range(tmp_path):
     nan = forms["unit"].copy()
     nan[4, 1, 2, 3] = np.nan
     np.savez(tmp_path / "nan.npz", samples=nan)
-    with pytest.raises(ValueError, match=r"nan.npz holds 1 non-finite value\(s\); the first is nan at index \(4, 1, 2, 3\)"):
+    with pytest.raises(ValueError,
+                       match=r"nan.npz holds 1 non-finite value\(s\); the first is nan at index \(4, 1, 2, 3\)"):
         load_images(str(tmp_path / "nan.npz"))

@@ -124,12 +124,13 @@ def test_dpm_solver_is_diffusers(method, prediction, order, lower_order_final, m
     # algorithm_type: "dpmsolver++" is the data prediction, "dpmsolver" the noise prediction.
     # solver_type="midpoint": the published second-order formulas (2M: h φ_1 D_1/2; singlestep's
     #   DPM-Solver-2 and -3), sgm's.
-    # final_sigmas_type: "zero" (the last step into σ = 0, first order: Tweedie's x̂_0, sgm's final denoising); diffusers
-    #   allows it only for dpmsolver++, the noise prediction ends at σ_0 of the chain ("sigma_min").
+    # final_sigmas_type: "zero" (the last step into σ = 0, first order: Tweedie's x̂_0, sgm's final denoising);
+    #   diffusers allows it only for dpmsolver++, the noise prediction ends at σ_0 of the chain ("sigma_min").
     # thresholding off (default), no Karras / λ-uniform sigmas: the trailing chain timesteps themselves.
     final_zero = prediction == "x0"
     chain_options = {k: v for k, v in CHAIN.items() if k != "timestep_spacing" or method == "multistep"}
-    scheduler = cls(**chain_options, solver_order=order, algorithm_type="dpmsolver++" if prediction == "x0" else "dpmsolver",
+    scheduler = cls(**chain_options, solver_order=order,
+                    algorithm_type="dpmsolver++" if prediction == "x0" else "dpmsolver",
                     solver_type="midpoint", lower_order_final=lower_order_final,
                     final_sigmas_type="zero" if final_zero else "sigma_min")
     expected = run_diffusers(scheduler, eps, chain, x_T)

@@ -66,9 +66,10 @@ def test_ddim_equals_diffusers(tmp_path, schedule, prediction):
                                else (x / 2 + 0.5).clamp(0, 1), images, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("kw,mode", [({"clip_sample": True, "clip_sample_range": 0.5}, {"mode": "clip", "clip_range": 0.5}),
-                                     ({"thresholding": True, "dynamic_thresholding_ratio": 0.9, "sample_max_value": 1.5},
-                                      {"mode": "dynamic", "ratio": 0.9, "max_value": 1.5})])
+@pytest.mark.parametrize("kw,mode", [
+    ({"clip_sample": True, "clip_sample_range": 0.5}, {"mode": "clip", "clip_range": 0.5}),
+    ({"thresholding": True, "dynamic_thresholding_ratio": 0.9, "sample_max_value": 1.5},
+     {"mode": "dynamic", "ratio": 0.9, "max_value": 1.5})])
 def test_clipping_and_dynamic_thresholding_equal_diffusers(tmp_path, kw, mode):
     pipe = save_pipeline(tmp_path, clip_sample=False, **{k: v for k, v in kw.items() if k != "clip_sample"}) \
         if "thresholding" in kw else save_pipeline(tmp_path, **kw)

@@ -24,7 +24,8 @@ def test_langevin_step_rules():
     grid = time_grid(sgm.VESDE(), 400)
     u = ncsnv2_step((grid.noisy[0].noise_level / grid.noisy[-1].noise_level) ** (1 / 399), 5)
     assert u == pytest.approx(0.0385, abs=1e-3)
-    for options, expected in [({}, 0.2), ({"step_size": "ncsnv2"}, u), ({"step_size": 2e-5}, 1e-5 / grid.noisy[-1].std ** 2)]:
+    for options, expected in [({}, 0.2), ({"step_size": "ncsnv2"}, u),
+                              ({"step_size": 2e-5}, 1e-5 / grid.noisy[-1].std ** 2)]:
         deltas = AnnealedLangevin(**options).init(None, grid)
         assert all(deltas[n] == pytest.approx(expected * n.std**2, rel=1e-9) for n in grid.noisy), options
     with pytest.raises(ValueError, match="step_size"):

@@ -63,7 +63,8 @@ def test_ode_likelihood_on_rectified_flow(shift):
 
 @pytest.mark.parametrize("probe", ["rademacher", "gaussian"])
 def test_hutchinson_is_unbiased(probe):
-    """K single-probe estimates per point: their mean is the exact-divergence log-likelihood within 4 standard errors."""
+    """K single-probe estimates per point: their mean is the exact-divergence log-likelihood
+    within 4 standard errors."""
     forward, gm, k = sgm.VPSDE(), mixture(), 200
     x = gm.sample(4, generator=gen(0))
     exact = log_likelihood(gm.score_fn(forward), forward, x, rtol=1e-6, atol=1e-6).logp

@@ -47,8 +47,8 @@ def test_min_snr_is_hang_et_al_for_every_kind(kind):
 
 
 def test_soft_min_snr_is_k_diffusions_weighting_of_the_edm_network():
-    """k-diffusion's soft-min-snr on the EDM network's output F: (σσ_d)²/(σ² + σ_d²)² ‖F - F*‖², F* = (x_0 - c_skip x̃)/c_out,
-    which is γ = 1/σ_d² here (EDM path: α = 1, σ = t)."""
+    """k-diffusion's soft-min-snr on the EDM network's output F: (σσ_d)²/(σ² + σ_d²)² ‖F - F*‖²,
+    F* = (x_0 - c_skip x̃)/c_out, which is γ = 1/σ_d² here (EDM path: α = 1, σ = t)."""
     sde, sd = EDMPath(), 0.5
     x0, z, f, _ = draws()
     t = torch.exp(torch.linspace(math.log(0.01), math.log(50), 64, dtype=torch.float64))

@@ -1,4 +1,5 @@
-"""Denoising score matching: the discrete losses are the continuous one on the chain, and the true score minimises it."""
+"""Denoising score matching: the discrete losses are the continuous one on the chain, and the true score
+minimises it."""
 import math
 
 import pytest
@@ -82,8 +83,8 @@ def test_likelihood_and_custom_weightings():
     s = score(scale[:, None] * x0 + std[:, None] * z, t)
     direct = (forward.diffusion(t) ** 2 * ((s + z / std[:, None]) ** 2).mean(1)).mean()
     torch.testing.assert_close(denoising_loss(score, forward, x0, t=t, noise=z, weighting="likelihood"), direct)
-    torch.testing.assert_close(denoising_loss(score, forward, x0, t=t, noise=z, weighting=lambda t: forward.diffusion(t) ** 2),
-                               direct)
+    torch.testing.assert_close(denoising_loss(score, forward, x0, t=t, noise=z,
+                                              weighting=lambda t: forward.diffusion(t) ** 2), direct)
 
 
 @pytest.mark.parametrize("sde_name", list(SDES))
@@ -124,7 +125,8 @@ def test_bad_arguments():
 
 
 def implied_eps(kind, out, x, a, s, da, ds):
-    """The ε̂ of ``x = α x̂_0 + σ ε̂`` that an output of ``kind`` means, solved by hand (independently of sgm.predictions)."""
+    """The ε̂ of ``x = α x̂_0 + σ ε̂`` that an output of ``kind`` means, solved by hand
+    (independently of sgm.predictions)."""
     if kind == "eps":
         return out
     if kind == "x0":

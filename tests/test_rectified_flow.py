@@ -7,10 +7,10 @@ Which sgm run is which diffusers configuration (``N = num_train_timesteps``; Flo
 
 - ``FlowMatchEulerDiscreteScheduler(shift=s)`` steps ``x ← x + (σ_{k+1} - σ_k) u`` in ``σ``, the time of
   ``RectifiedFlow()``: it is ``ode`` ``euler`` on ``RectifiedFlow()`` at the times ``t_k = σ_k`` (its last step, into
-  ``σ = 0``, is Tweedie's ``x̂_0``: sgm's final denoising). Since ``x = (1 - σ) x̂_0 + σ ε̂`` is linear in ``σ``, an Euler
-  step in ``σ`` is exactly DDIM's ``x' = α' x̂_0 + σ' ε̂``: so it is also ``ddim`` on ``RectifiedFlow(shift=s)`` with the
-  uniform grid from ``t = 1`` to ``eps = s/(N + s - 1)`` (diffusers shifts its grid's lowest σ twice), whose noise
-  levels are exactly the scheduler's. ``ode euler`` on ``RectifiedFlow(shift=s)`` steps in the shifted time ``t``
+  ``σ = 0``, is Tweedie's ``x̂_0``: sgm's final denoising). Since ``x = (1 - σ) x̂_0 + σ ε̂`` is linear in ``σ``, an
+  Euler step in ``σ`` is exactly DDIM's ``x' = α' x̂_0 + σ' ε̂``: so it is also ``ddim`` on ``RectifiedFlow(shift=s)``
+  with the uniform grid from ``t = 1`` to ``eps = s/(N + s - 1)`` (diffusers shifts its grid's lowest σ twice), whose
+  noise levels are exactly the scheduler's. ``ode euler`` on ``RectifiedFlow(shift=s)`` steps in the shifted time ``t``
   and is a different (equally first-order) method for ``s ≠ 1``.
 - ``FlowMatchHeunDiscreteScheduler(shift=s)`` is ``ode`` ``heun2`` on ``RectifiedFlow()`` at ``t_k = σ_k``
   (Heun in ``σ``; its last step, Euler into 0, is the final denoising).
@@ -18,10 +18,11 @@ Which sgm run is which diffusers configuration (``N = num_train_timesteps``; Flo
   ``use_flow_sigmas=True, prediction_type="flow_prediction"`` depend on the nodes' ``(α, σ)`` only: ``dpm_solver`` /
   ``unipc`` on the grid of the scheduler's sigmas (any shift of ``RectifiedFlow``). Their flow sigmas do not start at
   the exact top: DPM-Solver's at ``σ = s'(1 - 1/N)`` (the uniform grid from ``t_max = 1 - 1/N`` to ``(1 - 1/N)/n`` on
-  ``RectifiedFlow(shift=s)``), UniPC's at ``1 - 10⁻⁶`` (sgm's ``flow`` spacing). With ``final_sigmas_type="zero"`` their last step is first
-  order into ``σ = 0``, i.e. ``x̂_0`` at the last noisy node (for UniPC at the uncorrected state): sgm's final denoising.
-  UniPC bh1 into ``σ = 0`` is NaN in diffusers (``B(h) = -∞`` times 0), and its ``"sigma_min"`` repeats the last sigma
-  (a step of ``h = 0``): it is compared on a last step to the training table's lowest sigma, without denoising.
+  ``RectifiedFlow(shift=s)``), UniPC's at ``1 - 10⁻⁶`` (sgm's ``flow`` spacing). With ``final_sigmas_type="zero"`` their
+  last step is first order into ``σ = 0``, i.e. ``x̂_0`` at the last noisy node (for UniPC at the uncorrected state):
+  sgm's final denoising. UniPC bh1 into ``σ = 0`` is NaN in diffusers (``B(h) = -∞`` times 0), and its ``"sigma_min"``
+  repeats the last sigma (a step of ``h = 0``): it is compared on a last step to the training table's lowest sigma,
+  without denoising.
 
 diffusers rounds the state to float32 in every step; its module's ``torch`` is given ``float32 = float64``
 (``Float64Torch``), and its sigmas are kept in float64, so both sides are the same float64 arithmetic in another
@@ -309,7 +310,8 @@ def test_a_trailing_grid_from_the_exact_top_carries_the_paths_derivatives(shift)
     same = TimeGrid.from_times(rf, [1 - k / n for k in range(n)])
     assert [node.t for node in trailing.nodes] == pytest.approx([node.t for node in same.nodes], rel=1e-14)
     top = trailing.nodes[0]
-    assert (top.scale, top.d_scale, top.d_std) == (0.0, pytest.approx(-1 / shift), pytest.approx(1 / shift))  # τ'(1) = 1/s
+    # τ'(1) = 1/s
+    assert (top.scale, top.d_scale, top.d_std) == (0.0, pytest.approx(-1 / shift), pytest.approx(1 / shift))
     x_T = torch.randn(64, 2, generator=gen(0), dtype=D)
     velocity = gm.prediction_fn(rf, "velocity")
     for method in ("euler", "heun2"):

@@ -25,7 +25,8 @@ def test_sa_solver_is_diffusers(p, c, tau, window, lower_order_final, monkeypatc
     DPM-Solver) and its per-step ``randn_tensor`` answered with the draw sgm made for the same step (zeros where
     ``τ = 0``, which the scheduler multiplies by 0). ``tau_func`` is sgm's τ at the chain's time ``t_i = (i+1)/1000``.
     Both sides are float64 and the same algorithm; they differ in rounding only (diffusers expands the Lagrange
-    basis in monomials of λ, |λ| ≤ 5: a condition number below 1e4), so 1e-11 relative is the bound; measured ≤ 5e-15."""
+    basis in monomials of λ, |λ| ≤ 5: a condition number below 1e4), so 1e-11 relative is the bound;
+    measured ≤ 5e-15."""
     diffusers = pytest.importorskip("diffusers")
     from diffusers.schedulers import scheduling_sasolver
 

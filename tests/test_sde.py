@@ -36,7 +36,8 @@ def test_ve_marginal_and_prior():
     _, std = sde.marginal(torch.tensor([0.0, 1.0], dtype=torch.float64))
     torch.testing.assert_close(std, torch.tensor([0.01, 50.0], dtype=torch.float64), rtol=1e-14, atol=0)
     x = torch.randn(5, 3, dtype=torch.float64)
-    expected = torch.distributions.Normal(torch.tensor(0.0, dtype=torch.float64), torch.tensor(50.0, dtype=torch.float64)).log_prob(x).sum(1)
+    expected = torch.distributions.Normal(torch.tensor(0.0, dtype=torch.float64),
+                                          torch.tensor(50.0, dtype=torch.float64)).log_prob(x).sum(1)
     torch.testing.assert_close(sde.prior_logp(x), expected, rtol=1e-13, atol=0)
 
 

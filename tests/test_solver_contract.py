@@ -203,7 +203,8 @@ def test_adding_a_solver_is_one_module_and_one_entry(monkeypatch):
     from sgm.bench import runs
     from sgm.cli import demo_runs
 
-    entry = sgm.samplers.Entry(_ToyEuler, "a toy: Euler in λ", spacing={"vp": "logsnr", "ve": "karras", "rf": "uniform"},
+    entry = sgm.samplers.Entry(_ToyEuler, "a toy: Euler in λ",
+                               spacing={"vp": "logsnr", "ve": "karras", "rf": "uniform"},
                                steps=30,
                                sweep={"scale": (1.0, 0.5)})
     monkeypatch.setitem(sgm.samplers.SAMPLERS, "toy", entry)

@@ -37,8 +37,9 @@ def test_callback_replacement_changes_the_state_and_is_checked():
     x = forward.prior_sample((5, 2), generator=gen(0), dtype=D)
     grid = time_grid(forward, 8)
     # Pin coordinate 0 to 1.5 after every step: the final sample keeps it exactly.
-    out = sgm.samplers.euler_maruyama(gm.score_fn(forward), forward, x, grid, generator=gen(1),
-                                      callback=lambda x, node, p: torch.cat([torch.full_like(x[:, :1], 1.5), x[:, 1:]], 1))
+    out = sgm.samplers.euler_maruyama(
+        gm.score_fn(forward), forward, x, grid, generator=gen(1),
+        callback=lambda x, node, p: torch.cat([torch.full_like(x[:, :1], 1.5), x[:, 1:]], 1))
     assert bool((out.x[:, 0] == 1.5).all())
     with pytest.raises(ValueError, match="callback must return"):
         sgm.samplers.ddim(gm.score_fn(forward), forward, x, grid, callback=lambda x, node, p: x[:2])
@@ -62,7 +63,10 @@ def test_logsnr_grid_is_uniform_in_lambda_and_is_the_geometric_one(sde_name):
 
 def test_karras_rho_option():
     forward = sgm.VESDE()
-    sigmas = lambda rho: torch.tensor([n.noise_level for n in time_grid(forward, 6, spacing="karras", rho=rho).noisy], dtype=D)  # noqa: E731
+
+    def sigmas(rho):
+        return torch.tensor([n.noise_level for n in time_grid(forward, 6, spacing="karras", rho=rho).noisy], dtype=D)
+
     lo, hi = 0.01 * (50 / 0.01) ** 1e-3, 50.0
     for rho in (1.0, 3.0, 7.0):
         u = torch.linspace(1, 0, 6, dtype=D)

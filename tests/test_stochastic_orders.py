@@ -27,8 +27,8 @@ from stochastic_samplers import gaussian_strong_error, gaussian_weak_error, slop
 from test_convergence import LOGSNR, LOGSNR_FINE, measured_order  # noqa: E402
 
 STEPS = [64, 128, 256]
-CASES = [("sa_solver", {}), ("sa_solver", {"tau_window": None}), ("sa_solver", {"tau_window": None, "predictor_order": 1,
-                                                             "corrector_order": 0}),
+CASES = [("sa_solver", {}), ("sa_solver", {"tau_window": None}),
+         ("sa_solver", {"tau_window": None, "predictor_order": 1, "corrector_order": 0}),
          ("sa_solver", {"tau_window": None, "predictor_order": 1, "corrector_order": 2}),
          ("sa_solver", {"tau_window": None, "predictor_order": 2, "corrector_order": 2, "lower_order_final": False}),
          ("er_sde", {}), ("er_sde", {"order": 1}), ("er_sde", {"order": 2}), ("er_sde", {"noise_scale": "er_sde_1"})]

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import sgm
-from sgm.train import CheckpointError, EMA, TrainConfig, Trainer, TrainingDiverged, load_checkpoint, model_from_checkpoint
+from sgm.train import (CheckpointError, EMA, TrainConfig, Trainer, TrainingDiverged, load_checkpoint,
+                       model_from_checkpoint)
 
 
 def config(out_dir, **kw):

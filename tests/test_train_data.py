@@ -83,7 +83,8 @@ def test_a_batch_is_a_function_of_its_step_with_or_without_workers(tmp_path):
             assert torch.equal(a, b)
         idx, flip = batches.draw(6)
         raw = source.fetch(idx)[0]
-        torch.testing.assert_close(here[1][0], torch.where(flip[:, None, None, None], raw.flip(-1), raw), rtol=0, atol=0)
+        torch.testing.assert_close(here[1][0], torch.where(flip[:, None, None, None], raw.flip(-1), raw),
+                                   rtol=0, atol=0)
     # flips: probability 1/2, independent of the indices; 20 steps × 32 = 640 draws, 5 sd = 0.099
     flips = torch.cat([batches.draw(s)[1] for s in range(20)]).double()
     assert abs(float(flips.mean()) - 0.5) < 0.099

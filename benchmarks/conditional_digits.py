@@ -53,8 +53,8 @@ def main():
     print(f"classifier: held-out accuracy {accuracy:.3f}", flush=True)
 
     config = TrainConfig(data="digits", conditional=True, label_dropout=0.1, steps=args.steps, batch_size=128,
-                         lr=1e-3, warmup=200, channels=args.channels, channel_mult=(1, 2), num_res_blocks=1, attn_levels=(1,),
-                         dropout=0.1, ema_decay=0.999, checkpoint_every=500, sample_every=args.steps,
+                         lr=1e-3, warmup=200, channels=args.channels, channel_mult=(1, 2), num_res_blocks=1,
+                         attn_levels=(1,), dropout=0.1, ema_decay=0.999, checkpoint_every=500, sample_every=args.steps,
                          out_dir=args.out, progress=False)
     # the model sees the classifier's 1500 training digits only: perm[1500:] stays held out (likelihoods)
     trainer = Trainer(config, images[perm[:1500]], labels[perm[:1500]])

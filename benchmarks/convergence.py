@@ -29,16 +29,19 @@ SDES = {"vp": sgm.VPSDE, "subvp": sgm.SubVPSDE, "ve": sgm.VESDE}
 
 def deterministic(steps=(16, 32, 64, 128, 256)):
     gm = sgm.GaussianMixture([[-2.0, 0.0], [2.0, 1.0], [0.0, -2.0]], [0.3, 0.5, 0.2], [0.5, 0.3, 0.2], dtype=D)
-    solvers = {m: (lambda m: lambda s, f, x, g: ode(s, f, x, g, method=m))(m) for m in ("euler", "midpoint", "heun2", "rk4")}
+    solvers = {m: (lambda m: lambda s, f, x, g: ode(s, f, x, g, method=m))(m)
+               for m in ("euler", "midpoint", "heun2", "rk4")}
     solvers["ddim"] = lambda s, f, x, g: ddim(s, f, x, g)
     for name, forward in ((n, c()) for n, c in SDES.items()):
         score = gm.score_fn(forward)
         x = forward.prior_sample((300, 2), generator=torch.Generator().manual_seed(1), dtype=D)
         ref = ode(score, forward, x, time_grid(forward, 2, denoise=False), rtol=1e-10, atol=1e-10).x
         for solver, solve in solvers.items():
-            errors = [float((solve(score, forward, x, time_grid(forward, k + 1, denoise=False)).x - ref).norm(dim=1).mean())
+            errors = [float((solve(score, forward, x, time_grid(forward, k + 1, denoise=False)).x - ref)
+                            .norm(dim=1).mean())
                       for k in steps]
-            print(f"{name:<6}{solver:<20}{slope(steps, errors):>7.2f}   " + " ".join(f"{e:.2e}" for e in errors), flush=True)
+            print(f"{name:<6}{solver:<20}{slope(steps, errors):>7.2f}   " + " ".join(f"{e:.2e}" for e in errors),
+                  flush=True)
 
 
 EXPONENTIAL = [  # (label, sampler, options); lower_order_final off: these grids end without denoising

@@ -75,7 +75,8 @@ def main(argv=None) -> int:
     parser.add_argument("--samplers", nargs="*", default=None)
     parser.add_argument("--paths", nargs="*", choices=("vp", "ve", "rf"), default=None, help="default: all three")
     args = parser.parse_args(argv)
-    names = args.samplers or [n for n in sgm.samplers.available() if sgm.samplers.solver(n, **_options(n)).evals_per_step]
+    names = args.samplers or [n for n in sgm.samplers.available()
+                              if sgm.samplers.solver(n, **_options(n)).evals_per_step]
     t0 = time.perf_counter()
     refs = {}
     for tname, gm in targets().items():
@@ -88,7 +89,8 @@ def main(argv=None) -> int:
         mean, cov = gm.moments()
         floors[tname] = metrics.gaussian_frechet(x.mean(0), torch.cov(x.T), mean, cov)
     print("Fréchet floor of exact samples:", ", ".join(f"{k} {v:.4f}" for k, v in floors.items()))
-    print(f"{'sampler':<18}{'path':<5}" + "".join(f"{s:>11}" for s in SPACINGS) + "   best (geo-mean ratio to the cell's best)")
+    print(f"{'sampler':<18}{'path':<5}" + "".join(f"{s:>11}" for s in SPACINGS)
+          + "   best (geo-mean ratio to the cell's best)")
     overall = {}
     for name in names:
         options = _options(name)

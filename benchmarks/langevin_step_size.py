@@ -6,7 +6,8 @@ between two independent target samples of size ``n`` over 5 pairs. Rules: ``defa
 (``u = δ_i/std_i² = 0.2`` at every level), ``ncsn`` (``u = 0.1``: NCSN's ``ε = 2e-5`` at ``σ_L = 0.01``) and
 ``ncsnv2`` (``step_size="ncsnv2"``, NCSNv2's technique 4).
 
-    python benchmarks/langevin_step_size.py [--n 10000] [--levels 400] [--mixtures wide narrow] [--rules default ncsn ncsnv2]
+    python benchmarks/langevin_step_size.py [--n 10000] [--levels 400] [--mixtures wide narrow]
+                                            [--rules default ncsn ncsnv2]
 """
 from __future__ import annotations
 

@@ -60,24 +60,28 @@ def main():
                                   generator=torch.Generator().manual_seed(1), **options).x
 
         print(f"\n{prediction} network {args.width}×{args.depth}, {args.steps} steps")
-        for sampler, steps, options in (("euler_maruyama", 300, {}), ("ddim", 100, {}), ("ode", 100, {"method": "heun2"})):
+        for sampler, steps, options in (("euler_maruyama", 300, {}), ("ddim", 100, {}),
+                                        ("ode", 100, {"method": "heun2"})):
             x = draw(model, sampler, steps, **options)
             far = (x[:, None] - target.means[None]).norm(dim=-1).min(1).values > 1.5
-            print(f"  {sampler:<15}{steps:>4} steps  SW2 {sw2(x):.3f}  > 1.5 from every mode {float(far.float().mean()):.2%}")
+            print(f"  {sampler:<15}{steps:>4} steps  SW2 {sw2(x):.3f}  "
+                  f"> 1.5 from every mode {float(far.float().mean()):.2%}")
         with torch.no_grad():
             print("  relative score error on p_t:", end="")
             for t in (0.01, 0.05, 0.1, 0.2, 0.5, 0.8, 1.0):
                 tt = torch.full((args.n,), t)
                 a, s = sde.marginal(tt)
-                xt = a[:, None] * fresh + s[:, None] * torch.randn(args.n, 2, generator=torch.Generator().manual_seed(1))
+                noise = torch.randn(args.n, 2, generator=torch.Generator().manual_seed(1))
+                xt = a[:, None] * fresh + s[:, None] * noise
                 e, m = exact(xt, tt), model(xt, tt)
-                print(f"  t={t}: {float((m - e).norm(dim=1).pow(2).mean().sqrt() / e.norm(dim=1).pow(2).mean().sqrt()):.3f}",
-                      end="")
+                relative = float((m - e).norm(dim=1).pow(2).mean().sqrt() / e.norm(dim=1).pow(2).mean().sqrt())
+                print(f"  t={t}: {relative:.3f}", end="")
             print()
             for lo, hi in ((0, 0.05), (0.05, 0.2), (0.2, 0.5), (0.5, 2), (0, 0.2), (0.2, 2)):
                 def mixed(x, t, lo=lo, hi=hi):
                     return torch.where(((t >= lo) & (t < hi))[:, None], model(x, t), exact(x, t))
-                print(f"  ODE, learned score on t in [{lo}, {min(hi, 1)}], exact elsewhere: SW2 {sw2(draw(mixed, 'ode', 100, method='heun2')):.3f}")
+                print(f"  ODE, learned score on t in [{lo}, {min(hi, 1)}], exact elsewhere: "
+                      f"SW2 {sw2(draw(mixed, 'ode', 100, method='heun2')):.3f}")
             path = {}
 
             def recorded(x, t):

@@ -69,7 +69,8 @@ def main():
     reference, held = images[perm[:half]], images[perm[half:2 * half]]
     fd = metrics.frechet_distance(x[:half], reference, features=classifier.features)
     floor = metrics.frechet_distance(held, reference, features=classifier.features)
-    save_image_grid(x[:100], args.figure, nrow=10, title=f"{args.sampler}, {args.sample_steps} steps, step {trainer.step}")
+    save_image_grid(x[:100], args.figure, nrow=10,
+                    title=f"{args.sampler}, {args.sample_steps} steps, step {trainer.step}")
     result = {"classifier_accuracy": accuracy, "train_minutes": train_seconds / 60, "steps": trainer.step,
               "sample_seconds": sample_seconds, "confident_fraction": confident, "label_histogram": hist.tolist(),
               "label_tv_from_uniform": tv, "frechet": fd, "frechet_floor": floor}

@@ -28,14 +28,11 @@ import time
 import torch
 
 import sgm
+from calibration_common import add_arguments, cells
 from sgm.samplers import budget_grid, entry, integrate, optimize_grid, solver
 from sgm.samplers.corrections import AFS, afs, amed, ems, pas
-from sgm.samplers.optimize import flow_map, map_error
-from sgm.targets import random_mixture, ring_mixture
+from sgm.samplers.optimize import map_error
 
-D = torch.float64
-TARGETS = {"ring": ("2d ring", ring_mixture), "16d": ("16d mixture", lambda: random_mixture(16, seed=0))}
-PATHS = {"vp": sgm.VPSDE, "ve": sgm.VESDE, "rf": sgm.RectifiedFlow}
 SAMPLERS = ("ddim", "dpm_solver", "unipc", "ipndm")
 COLUMNS = ("uncorrected", "afs", "afs_m", "pas", "amed", "amed_m", "v3")
 
@@ -48,12 +45,7 @@ def timed(fn):
 
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=256, help="calibration draws")
-    parser.add_argument("--n-test", type=int, default=2000, help="held-out draws")
-    parser.add_argument("--nfe", type=int, nargs="+", default=[5, 10, 20])
-    parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=list(PATHS))
-    parser.add_argument("--targets", nargs="+", default=list(TARGETS), choices=list(TARGETS))
-    parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=list(SAMPLERS))
+    add_arguments(parser, n=256, n_test=2000, samplers=SAMPLERS)
     parser.add_argument("--no-optimised", action="store_true", help="fixed spacings only")
     parser.add_argument("--json", help="write the rows here")
     parser.add_argument("--markdown", help="write the tables (docs/samplers.md's) here")
@@ -61,76 +53,69 @@ def main(argv=None) -> list[dict]:
     rows = []
     print(f"{'target':<12}{'path':<5}{'sampler':<11}{'nfe':>4} {'grid':<10}" + "".join(f"{c:>12}" for c in COLUMNS),
           flush=True)
-    for key in args.targets:
-        target_name, make = TARGETS[key]
-        target = make()
+    for target_name, target, path_name, sde, score, x, reference in cells(args, flow_prediction="x0"):
         dim = target.dim
-        for path_name in args.paths:
-            sde = PATHS[path_name]()
-            score = target.prediction_fn(sde, "x0") if path_name == "rf" else target.score_fn(sde)
-            x = sde.prior_sample((args.n_test, dim), generator=torch.Generator().manual_seed(1), dtype=D)
-            reference, _ = flow_map(score, sde, x, tol=1e-9)
-            cal = lambda: {"shape": (args.n, dim), "generator": torch.Generator().manual_seed(0)}  # noqa: E731
-            statistics, v3_seconds = timed(lambda: ems(score, sde, steps=120, **cal()))
-            moments_afs, afs_seconds = timed(lambda: afs("ddim", score, sde, **cal()))
+        cal = lambda: {"shape": (args.n, dim), "generator": torch.Generator().manual_seed(0)}  # noqa: E731
+        statistics, v3_seconds = timed(lambda: ems(score, sde, steps=120, **cal()))
+        moments_afs, afs_seconds = timed(lambda: afs("ddim", score, sde, **cal()))
 
-            def error(method, grid):
-                out = integrate(method, score, sde, x, grid)
-                return map_error(out.x, reference), out.nfe
+        def error(method, grid):
+            out = integrate(method, score, sde, x, grid)
+            return map_error(out.x, reference), out.nfe
 
-            for name in args.samplers:
-                base = solver(name)
-                spacing = entry(name).default_spacing(sde)
-                for nfe in args.nfe:
-                    kinds = ["fixed"] + ([] if args.no_optimised else ["optimised"])
-                    for kind in kinds:
-                        if kind == "fixed":
-                            grid = budget_grid(base, sde, nfe, spacing)
-                            v3_grid = budget_grid(solver("dpm_solver_v3"), sde, nfe,
-                                                  entry("dpm_solver_v3").default_spacing(sde))
-                            grid_name = spacing
-                        else:
-                            steps = base.steps_for_nfe(nfe)
-                            grid = optimize_grid(score, sde, steps, name, shape=(args.n, dim),
-                                                 generator=torch.Generator().manual_seed(0))
-                            v3_grid = None if name != "dpm_solver" else optimize_grid(
-                                score, sde, steps, "dpm_solver_v3", shape=(args.n, dim),
-                                generator=torch.Generator().manual_seed(0), ems=statistics.solver().ems)
-                            grid_name = "optimised"
-                        row = {"target": target_name, "path": path_name, "sampler": name, "nfe": nfe,
-                               "grid": grid_name, "errors": {}, "nfes": {}, "cost": {}, "seconds": {}}
+        for name in args.samplers:
+            base = solver(name)
+            spacing = entry(name).default_spacing(sde)
+            for nfe in args.nfe:
+                kinds = ["fixed"] + ([] if args.no_optimised else ["optimised"])
+                for kind in kinds:
+                    if kind == "fixed":
+                        grid = budget_grid(base, sde, nfe, spacing)
+                        v3_grid = budget_grid(solver("dpm_solver_v3"), sde, nfe,
+                                              entry("dpm_solver_v3").default_spacing(sde))
+                        grid_name = spacing
+                    else:
+                        steps = base.steps_for_nfe(nfe)
+                        grid = optimize_grid(score, sde, steps, name, shape=(args.n, dim),
+                                             generator=torch.Generator().manual_seed(0))
+                        v3_grid = None if name != "dpm_solver" else optimize_grid(
+                            score, sde, steps, "dpm_solver_v3", shape=(args.n, dim),
+                            generator=torch.Generator().manual_seed(0), ems=statistics.solver().ems)
+                        grid_name = "optimised"
+                    row = {"target": target_name, "path": path_name, "sampler": name, "nfe": nfe,
+                           "grid": grid_name, "errors": {}, "nfes": {}, "cost": {}, "seconds": {}}
 
-                        def record(column, value, spent, cost=0, seconds=0.0):
-                            row["errors"][column], row["nfes"][column] = value, spent
-                            row["cost"][column], row["seconds"][column] = cost, seconds
+                    def record(column, value, spent, cost=0, seconds=0.0):
+                        row["errors"][column], row["nfes"][column] = value, spent
+                        row["cost"][column], row["seconds"][column] = cost, seconds
 
-                        record("uncorrected", *error(base, grid))
-                        if kind == "fixed":
-                            first = budget_grid(AFS(base), sde, nfe, spacing)
-                            record("afs", *error(afs(name).solver(), first))
-                            step = sgm.samplers.Correction("afs", name, {}, moments_afs.params, None, True,
-                                                           moments_afs.sde, moments_afs.model)
-                            record("afs_m", *error(step.solver(), first), moments_afs.info["evaluations"], afs_seconds)
-                        corrected, seconds = timed(lambda: pas(score, sde, name, grid=grid, **cal()))
-                        record("pas", *error(corrected.solver(), corrected.grid), corrected.info["evaluations"],
-                               seconds)
-                        corrected, seconds = timed(lambda: amed(score, sde, name, grid=grid, afs=False, **cal()))
-                        record("amed", *error(corrected.solver(), corrected.grid), corrected.info["evaluations"],
-                               seconds)
-                        if kind == "fixed":
-                            corrected, seconds = timed(lambda: amed(score, sde, name, nfe=nfe, **cal()))
-                            record("amed_m", *error(corrected.solver(), corrected.grid),
-                                   corrected.info["evaluations"], seconds)
-                        if name == "dpm_solver":
-                            record("v3", *error(statistics.solver(), v3_grid), statistics.info["evaluations"],
-                                   v3_seconds)
-                        rows.append(row)
-                        print(f"{target_name:<12}{path_name:<5}{name:<11}{nfe:>4} {grid_name:<10}"
-                              + "".join(f"{row['errors'][c]:>12.4g}" if c in row["errors"] else f"{'':>12}"
-                                        for c in COLUMNS), flush=True)
-                        if args.json:
-                            with open(args.json, "w") as f:
-                                json.dump(rows, f, indent=1)
+                    record("uncorrected", *error(base, grid))
+                    if kind == "fixed":
+                        first = budget_grid(AFS(base), sde, nfe, spacing)
+                        record("afs", *error(afs(name).solver(), first))
+                        step = sgm.samplers.Correction("afs", name, {}, moments_afs.params, None, True,
+                                                       moments_afs.sde, moments_afs.model)
+                        record("afs_m", *error(step.solver(), first), moments_afs.info["evaluations"], afs_seconds)
+                    corrected, seconds = timed(lambda: pas(score, sde, name, grid=grid, **cal()))
+                    record("pas", *error(corrected.solver(), corrected.grid), corrected.info["evaluations"],
+                           seconds)
+                    corrected, seconds = timed(lambda: amed(score, sde, name, grid=grid, afs=False, **cal()))
+                    record("amed", *error(corrected.solver(), corrected.grid), corrected.info["evaluations"],
+                           seconds)
+                    if kind == "fixed":
+                        corrected, seconds = timed(lambda: amed(score, sde, name, nfe=nfe, **cal()))
+                        record("amed_m", *error(corrected.solver(), corrected.grid),
+                               corrected.info["evaluations"], seconds)
+                    if name == "dpm_solver":
+                        record("v3", *error(statistics.solver(), v3_grid), statistics.info["evaluations"],
+                               v3_seconds)
+                    rows.append(row)
+                    print(f"{target_name:<12}{path_name:<5}{name:<11}{nfe:>4} {grid_name:<10}"
+                          + "".join(f"{row['errors'][c]:>12.4g}" if c in row["errors"] else f"{'':>12}"
+                                    for c in COLUMNS), flush=True)
+                    if args.json:
+                        with open(args.json, "w") as f:
+                            json.dump(rows, f, indent=1)
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(markdown(rows))

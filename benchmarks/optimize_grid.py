@@ -25,14 +25,10 @@ import time
 
 import torch
 
-import sgm
+from calibration_common import add_arguments, cells
 from sgm.samplers import SamplerDiverged, integrate, optimize_grid, solver, time_grid
-from sgm.samplers.optimize import FIXED_SPACINGS, flow_map, map_error
-from sgm.targets import random_mixture, ring_mixture
+from sgm.samplers.optimize import FIXED_SPACINGS, map_error
 
-D = torch.float64
-PATHS = {"vp": sgm.VPSDE, "ve": sgm.VESDE, "rf": sgm.RectifiedFlow}
-TARGETS = {"ring": ("2d ring", ring_mixture), "16d": ("16d mixture", lambda: random_mixture(16, seed=0))}
 SAMPLERS = {"ddim": ("ddim", {}), "dpm_solver": ("dpm_solver", {}), "unipc": ("unipc", {}), "ipndm": ("ipndm", {}),
             "heun2": ("ode", {"method": "heun2"}), "deis": ("deis", {}), "rk4": ("ode", {"method": "rk4"})}
 VARIANTS = {  # explicit settings, whatever the defaults
@@ -46,10 +42,6 @@ VARIANTS = {  # explicit settings, whatever the defaults
 }
 
 
-def model_for(target, sde, path: str):
-    return target.prediction_fn(sde, "velocity") if path == "rf" else target.score_fn(sde)
-
-
 def run(method, model, sde, x, grid, reference) -> float:
     try:
         return map_error(integrate(method, model, sde, x, grid).x, reference)
@@ -59,13 +51,8 @@ def run(method, model, sde, x, grid, reference) -> float:
 
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=128, help="calibration draws")
-    parser.add_argument("--n-test", type=int, default=1000, help="held-out draws")
-    parser.add_argument("--nfe", type=int, nargs="+", default=[5, 10, 20])
-    parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=list(PATHS))
-    parser.add_argument("--targets", nargs="+", default=list(TARGETS), choices=list(TARGETS))
-    parser.add_argument("--samplers", nargs="+", default=["ddim", "dpm_solver", "unipc", "ipndm", "heun2"],
-                        choices=list(SAMPLERS))
+    add_arguments(parser, n=128, n_test=1000, samplers=SAMPLERS,
+                  default_samplers=["ddim", "dpm_solver", "unipc", "ipndm", "heun2"])
     parser.add_argument("--optimizers", nargs="+", default=["descent", "gits", "dmn", "ays", "ld3"])
     parser.add_argument("--variants", nargs="*", default=None, choices=list(VARIANTS),
                         help="add these measured alternatives (all with no name; see above)")
@@ -76,46 +63,39 @@ def main(argv=None) -> list[dict]:
     if args.variants is not None:
         runs.update({k: v for k, v in VARIANTS.items() if v[0] in args.optimizers and k in (args.variants or VARIANTS)})
     rows = []
-    for key in args.targets:
-        target_name, make = TARGETS[key]
-        target = make()
-        for path in args.paths:
-            sde = PATHS[path]()
-            model = model_for(target, sde, path)
-            x = sde.prior_sample((args.n_test, target.dim), generator=torch.Generator().manual_seed(1), dtype=D)
-            reference, _ = flow_map(model, sde, x, tol=1e-9)
-            for sampler in args.samplers:
-                name, opts = SAMPLERS[sampler]
-                method = solver(name, **opts)
-                for nfe in args.nfe:
-                    steps = method.steps_for_nfe(nfe)
-                    if steps is None:
+    for target_name, target, path, sde, model, x, reference in cells(args, flow_prediction="velocity"):
+        for sampler in args.samplers:
+            name, opts = SAMPLERS[sampler]
+            method = solver(name, **opts)
+            for nfe in args.nfe:
+                steps = method.steps_for_nfe(nfe)
+                if steps is None:
+                    continue
+                fixed = {s: run(method, model, sde, x, time_grid(sde, steps, s), reference) for s in FIXED_SPACINGS}
+                best = min(fixed, key=fixed.get)
+                row = {"target": target_name, "path": path, "sampler": sampler, "nfe": method.nfe(steps),
+                       "steps": steps, "fixed": fixed, "best_fixed": best, "optimisers": {}}
+                for label, (optimizer, kwargs) in runs.items():
+                    t0 = time.perf_counter()
+                    try:
+                        grid = optimize_grid(model, sde, steps, name, shape=(args.n, target.dim),
+                                             generator=torch.Generator().manual_seed(0), optimizer=optimizer,
+                                             **kwargs, **opts)
+                    except (ValueError, RuntimeError) as e:
+                        row["optimisers"][label] = {"failed": f"{type(e).__name__}: {e}"}
+                        print(f"  {label}: failed ({e})", flush=True)
                         continue
-                    fixed = {s: run(method, model, sde, x, time_grid(sde, steps, s), reference) for s in FIXED_SPACINGS}
-                    best = min(fixed, key=fixed.get)
-                    row = {"target": target_name, "path": path, "sampler": sampler, "nfe": method.nfe(steps),
-                           "steps": steps, "fixed": fixed, "best_fixed": best, "optimisers": {}}
-                    for label, (optimizer, kwargs) in runs.items():
-                        t0 = time.perf_counter()
-                        try:
-                            grid = optimize_grid(model, sde, steps, name, shape=(args.n, target.dim),
-                                                 generator=torch.Generator().manual_seed(0), optimizer=optimizer,
-                                                 **kwargs, **opts)
-                        except (ValueError, RuntimeError) as e:
-                            row["optimisers"][label] = {"failed": f"{type(e).__name__}: {e}"}
-                            print(f"  {label}: failed ({e})", flush=True)
-                            continue
-                        error = run(method, model, sde, x, grid, reference)
-                        row["optimisers"][label] = {
-                            "error": error, "ratio": error / fixed[best], "cost": grid.info["cost"]["evaluations"],
-                            "seconds": time.perf_counter() - t0, "times": [n.t for n in grid.noisy]}
-                    rows.append(row)
-                    print(f"{target_name:<12}{path:<4}{sampler:<11}{row['nfe']:>3}  {best:<9}{fixed[best]:>10.3e}  "
-                          + "  ".join(f"{k} {v['ratio']:.2f} ({v['cost']:.0f}, {v['seconds']:.1f}s)"
-                                      for k, v in row["optimisers"].items() if "ratio" in v), flush=True)
-                    if args.json:
-                        with open(args.json, "w") as f:
-                            json.dump(rows, f, indent=1)
+                    error = run(method, model, sde, x, grid, reference)
+                    row["optimisers"][label] = {
+                        "error": error, "ratio": error / fixed[best], "cost": grid.info["cost"]["evaluations"],
+                        "seconds": time.perf_counter() - t0, "times": [n.t for n in grid.noisy]}
+                rows.append(row)
+                print(f"{target_name:<12}{path:<4}{sampler:<11}{row['nfe']:>3}  {best:<9}{fixed[best]:>10.3e}  "
+                      + "  ".join(f"{k} {v['ratio']:.2f} ({v['cost']:.0f}, {v['seconds']:.1f}s)"
+                                  for k, v in row["optimisers"].items() if "ratio" in v), flush=True)
+                if args.json:
+                    with open(args.json, "w") as f:
+                        json.dump(rows, f, indent=1)
     table = markdown(rows, list(runs))
     print(table)
     if args.markdown:

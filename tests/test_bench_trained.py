@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import sgm
-from sgm.bench import problems, trained
+from sgm.bench import calibrated, problems, runs, trained
 from sgm.bench.peers import diffusers as peer
 from sgm.nets import DigitsClassifier
 from sgm.samplers import TimeGrid
@@ -149,3 +149,25 @@ def test_bad_arguments_are_refused_before_any_work(monkeypatch):
         trained.run_leg(None, None, (5,), k=0)
     with pytest.raises(TypeError, match="calibrated"):
         trained.run_leg(None, None, (5,), calibrated=[None])
+
+
+def test_calibrated_families_fit_on_the_screening_batch_and_run_on_the_evaluation_batch():
+    """``screening_draws`` are the screening batch itself, bit for bit (so calibration never sees the evaluation
+    draws); the family's rows (the descent's grid, PAS on the best screening finalist's grid and on that optimised
+    grid) are made for sgm's best screening finalist, join the finals and are judged on the evaluation batch."""
+    configs = [("ddim", {}), ("dpm_solver", {"order": 2, "method": "multistep", "prediction": "x0"})]
+    _, sde, (evaluation, screen, _) = leg_problems(3, tol=1e-6)
+    draws = trained.screening_draws(4, 3, 1e-6, D)
+    assert torch.equal(draws.sample(sde, SHAPE), screen.x_T)
+    family = calibrated.leg_family(draws, ("descent",), ("pas",), top={"descent": 1})
+    screened, final = trained.run_leg(evaluation, screen, (5,), k=1, use_peers=False, configs=configs,
+                                      calibrated=[family], log=lambda s: None)
+    best = min((r for r in screened if r["spacing"] in runs.CONTINUOUS_SPACINGS), key=lambda r: r["map_error"])
+    rows = [r for r in final if "family" in r]
+    assert sorted((r["family"], r["method"], r["spacing"]) for r in rows) == [
+        ("corrected", "pas", "descent grid"), ("corrected", "pas", best["spacing"]), ("optimised", "descent", "descent")]
+    for r in rows:
+        assert r["name"] == best["name"] and not r["diverged"] and r["nfe"] <= 5
+        assert r["calibration"]["draws"] == 4 and "frechet_classifier" in r
+    table = trained.leg_table(final, (5,))
+    assert table[0]["sgm"]["map_error"] == min(r["map_error"] for r in final if not r["diverged"])

@@ -41,8 +41,9 @@ SCATTER_NFE = (10, 50, 200)  # the budgets of a 2-D target's scatter figure
 CURVE_METRICS = ("sw2", "frechet", "map_error")  # one figure each
 RESULT_COLUMNS = ["target", "sde", "sampler", "nfe_budget", "steps", "tolerance", "nfe", "seconds", "sw2", "mmd2",
                   "energy", "frechet", "nll", "mode_error", "map_error", "diverged", "frechet_classifier", "confident"]
-COMPARE_COLUMNS = ["target", "sde", "side", "sampler", "nfe_budget", "steps", "nfe", "map_error", "sw2", "sw2_floor",
-                   "diverged", "seconds", "start_sigma", "start_error", "same_as", "error"]
+COMPARE_COLUMNS = ["target", "sde", "side", "sampler", "family", "method", "nfe_budget", "steps", "nfe", "map_error",
+                   "sw2", "sw2_floor", "diverged", "seconds", "calibration", "start_sigma", "start_error", "same_as",
+                   "error"]
 STOCHASTIC_COLUMNS = ["target", "sde", "side", "sampler", "nfe_budget", "steps", "nfe", "frechet_moments",
                       "mode_error", "sw2", "diverged", "seconds", "same_as", "error"]
 PATH_NAMES = {"vp": "VP", "ve": "VE", "edm": "EDM", "rf": "RF"}  # the cross-path table's column heads
@@ -80,12 +81,14 @@ def goal_table(rows: list[dict], budgets=GOAL_NFE, peer: str | tuple = "diffuser
 
 
 def _with_calibration(row: dict) -> str:
-    """A run's configuration, with what its calibration cost when it has one (an optimised grid: evaluations of the
-    calibration batch and seconds, spent once before sampling and not in the NFE)."""
-    evaluations, seconds = row.get("calibration_evaluations"), row.get("optimize_seconds")
-    if evaluations is None or seconds is None:
+    """A run's configuration, with what its calibration cost when it has one (an optimised grid, a learned
+    correction: evaluations of the calibration batch × its draws and seconds, spent once before sampling and not in
+    the NFE)."""
+    cost = row.get("calibration")
+    if not cost or cost.get("nfe") is None:
         return row["sampler"]
-    return f"{row['sampler']} (calibration: {evaluations:.0f} evaluations of 256 draws, {seconds:.0f} s)"
+    return (f"{row['sampler']} (calibration: {cost['nfe']:.0f} evaluations × {cost['draws']} draws, "
+            f"{cost['seconds']:.0f} s)")
 
 
 def path_table(rows: list[dict], budgets) -> list[dict]:

@@ -40,12 +40,13 @@ from ..predictions import predict
 from ..samplers.grid import path_family
 from ..samplers.optimize import flow_map, map_error
 from . import peers, report
+from .calibrated import CORRECTIONS, OPTIMIZERS, Draws, check_methods, leg_family
 from .judge import classifier_scores, judge_map
 from .problems import TRAIN_STEPS, Variant
 from .runs import CHAIN_SPACINGS, sgm_configs, sgm_row, sgm_rows
 
 __all__ = ["SAMPLERS", "REFERENCE_CHECK", "TrainedProblem", "path_chain", "trained_problems", "checkpoint_problems",
-           "leg_configs", "finalists", "run_leg", "leg_table", "table_markdown", "COLUMNS", "main"]
+           "leg_configs", "screening_draws", "finalists", "run_leg", "leg_table", "table_markdown", "COLUMNS", "main"]
 
 # sgm's samplers in the leg and the option values kept (the others: every value of the entry's sweep axes)
 SAMPLERS = {"ddim": {}, "dpm_solver": {"order": (2, 3)}, "unipc": {"order": (2, 3)}, "deis": {"order": (2, 3)},
@@ -174,6 +175,12 @@ def checkpoint_problems(path: str, n: int, n_screen: int, seed: int = 0, tol: fl
                             classifier=classifier, images=images)
 
 
+def screening_draws(n_screen: int, seed: int = 0, tol: float = 1e-5, dtype=torch.float32) -> Draws:
+    """The screening batch of ``trained_problems(..., n_screen, seed, tol)`` as calibration draws: the calibrated
+    families fit on exactly the draws that chose the finalists, disjoint from the evaluation batch."""
+    return Draws(n_screen, seed + 1, dtype, tol)
+
+
 def leg_configs() -> list[tuple[str, dict]]:
     """sgm's configurations in the leg: ``runs.sgm_configs()`` of the ``SAMPLERS`` with the option values kept."""
     return [(name, options) for name, options in sgm_configs() if name in SAMPLERS
@@ -284,8 +291,9 @@ def table_markdown(table: list[dict]) -> str:
     return "\n".join(lines)
 
 
-COLUMNS = ["side", "sampler", "nfe_budget", "steps", "nfe", "map_error", "frechet_classifier", "confident",
-           "screen_map_error", "default_grid", "diverged", "seconds", "same_as", "error"]
+COLUMNS = ["side", "sampler", "family", "method", "calibration", "nfe_budget", "steps", "nfe", "map_error",
+           "frechet_classifier", "confident", "screen_map_error", "default_grid", "diverged", "seconds", "same_as",
+           "error"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -305,15 +313,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tol", type=float, default=1e-5, help="dopri5's rtol = atol for the reference")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-peers", action="store_true")
+    parser.add_argument("--optimizers", nargs="*", default=list(OPTIMIZERS), metavar="NAME",
+                        help=f"step optimisers calibrated on the screening batch (default all: {' '.join(OPTIMIZERS)})")
+    parser.add_argument("--corrections", nargs="*", default=["pas", "amed"], metavar="NAME",
+                        help=f"learned corrections calibrated on the screening batch (default: pas amed; of "
+                        f"{' '.join(CORRECTIONS)})")
     args = parser.parse_args(argv)
     for nfe in args.nfe:
         integer("--nfe", nfe)
     integer("--finalists", args.finalists)
+    check_methods(args.optimizers, args.corrections)
     t0 = time.perf_counter()
     evaluation, screen, info = checkpoint_problems(args.checkpoint, args.n, args.n_screen, args.seed, args.tol,
                                                    args.cache)
     print(f"reference: {info}", flush=True)
+    family = leg_family(screening_draws(args.n_screen, args.seed, args.tol), args.optimizers, args.corrections)
     screened, final = run_leg(evaluation, screen, tuple(args.nfe), args.finalists, not args.no_peers,
+                              calibrated=[family] if args.optimizers or args.corrections else [],
                               log=lambda s: print(s, flush=True))
     table = leg_table(final, tuple(args.nfe))
     reference = classifier_scores(evaluation.x_ref, evaluation.classifier, evaluation.images)

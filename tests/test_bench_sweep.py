@@ -65,6 +65,7 @@ def test_quick_sweep_writes_every_run_and_figure(tmp_path, monkeypatch):
     assert {r["sde"] for r in out["paths"]} == {"vp", "ve", "rf", "edm"}
     assert all(r["side"] == "sgm" for r in out["paths"])
     figures = {f"{kind}_2d_ring_{sde}.png" for kind in ("scatter",) + report.CURVE_METRICS for sde in ("vp", "ve")}
+    figures |= {f"compare_map_error_2d_ring_{sde}.png" for sde in ("vp", "ve", "rf")}
     assert {p.name for p in tmp_path.iterdir()} == figures | {"results.csv", "compare.csv", "goal.md", "results.json",
                                                               "paths.csv", "paths.md"}
     assert all((tmp_path / name).stat().st_size > 0 for name in figures)

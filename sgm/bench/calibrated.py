@@ -18,10 +18,12 @@ draws from a generator seeded apart from the problem's ``x_T`` — and then runs
 Each row carries ``family`` (``"optimised"`` or ``"corrected"``), ``method`` and ``calibration``: its cost in
 evaluations of the batch (``nfe``), ``draws`` and ``seconds``, spent once before sampling and not in the NFE.
 
-The budget (``TOP``): one calibration measured on the 16-D mixture, VP, 10 NFE, 256 draws, on 2 shared cores
-(``benchmarks/calibration_cost.py``): descent 3–9 s, GITS 1 s, DMN 0.3 s, AYS 10–20 s, LD3 20–60 s, PAS 3–5 s, AMED
-4–8 s, AFS with moments 1 s, EMS 30 s. So every optimiser runs on the best 1–2 configurations and the descent on 3;
-a correction costs two calibrations per budget.
+The budget (``TOP``): one calibration of each, measured with ``calibrated_rows`` (top 1 each) on the 16-D mixture,
+VP, 10 NFE, 256 draws, on 2 shared cores: descent 1.9 s, GITS 0.3 s, DMN 3.6 s, AYS 7.9 s, LD3 34 s, PAS 0.7 s,
+AMED 1.2 s, AFS with moments 0.7 s, EMS 4.6 s (and 3.9 s for the descent's grid of v3). LD3 costs as much as all
+the others together, so the descent (cheap, and the best of them in docs/samplers.md) runs on
+the 3 best configurations and every other optimiser on the best one; a correction costs two calibrations per
+budget. The comparison's rows record every cost (``calibration``).
 """
 from __future__ import annotations
 

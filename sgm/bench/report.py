@@ -10,7 +10,9 @@
   and ``paths.md`` (the cross-path rows and table, when run), ``results.json`` (rows, comparison, goal, cross-path
   rows and table, stochastic rows and goal, floors, the exact flow map's metrics, seeds, versions) and the
   figures ``{metric}_{target}_{sde}.png`` (SW₂, Fréchet distance, map error against NFE; the floor dotted, the
-  exact flow map dash-dotted, the best comparison configuration of each side on the map-error figure),
+  exact flow map dash-dotted, the comparison's best curves on the map-error figure), ``compare_map_error_{target}_
+  {sde}.png`` (the comparison's best run per budget of each peer and of each of sgm's families: fixed grids,
+  optimised grids, learned corrections; ``compare_best_curves``),
   ``scatter_{target}_{sde}.png`` (``scatter_figure``) and ``digits_frechet.png`` — names from ``figure_name``;
   with a stochastic leg, ``stochastic.csv`` and ``stochastic_goal.md``.
 """
@@ -31,7 +33,7 @@ from ..plotting import nfe_curves, scatter_panels
 
 __all__ = ["GOAL_NFE", "GOAL_RATIO", "STOCHASTIC_GOAL_NFE", "STOCHASTIC_GOAL_METRIC", "SCATTER_NFE", "PATH_NAMES",
            "goal_table", "goal_markdown", "stochastic_markdown", "path_table", "path_markdown", "summary_table",
-           "figure_name", "scatter_figure", "versions", "write_csv", "write"]
+           "figure_name", "scatter_figure", "versions", "write_csv", "write", "FAMILIES", "compare_best_curves"]
 
 GOAL_NFE = (5, 10, 20)
 GOAL_RATIO = 0.5
@@ -244,25 +246,39 @@ def write(out_dir: str, rows: list[dict], meta: dict, compared: list[dict] = (),
         group = [r for r in rows if r["target"] == target_name and r["sde"].split(" ")[0] == sde_name and "sw2" in r]
         floor = meta["floors"].get(f"{target_name} / {sde_name}", {})
         flow_map = meta["flow_map"].get(f"{target_name} / {sde_name}", {})
-        best = _best_per_budget([r for r in compared if (r["target"], r["sde"]) == (target_name, sde_name)])
+        best = compare_best_curves([r for r in compared if (r["target"], r["sde"]) == (target_name, sde_name)])
         for metric in CURVE_METRICS:
             nfe_curves(group + (best if metric == "map_error" else []), metric,
                        os.path.join(out_dir, figure_name(metric, target_name, sde_name)),
                        title=f"{target_name}, {sde_name.upper()}: {metric} against NFE", floor=floor.get(metric),
                        limit=flow_map.get(metric))
+    for target_name, sde_name in dict.fromkeys((r["target"], r["sde"]) for r in compared):
+        best = compare_best_curves([r for r in compared if (r["target"], r["sde"]) == (target_name, sde_name)])
+        nfe_curves(best, "map_error", os.path.join(out_dir, figure_name("compare_map_error", target_name, sde_name)),
+                   title=f"{target_name}, {sde_name.upper()}: the comparison's best map error against NFE")
     digits = [r for r in rows if "frechet_classifier" in r]
     if digits:
         nfe_curves(digits, "frechet_classifier", os.path.join(out_dir, "digits_frechet.png"),
                    title="digits model: Fréchet (classifier features)")
 
 
-def _best_per_budget(compared: list[dict]) -> list[dict]:
-    """For the map-error figure: the best comparison configuration of each side at each budget, as one curve each."""
+FAMILIES = {"fixed": "sgm, best on a fixed grid", "optimised": "sgm, best on an optimised grid",
+            "corrected": "sgm, best with a learned correction"}  # compare_best_curves' sgm curves
+
+
+def compare_best_curves(compared: list[dict]) -> list[dict]:
+    """For the map-error figures: at each budget the best comparison run of each peer side and of each family of
+    sgm's (``FAMILIES``: a fixed spacing, a step optimiser's grid, a learned correction), one curve each."""
     out = []
-    for side in dict.fromkeys(r["side"] for r in compared):
+    for key in dict.fromkeys(_family(r) for r in compared):
         for nfe in sorted({r["nfe_budget"] for r in compared}):
-            hits = [r for r in compared if r["side"] == side and r["nfe_budget"] == nfe and not r["diverged"]]
+            hits = [r for r in compared if _family(r) == key and r["nfe_budget"] == nfe and not r["diverged"]]
             if hits:
-                out.append({"sampler": f"{side}, best configuration", "nfe": nfe,
-                            "map_error": min(r["map_error"] for r in hits)})
+                out.append({"sampler": key, "nfe": nfe, "map_error": min(r["map_error"] for r in hits)})
     return out
+
+
+def _family(row: dict) -> str:
+    if row["side"] != "sgm":
+        return f"{row['side']}, best configuration"
+    return FAMILIES[row.get("family", "fixed")]

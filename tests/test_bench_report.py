@@ -94,6 +94,9 @@ def test_write_names_every_file_with_single_underscores(tmp_path):
     assert {p.name for p in tmp_path.iterdir()} == names | {"paths.csv", "paths.md"}
     assert (tmp_path / "paths.md").read_text() == report.path_markdown(paths) + "\n"
     assert json.loads((tmp_path / "results.json").read_text())["path_table"] == paths
+    calibrated = compared + [{**compared[0], "sampler": "c, quadratic + pas", "method": "pas", "map_error": 0.05}]
+    report.write(str(tmp_path), curves, meta, calibrated, goal)
+    assert (tmp_path / "methods.md").read_text() == report.method_markdown(report.method_table(calibrated)) + "\n"
 
 
 def test_the_comparison_figure_has_the_best_of_each_family_and_peer():
@@ -109,3 +112,20 @@ def test_the_comparison_figure_has_the_best_of_each_family_and_peer():
         (report.FAMILIES["fixed"], 5, 0.3), (report.FAMILIES["optimised"], 5, 0.2),
         (report.FAMILIES["corrected"], 5, 0.15), ("diffusers, best configuration", 5, 0.5),
         ("diffusers, best configuration", 10, 0.05)]
+
+
+def test_the_method_table_is_each_methods_best_over_the_best_peer():
+    """Each calibrated method's best finite run within the budget over the best peer's map error, fixed grids as
+    one column; the least ratio in bold."""
+    compared = [_row("sgm", "a", 5, 0.4), _row("sgm", "b", 5, 0.3),
+                {**_row("sgm", "c", 5, 0.1), "method": "descent"}, {**_row("sgm", "c2", 5, 0.01, spent=6),
+                                                                    "method": "descent"},
+                {**_row("sgm", "d", 5, 0.2), "method": "pas"}, {**_row("sgm", "e", 5, 0.05, diverged=True),
+                                                                "method": "pas"},
+                _row("diffusers", "f", 5, 0.5), _row("diffusers", "g", 5, 0.8)]
+    (entry,) = report.method_table(compared)
+    assert entry["peer_error"] == 0.5
+    assert entry["ratios"] == pytest.approx({"fixed": 0.6, "descent": 0.2, "pas": 0.4}, rel=1e-12)
+    lines = report.method_markdown([entry]).splitlines()
+    assert lines[0] == "| target | SDE | NFE | best peer | fixed | descent | pas |"
+    assert lines[2] == "| t | VP | 5 | 0.5 | 0.6 | **0.2** | 0.4 |"

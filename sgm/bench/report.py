@@ -6,7 +6,10 @@
   distribution error ``STOCHASTIC_GOAL_METRIC`` at ``STOCHASTIC_GOAL_NFE``, the best peer of all libraries.
 - ``path_table``: per target and budget, each path's best sgm configuration (least map error against that path's
   own exact map, finite, within the budget) and which path's is lowest.
-- ``write``: ``results.csv`` (the curve rows), ``compare.csv`` (the comparison rows), ``goal.md``, ``paths.csv``
+- ``method_table``: per target, SDE and budget, the best run of sgm's fixed grids and of each calibrated method
+  (step optimiser, learned correction) over the best peer's map error.
+- ``write``: ``results.csv`` (the curve rows), ``compare.csv`` (the comparison rows), ``goal.md``, ``methods.md``
+  (``method_table``, when the comparison has calibrated rows), ``paths.csv``
   and ``paths.md`` (the cross-path rows and table, when run), ``results.json`` (rows, comparison, goal, cross-path
   rows and table, stochastic rows and goal, floors, the exact flow map's metrics, seeds, versions) and the
   figures ``{metric}_{target}_{sde}.png`` (SW₂, Fréchet distance, map error against NFE; the floor dotted, the
@@ -32,8 +35,9 @@ from .. import GaussianMixture, __version__
 from ..plotting import nfe_curves, scatter_panels
 
 __all__ = ["GOAL_NFE", "GOAL_RATIO", "STOCHASTIC_GOAL_NFE", "STOCHASTIC_GOAL_METRIC", "SCATTER_NFE", "PATH_NAMES",
-           "goal_table", "goal_markdown", "stochastic_markdown", "path_table", "path_markdown", "summary_table",
-           "figure_name", "scatter_figure", "versions", "write_csv", "write", "FAMILIES", "compare_best_curves"]
+           "goal_table", "goal_markdown", "method_table", "method_markdown", "stochastic_markdown", "path_table",
+           "path_markdown", "summary_table", "figure_name", "scatter_figure", "versions", "write_csv", "write",
+           "FAMILIES", "compare_best_curves"]
 
 GOAL_NFE = (5, 10, 20)
 GOAL_RATIO = 0.5
@@ -138,6 +142,40 @@ def _number(value) -> str:
     return f"{value:.3g}" if value is not None and math.isfinite(value) else "—"
 
 
+def method_table(rows: list[dict], budgets=GOAL_NFE, peer: str = "diffusers") -> list[dict]:
+    """Per target, SDE and budget: the best ``peer`` map error and, for sgm's fixed grids (``"fixed"``) and each
+    calibrated ``method`` of the rows (a step optimiser's grid, a learned correction alone or on an optimised grid),
+    its best run's map error over the peer's (``ratios``: ``{method: ratio}``; finite runs within the budget)."""
+    sgm = [r for r in rows if r["side"] == "sgm"]
+    methods = ["fixed"] + list(dict.fromkeys(r["method"] for r in sgm if r.get("method")))
+    table = []
+    for target, sde in dict.fromkeys((r["target"], r["sde"]) for r in rows):
+        for nfe in [b for b in budgets if any(r["nfe_budget"] == b for r in rows)]:
+            cell = [r for r in rows if (r["target"], r["sde"], r["nfe_budget"]) == (target, sde, nfe)]
+            theirs = _best([r for r in cell if r["side"] == peer], nfe)
+            ratios = {}
+            for method in methods:
+                ours = _best([r for r in cell if r["side"] == "sgm" and r.get("method", "fixed") == method], nfe)
+                ratios[method] = ours["map_error"] / theirs["map_error"] if ours and theirs else float("nan")
+            table.append({"target": target, "sde": sde, "nfe": nfe,
+                          "peer_error": theirs["map_error"] if theirs else None, "ratios": ratios})
+    return table
+
+
+def method_markdown(table: list[dict]) -> str:
+    """``method_table`` as markdown: one column per method, the least ratio of each line in bold."""
+    methods = list(dict.fromkeys(m for r in table for m in r["ratios"]))
+    lines = ["| target | SDE | NFE | best peer | " + " | ".join(methods) + " |",
+             "|---|---|---|---|" + "---|" * len(methods)]
+    for r in table:
+        found = [v for v in r["ratios"].values() if math.isfinite(v)]
+        cells = [(f"**{_number(v)}**" if found and v == min(found) else _number(v))
+                 for v in (r["ratios"].get(m, float("nan")) for m in methods)]
+        lines.append(f"| {r['target']} | {r['sde'].upper()} | {r['nfe']} | {_number(r['peer_error'])} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def goal_markdown(table: list[dict], peer: str = "diffusers", metric: str = "map error",
                   floors: dict | None = None) -> str:
     """``goal_table`` as markdown (``metric`` names the error column; with ``floors``, ``{"target / sde": value}``,
@@ -229,6 +267,9 @@ def write(out_dir: str, rows: list[dict], meta: dict, compared: list[dict] = (),
     write_csv(os.path.join(out_dir, "compare.csv"), COMPARE_COLUMNS, compared)
     with open(os.path.join(out_dir, "goal.md"), "w") as f:
         f.write(goal_markdown(goal) + "\n")
+    if any(r.get("method") for r in compared):
+        with open(os.path.join(out_dir, "methods.md"), "w") as f:
+            f.write(method_markdown(method_table(compared)) + "\n")
     if across:
         write_csv(os.path.join(out_dir, "paths.csv"), COMPARE_COLUMNS, across)
         with open(os.path.join(out_dir, "paths.md"), "w") as f:

@@ -101,6 +101,13 @@ def _ranked(rows: list[dict], nfe: int) -> list[dict]:
     return sorted(best.values(), key=lambda r: r["map_error"])
 
 
+def _label(base: dict, family: str, method: str, where: str) -> str:
+    """``"ipndm max_order=3, ld3 grid"`` (an optimiser's grid) or ``"ipndm max_order=3, karras + pas"`` (a
+    correction on ``where``)."""
+    return label(base["name"], base["options"], f"{where} + {method}" if family == "corrected" else f"{method} grid",
+                 base.get("variant", ""))
+
+
 class _Leg:
     """One problem's calibrated rows: the model of each path, the per-sample shape, the draws and the rows."""
 
@@ -115,14 +122,13 @@ class _Leg:
         return self.problem.model_for(self.paths[variant], False)
 
     def run(self, base: dict, nfe: int, steps: int, family: str, method: str, where: str, cost: dict,
-            sample_kw: dict, sampler: str | None = None, options: dict | None = None) -> dict:
-        """The row of one calibrated run from ``x_T`` (``sample_kw``: a ``grid`` and/or a ``correction``)."""
-        name = base["name"] if sampler is None else sampler
-        options = base["options"] if options is None else options
+            sample_kw: dict) -> dict:
+        """The row of one calibrated run of ``base``'s sampler from ``x_T`` (``sample_kw``: a ``grid`` and/or a
+        ``correction``)."""
         variant = base.get("variant", "")
         model, sde = self.model(variant)
-        row_label = label(name, options, f"{where} + {method}" if family == "corrected" else f"{method} grid", variant)
-        row = sgm_row(self.problem, model, sde, name, options, nfe, steps, row_label, sample_kw, variant)
+        row = sgm_row(self.problem, model, sde, base["name"], base["options"], nfe, steps,
+                      _label(base, family, method, where), sample_kw, variant)
         row = {**row, "family": family, "method": method, "spacing": where if family == "corrected" else method,
                "calibration": cost}
         self.rows.append(row)
@@ -130,12 +136,11 @@ class _Leg:
 
     def fail(self, base: dict, nfe: int, steps: int, family: str, method: str, where: str, error: Exception,
              t0: float) -> None:
-        variant = base.get("variant", "")
-        row_label = label(base["name"], base["options"], f"{where} + {method}" if family == "corrected"
-                          else f"{method} grid", variant)
+        """The failed row of a calibration that raised ``error``."""
         self.rows.append({"target": self.problem.target_name, "sde": self.problem.sde_name, "side": "sgm",
-                          "sampler": row_label, "nfe_budget": nfe, "steps": steps, "variant": variant,
-                          "family": family, "method": method, **failed(error, t0, f"{method}: ")})
+                          "sampler": _label(base, family, method, where), "nfe_budget": nfe, "steps": steps,
+                          "variant": base.get("variant", ""), "family": family, "method": method,
+                          **failed(error, t0, f"{method}: ")})
 
     def score_on_select(self, row: dict, grid) -> float:
         """The map error that ranks an optimised grid: its row's own on the problem, else a run on ``select``."""

@@ -143,13 +143,15 @@ class _Leg:
                           **failed(error, t0, f"{method}: ")})
 
     def score_on_select(self, row: dict, grid) -> float:
-        """The map error that ranks an optimised grid: its row's own on the problem, else a run on ``select``."""
+        """The map error that ranks an optimised grid: its row's own on the problem, else a run on ``select`` (kept
+        in the row as ``screen_map_error``)."""
         if self.select is self.problem:
             return row["map_error"]
         model, sde = self.model(row.get("variant", ""))
         again = sgm_row(self.select, model, sde, row["name"], row["options"], row["nfe_budget"], row["steps"],
                         row["sampler"], {"grid": grid}, row.get("variant", ""))
-        return again["map_error"] if not again["diverged"] else float("inf")
+        row["screen_map_error"] = again["map_error"] if not again["diverged"] else float("inf")
+        return row["screen_map_error"]
 
     def optimise(self, ranked: list[dict], nfe: int, optimizer: str, top: int) -> list[tuple[float, dict, object]]:
         """``optimizer``'s grids for the ``top`` best configurations it accepts: ``(select error, row, grid)``."""

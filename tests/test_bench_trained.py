@@ -159,7 +159,7 @@ def test_calibrated_families_fit_on_the_screening_batch_and_run_on_the_evaluatio
     _, sde, (evaluation, screen, _) = leg_problems(3, tol=1e-6)
     draws = trained.screening_draws(4, 3, 1e-6, D)
     assert torch.equal(draws.sample(sde, SHAPE), screen.x_T)
-    family = calibrated.leg_family(draws, ("descent", "dmn"), ("pas",), top={"descent": 1})  # under no_grad
+    family = calibrated.leg_family(draws, ("descent", "dmn", "ld3"), ("pas",), top={"descent": 1})  # no_grad
     screened, final = trained.run_leg(evaluation, screen, (5,), k=1, use_peers=False, configs=configs,
                                       calibrated=[family], log=lambda s: None)
     best = min((r for r in screened if r["spacing"] in runs.CONTINUOUS_SPACINGS), key=lambda r: r["map_error"])
@@ -167,7 +167,7 @@ def test_calibrated_families_fit_on_the_screening_batch_and_run_on_the_evaluatio
     winner = min((r for r in rows if r["family"] == "optimised"), key=lambda r: r["screen_map_error"])
     assert sorted((r["family"], r["method"], r["spacing"]) for r in rows) == sorted([
         ("corrected", "pas", f"{winner['method']} grid"), ("corrected", "pas", best["spacing"]),
-        ("optimised", "descent", "descent"), ("optimised", "dmn", "dmn")])
+        ("optimised", "descent", "descent"), ("optimised", "dmn", "dmn"), ("optimised", "ld3", "ld3")])
     for r in rows:
         assert r["name"] == best["name"] and not r["diverged"] and r["nfe"] <= 5
         assert r["calibration"]["draws"] == (0 if r["method"] == "dmn" else 4) and "frechet_classifier" in r

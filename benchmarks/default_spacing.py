@@ -24,7 +24,7 @@ from sgm import metrics
 from sgm.samplers import SamplerDiverged
 from sgm.samplers.optimize import flow_map, map_error
 
-SPACINGS = ("uniform", "quadratic", "logsnr", "karras")
+SPACINGS = ("uniform", "quadratic", "logsnr", "karras", "flow")
 BUDGETS = (5, 10, 20, 50)
 D = torch.float64
 
@@ -35,8 +35,10 @@ def targets():
             "mixture 8-D": sgm.random_mixture(8, k=5, seed=102), "mixture 16-D": sgm.random_mixture(16, k=5, seed=103)}
 
 
-def paths():
-    return {"vp": sgm.VPSDE(), "ve": sgm.VESDE(), "rf": sgm.RectifiedFlow()}
+def paths(names=None):
+    """The paths measured: VP, VE and rectified flow (or those of ``names``)."""
+    every = {"vp": sgm.VPSDE(), "ve": sgm.VESDE(), "rf": sgm.RectifiedFlow()}
+    return {k: v for k, v in every.items() if names is None or k in names}
 
 
 def _t_max(solver, path):
@@ -71,12 +73,13 @@ def main(argv=None) -> int:
     parser.add_argument("--n", type=int, default=400, help="prior draws per deterministic cell")
     parser.add_argument("--n-stochastic", type=int, default=4000, help="samples per stochastic cell")
     parser.add_argument("--samplers", nargs="*", default=None)
+    parser.add_argument("--paths", nargs="*", choices=("vp", "ve", "rf"), default=None, help="default: all three")
     args = parser.parse_args(argv)
     names = args.samplers or [n for n in sgm.samplers.available() if sgm.samplers.solver(n, **_options(n)).evals_per_step]
     t0 = time.perf_counter()
     refs = {}
     for tname, gm in targets().items():
-        for pname, path in paths().items():
+        for pname, path in paths(args.paths).items():
             x_T = path.prior_sample((args.n, gm.dim), generator=torch.Generator().manual_seed(7), dtype=D)
             refs[tname, pname] = x_T, flow_map(gm.prediction_fn(path, "x0"), path, x_T)[0]
     floors = {}
@@ -93,7 +96,7 @@ def main(argv=None) -> int:
         ratios = defaultdict(list)
         per_path = defaultdict(lambda: defaultdict(list))
         for (tname, pname), (x_T, reference) in refs.items():
-            gm, path = targets()[tname], paths()[pname]
+            gm, path = targets()[tname], paths(args.paths)[pname]
             for nfe in BUDGETS:
                 if solver.steps_for_nfe(nfe) is None:
                     continue

@@ -10,8 +10,9 @@ Two formats:
   draws from streams seeded by seed, step and rank, see ``sgm.distributed``). It is read with ``torch.load(..., weights_only=True)``:
   PyTorch's restricted unpickler builds only those types, so a file whose pickle names any other callable
   (an object whose ``__reduce__`` would run a shell command, say) is refused before anything in it runs.
-- ``*.safetensors`` (written by ``export``): the EMA weights as raw tensors, with the run's config and data
-  shape as JSON in the header's metadata. No pickle at all; for sharing a trained model.
+- ``*.safetensors`` (written by ``export``): the EMA weights as raw tensors, with the run's config, data shape and
+  path record (as in ``checkpoint.pt``, checked the same way) as JSON in the header's metadata. No pickle at all;
+  for sharing a trained model.
 
 Every failure to read — missing keys, a foreign or truncated file, pickled code, a newer format — is a
 ``CheckpointError`` whose message starts with the file's path.
@@ -151,11 +152,13 @@ def export(checkpoint: str, out: str, ema_std: float | None = None, ema_step: in
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in weights.items()}
     metadata = {"format": SAFETENSORS_FORMAT, "config": json.dumps(state["config"]),
                 "data_shape": json.dumps(list(state["data_shape"])), "step": str(step), **extra}
+    if state.get("path") is not None:
+        metadata["path"] = json.dumps(state["path"])
     write_atomic(out, lambda f: f.write(save(tensors, metadata=metadata)))
     return out
 
 
-def _read_safetensors(path: str, device) -> tuple[dict[str, Tensor], dict, tuple]:
+def _read_safetensors(path: str, device) -> tuple[dict[str, Tensor], dict, tuple, dict | None]:
     from safetensors import safe_open
 
     try:
@@ -165,7 +168,8 @@ def _read_safetensors(path: str, device) -> tuple[dict[str, Tensor], dict, tuple
                 raise CheckpointError(f"{path}: a safetensors file, but not one written by sgm export "
                                       f"(format {metadata.get('format')!r}, expected {SAFETENSORS_FORMAT!r})")
             weights = {k: f.get_tensor(k) for k in f.keys()}
-        return weights, json.loads(metadata["config"]), tuple(json.loads(metadata["data_shape"]))
+        recorded = json.loads(metadata["path"]) if "path" in metadata else None
+        return weights, json.loads(metadata["config"]), tuple(json.loads(metadata["data_shape"])), recorded
     except CheckpointError:
         raise
     except Exception as err:
@@ -178,9 +182,11 @@ def read_weights(path: str, ema: bool = True, device="cpu") -> tuple[dict[str, T
     if _is_safetensors(path):
         if not ema:
             raise CheckpointError(f"{path}: an exported file holds only the EMA weights")
-        return _read_safetensors(path, device)
+        weights, config, shape, recorded = _read_safetensors(path, device)
+        _check_path(path, recorded, config)
+        return weights, config, shape
     state = load_checkpoint(path, map_location=device)
-    _check_path(path, state)
+    _check_path(path, state.get("path"), state["config"])
     return state["ema" if ema else "model"], state["config"], tuple(state["data_shape"])
 
 
@@ -192,13 +198,12 @@ class TrainedModel(NamedTuple):
     shape: tuple[int, ...]
 
 
-def _check_path(path: str, state: dict) -> None:
-    """The path the checkpoint records (``{"name", "params"}``, every parameter of it) is the one its config
-    builds; older checkpoints record none."""
-    recorded = state.get("path")
+def _check_path(path: str, recorded: dict | None, config_values: dict) -> None:
+    """The path the file records (``{"name", "params"}``, every parameter of it) is the one its config builds;
+    older files record none."""
     if recorded is None:
         return
-    config = _config_of(path, state["config"])
+    config = _config_of(path, config_values)
     built = make_path(config.sde, config.sde_args)
     if recorded.get("name") != config.sde or recorded.get("params") != dict(built.params()):
         raise CheckpointError(f"{path}: trained on the path {recorded}, but its config builds {config.sde!r} "

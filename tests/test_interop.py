@@ -151,7 +151,7 @@ def flow_match_loop(unet, folder, x, monkeypatch):
 def test_flow_match_euler_equals_diffusers(tmp_path, shift, monkeypatch):
     """sgm's DDIM on the loaded velocity model, on the uniform grid of RectifiedFlow(shift) to the scheduler's lowest σ,
     is diffusers' FlowMatch Euler loop (an Euler step in σ on the linear path is DDIM's step); at shift 1 so is
-    ``ode`` ``euler`` on the default grid. float64 on both sides: the same arithmetic in another order (measured
+    ``ode`` ``euler`` on that grid. float64 on both sides: the same arithmetic in another order (measured
     ≤ 1e-15 relative), 1e-10 leaves room for the U-Net's summation order."""
     unet = save_flow_folder(tmp_path, shift=shift)
     pre = load_diffusers(tmp_path, dtype=D)
@@ -160,10 +160,12 @@ def test_flow_match_euler_equals_diffusers(tmp_path, shift, monkeypatch):
     x_T = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(3), dtype=D)
     expected = flow_match_loop(unet, tmp_path, x_T, monkeypatch)
     eps = shift / (1000 + shift - 1)
-    ours = sgm.sample(pre.model, pre.sde, x_T.shape, sampler="ddim", steps=STEPS, eps=eps, x_init=x_T)
+    ours = sgm.sample(pre.model, pre.sde, x_T.shape, sampler="ddim", steps=STEPS, spacing="uniform", eps=eps,
+                      x_init=x_T)
     assert ours.nfe == STEPS
     torch.testing.assert_close(ours.x, expected, rtol=1e-10, atol=1e-10)
-    euler = sgm.sample(pre.model, pre.sde, x_T.shape, sampler="ode", method="euler", steps=STEPS, eps=eps, x_init=x_T).x
+    euler = sgm.sample(pre.model, pre.sde, x_T.shape, sampler="ode", method="euler", steps=STEPS, spacing="uniform",
+                       eps=eps, x_init=x_T).x
     assert torch.allclose(euler, expected, rtol=1e-10, atol=1e-10) == (shift == 1.0)  # Euler in t ≠ in σ for s ≠ 1
     # the network sees diffusers' timestep σ·N and its output is dx/dσ = ε - x_0: u = σ'(t)·output
     t = torch.full((2,), 0.3, dtype=D)

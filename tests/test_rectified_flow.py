@@ -18,7 +18,7 @@ Which sgm run is which diffusers configuration (``N = num_train_timesteps``; Flo
   ``use_flow_sigmas=True, prediction_type="flow_prediction"`` depend on the nodes' ``(α, σ)`` only: ``dpm_solver`` /
   ``unipc`` on the grid of the scheduler's sigmas (any shift of ``RectifiedFlow``). Their flow sigmas do not start at
   the exact top: DPM-Solver's at ``σ = s'(1 - 1/N)`` (the uniform grid from ``t_max = 1 - 1/N`` to ``(1 - 1/N)/n`` on
-  ``RectifiedFlow(shift=s)``), UniPC's at ``1 - 10⁻⁶``. With ``final_sigmas_type="zero"`` their last step is first
+  ``RectifiedFlow(shift=s)``), UniPC's at ``1 - 10⁻⁶`` (sgm's ``flow`` spacing). With ``final_sigmas_type="zero"`` their last step is first
   order into ``σ = 0``, i.e. ``x̂_0`` at the last noisy node (for UniPC at the uncorrected state): sgm's final denoising.
   UniPC bh1 into ``σ = 0`` is NaN in diffusers (``B(h) = -∞`` times 0), and its ``"sigma_min"`` repeats the last sigma
   (a step of ``h = 0``): it is compared on a last step to the training table's lowest sigma, without denoising.
@@ -157,6 +157,9 @@ def test_unipc_equals_diffusers_with_flow_sigmas(order, variant, corrector, shif
     scheduler.set_timesteps(STEPS)
     sigmas = scheduler.sigmas.to(D)
     assert float(sigmas[0]) == pytest.approx(1 - 1e-6, rel=6e-8)  # float32
+    # sgm's "flow" spacing is these levels (diffusers rounds each to float32: within half an ulp at 1, 6e-8)
+    flow = time_grid(sgm.RectifiedFlow(shift), STEPS, "flow")
+    torch.testing.assert_close(torch.tensor([n.std for n in flow.noisy], dtype=D), sigmas[:-1], rtol=0, atol=6e-8)
     if not final_zero:
         assert float(sigmas[-1]) == float(sigmas[-2])  # "sigma_min" repeats the last level
         sigmas[-1] = shift / (N_TRAIN + shift - 1)
@@ -312,3 +315,21 @@ def test_a_trailing_grid_from_the_exact_top_carries_the_paths_derivatives(shift)
     for method in ("euler", "heun2"):
         expected = sgm.samplers.ode(velocity, rf, x_T, same, method=method).x
         assert relative(sgm.samplers.ode(velocity, rf, x_T, trailing, method=method).x, expected) < RTOL
+
+
+@pytest.mark.parametrize("path", [sgm.RectifiedFlow(), sgm.RectifiedFlow(3.0), sgm.VPSDE(), sgm.VESDE()],
+                         ids=["rf", "rf shift 3", "vp", "ve"])
+def test_the_flow_grid_is_the_uniform_grid_of_one_more_level_without_its_last(path):
+    """``spacing="flow"``: ``t_k = t_max - (t_max - eps)·k/n`` for ``k < n``; where ``α(t_max) = 0`` (rectified flow's
+    exact top) the first node is the noise level of ``σ = 1 - 10⁻⁶`` instead (diffusers' UniPC nudge; its exact
+    equality with diffusers' flow sigmas is in test_unipc_equals_diffusers_with_flow_sigmas)."""
+    n, eps = 7, 2e-3
+    grid = time_grid(path, n, spacing="flow", eps=eps)
+    longer = [node.t for node in time_grid(path, n + 1, spacing="uniform", eps=eps).noisy[:-1]]
+    times = [node.t for node in grid.noisy]
+    if path.alpha(torch.tensor([path.T], dtype=D)) > 0:
+        assert times == pytest.approx(longer, rel=1e-14, abs=1e-15)
+    else:
+        assert times[1:] == pytest.approx(longer[1:], rel=1e-14)
+        assert grid.noisy[0].std == pytest.approx(1 - 1e-6, rel=1e-12) and 0 < grid.noisy[0].scale
+    assert grid.nodes[-1].std == 0 and len(grid.noisy) == n

@@ -1,7 +1,12 @@
 """``sgm train --path NAME`` on every path the library names: each trains, its checkpoint records the path with
-every parameter, ``sgm sample`` samples on that path, and a resume on another path is refused by name."""
+every parameter (so does its ``sgm export``), ``sgm sample`` samples on that path, and a resume on another path is
+refused by name."""
+import json
+
 import numpy as np
 import pytest
+
+import sgm
 
 from sgm.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 from sgm.cli import main
@@ -66,6 +71,27 @@ def test_a_checkpoint_whose_recorded_path_differs_from_its_config_is_refused(tmp
     save_checkpoint(str(out / "checkpoint.pt"), state)
     with pytest.raises(CheckpointError, match="sigma_max.*80.0"):
         model_from_checkpoint(str(out / "checkpoint.pt"))
+
+
+def test_an_export_records_the_path_and_is_checked_like_its_checkpoint(tmp_path, capsys):
+    """``sgm export`` writes the checkpoint's path record into the safetensors metadata; a file whose record
+    differs from the path its config builds is refused by name, as a checkpoint is."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    out, shared = tmp_path / "run", str(tmp_path / "model.safetensors")
+    assert run(["train", "--path", "rectified-flow", "--prediction", "velocity", "--shift", "3", "--out-dir", str(out)]
+               + TINY, capsys)[0] == 0
+    assert run(["export", str(out / "checkpoint.pt"), shared], capsys)[0] == 0
+    with safe_open(shared, framework="pt") as f:
+        metadata = f.metadata()
+    assert json.loads(metadata["path"]) == load_checkpoint(str(out / "checkpoint.pt"))["path"] == \
+        {"name": "rectified-flow", "params": {"shift": 3.0}}
+    assert model_from_checkpoint(shared).model.sde == sgm.RectifiedFlow(3.0)
+    metadata["path"] = json.dumps({"name": "rectified-flow", "params": {"shift": 1.0}})
+    save_file(load_file(shared), shared, metadata=metadata)
+    with pytest.raises(CheckpointError, match=r"model.safetensors: trained on the path .*shift.*1.0"):
+        model_from_checkpoint(shared)
 
 
 @pytest.mark.parametrize("prediction", ["eps", "score"])

@@ -37,7 +37,7 @@ from ..samplers import SamplerDiverged, budget_grid, optimize_grid, time_grid
 from ..samplers.corrections import AFS, afs, amed, ems, pas
 from ..samplers.optimize import OPTIMIZERS
 from .judge import failed
-from .runs import CONTINUOUS_SPACINGS, label, sgm_row
+from .runs import CHAIN_SPACINGS, label, sgm_row
 
 __all__ = ["CORRECTIONS", "OPTIMIZERS", "TOP", "Draws", "check_methods", "calibrate_grid", "calibrated_rows",
            "leg_family"]
@@ -96,7 +96,7 @@ def _cost(info) -> dict:
 def _ranked(rows: list[dict], nfe: int) -> list[dict]:
     """Each distinct sampler-with-options-and-path's best finite continuous-spacing row at ``nfe``, best first."""
     hits = sorted((r for r in rows if r["nfe_budget"] == nfe and not r["diverged"]
-                   and r["spacing"] in CONTINUOUS_SPACINGS), key=lambda r: r["map_error"])
+                   and r["spacing"] not in CHAIN_SPACINGS), key=lambda r: r["map_error"])
     best = {(r["name"], tuple(r["options"].items()), r.get("variant", "")): r for r in reversed(hits)}
     return sorted(best.values(), key=lambda r: r["map_error"])
 
@@ -176,14 +176,13 @@ class _Leg:
                 made.append((self.score_on_select(row, grid), row, grid))
         return made
 
-    def correct(self, base: dict, grid, where: str, nfe: int, corrections) -> None:
+    def correct(self, base: dict, grid, where: str, nfe: int, corrections, optimised: bool) -> None:
         """Each of ``corrections`` calibrated for ``base``'s sampler on ``grid`` (``where``: its name in the row;
-        ``base["spacing"]`` for the budget grids of AFS and v3 when ``grid`` is the fixed one)."""
+        an ``optimised`` grid, or the fixed spacing ``base["spacing"]``, which AFS's and v3's budget grids use)."""
         name, options, variant = base["name"], base["options"], base.get("variant", "")
         model, sde = self.model(variant)
-        fixed = where in CONTINUOUS_SPACINGS
         for method in corrections:
-            if method in ("afs", "afs_m") and not fixed:
+            if method in ("afs", "afs_m") and optimised:
                 continue  # its saved evaluation would need a node more than the optimised grid has
             t0 = time.perf_counter()
             try:
@@ -192,7 +191,7 @@ class _Leg:
                 elif method == "amed":
                     c = amed(model, sde, name, grid=grid, afs=False, **self.draws.kwargs(self.shape), **options)
                 elif method == "v3":
-                    self.v3(base, grid if not fixed else None, where, nfe)
+                    self.v3(base, grid if optimised else None, where, nfe)
                     continue
                 else:
                     c = afs(name, **options) if method == "afs" else \
@@ -252,11 +251,11 @@ def calibrated_rows(problem, nfes, fixed: list[dict], draws: Draws, optimizers=O
         made = [m for optimizer in optimizers for m in leg.optimise(ranked, nfe, optimizer, top[optimizer])]
         best = ranked[0]
         model, sde = leg.model(best.get("variant", ""))
-        leg.correct(best, time_grid(sde, best["steps"], best["spacing"]), best["spacing"], nfe, corrections)
+        leg.correct(best, time_grid(sde, best["steps"], best["spacing"]), best["spacing"], nfe, corrections, False)
         made = [m for m in made if m[1] is not None]
         if made:
             _, row, grid = min(made, key=lambda m: m[0])
-            leg.correct(row, grid, f"{row['method']} grid", nfe, corrections)
+            leg.correct(row, grid, f"{row['method']} grid", nfe, corrections, True)
     return leg.rows
 
 

@@ -139,21 +139,6 @@ def _vp_paths() -> tuple[SDE, SDE]:
     T = -math.log(float(chain.alphas_cumprod[-1])) / ((chain_sde.beta_min + chain_sde.beta_max) / 2)
     return VPSDE(T=T), chain_sde
 
-    def model_for(self, on_chain: bool):
-        """``(score, path)`` for sgm's samplers: the chain's score on ``chain_sde`` (``on_chain_score``) for a chain
-        spacing, else the exact score on the continuous ``sde``."""
-        if on_chain:
-            return on_chain_score(self.target, self.chain), self.chain_sde
-        return self.target.score_fn(self.sde), self.sde
-
-    def eps_at(self, x: Tensor, sigma: float) -> Tensor:
-        """The exact noise prediction at noise level ``sigma`` (``eps_at``)."""
-        return eps_at(self.target, x, sigma)
-
-    def judge(self, x: Tensor, nfe: int, t0: float) -> dict:
-        """A comparison row's scores: ``judge.judge_map`` against ``x_ref``."""
-        return judge_map(x, self.x_ref, nfe, t0)
-
 
 def make_problem(target_name: str, target: GaussianMixture, sde_name: str, n: int, seed: int) -> Problem:
     """The problem of ``target`` under the path ``sde_name`` (one of ``PATHS``) with ``n`` draws ``z`` from ``seed``

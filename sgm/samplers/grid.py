@@ -16,6 +16,11 @@ Spacings:
   every SDE (uniform in t on VE), so ``geometric`` names the same grid;
 - ``karras``:    ``σ_k = (σ_max^{1/ρ} + k/(steps-1)·(σ_min^{1/ρ} - σ_max^{1/ρ}))^ρ``, ``ρ = rho = 7`` by default
   (Karras et al., 2022);
+- ``flow``:      ``t_k = t_max - (t_max - eps)·k/steps``, ``k < steps``: the uniform grid of ``steps + 1`` levels without
+  its last, the grid of diffusers' flow-matching schedulers (``use_flow_sigmas``; SD3's on a shifted path), whose
+  last noise level is about ``t_max/steps``. Where ``α(t_max) = 0`` the first node moves to the noise level
+  ``(1 - δ)/δ``, ``δ = FLOW_TOP_OFFSET = 1e-6`` (rectified flow's ``σ = 1 - δ``, as diffusers), so that an
+  exponential integrator's first step spans a finite ``λ`` (``x_T`` from the prior is taken as the state there);
 - ``leading`` / ``trailing``: DDPM timestep sub-sequences of ``sde.discretize(train_steps)``
   (``i_k = k·⌊N/steps⌋`` and ``i_k = round(N - k·N/steps) - 1``), with the chain's own
   ``(scale, std)`` so that DDPM and DDIM are reproduced exactly. ``eps`` does not apply to them.
@@ -47,7 +52,8 @@ from .fingerprint import check_model
 __all__ = ["Node", "TimeGrid", "time_grid", "SPACINGS", "FAMILIES", "path_family"]
 
 KARRAS_RHO = 7.0
-SPACINGS = ("uniform", "quadratic", "logsnr", "geometric", "karras", "leading", "trailing")
+FLOW_TOP_OFFSET = 1e-6  # the flow grid's first node on a path with α(T) = 0: σ = 1 - δ on rectified flow
+SPACINGS = ("uniform", "quadratic", "logsnr", "geometric", "karras", "flow", "leading", "trailing")
 
 
 class Transition(NamedTuple):
@@ -306,6 +312,12 @@ def time_grid(sde: GaussianPath, steps: int, spacing: str = "uniform", eps: floa
     check_spacing(spacing)
     rho = positive("rho", rho)
     flag("denoise", denoise)
+    if spacing == "flow":
+        t = [t_max - (t_max - eps) * k / steps for k in range(steps)]
+        if math.isinf(float(sde.noise_level(torch.tensor([t_max], dtype=torch.float64)))):
+            level = torch.tensor([(1 - FLOW_TOP_OFFSET) / FLOW_TOP_OFFSET], dtype=torch.float64)
+            t[0] = float(sde.time_at_noise_level(level))
+        return TimeGrid.from_times(sde, t, denoise)
     if spacing in ("leading", "trailing"):
         train_steps = integer("train_steps", train_steps)
         if steps > train_steps:

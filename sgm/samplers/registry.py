@@ -94,21 +94,23 @@ class Entry:
         return not self.factory().stochastic
 
 
-# Default grids: the best of uniform / quadratic / logsnr / karras measured per path family at 5–50 NFE on
-# mixtures no test uses (OMP_NUM_THREADS=1 python benchmarks/default_spacing.py; docs/samplers.md has the table).
+# Default grids: the best of uniform / quadratic / logsnr / karras (and flow on rectified flow) measured per path
+# family at 5–50 NFE on mixtures no test uses (OMP_NUM_THREADS=1 python benchmarks/default_spacing.py;
+# docs/samplers.md has the table). The samplers that need α > 0 keep uniform on rectified flow: their drift
+# α'/α = -10⁶ at flow's first node would blow up, and from the exact top they are refused by name (give t_max).
 SAMPLERS: dict[str, Entry] = {
     "euler_maruyama": Entry(EulerMaruyama, "Euler–Maruyama on the reverse SDE", steps=500,
                             spacing={"vp": "quadratic", "ve": "karras", "rf": "uniform"}),
     "reverse_diffusion": Entry(ReverseDiffusion, "Song et al.'s reverse-diffusion predictor", steps=500,
                                spacing={"vp": "uniform", "ve": "karras", "rf": "uniform"}),
     "ancestral": Entry(Ancestral, "ancestral sampling (DDPM, SMLD): β̃, β or Analytic-DPM's variance", steps=500,
-                       spacing={"vp": "uniform", "ve": "karras", "rf": "uniform"},
+                       spacing={"vp": "uniform", "ve": "karras", "rf": "flow"},
                        sweep={"variance": ("posterior", "beta")}),
     "ddim": Entry(DDIM, "DDIM (η = 0: the first-order exponential integrator of the probability-flow ODE)",
-                  steps=500, spacing={"vp": "uniform", "ve": "karras", "rf": "uniform"}, stochastic=({"eta": 0.5},)),
+                  steps=500, spacing={"vp": "uniform", "ve": "karras", "rf": "flow"}, stochastic=({"eta": 0.5},)),
     "ode": Entry(ode_solver, "the probability-flow ODE: torchdiffeq's adaptive methods or fixed-step Runge–Kutta",
                  steps=2, options={"rtol": 1e-6, "atol": 1e-6}, smoke={"method": "heun2"},
-                 spacing={"vp": "quadratic", "ve": "karras", "rf": "uniform"},
+                 spacing={"vp": "quadratic", "ve": "karras", "rf": "flow"},
                  curves=({"method": "euler"}, {"method": "heun2"}, {"method": "rk4"}),
                  sweep={"method": ("euler", "midpoint", "heun2", "heun3", "rk4")}),
     "sde": Entry(TorchSDE, "the reverse SDE by torchsde (Euler, Milstein, SRK; fixed or adaptive steps)", steps=500,
@@ -120,29 +122,29 @@ SAMPLERS: dict[str, Entry] = {
     "pc": Entry(PredictorCorrector, "predictor–corrector: a one-step predictor, then Langevin corrector steps",
                 steps=500, spacing={"vp": "uniform", "ve": "karras", "rf": "uniform"}),
     "dpm_solver": Entry(DPMSolver, "DPM-Solver (ε̂) / DPM-Solver++ (x̂₀), orders 1–3, multistep or singlestep",
-                        spacing={"vp": "quadratic", "ve": "logsnr", "rf": "karras"}, steps=50,
+                        spacing={"vp": "quadratic", "ve": "logsnr", "rf": "flow"}, steps=50,
                         sweep={"order": (1, 2, 3), "method": ("multistep", "singlestep"),
                                "prediction": ("x0", "eps")}),
     "dpm_solver_v3": Entry(DPMSolverV3, "DPM-Solver-v3: the ODE in the parameterisation of the model's empirical "
                            "statistics (`ems`; without: DPM-Solver++'s), multistep predictor–corrector",
-                           spacing={"vp": "quadratic", "ve": "logsnr", "rf": "uniform"}, steps=50,
+                           spacing={"vp": "quadratic", "ve": "logsnr", "rf": "flow"}, steps=50,
                            sweep={"order": (1, 2, 3)}),
     "unipc": Entry(UniPC, "UniPC: the UniP predictor and the UniC corrector at no extra evaluation",
-                   spacing={"vp": "quadratic", "ve": "logsnr", "rf": "karras"}, steps=50,
+                   spacing={"vp": "quadratic", "ve": "logsnr", "rf": "flow"}, steps=50,
                    sweep={"order": (1, 2, 3), "variant": ("bh1", "bh2")}),
     "deis": Entry(DEIS, "DEIS: exponential Adams–Bashforth with ε̂ extrapolated in λ or ρ", spacing="karras",
                   steps=100, sweep={"order": (1, 2, 3), "variable": ("lambda", "rho")}),
     "ipndm": Entry(IPNDM, "improved PNDM: Adams–Bashforth in ρ with the fixed weights of equal steps",
-                   spacing={"vp": "quadratic", "ve": "karras", "rf": "karras"}, steps=100,
+                   spacing={"vp": "quadratic", "ve": "karras", "rf": "flow"}, steps=100,
                    sweep={"max_order": (1, 2, 3, 4)}),
     "dpm_solver_sde": Entry(DPMSolverSDE, "SDE-DPM-Solver++ 1/2M/3M (η-scaled exponent) and DPM-Solver++(2S) SDE",
-                            spacing={"vp": "quadratic", "ve": "logsnr", "rf": "karras"}, steps=100,
+                            spacing={"vp": "quadratic", "ve": "logsnr", "rf": "flow"}, steps=100,
                             sweep={"order": (1, 2, 3), "method": ("multistep", "singlestep"),
                                    "solver_type": ("midpoint", "heun")}),
     "euler_ancestral": Entry(EulerAncestral, "k-diffusion's Euler–ancestral: Euler in σ down to σ↓, noise up",
-                             spacing={"vp": "uniform", "ve": "karras", "rf": "uniform"}, steps=500),
+                             spacing={"vp": "uniform", "ve": "karras", "rf": "flow"}, steps=500),
     "dpmpp_2s_ancestral": Entry(DPMPP2SAncestral, "k-diffusion's DPM-Solver++(2S) ancestral: 2S down to σ↓, noise up",
-                                spacing={"vp": "quadratic", "ve": "karras", "rf": "uniform"}, steps=100),
+                                spacing={"vp": "quadratic", "ve": "karras", "rf": "flow"}, steps=100),
     "heun": Entry(Heun, "EDM's sampler: Heun's method in σ on x/α with optional churn (Algorithm 2)",
                   spacing={"vp": "uniform", "ve": "karras", "rf": "uniform"}, steps=100, stochastic=({"churn": 1.0},)),
     "sa_solver": Entry(SASolver, "SA-Solver: stochastic Adams predictor and corrector on x̂₀, orders 1–4, "
@@ -150,7 +152,7 @@ SAMPLERS: dict[str, Entry] = {
                        steps=100,
                        sweep={"predictor_order": (1, 2, 3, 4), "corrector_order": (0, 2, 4)}),
     "er_sde": Entry(ERSDE, "ER-SDE-Solver: the extended reverse-time SDE of a noise-scale function, orders 1–3",
-                    spacing={"vp": "uniform", "ve": "karras", "rf": "karras"}, steps=100, smoke={"order": 1},
+                    spacing={"vp": "uniform", "ve": "karras", "rf": "flow"}, steps=100, smoke={"order": 1},
                     sweep={"order": (1, 2, 3), "noise_scale": ("er_sde_5", "er_sde_1", "reverse_sde")}),
     "restart": Entry(Restart, "Restart sampling: EDM's Heun with forward re-noising jumps and Heun inner steps over "
                               "restart intervals", spacing={"vp": "uniform", "ve": "karras", "rf": "uniform"},

@@ -16,7 +16,8 @@ correction is calibrated on the best fixed run's grid and on the best optimised 
 error on ``select``, the problem whose rows ranked ``fixed``). Every method calibrates on ``draws`` — ``n`` prior
 draws from a generator seeded apart from the problem's ``x_T`` — and then runs from ``x_T`` (``runs.sgm_row``).
 Each row carries ``family`` (``"optimised"`` or ``"corrected"``), ``method`` and ``calibration``: its cost in
-evaluations of the batch (``nfe``), ``draws`` and ``seconds``, spent once before sampling and not in the NFE.
+evaluations of the batch (``nfe``), ``draws`` and ``seconds``, spent once before sampling and not in the NFE (a
+correction on an optimised grid: both calibrations; v3 on the descent's grid: the EMS and that grid).
 
 The budget (``TOP``): one calibration of each, measured with ``calibrated_rows`` (top 1 each) on the 16-D mixture,
 VP, 10 NFE, 256 draws, on 2 shared cores: descent 1.9 s, GITS 0.3 s, DMN 3.6 s, AYS 7.9 s, LD3 34 s, PAS 0.7 s,
@@ -91,6 +92,11 @@ def _cost(info) -> dict:
     cost = info.get("cost", info)
     return {"nfe": cost.get("evaluations") if "cost" in info else cost.get("nfe"), "draws": cost.get("draws"),
             "seconds": cost.get("seconds")}
+
+
+def _plus(a: dict, b: dict) -> dict:
+    """The cost of two calibrations on the same draws (an optimised grid and a correction on it)."""
+    return {"nfe": a["nfe"] + b["nfe"], "draws": max(a["draws"], b["draws"]), "seconds": a["seconds"] + b["seconds"]}
 
 
 def _ranked(rows: list[dict], nfe: int) -> list[dict]:
@@ -203,7 +209,8 @@ class _Leg:
             if c.grid is None:  # the analytical first step: the budget's grid of the corrected solver
                 kw["grid"] = budget_grid(AFS(samplers.solver(name, **options)), sde, nfe, base["spacing"])
             steps = len((c.grid or kw["grid"]).noisy)
-            self.run(base, nfe, steps, "corrected", method, where, _cost(c.info), kw)
+            cost = _plus(base["calibration"], _cost(c.info)) if optimised else _cost(c.info)
+            self.run(base, nfe, steps, "corrected", method, where, cost, kw)
 
     def v3(self, base: dict, optimised, where: str, nfe: int) -> None:
         """DPM-Solver-v3 with the EMS of ``base``'s path (calibrated once) on its default spacing for the budget, or
@@ -229,10 +236,8 @@ class _Leg:
         except ValueError as e:
             self.fail(v3_base, nfe, steps, "corrected", "v3", where, e, t0)
             return
-        grid_cost = _cost(grid.info)
-        both = {"nfe": cost["nfe"] + grid_cost["nfe"], "draws": cost["draws"],
-                "seconds": cost["seconds"] + grid_cost["seconds"]}
-        self.run(v3_base, nfe, steps, "corrected", "v3", where, both, {"correction": c, "grid": grid})
+        self.run(v3_base, nfe, steps, "corrected", "v3", where, _plus(cost, _cost(grid.info)),
+                 {"correction": c, "grid": grid})
 
 
 def calibrated_rows(problem, nfes, fixed: list[dict], draws: Draws, optimizers=OPTIMIZERS,

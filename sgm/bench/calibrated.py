@@ -197,7 +197,7 @@ class _Leg:
                 elif method == "amed":
                     c = amed(model, sde, name, grid=grid, afs=False, **self.draws.kwargs(self.shape), **options)
                 elif method == "v3":
-                    self.v3(base, grid if optimised else None, where, nfe)
+                    self.v3(base, optimised, where, nfe)
                     continue
                 else:
                     c = afs(name, **options) if method == "afs" else \
@@ -212,9 +212,9 @@ class _Leg:
             cost = _plus(base["calibration"], _cost(c.info)) if optimised else _cost(c.info)
             self.run(base, nfe, steps, "corrected", method, where, cost, kw)
 
-    def v3(self, base: dict, optimised, where: str, nfe: int) -> None:
+    def v3(self, base: dict, optimised: bool, where: str, nfe: int) -> None:
         """DPM-Solver-v3 with the EMS of ``base``'s path (calibrated once) on its default spacing for the budget, or
-        (``optimised`` given: the composition) on the descent's grid for it."""
+        (``optimised``: the composition) on the descent's grid for it (``where`` names a failure)."""
         variant = base.get("variant", "")
         model, sde = self.model(variant)
         if variant not in self.statistics:
@@ -224,7 +224,7 @@ class _Leg:
         method = samplers.solver("dpm_solver_v3")
         steps = method.steps_for_nfe(nfe)
         v3_base = {**base, "name": "dpm_solver_v3", "options": {}}
-        if optimised is None:
+        if not optimised:
             spacing = samplers.entry("dpm_solver_v3").default_spacing(sde)
             self.run(v3_base, nfe, steps, "corrected", "v3", spacing, cost,
                      {"correction": c, "grid": budget_grid(method, sde, nfe, spacing)})
@@ -236,7 +236,7 @@ class _Leg:
         except ValueError as e:
             self.fail(v3_base, nfe, steps, "corrected", "v3", where, e, t0)
             return
-        self.run(v3_base, nfe, steps, "corrected", "v3", where, _plus(cost, _cost(grid.info)),
+        self.run(v3_base, nfe, steps, "corrected", "v3", "descent grid", _plus(cost, _cost(grid.info)),
                  {"correction": c, "grid": grid})
 
 

@@ -15,7 +15,7 @@
   figures ``{metric}_{target}_{sde}.png`` (SW₂, Fréchet distance, map error against NFE; the floor dotted, the
   exact flow map dash-dotted, the comparison's best curves on the map-error figure), ``compare_map_error_{target}_
   {sde}.png`` (the comparison's best run per budget of each peer and of each of sgm's families: fixed grids,
-  optimised grids, learned corrections; ``compare_best_curves``),
+  optimised grids, learned corrections, ``compare_best_curves``; and the goal, ``GOAL_RATIO`` × each peer's),
   ``scatter_{target}_{sde}.png`` (``scatter_figure``) and ``digits_frechet.png`` — names from ``figure_name``;
   with a stochastic leg, ``stochastic.csv`` and ``stochastic_goal.md``.
 """
@@ -295,6 +295,8 @@ def write(out_dir: str, rows: list[dict], meta: dict, compared: list[dict] = (),
                        limit=flow_map.get(metric))
     for target_name, sde_name in dict.fromkeys((r["target"], r["sde"]) for r in compared):
         best = compare_best_curves([r for r in compared if (r["target"], r["sde"]) == (target_name, sde_name)])
+        best += [{**r, "sampler": f"{r['sampler']} × {GOAL_RATIO} (the goal)", "map_error": GOAL_RATIO * r["map_error"]}
+                 for r in best if not r["sampler"].startswith("sgm")]
         nfe_curves(best, "map_error", os.path.join(out_dir, figure_name("compare_map_error", target_name, sde_name)),
                    title=f"{target_name}, {sde_name.upper()}: the comparison's best map error against NFE")
     digits = [r for r in rows if "frechet_classifier" in r]

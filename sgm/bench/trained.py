@@ -18,8 +18,11 @@ diffusers (``peers.diffusers.configs``). At each budget the ``k`` best distinct 
 (and sgm's best on its default grid) run again on the evaluation batch, scored by the map error and by
 ``judge.classifier_scores``: the Fréchet distance in the digits classifier's features against the 1797 real
 digits. Choosing the finalists on draws disjoint from the evaluation batch keeps the table free of selection bias;
-a method calibrated on prior draws (an optimised grid, a learned correction: ``run_leg(calibrated=...)``)
-calibrates on the screening batch (``screen.z``, ``screen.x_ref``) and adds its rows to the finals.
+a method calibrated on prior draws (an optimised grid, a learned correction: ``run_leg(calibrated=...)``,
+``calibrated.leg_family``) calibrates on the screening batch itself (``screening_draws``) and adds its rows to the
+finals. Eight screening draws are enough for that (``benchmarks/trained_screen_draws.py``, ipndm at 10 NFE,
+held-out map error on 64 draws: uncorrected 0.150; the descent's grid 0.104 from 8 draws, 0.110 from 32; PAS 0.144
+from 8, 0.133 from 32, at 2–4× the cost), so ``n_screen`` stays 8.
 """
 from __future__ import annotations
 

@@ -87,7 +87,7 @@ def test_calibration_draws_are_disjoint_from_x_T(leg, bench_problems):
 
 def test_a_method_that_fails_is_a_failed_row_and_the_next_configuration_is_tried(bench_problems, monkeypatch):
     """A refusal (ValueError) leaves a failed row and passes to the next configuration; a divergence is a failed
-    row that counts."""
+    row that counts; a correction whose calibration raises anything is a failed row with its error."""
     problem = bench_problems["vp"]
     fixed = runs.sgm_rows(problem, (10,), CONFIGS)
     tried = []
@@ -103,6 +103,14 @@ def test_a_method_that_fails_is_a_failed_row_and_the_next_configuration_is_tried
     assert len(tried) == 2 and tried[0] != tried[1] and len(rows) == 2
     assert all(r["diverged"] for r in rows)
     assert rows[0]["error"].startswith("descent: ValueError") and "SamplerDiverged" in rows[1]["error"]
+
+    def broken(*args, **kwargs):  # any failure of a correction's calibration is a failed row; the others still run
+        raise KeyError(-1.39)
+
+    monkeypatch.setattr(calibrated, "amed", broken)
+    rows = calibrated.calibrated_rows(problem, (10,), fixed, DRAWS, (), ("amed", "afs"))
+    assert [(r["method"], r["diverged"]) for r in rows] == [("amed", True), ("afs", False)]
+    assert rows[0]["error"] == "amed: KeyError: -1.39"
 
 
 def test_unknown_methods_are_refused_by_name_before_any_work(monkeypatch):

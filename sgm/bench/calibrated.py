@@ -202,7 +202,8 @@ class _Leg:
                 else:
                     c = afs(name, **options) if method == "afs" else \
                         afs(name, model, sde, **self.draws.kwargs(self.shape), **options)
-            except ValueError as e:  # diverged (SamplerDiverged), or this correction does not take the sampler
+            except Exception as e:  # noqa: BLE001 — any failure is a failed row with its error, and the run goes on:
+                # diverged, a sampler the correction refuses, or a bug (AMED on dpm_solver_v3: KeyError in v3's table)
                 self.fail(base, nfe, base["steps"], "corrected", method, where, e, t0)
                 continue
             kw = {"correction": c}

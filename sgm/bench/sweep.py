@@ -102,7 +102,7 @@ def run_sweep(out_dir: str, quick: bool = False, n: int | None = None, seed: int
     cross-path comparison on each of them; ``optimizers``, ``corrections``: the comparison's calibrated methods
     (``calibrated``; default all). Seeds: the problem's draw ``seed``, the floors ``seed + 1``, the target
     sample the curves, the comparison and the stochastic leg are judged against ``seed + 2``, the curves' SW₂
-    directions ``seed + 3``, stochastic samplers' noise ``seed + 10``, ``optimize_grid``'s calibration draws
+    directions ``seed + 3``, stochastic samplers' noise ``seed + 10``, the calibrated methods' draws
     ``seed + 20``."""
     optimizers, corrections = check_methods(optimizers, corrections)
     os.makedirs(out_dir, exist_ok=True)

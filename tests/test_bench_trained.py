@@ -171,5 +171,6 @@ def test_calibrated_families_fit_on_the_screening_batch_and_run_on_the_evaluatio
     for r in rows:
         assert r["name"] == best["name"] and not r["diverged"] and r["nfe"] <= 5
         assert r["calibration"]["draws"] == (0 if r["method"] == "dmn" else 4) and "frechet_classifier" in r
+        assert not r["default_grid"]  # a calibrated run is not sgm on its default grid
     table = trained.leg_table(final, (5,))
     assert table[0]["sgm"]["map_error"] == min(r["map_error"] for r in final if not r["diverged"])

@@ -191,7 +191,9 @@ def leg_configs() -> list[tuple[str, dict]]:
 
 
 def _default_grid(row: dict, sde: GaussianPath) -> bool:
-    return row["side"] == "sgm" and row.get("spacing") == samplers.entry(row["name"]).default_spacing(sde)
+    """sgm's uncalibrated run on its sampler's default spacing (a correction on that spacing is not)."""
+    return (row["side"] == "sgm" and not row.get("family")
+            and row.get("spacing") == samplers.entry(row["name"]).default_spacing(sde))
 
 
 def finalists(rows: list[dict], k: int, sde: GaussianPath) -> list[dict]:

@@ -81,7 +81,7 @@ def test_write_names_every_file_with_single_underscores(tmp_path):
     report.write(str(tmp_path), curves, meta, compared, goal)
     names = {p.name for p in tmp_path.iterdir()}
     assert names == {"results.csv", "compare.csv", "goal.md", "results.json", "sw2_2d_ring_vp.png",
-                     "frechet_2d_ring_vp.png", "map_error_2d_ring_vp.png"}
+                     "frechet_2d_ring_vp.png", "map_error_2d_ring_vp.png", "compare_map_error_2d_ring_vp.png"}
     with open(tmp_path / "results.csv") as f:
         assert [r["sampler"] for r in csv.DictReader(f)] == [r["sampler"] for r in curves]
     with open(tmp_path / "compare.csv") as f:
@@ -94,3 +94,38 @@ def test_write_names_every_file_with_single_underscores(tmp_path):
     assert {p.name for p in tmp_path.iterdir()} == names | {"paths.csv", "paths.md"}
     assert (tmp_path / "paths.md").read_text() == report.path_markdown(paths) + "\n"
     assert json.loads((tmp_path / "results.json").read_text())["path_table"] == paths
+    calibrated = compared + [{**compared[0], "sampler": "c, quadratic + pas", "method": "pas", "map_error": 0.05}]
+    report.write(str(tmp_path), curves, meta, calibrated, goal)
+    assert (tmp_path / "methods.md").read_text() == report.method_markdown(report.method_table(calibrated)) + "\n"
+
+
+def test_the_comparison_figure_has_the_best_of_each_family_and_peer():
+    """One curve per peer side and per family of sgm's rows (a row without a family is on a fixed grid), each the
+    least finite map error at each budget."""
+    compared = [{**_row("sgm", "a", 5, 0.4), "target": "t"}, {**_row("sgm", "b", 5, 0.3), "target": "t"},
+                {**_row("sgm", "c", 5, 0.2), "target": "t", "family": "optimised"},
+                {**_row("sgm", "d", 5, 0.01), "target": "t", "family": "corrected", "diverged": True},
+                {**_row("sgm", "e", 5, 0.15), "target": "t", "family": "corrected"},
+                {**_row("diffusers", "f", 5, 0.5), "target": "t"}, {**_row("diffusers", "g", 10, 0.05), "target": "t"}]
+    curves = report.compare_best_curves(compared)
+    assert [(c["sampler"], c["nfe"], c["map_error"]) for c in curves] == [
+        (report.FAMILIES["fixed"], 5, 0.3), (report.FAMILIES["optimised"], 5, 0.2),
+        (report.FAMILIES["corrected"], 5, 0.15), ("diffusers, best configuration", 5, 0.5),
+        ("diffusers, best configuration", 10, 0.05)]
+
+
+def test_the_method_table_is_each_methods_best_over_the_best_peer():
+    """Each calibrated method's best finite run within the budget over the best peer's map error, fixed grids as
+    one column; the least ratio in bold."""
+    compared = [_row("sgm", "a", 5, 0.4), _row("sgm", "b", 5, 0.3),
+                {**_row("sgm", "c", 5, 0.1), "method": "descent"}, {**_row("sgm", "c2", 5, 0.01, spent=6),
+                                                                    "method": "descent"},
+                {**_row("sgm", "d", 5, 0.2), "method": "pas"}, {**_row("sgm", "e", 5, 0.05, diverged=True),
+                                                                "method": "pas"},
+                _row("diffusers", "f", 5, 0.5), _row("diffusers", "g", 5, 0.8)]
+    (entry,) = report.method_table(compared)
+    assert entry["peer_error"] == 0.5
+    assert entry["ratios"] == pytest.approx({"fixed": 0.6, "descent": 0.2, "pas": 0.4}, rel=1e-12)
+    lines = report.method_markdown([entry]).splitlines()
+    assert lines[0] == "| target | SDE | NFE | best peer | fixed | descent | pas |"
+    assert lines[2] == "| t | VP | 5 | 0.5 | 0.6 | **0.2** | 0.4 |"

@@ -1,13 +1,13 @@
 """sgm.bench.runs: budgets are spent as the solvers declare, every deterministic sampler is compared over its
-options on every spacing, samplers that evaluate between timesteps stay off the chain, optimised grids run from
-the same x_T, and a trained checkpoint is swept on the same runs."""
+options on every spacing, samplers that evaluate between timesteps stay off the chain, and a trained checkpoint
+is swept on the same runs."""
 import math
 
 import pytest
 import torch
 
 import sgm
-from sgm.bench import judge, report, runs
+from sgm.bench import judge, runs
 from conftest import gen, mixture
 
 D = torch.float64
@@ -112,46 +112,6 @@ def test_samplers_that_evaluate_between_timesteps_do_not_run_on_the_chain(bench_
     rows = [r for r in runs.sgm_rows(bench_problems["vp"], (10,)) if r["spacing"] in runs.CHAIN_SPACINGS]
     methods = {r["options"].get("method") for r in rows if r["name"] == "ode"}
     assert "euler" in methods and "rk4" not in methods and any(r["name"] == "ddim" for r in rows)
-
-
-def test_optimised_grids_run_the_best_configurations_from_x_T(bench_problems, monkeypatch):
-    """The two best distinct fixed configurations run on optimize_grid's grid (here a stand-in returning the logsnr
-    grid) from the same x_T, calibrated on the batch shape (256, dim); a failing optimisation is a diverged row."""
-    p = bench_problems["ve"]
-    fixed = runs.sgm_rows(p, (10,))
-    calls = []
-
-    def logsnr_grid(score, sde, steps, sampler, shape, generator, **options):
-        calls.append((sampler, steps, shape))
-        return sgm.samplers.time_grid(sde, steps, "logsnr")
-
-    monkeypatch.setattr(runs, "optimize_grid", logsnr_grid)
-    rows = runs.optimized_rows(p, (10,), fixed, 0, top=2)
-    assert len(rows) == len(calls) == 2 and all(c[2] == (256, 2) for c in calls)
-    assert rows[0]["name"] != rows[1]["name"] or rows[0]["options"] != rows[1]["options"]  # two distinct samplers
-    for r in rows:
-        same = next(f for f in fixed if f["sampler"] == runs.label(r["name"], r["options"], "logsnr")
-                    and f["nfe_budget"] == 10)
-        assert r["spacing"] == "optimised" and r["nfe"] == same["nfe"] and r["map_error"] == same["map_error"]
-
-    def diverging(*args, **kwargs):
-        raise sgm.samplers.SamplerDiverged("diverged on every starting grid")
-
-    monkeypatch.setattr(runs, "optimize_grid", diverging)
-    rows = runs.optimized_rows(p, (10,), fixed, 0, top=1)
-    assert len(rows) == 1 and rows[0]["diverged"] and rows[0]["error"].startswith("optimize_grid: SamplerDiverged")
-
-
-def test_optimised_grids_use_sgms_optimize_grid(bench_problems):
-    p = bench_problems["vp"]
-    fixed = [r for r in runs.sgm_rows(p, (5,)) if r["sampler"] == "ddim, uniform"]
-    (row,) = runs.optimized_rows(p, (5,), fixed, 0, top=1)
-    assert row["sampler"] == "ddim, optimised grid" and row["nfe"] == 5 and row["optimize_seconds"] > 0
-    assert row["map_error"] <= fixed[0]["map_error"]  # the uniform grid is one of optimize_grid's starts
-    # its calibration cost (optimize_grid's record) reaches the goal table's sgm cell
-    assert row["calibration_evaluations"] > 0
-    (goal,) = report.goal_table([row], (5,), peer="none")
-    assert goal["sgm"].startswith("ddim, optimised grid (calibration: ") and "evaluations of 256 draws" in goal["sgm"]
 
 
 def test_checkpoint_sweep_judges_a_trained_digits_model(tmp_path, monkeypatch):

@@ -57,7 +57,7 @@ def test_quick_sweep_writes_every_run_and_figure(tmp_path, monkeypatch):
     assert {r["side"] for r in compared} == ({"sgm", "diffusers"} if configs else {"sgm"})
     flow_rows = [r for r in compared if r["side"] == "diffusers" and r["sde"] == "rf"]
     assert [r["sampler"] for r in flow_rows] == [c.label for c in flow_configs]
-    assert not any(r["sampler"].endswith("optimised grid") for r in compared)  # --quick: no optimised grids
+    assert not any("family" in r for r in compared)  # --quick: no calibrated methods
     assert [(g["sde"], g["nfe"]) for g in goal] == [("vp", 10), ("ve", 10), ("rf", 10)]
     assert all(g["sgm_error"] > 0 and g["sgm_sw2"] > 0 and g["sw2_floor"] > 0 for g in goal)
     (across,) = out["path_table"]
@@ -65,6 +65,7 @@ def test_quick_sweep_writes_every_run_and_figure(tmp_path, monkeypatch):
     assert {r["sde"] for r in out["paths"]} == {"vp", "ve", "rf", "edm"}
     assert all(r["side"] == "sgm" for r in out["paths"])
     figures = {f"{kind}_2d_ring_{sde}.png" for kind in ("scatter",) + report.CURVE_METRICS for sde in ("vp", "ve")}
+    figures |= {f"compare_map_error_2d_ring_{sde}.png" for sde in ("vp", "ve", "rf")}
     assert {p.name for p in tmp_path.iterdir()} == figures | {"results.csv", "compare.csv", "goal.md", "results.json",
                                                               "paths.csv", "paths.md"}
     assert all((tmp_path / name).stat().st_size > 0 for name in figures)

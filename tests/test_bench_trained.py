@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import sgm
-from sgm.bench import problems, trained
+from sgm.bench import calibrated, problems, runs, trained
 from sgm.bench.peers import diffusers as peer
 from sgm.nets import DigitsClassifier
 from sgm.samplers import TimeGrid
@@ -149,3 +149,28 @@ def test_bad_arguments_are_refused_before_any_work(monkeypatch):
         trained.run_leg(None, None, (5,), k=0)
     with pytest.raises(TypeError, match="calibrated"):
         trained.run_leg(None, None, (5,), calibrated=[None])
+
+
+def test_calibrated_families_fit_on_the_screening_batch_and_run_on_the_evaluation_batch():
+    """``screening_draws`` are the screening batch itself, bit for bit (so calibration never sees the evaluation
+    draws); the family's rows (the descent's grid, PAS on the best screening finalist's grid and on that optimised
+    grid) are made for sgm's best screening finalist, join the finals and are judged on the evaluation batch."""
+    configs = [("ddim", {}), ("dpm_solver", {"order": 2, "method": "multistep", "prediction": "x0"})]
+    _, sde, (evaluation, screen, _) = leg_problems(3, tol=1e-6)
+    draws = trained.screening_draws(4, 3, 1e-6, D)
+    assert torch.equal(draws.sample(sde, SHAPE), screen.x_T)
+    family = calibrated.leg_family(draws, ("descent", "dmn", "ld3"), ("pas",), top={"descent": 1})  # no_grad
+    screened, final = trained.run_leg(evaluation, screen, (5,), k=1, use_peers=False, configs=configs,
+                                      calibrated=[family], log=lambda s: None)
+    best = min((r for r in screened if r["spacing"] not in runs.CHAIN_SPACINGS), key=lambda r: r["map_error"])
+    rows = [r for r in final if "family" in r]
+    winner = min((r for r in rows if r["family"] == "optimised"), key=lambda r: r["screen_map_error"])
+    assert sorted((r["family"], r["method"], r["spacing"]) for r in rows) == sorted([
+        ("corrected", "pas", f"{winner['method']} grid"), ("corrected", "pas", best["spacing"]),
+        ("optimised", "descent", "descent"), ("optimised", "dmn", "dmn"), ("optimised", "ld3", "ld3")])
+    for r in rows:
+        assert r["name"] == best["name"] and not r["diverged"] and r["nfe"] <= 5
+        assert r["calibration"]["draws"] == (0 if r["method"] == "dmn" else 4) and "frechet_classifier" in r
+        assert not r["default_grid"]  # a calibrated run is not sgm on its default grid
+    table = trained.leg_table(final, (5,))
+    assert table[0]["sgm"]["map_error"] == min(r["map_error"] for r in final if not r["diverged"])

@@ -6,11 +6,16 @@
   distribution error ``STOCHASTIC_GOAL_METRIC`` at ``STOCHASTIC_GOAL_NFE``, the best peer of all libraries.
 - ``path_table``: per target and budget, each path's best sgm configuration (least map error against that path's
   own exact map, finite, within the budget) and which path's is lowest.
-- ``write``: ``results.csv`` (the curve rows), ``compare.csv`` (the comparison rows), ``goal.md``, ``paths.csv``
+- ``method_table``: per target, SDE and budget, the best run of sgm's fixed grids and of each calibrated method
+  (step optimiser, learned correction) over the best peer's map error.
+- ``write``: ``results.csv`` (the curve rows), ``compare.csv`` (the comparison rows), ``goal.md``, ``methods.md``
+  (``method_table``, when the comparison has calibrated rows), ``paths.csv``
   and ``paths.md`` (the cross-path rows and table, when run), ``results.json`` (rows, comparison, goal, cross-path
   rows and table, stochastic rows and goal, floors, the exact flow map's metrics, seeds, versions) and the
   figures ``{metric}_{target}_{sde}.png`` (SW₂, Fréchet distance, map error against NFE; the floor dotted, the
-  exact flow map dash-dotted, the best comparison configuration of each side on the map-error figure),
+  exact flow map dash-dotted, the comparison's best curves on the map-error figure), ``compare_map_error_{target}_
+  {sde}.png`` (the comparison's best run per budget of each peer and of each of sgm's families: fixed grids,
+  optimised grids, learned corrections, ``compare_best_curves``; and the goal, ``GOAL_RATIO`` × each peer's),
   ``scatter_{target}_{sde}.png`` (``scatter_figure``) and ``digits_frechet.png`` — names from ``figure_name``;
   with a stochastic leg, ``stochastic.csv`` and ``stochastic_goal.md``.
 """
@@ -30,8 +35,9 @@ from .. import GaussianMixture, __version__
 from ..plotting import nfe_curves, scatter_panels
 
 __all__ = ["GOAL_NFE", "GOAL_RATIO", "STOCHASTIC_GOAL_NFE", "STOCHASTIC_GOAL_METRIC", "SCATTER_NFE", "PATH_NAMES",
-           "goal_table", "goal_markdown", "stochastic_markdown", "path_table", "path_markdown", "summary_table",
-           "figure_name", "scatter_figure", "versions", "write_csv", "write"]
+           "goal_table", "goal_markdown", "method_table", "method_markdown", "stochastic_markdown", "path_table",
+           "path_markdown", "summary_table", "figure_name", "scatter_figure", "versions", "write_csv", "write",
+           "FAMILIES", "compare_best_curves"]
 
 GOAL_NFE = (5, 10, 20)
 GOAL_RATIO = 0.5
@@ -41,8 +47,9 @@ SCATTER_NFE = (10, 50, 200)  # the budgets of a 2-D target's scatter figure
 CURVE_METRICS = ("sw2", "frechet", "map_error")  # one figure each
 RESULT_COLUMNS = ["target", "sde", "sampler", "nfe_budget", "steps", "tolerance", "nfe", "seconds", "sw2", "mmd2",
                   "energy", "frechet", "nll", "mode_error", "map_error", "diverged", "frechet_classifier", "confident"]
-COMPARE_COLUMNS = ["target", "sde", "side", "sampler", "nfe_budget", "steps", "nfe", "map_error", "sw2", "sw2_floor",
-                   "diverged", "seconds", "start_sigma", "start_error", "same_as", "error"]
+COMPARE_COLUMNS = ["target", "sde", "side", "sampler", "family", "method", "nfe_budget", "steps", "nfe", "map_error",
+                   "sw2", "sw2_floor", "diverged", "seconds", "calibration", "start_sigma", "start_error", "same_as",
+                   "error"]
 STOCHASTIC_COLUMNS = ["target", "sde", "side", "sampler", "nfe_budget", "steps", "nfe", "frechet_moments",
                       "mode_error", "sw2", "diverged", "seconds", "same_as", "error"]
 PATH_NAMES = {"vp": "VP", "ve": "VE", "edm": "EDM", "rf": "RF"}  # the cross-path table's column heads
@@ -80,12 +87,14 @@ def goal_table(rows: list[dict], budgets=GOAL_NFE, peer: str | tuple = "diffuser
 
 
 def _with_calibration(row: dict) -> str:
-    """A run's configuration, with what its calibration cost when it has one (an optimised grid: evaluations of the
-    calibration batch and seconds, spent once before sampling and not in the NFE)."""
-    evaluations, seconds = row.get("calibration_evaluations"), row.get("optimize_seconds")
-    if evaluations is None or seconds is None:
+    """A run's configuration, with what its calibration cost when it has one (an optimised grid, a learned
+    correction: evaluations of the calibration batch × its draws and seconds, spent once before sampling and not in
+    the NFE)."""
+    cost = row.get("calibration")
+    if not cost or cost.get("nfe") is None:
         return row["sampler"]
-    return f"{row['sampler']} (calibration: {evaluations:.0f} evaluations of 256 draws, {seconds:.0f} s)"
+    return (f"{row['sampler']} (calibration: {cost['nfe']:.0f} evaluations × {cost['draws']} draws, "
+            f"{cost['seconds']:.0f} s)")
 
 
 def path_table(rows: list[dict], budgets) -> list[dict]:
@@ -131,6 +140,40 @@ def path_markdown(table: list[dict]) -> str:
 def _number(value) -> str:
     """Three significant digits, or — for a missing or non-finite value."""
     return f"{value:.3g}" if value is not None and math.isfinite(value) else "—"
+
+
+def method_table(rows: list[dict], budgets=GOAL_NFE, peer: str = "diffusers") -> list[dict]:
+    """Per target, SDE and budget: the best ``peer`` map error and, for sgm's fixed grids (``"fixed"``) and each
+    calibrated ``method`` of the rows (a step optimiser's grid, a learned correction alone or on an optimised grid),
+    its best run's map error over the peer's (``ratios``: ``{method: ratio}``; finite runs within the budget)."""
+    sgm = [r for r in rows if r["side"] == "sgm"]
+    methods = ["fixed"] + list(dict.fromkeys(r["method"] for r in sgm if r.get("method")))
+    table = []
+    for target, sde in dict.fromkeys((r["target"], r["sde"]) for r in rows):
+        for nfe in [b for b in budgets if any(r["nfe_budget"] == b for r in rows)]:
+            cell = [r for r in rows if (r["target"], r["sde"], r["nfe_budget"]) == (target, sde, nfe)]
+            theirs = _best([r for r in cell if r["side"] == peer], nfe)
+            ratios = {}
+            for method in methods:
+                ours = _best([r for r in cell if r["side"] == "sgm" and r.get("method", "fixed") == method], nfe)
+                ratios[method] = ours["map_error"] / theirs["map_error"] if ours and theirs else float("nan")
+            table.append({"target": target, "sde": sde, "nfe": nfe,
+                          "peer_error": theirs["map_error"] if theirs else None, "ratios": ratios})
+    return table
+
+
+def method_markdown(table: list[dict]) -> str:
+    """``method_table`` as markdown: one column per method, the least ratio of each line in bold."""
+    methods = list(dict.fromkeys(m for r in table for m in r["ratios"]))
+    lines = ["| target | SDE | NFE | best peer | " + " | ".join(methods) + " |",
+             "|---|---|---|---|" + "---|" * len(methods)]
+    for r in table:
+        found = [v for v in r["ratios"].values() if math.isfinite(v)]
+        cells = [(f"**{_number(v)}**" if found and v == min(found) else _number(v))
+                 for v in (r["ratios"].get(m, float("nan")) for m in methods)]
+        lines.append(f"| {r['target']} | {r['sde'].upper()} | {r['nfe']} | {_number(r['peer_error'])} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def goal_markdown(table: list[dict], peer: str = "diffusers", metric: str = "map error",
@@ -224,6 +267,9 @@ def write(out_dir: str, rows: list[dict], meta: dict, compared: list[dict] = (),
     write_csv(os.path.join(out_dir, "compare.csv"), COMPARE_COLUMNS, compared)
     with open(os.path.join(out_dir, "goal.md"), "w") as f:
         f.write(goal_markdown(goal) + "\n")
+    if any(r.get("method") for r in compared):
+        with open(os.path.join(out_dir, "methods.md"), "w") as f:
+            f.write(method_markdown(method_table(compared)) + "\n")
     if across:
         write_csv(os.path.join(out_dir, "paths.csv"), COMPARE_COLUMNS, across)
         with open(os.path.join(out_dir, "paths.md"), "w") as f:
@@ -241,25 +287,41 @@ def write(out_dir: str, rows: list[dict], meta: dict, compared: list[dict] = (),
         group = [r for r in rows if r["target"] == target_name and r["sde"].split(" ")[0] == sde_name and "sw2" in r]
         floor = meta["floors"].get(f"{target_name} / {sde_name}", {})
         flow_map = meta["flow_map"].get(f"{target_name} / {sde_name}", {})
-        best = _best_per_budget([r for r in compared if (r["target"], r["sde"]) == (target_name, sde_name)])
+        best = compare_best_curves([r for r in compared if (r["target"], r["sde"]) == (target_name, sde_name)])
         for metric in CURVE_METRICS:
             nfe_curves(group + (best if metric == "map_error" else []), metric,
                        os.path.join(out_dir, figure_name(metric, target_name, sde_name)),
                        title=f"{target_name}, {sde_name.upper()}: {metric} against NFE", floor=floor.get(metric),
                        limit=flow_map.get(metric))
+    for target_name, sde_name in dict.fromkeys((r["target"], r["sde"]) for r in compared):
+        best = compare_best_curves([r for r in compared if (r["target"], r["sde"]) == (target_name, sde_name)])
+        best += [{**r, "sampler": f"{r['sampler']} × {GOAL_RATIO} (the goal)", "map_error": GOAL_RATIO * r["map_error"]}
+                 for r in best if not r["sampler"].startswith("sgm")]
+        nfe_curves(best, "map_error", os.path.join(out_dir, figure_name("compare_map_error", target_name, sde_name)),
+                   title=f"{target_name}, {sde_name.upper()}: the comparison's best map error against NFE")
     digits = [r for r in rows if "frechet_classifier" in r]
     if digits:
         nfe_curves(digits, "frechet_classifier", os.path.join(out_dir, "digits_frechet.png"),
                    title="digits model: Fréchet (classifier features)")
 
 
-def _best_per_budget(compared: list[dict]) -> list[dict]:
-    """For the map-error figure: the best comparison configuration of each side at each budget, as one curve each."""
+FAMILIES = {"fixed": "sgm, best on a fixed grid", "optimised": "sgm, best on an optimised grid",
+            "corrected": "sgm, best with a learned correction"}  # compare_best_curves' sgm curves
+
+
+def compare_best_curves(compared: list[dict]) -> list[dict]:
+    """For the map-error figures: at each budget the best comparison run of each peer side and of each family of
+    sgm's (``FAMILIES``: a fixed spacing, a step optimiser's grid, a learned correction), one curve each."""
     out = []
-    for side in dict.fromkeys(r["side"] for r in compared):
+    for key in dict.fromkeys(_family(r) for r in compared):
         for nfe in sorted({r["nfe_budget"] for r in compared}):
-            hits = [r for r in compared if r["side"] == side and r["nfe_budget"] == nfe and not r["diverged"]]
+            hits = [r for r in compared if _family(r) == key and r["nfe_budget"] == nfe and not r["diverged"]]
             if hits:
-                out.append({"sampler": f"{side}, best configuration", "nfe": nfe,
-                            "map_error": min(r["map_error"] for r in hits)})
+                out.append({"sampler": key, "nfe": nfe, "map_error": min(r["map_error"] for r in hits)})
     return out
+
+
+def _family(row: dict) -> str:
+    if row["side"] != "sgm":
+        return f"{row['side']}, best configuration"
+    return FAMILIES[row.get("family", "fixed")]

@@ -8,8 +8,8 @@ steps whose ``solver.nfe(steps)`` fits); the NFE a row reports is the run's own 
 - **Comparison** (``sgm_rows``): every deterministic fixed-step sampler over its options (``sgm_configs``) on each
   of the problem's paths (its ``variants``: on rectified flow shift 1 and 3), on the continuous spacings (the
   path, ``problems.exact_model``: the exact score, or ``x̂_0`` where ``α(T) = 0``) and the chain's timesteps (the
-  variant's ``chain_sde``, ``problems.chain_model``: exact on the chain only), by map error; ``optimized_rows``:
-  ``optimize_grid``'s grids for the best of them, each on its own path.
+  variant's ``chain_sde``, ``problems.chain_model``: exact on the chain only), by map error; the calibrated methods
+  (step optimisers' grids, learned corrections) for the best of them are ``calibrated.calibrated_rows``.
 - **The stochastic leg** (``sgm_rows`` with ``stochastic_configs`` and a distribution ``judge``): every option set
   of every fixed-step sampler that draws noise, on the same paths and spacings, its noise from a generator seeded
   ``seed + 10``.
@@ -30,14 +30,14 @@ import torch
 from torch import Tensor
 
 from .. import samplers
-from ..samplers import SamplerDiverged, optimize_grid, sample
+from ..samplers import SamplerDiverged, sample
 from ..samplers.grid import path_family
 from .judge import STOCHASTIC_METRICS, classifier_scores, failed, judge_curve
 from .problems import TRAIN_STEPS, OffChain, Problem, exact_model
 
 __all__ = ["Run", "CONTINUOUS_SPACINGS", "FLOW_SPACINGS", "CHAIN_SPACINGS", "continuous_spacings", "curve_runs",
-           "budgeted", "Curves", "curve_rows",
-           "sgm_configs", "stochastic_configs", "label", "sgm_row", "sgm_rows", "optimized_rows", "checkpoint_rows"]
+           "budgeted", "Curves", "curve_rows", "sgm_configs", "stochastic_configs", "label", "sgm_row", "sgm_rows",
+           "checkpoint_rows"]
 
 
 @dataclass(frozen=True)
@@ -187,15 +187,17 @@ def label(name: str, options: dict, spacing: str, variant: str = "") -> str:
 def sgm_row(problem: Problem, score, sde, name: str, options: dict, nfe: int, steps: int, row_label: str,
             sample_kw: dict, variant: str = "", judge: Judge | None = None) -> dict | None:
     """One sgm run from ``x_T`` (None when the sampler cannot run on a chain grid), judged by ``problem.judge`` (or
-    by ``judge(x)``, a stochastic run); ``sample_kw``: ``sample``'s grid options (or a ``grid``) and generator."""
+    by ``judge(x)``, a stochastic run); ``sample_kw``: ``sample``'s grid options (or a ``grid``, a ``correction``) and
+    generator."""
     t0 = time.perf_counter()
     row = {"target": problem.target_name, "sde": problem.sde_name, "side": "sgm", "sampler": row_label,
            "nfe_budget": nfe, "steps": steps, "name": name, "options": options,
            "spacing": sample_kw.get("spacing", "optimised"), "variant": variant}
     try:
-        budget = {} if "grid" in sample_kw else {"steps": steps}  # a ready grid fixes its own nodes
+        budget = {} if "grid" in sample_kw or "correction" in sample_kw else {"steps": steps}  # a ready grid
+        fixed = {} if "correction" in sample_kw else options  # a correction fixes the sampler's options
         out = sample(score, sde, tuple(problem.x_T.shape), sampler=name, x_init=problem.x_T, **budget, **sample_kw,
-                     **options)
+                     **fixed)
     except OffChain:
         return None
     except (ValueError, RuntimeError) as e:  # diverged (SamplerDiverged), or a solver refusing this grid
@@ -225,37 +227,6 @@ def sgm_rows(problem: Problem, nfes, configs=None, judge: Judge | None = None, s
                               label(name, options, spacing, variant.label), kw, variant.label, judge)
                 if row is not None:
                     rows.append(row)
-    return rows
-
-
-def optimized_rows(problem: Problem, nfes, fixed: list[dict], seed: int, top: int = 3) -> list[dict]:
-    """``optimize_grid``'s grid for each of the ``top`` best distinct samplers-with-options-and-paths among the
-    continuous-grid runs of ``fixed`` at each budget, on that run's path (its variant) with ``exact_model``,
-    calibrated on 256 prior draws from ``seed + 20`` (independent of ``x_T``); the grid then runs from ``x_T``. An
-    optimisation that fails is a diverged row."""
-    paths, rows = {v.label: v.sde for v in problem.variants}, []
-    for nfe in nfes:
-        ranked = sorted((r for r in fixed if r["nfe_budget"] == nfe and not r["diverged"]
-                         and r["spacing"] not in CHAIN_SPACINGS), key=lambda r: r["map_error"])
-        # each sampler-with-options-and-path's best run
-        distinct = {(r["name"], tuple(r["options"].items()), r.get("variant", "")): r for r in reversed(ranked)}
-        for best in sorted(distinct.values(), key=lambda r: r["map_error"])[:top]:
-            name, options, steps, t0 = best["name"], best["options"], best["steps"], time.perf_counter()
-            variant = best.get("variant", "")
-            sde = paths[variant]
-            model, row_label = exact_model(problem.target, sde), label(name, options, "optimised grid", variant)
-            try:
-                grid = optimize_grid(model, sde, steps, sampler=name, shape=(256, problem.target.dim),
-                                     generator=torch.Generator().manual_seed(seed + 20), **options)
-            except (ValueError, RuntimeError) as e:  # SamplerDiverged on every starting grid
-                rows.append({"target": problem.target_name, "sde": problem.sde_name, "side": "sgm",
-                             "sampler": row_label, "nfe_budget": nfe, "steps": steps, "variant": variant,
-                             **failed(e, t0, "optimize_grid: ")})
-                continue
-            seconds = time.perf_counter() - t0
-            row = sgm_row(problem, model, sde, name, options, nfe, steps, row_label, {"grid": grid}, variant)
-            cost = grid.info.get("cost", {})  # optimize_grid's record: evaluations of the batch of 256 draws
-            rows.append({**row, "optimize_seconds": seconds, "calibration_evaluations": cost.get("evaluations")})
     return rows
 
 

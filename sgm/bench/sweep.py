@@ -17,12 +17,13 @@ from . import report
 from .judge import distribution_metrics, floors, judge_stochastic, stochastic_floors
 from .peers import PEERS, peer_rows, stochastic_peer_rows
 from .problems import PATHS, TARGETS, Problem, make_problem, make_targets
-from .runs import checkpoint_rows, curve_rows, optimized_rows, sgm_rows, stochastic_configs
+from .calibrated import CORRECTIONS, OPTIMIZERS, Draws, calibrated_rows, check_methods
+from .runs import checkpoint_rows, curve_rows, sgm_rows, stochastic_configs
 
 __all__ = ["NFE_GRID", "QUICK_NFE", "TOLERANCES", "QUICK_TOLERANCES", "COMPARE_NFE", "QUICK_COMPARE_NFE", "PATH_NFE",
            "STOCHASTIC_NFE", "QUICK_STOCHASTIC_NFE", "STOCHASTIC_N", "CURVE_SDES", "COMPARE_SDES", "STOCHASTIC_SDES",
-           "JOBS", "compare_rows", "path_rows", "stochastic_rows", "run_sweep", "add_arguments", "check_checkpoint",
-           "run_from_args", "main"]
+           "JOBS", "CALIBRATION_N", "compare_rows", "calibration_draws", "path_rows", "stochastic_rows", "run_sweep",
+           "add_arguments", "check_checkpoint", "run_from_args", "main"]
 
 NFE_GRID = (5, 10, 20, 50, 100, 200, 500, 1000)
 QUICK_NFE = (5, 10, 20, 50)
@@ -37,25 +38,36 @@ CURVE_SDES = ("vp", "ve")  # the paths the curves run on
 COMPARE_SDES = ("vp", "ve", "rf")  # the paths sgm is compared with its peers on
 STOCHASTIC_SDES = ("vp", "ve")  # the paths of the stochastic leg
 JOBS = ("curves", "compare", "stochastic", "paths")
+CALIBRATION_N = 256  # prior draws each calibrated method of the comparison fits on
 
 
-def compare_rows(problem: Problem, nfes, seed: int = 0, peers=True, optimise: bool = True) -> list[dict]:
-    """The comparison on ``problem``: sgm's fixed grids, its optimised grids (with ``optimise``) and the installed
-    peers (``peers``: True for all of ``PEERS``, False for none, or a sequence of their names)."""
+def compare_rows(problem: Problem, nfes, seed: int = 0, peers=True, optimise: bool = True,
+                 optimizers=OPTIMIZERS, corrections=CORRECTIONS) -> list[dict]:
+    """The comparison on ``problem``: sgm's fixed grids, its calibrated methods (with ``optimise``: the grids of the
+    step ``optimizers`` and the learned ``corrections``, ``calibrated.calibrated_rows``, calibrated on 256 prior draws
+    from ``seed + 20``, disjoint from ``x_T``) and the installed peers (``peers``: True for all of ``PEERS``, False
+    for none, or a sequence of their names)."""
     fixed = sgm_rows(problem, nfes)
-    rows = fixed + (optimized_rows(problem, nfes, fixed, seed) if optimise else [])
+    rows = fixed + (calibrated_rows(problem, nfes, fixed, calibration_draws(seed), optimizers, corrections)
+                    if optimise else [])
     names = _peer_names(peers)
     return rows + (peer_rows(problem, nfes, names) if names else [])
 
 
+def calibration_draws(seed: int) -> Draws:
+    """The comparison's calibration batch: 256 prior draws from ``seed + 20`` (``x_T`` is drawn from ``seed``)."""
+    return Draws(CALIBRATION_N, seed + 20)
+
+
 def path_rows(problem: Problem, nfes, seed: int = 0, optimise: bool = True, done: list[dict] = ()) -> list[dict]:
-    """The cross-path comparison's runs on ``problem``: sgm's fixed grids and (with ``optimise``) optimised grids at
-    the budgets of ``nfes`` that ``done`` (sgm's comparison rows of the same problem, if it ran) does not hold, plus
-    those rows."""
+    """The cross-path comparison's runs on ``problem``: sgm's fixed grids and (with ``optimise``) the descent's grids
+    at the budgets of ``nfes`` that ``done`` (sgm's comparison rows of the same problem, if it ran) does not hold,
+    plus those rows."""
     have = {r["nfe_budget"] for r in done}
     todo = tuple(nfe for nfe in nfes if nfe not in have)
     fixed = sgm_rows(problem, todo) if todo else []
-    return list(done) + fixed + (optimized_rows(problem, todo, fixed, seed) if optimise and todo else [])
+    return list(done) + fixed + (calibrated_rows(problem, todo, fixed, calibration_draws(seed), ("descent",), ())
+                                 if optimise and todo else [])
 
 
 def _peer_names(peers) -> tuple:
@@ -81,15 +93,18 @@ def stochastic_rows(problem: Problem, nfes, seed: int = 0, peers=True) -> list[d
 def run_sweep(out_dir: str, quick: bool = False, n: int | None = None, seed: int = 0,
               checkpoint: str | None = None, peers=True, progress: bool = True, curves: bool = True,
               compare: bool = True, n_compare: int | None = None, targets=None, paths: bool = False,
-              sdes=None, stochastic: bool = True, n_stochastic: int | None = None, stochastic_nfe=None) -> list[dict]:
+              sdes=None, stochastic: bool = True, n_stochastic: int | None = None, stochastic_nfe=None,
+              optimizers=OPTIMIZERS, corrections=CORRECTIONS) -> list[dict]:
     """Run the sweep, write its report to ``out_dir`` and return the curve rows (the comparison's rows, the goal
     table, the cross-path rows and table, the stochastic leg's rows and goal table are in ``results.json``).
     ``sdes``: the paths to run (default: all of ``problems.PATHS``; the curves run on those of ``CURVE_SDES``, the
     comparison on those of ``COMPARE_SDES``, the stochastic leg on those of ``STOCHASTIC_SDES``); ``paths``: the
-    cross-path comparison on each of them. Seeds: the problem's draw ``seed``, the floors ``seed + 1``, the target
+    cross-path comparison on each of them; ``optimizers``, ``corrections``: the comparison's calibrated methods
+    (``calibrated``; default all). Seeds: the problem's draw ``seed``, the floors ``seed + 1``, the target
     sample the curves, the comparison and the stochastic leg are judged against ``seed + 2``, the curves' SW₂
-    directions ``seed + 3``, stochastic samplers' noise ``seed + 10``, ``optimize_grid``'s calibration draws
+    directions ``seed + 3``, stochastic samplers' noise ``seed + 10``, the calibrated methods' draws
     ``seed + 20``."""
+    optimizers, corrections = check_methods(optimizers, corrections)
     os.makedirs(out_dir, exist_ok=True)
     n_stochastic = n_stochastic or (min(n, STOCHASTIC_N) if n else (500 if quick else STOCHASTIC_N))
     n = n or (500 if quick else 4000)
@@ -119,7 +134,7 @@ def run_sweep(out_dir: str, quick: bool = False, n: int | None = None, seed: int
                     report.scatter_figure(out_dir, target_name, sde_name, target, result.scatter)
             if compare and sde_name in COMPARE_SDES:
                 compared += compare_rows(make_problem(target_name, target, sde_name, n_compare, seed), compare_nfes,
-                                         seed, peers, optimise=not quick)
+                                         seed, peers, not quick, optimizers, corrections)
             if stochastic and sde_name in STOCHASTIC_SDES:
                 stochastic_floor_metrics[key] = stochastic_floors(target, n_stochastic, seed + 1)
                 stochastic_runs += stochastic_rows(make_problem(target_name, target, sde_name, n_stochastic, seed),
@@ -137,7 +152,8 @@ def run_sweep(out_dir: str, quick: bool = False, n: int | None = None, seed: int
                                         report.STOCHASTIC_GOAL_METRIC) if stochastic_runs else []
     meta = {"seed": seed, "n": n, "n_compare": n_compare, "n_stochastic": n_stochastic, "quick": quick,
             "nfe_grid": list(nfes), "compare_nfe": list(compare_nfes), "path_nfe": list(PATH_NFE) if paths else [],
-            "stochastic_nfe": list(stochastic_nfe), "tolerances": list(tolerances), "floors": floor_metrics,
+            "stochastic_nfe": list(stochastic_nfe), "optimizers": list(optimizers),
+            "corrections": list(corrections), "tolerances": list(tolerances), "floors": floor_metrics,
             "flow_map": flow_maps, "stochastic_floors": stochastic_floor_metrics,
             "seconds": time.perf_counter() - t_start, "versions": report.versions()}
     report.write(out_dir, rows, meta, compared, goal, across, report.path_table(across, PATH_NFE) if across else [],
@@ -167,6 +183,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--stochastic-nfe", type=int, nargs="+", default=None,
                         help=f"the stochastic leg's budgets (default {' '.join(map(str, STOCHASTIC_NFE))}; "
                         f"{' '.join(map(str, QUICK_STOCHASTIC_NFE))} with --quick)")
+    parser.add_argument("--optimizers", nargs="*", default=list(OPTIMIZERS), metavar="NAME",
+                        help=f"the comparison's step optimisers (default all: {' '.join(OPTIMIZERS)}; none: no "
+                        "optimised grids)")
+    parser.add_argument("--corrections", nargs="*", default=list(CORRECTIONS), metavar="NAME",
+                        help=f"the comparison's learned corrections (default all: {' '.join(CORRECTIONS)})")
     parser.add_argument("--only", nargs="+", choices=JOBS, default=None,
                         help="run only these jobs (default: curves, compare and, without --quick, stochastic): the "
                         "curves (all metrics), the sgm-vs-peers comparison (map error, SW₂), the stochastic leg "
@@ -191,6 +212,7 @@ def run_from_args(args) -> int:
         raise ValueError(f"--n must be an integer >= 1, got {args.n}")
     if args.stochastic_nfe is not None and min(args.stochastic_nfe) < 1:
         raise ValueError(f"--stochastic-nfe must be integers >= 1, got {args.stochastic_nfe}")
+    check_methods(args.optimizers, args.corrections)
     if args.checkpoint:
         check_checkpoint(args.checkpoint)
     t0 = time.perf_counter()
@@ -198,7 +220,8 @@ def run_from_args(args) -> int:
     rows = run_sweep(args.out, quick=args.quick, n=args.n, seed=args.seed, checkpoint=args.checkpoint,
                      peers=not args.no_peers and (args.peers or True), progress=args.progress, curves="curves" in jobs,
                      compare="compare" in jobs, targets=args.targets, paths="paths" in jobs, sdes=args.sdes,
-                     stochastic="stochastic" in jobs, stochastic_nfe=args.stochastic_nfe)
+                     stochastic="stochastic" in jobs, stochastic_nfe=args.stochastic_nfe,
+                     optimizers=args.optimizers, corrections=args.corrections)
     with open(os.path.join(args.out, "results.json")) as f:
         results = json.load(f)
     goal, across = results["goal"], results["path_table"]

@@ -18,8 +18,11 @@ diffusers (``peers.diffusers.configs``). At each budget the ``k`` best distinct 
 (and sgm's best on its default grid) run again on the evaluation batch, scored by the map error and by
 ``judge.classifier_scores``: the Fréchet distance in the digits classifier's features against the 1797 real
 digits. Choosing the finalists on draws disjoint from the evaluation batch keeps the table free of selection bias;
-a method calibrated on prior draws (an optimised grid, a learned correction: ``run_leg(calibrated=...)``)
-calibrates on the screening batch (``screen.z``, ``screen.x_ref``) and adds its rows to the finals.
+a method calibrated on prior draws (an optimised grid, a learned correction: ``run_leg(calibrated=...)``,
+``calibrated.leg_family``) calibrates on the screening batch itself (``screening_draws``) and adds its rows to the
+finals. Eight screening draws are enough for that (``benchmarks/trained_screen_draws.py``, ipndm at 10 NFE,
+held-out map error on 64 draws: uncorrected 0.150; the descent's grid 0.104 from 8 draws, 0.110 from 32; PAS 0.144
+from 8, 0.133 from 32, at 2–4× the cost), so ``n_screen`` stays 8.
 """
 from __future__ import annotations
 
@@ -40,12 +43,13 @@ from ..predictions import predict
 from ..samplers.grid import path_family
 from ..samplers.optimize import flow_map, map_error
 from . import peers, report
+from .calibrated import CORRECTIONS, OPTIMIZERS, Draws, check_methods, leg_family
 from .judge import classifier_scores, judge_map
 from .problems import TRAIN_STEPS, Variant
 from .runs import CHAIN_SPACINGS, sgm_configs, sgm_row, sgm_rows
 
 __all__ = ["SAMPLERS", "REFERENCE_CHECK", "TrainedProblem", "path_chain", "trained_problems", "checkpoint_problems",
-           "leg_configs", "finalists", "run_leg", "leg_table", "table_markdown", "COLUMNS", "main"]
+           "leg_configs", "screening_draws", "finalists", "run_leg", "leg_table", "table_markdown", "COLUMNS", "main"]
 
 # sgm's samplers in the leg and the option values kept (the others: every value of the entry's sweep axes)
 SAMPLERS = {"ddim": {}, "dpm_solver": {"order": (2, 3)}, "unipc": {"order": (2, 3)}, "deis": {"order": (2, 3)},
@@ -174,6 +178,12 @@ def checkpoint_problems(path: str, n: int, n_screen: int, seed: int = 0, tol: fl
                             classifier=classifier, images=images)
 
 
+def screening_draws(n_screen: int, seed: int = 0, tol: float = 1e-5, dtype=torch.float32) -> Draws:
+    """The screening batch of ``trained_problems(..., n_screen, seed, tol)`` as calibration draws: the calibrated
+    families fit on exactly the draws that chose the finalists, disjoint from the evaluation batch."""
+    return Draws(n_screen, seed + 1, dtype, tol)
+
+
 def leg_configs() -> list[tuple[str, dict]]:
     """sgm's configurations in the leg: ``runs.sgm_configs()`` of the ``SAMPLERS`` with the option values kept."""
     return [(name, options) for name, options in sgm_configs() if name in SAMPLERS
@@ -181,7 +191,9 @@ def leg_configs() -> list[tuple[str, dict]]:
 
 
 def _default_grid(row: dict, sde: GaussianPath) -> bool:
-    return row["side"] == "sgm" and row.get("spacing") == samplers.entry(row["name"]).default_spacing(sde)
+    """sgm's uncalibrated run on its sampler's default spacing (a correction on that spacing is not)."""
+    return (row["side"] == "sgm" and not row.get("family")
+            and row.get("spacing") == samplers.entry(row["name"]).default_spacing(sde))
 
 
 def finalists(rows: list[dict], k: int, sde: GaussianPath) -> list[dict]:
@@ -284,8 +296,9 @@ def table_markdown(table: list[dict]) -> str:
     return "\n".join(lines)
 
 
-COLUMNS = ["side", "sampler", "nfe_budget", "steps", "nfe", "map_error", "frechet_classifier", "confident",
-           "screen_map_error", "default_grid", "diverged", "seconds", "same_as", "error"]
+COLUMNS = ["side", "sampler", "family", "method", "calibration", "nfe_budget", "steps", "nfe", "map_error",
+           "frechet_classifier", "confident", "screen_map_error", "default_grid", "diverged", "seconds", "same_as",
+           "error"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -305,15 +318,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tol", type=float, default=1e-5, help="dopri5's rtol = atol for the reference")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-peers", action="store_true")
+    parser.add_argument("--optimizers", nargs="*", default=list(OPTIMIZERS), metavar="NAME",
+                        help=f"step optimisers calibrated on the screening batch (default all: {' '.join(OPTIMIZERS)})")
+    parser.add_argument("--corrections", nargs="*", default=["pas", "amed"], metavar="NAME",
+                        help=f"learned corrections calibrated on the screening batch (default: pas amed; of "
+                        f"{' '.join(CORRECTIONS)})")
     args = parser.parse_args(argv)
     for nfe in args.nfe:
         integer("--nfe", nfe)
     integer("--finalists", args.finalists)
+    check_methods(args.optimizers, args.corrections)
     t0 = time.perf_counter()
     evaluation, screen, info = checkpoint_problems(args.checkpoint, args.n, args.n_screen, args.seed, args.tol,
                                                    args.cache)
     print(f"reference: {info}", flush=True)
+    family = leg_family(screening_draws(args.n_screen, args.seed, args.tol), args.optimizers, args.corrections)
     screened, final = run_leg(evaluation, screen, tuple(args.nfe), args.finalists, not args.no_peers,
+                              calibrated=[family] if args.optimizers or args.corrections else [],
                               log=lambda s: print(s, flush=True))
     table = leg_table(final, tuple(args.nfe))
     reference = classifier_scores(evaluation.x_ref, evaluation.classifier, evaluation.images)

@@ -139,10 +139,11 @@ def dmn(sde, steps: int, eps: float, order: int, kind: str, positions: Positions
         return torch.cat([w0[:1], torch.exp(log_w[i] * (1 - f) + log_w[i + 1] * f), w0[1:]])
 
     def fun(x):
-        v = torch.tensor(x, dtype=torch.float64, requires_grad=True)
-        b = dmn_bound(torch.cat([torch.tensor([lam0], dtype=torch.float64), v,
-                                 torch.tensor([lamN], dtype=torch.float64)]), weights(v), order)
-        (g,) = torch.autograd.grad(b, v)
+        with torch.enable_grad():  # the bound's gradient, also when the caller samples under no_grad
+            v = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+            b = dmn_bound(torch.cat([torch.tensor([lam0], dtype=torch.float64), v,
+                                     torch.tensor([lamN], dtype=torch.float64)]), weights(v), order)
+            (g,) = torch.autograd.grad(b, v)
         return float(b.detach()), g.numpy()
 
     # λ_0 ≤ λ_1, λ_k ≤ λ_{k+1}, λ_{N-1} ≤ λ_N as rows of A x ≥ lb (the first row is absent where λ_0 = -∞)

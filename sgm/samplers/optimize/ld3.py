@@ -107,6 +107,7 @@ def ld3(method: Solver, model, sde, steps: int, x_T: Tensor, reference: Tensor, 
     def loss(v: Tensor, idx: Tensor, latents: Tensor, graph: bool = False) -> Tensor:
         return soft_teacher_loss(method, model, sde, grid_of(v), latents, reference[idx], prior_std, graph)
 
+    @torch.enable_grad()  # the latents' gradient, also when the caller samples under no_grad
     def latent_step(idx: Tensor, v: Tensor) -> Tensor:
         """One SGD step on the latents of ``idx`` (projected onto the ball); returns the losses before it."""
         zb = z[idx].clone().requires_grad_(True)

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from ..checks import flag, positive
 from ..device import wide_float
+from ..paths import batch_view
 from .grid import TimeGrid
 from .noise import Noise
 from .solver import Model, Solver
@@ -36,37 +37,42 @@ class _ReverseInTau(torch.nn.Module):
     def __init__(self, model: Model, shape: torch.Size):
         super().__init__()
         self.model, self.shape = model, shape
-        self._last = None
+        self._first, self._g = (), None
 
     def f(self, tau: Tensor, y: Tensor) -> Tensor:
-        # sdeint's contract check calls f(t0, y0) before the first step does: answer both with one evaluation.
-        if self._last is not None and self._last[0] is y and bool(self._last[1] == tau):
-            return self._last[2]
-        x = y.reshape(self.shape)
-        t = (-tau).to(y.dtype).expand(y.shape[0])
-        out = self.model.sde.reverse_drift(x, t, self.model(x, float(-tau)).score).neg_().reshape(y.shape)
-        self._last = (y, tau, out)
+        # sdeint's contract check calls f(t0, y0) before the first step does: answer both with one evaluation, and
+        # hold no drift longer (a held 'out' keeps the allocator from reusing its memory for the next one).
+        first, self._first = self._first, None
+        if first and first[0] is y and bool(first[1] == tau):
+            return first[2]
+        x, sde = y.reshape(self.shape), self.model.sde
+        t = (-tau).to(y.dtype).reshape(1)  # f(t), g(t)² once, broadcast over the batch
+        f, g2 = sde.drift_coefficient(t), sde.diffusion_squared(t)
+        # -(f x - g² s) as g² s - f x: two tensor operations, no negation pass (the same numbers, bit for bit)
+        out = (x * -batch_view(f, x)).addcmul_(batch_view(g2, x), self.model(x, float(-tau)).score).reshape(y.shape)
+        self._g = (tau, g2.sqrt())  # g(τ) is asked next, at the same τ
+        if first == ():
+            self._first = (y, tau, out)
         return out
 
     def g(self, tau: Tensor, y: Tensor) -> Tensor:
+        if self._g is not None and bool(self._g[0] == tau):
+            return self._g[1].expand_as(y)
         return self.model.sde.diffusion((-tau).to(y.dtype)).expand_as(y)
 
 
 class _StepBrownian(torchsde.BaseBrownian):
-    """Brownian increments ``√(tb - ta)·noise(-ta, -tb)`` as torchsde asks for them (consecutive fixed steps, or any
-    interval of a ``BrownianNoise`` path)."""
+    """Brownian increments ``√(tb - ta)·noise(-ta, -tb)`` as torchsde asks for them: consecutive fixed steps, each
+    interval once (Euler, Milstein), or any interval of a ``BrownianNoise`` path, a function of time."""
 
     def __init__(self, like: Tensor, noise: Noise):
         self._like, self._noise = like, noise
-        self._last = None
 
     def __call__(self, ta, tb=None, return_U=False, return_A=False):
         if tb is None or return_U or return_A:
             raise ValueError("fixed-step Brownian increments answer W(tb) - W(ta) only")
-        key = (float(ta), float(tb))
-        if self._last is None or self._last[0] != key:
-            self._last = (key, self._noise(-key[0], -key[1], like=self._like).mul_((key[1] - key[0]) ** 0.5))
-        return self._last[1]
+        ta, tb = float(ta), float(tb)
+        return self._noise(-ta, -tb, like=self._like).mul_((tb - ta) ** 0.5)
 
     def __repr__(self):
         return f"_StepBrownian(shape={tuple(self._like.shape)})"

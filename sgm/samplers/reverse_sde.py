@@ -37,22 +37,22 @@ class _ReverseInTau(torch.nn.Module):
     def __init__(self, model: Model, shape: torch.Size):
         super().__init__()
         self.model, self.shape = model, shape
-        self._first, self._g = (), None
+        self._pending, self._started, self._g = None, False, None  # _pending: the contract check's (y, τ, drift)
 
     def f(self, tau: Tensor, y: Tensor) -> Tensor:
         # sdeint's contract check calls f(t0, y0) before the first step does: answer both with one evaluation, and
         # hold no drift longer (a held 'out' keeps the allocator from reusing its memory for the next one).
-        first, self._first = self._first, None
-        if first and first[0] is y and bool(first[1] == tau):
-            return first[2]
+        pending, self._pending = self._pending, None
+        if pending is not None and pending[0] is y and bool(pending[1] == tau):
+            return pending[2]
         x, sde = y.reshape(self.shape), self.model.sde
         t = (-tau).to(y.dtype).reshape(1)  # f(t), g(t)² once, broadcast over the batch
         f, g2 = sde.drift_coefficient(t), sde.diffusion_squared(t)
         # -(f x - g² s) as g² s - f x: two tensor operations, no negation pass (the same numbers, bit for bit)
         out = (x * -batch_view(f, x)).addcmul_(batch_view(g2, x), self.model(x, float(-tau)).score).reshape(y.shape)
         self._g = (tau, g2.sqrt())  # g(τ) is asked next, at the same τ
-        if first == ():
-            self._first = (y, tau, out)
+        if not self._started:
+            self._started, self._pending = True, (y, tau, out)
         return out
 
     def g(self, tau: Tensor, y: Tensor) -> Tensor:

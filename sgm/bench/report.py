@@ -78,7 +78,8 @@ def goal_table(rows: list[dict], budgets=GOAL_NFE, peer: str | tuple = "diffuser
                           "peer_sw2": theirs.get("sw2") if theirs else None,
                           "sgm_sw2": ours.get("sw2") if ours else None,
                           "sw2_floor": (ours or theirs or {}).get("sw2_floor"),
-                          **{f"{side}_strong": _strong(row) for side, row in (("peer", theirs), ("sgm", ours))}})
+                          **{f"{side}_strong": _strong(row) for side, row in (("peer", theirs), ("sgm", ours))
+                             if row and "strong_error" in row}})
     return table
 
 

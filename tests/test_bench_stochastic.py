@@ -10,7 +10,7 @@ import torch
 
 import sgm
 from sgm import metrics
-from sgm.bench import judge, report, runs, sweep
+from sgm.bench import judge, report, runs, strong, sweep
 from sgm.bench.peers import diffusers as dpeer
 from sgm.bench.peers import k_diffusion as kpeer
 from conftest import gen
@@ -266,6 +266,8 @@ def test_the_stochastic_sweep_writes_its_rows_and_goal(tmp_path, monkeypatch):
     monkeypatch.setattr(dpeer, "stochastic_configs", lambda: ddpm)
     euler = [c for c in kpeer.configs() if c.label == "k-diffusion euler_ancestral, karras"]
     monkeypatch.setattr(kpeer, "configs", lambda: euler)
+    monkeypatch.setattr(sweep, "with_strong_errors",  # the strong column of 8 draws against 40 evaluations
+                        lambda problem, rows, seed: strong.with_strong_errors(problem, rows, seed, 8, 40))
     sweep.run_sweep(str(tmp_path), quick=True, n=200, progress=False, curves=False, compare=False)
     out = json.loads((tmp_path / "results.json").read_text())
     assert {p.name for p in tmp_path.iterdir()} >= {"stochastic.csv", "stochastic_goal.md", "results.json"}
@@ -274,3 +276,5 @@ def test_the_stochastic_sweep_writes_its_rows_and_goal(tmp_path, monkeypatch):
     assert all(g["sgm_error"] > 0 for g in out["stochastic_goal"])
     sides = {r["side"] for r in out["stochastic"]}
     assert sides == {"sgm"} | ({"diffusers"} if ddpm else set()) | ({"k-diffusion"} if euler else set())
+    errors = {r["side"]: r["strong_error"] for r in out["stochastic"]}  # the strong column (tests/test_bench_strong.py)
+    assert errors["sgm"] > 0 and all(math.isnan(v) for side, v in errors.items() if side == "diffusers")

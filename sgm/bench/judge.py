@@ -11,13 +11,15 @@
 - The stochastic leg's distribution error (``STOCHASTIC_METRICS``): the Fréchet distance of the samples' mean
   ``m̂`` and covariance ``Ĉ`` to the mixture's exact ``(m, C)``, ``‖m̂ - m‖² + Tr(Ĉ + C - 2(C^½ Ĉ C^½)^½)``
   (``frechet_moments``), the mode-weight error ``Σ_k |n_k/n - w_k|`` and SW₂ to a target sample; their floors
-  (``stochastic_floors``) are the values of ``n`` exact samples (SW₂: between two such samples).
+  (``stochastic_floors``) are the values of ``n`` exact samples (SW₂: between two such samples); its strong error
+  ``rms_distance`` against a fine-step run on the same Brownian paths (``bench.strong``).
 
 A run that diverged (no samples, or a NaN/inf among them) or failed is a row with ``diverged`` true and NaN
 metrics, never a crash.
 """
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -28,7 +30,7 @@ from ..samplers.optimize import map_error
 
 __all__ = ["METRICS", "STOCHASTIC_METRICS", "PAIRWISE_N", "SW2_PROJECTIONS", "CONFIDENT", "distribution_metrics",
            "floors", "stochastic_metrics", "stochastic_floors", "judge_curve", "map_sw2", "judge_map",
-           "judge_stochastic", "classifier_scores", "failed"]
+           "judge_stochastic", "rms_distance", "classifier_scores", "failed"]
 
 METRICS = ("sw2", "mmd2", "energy", "frechet", "nll", "mode_error", "map_error")
 STOCHASTIC_METRICS = ("frechet_moments", "mode_error", "sw2")
@@ -111,6 +113,14 @@ def judge_stochastic(x: Tensor | None, reference: Tensor, target: GaussianMixtur
     if not _finite(x):
         return {**dict.fromkeys(STOCHASTIC_METRICS, float("nan")), "diverged": True}
     return {**stochastic_metrics(x, reference, target, torch.Generator().manual_seed(seed + 3)), "diverged": False}
+
+
+def rms_distance(x, ref) -> float:
+    """The stochastic leg's strong error of ``x`` against its reference run ``ref`` (``bench.strong``):
+    ``((1/m) Σ_i ‖x_i - ref_i‖²)^½``; ``nan`` when either run failed or is not finite."""
+    if x is None or ref is None or not (torch.isfinite(x).all() and torch.isfinite(ref).all()):
+        return math.nan
+    return float((x - ref).flatten(1).pow(2).sum(1).mean().sqrt())
 
 
 def classifier_scores(x: Tensor, classifier, images: Tensor) -> dict:

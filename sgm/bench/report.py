@@ -3,7 +3,8 @@
 - ``goal_table``: per target, SDE and budget, each side's configuration with the least map error (among finite
   runs that spent at most the budget) and the ratio sgm / peer; the goal (issue 9) is a ratio of at most
   ``GOAL_RATIO`` at every budget of ``GOAL_NFE``. The stochastic leg's goal (issue 17) is the same table of the
-  distribution error ``STOCHASTIC_GOAL_METRIC`` at ``STOCHASTIC_GOAL_NFE``, the best peer of all libraries.
+  distribution error ``STOCHASTIC_GOAL_METRIC`` at ``STOCHASTIC_GOAL_NFE``, the best peer of all libraries, with each
+  best row's strong error and its reference's steps (``bench.strong``; "n/a" for diffusers, which shares no path).
 - ``path_table``: per target and budget, each path's best sgm configuration (least map error against that path's
   own exact map, finite, within the budget) and which path's is lowest.
 - ``method_table``: per target, SDE and budget, the best run of sgm's fixed grids and of each calibrated method
@@ -51,7 +52,8 @@ COMPARE_COLUMNS = ["target", "sde", "side", "sampler", "family", "method", "nfe_
                    "sw2", "sw2_floor", "diverged", "seconds", "calibration", "start_sigma", "start_error", "same_as",
                    "error"]
 STOCHASTIC_COLUMNS = ["target", "sde", "side", "sampler", "nfe_budget", "steps", "nfe", "frechet_moments",
-                      "mode_error", "sw2", "diverged", "seconds", "same_as", "error"]
+                      "mode_error", "sw2", "strong_error", "strong_reference_steps", "diverged", "seconds", "same_as",
+                      "error"]
 PATH_NAMES = {"vp": "VP", "ve": "VE", "edm": "EDM", "rf": "RF"}  # the cross-path table's column heads
 
 
@@ -82,8 +84,19 @@ def goal_table(rows: list[dict], budgets=GOAL_NFE, peer: str | tuple = "diffuser
                           "ratio": ratio, "met": bool(ratio <= GOAL_RATIO),
                           "peer_sw2": theirs.get("sw2") if theirs else None,
                           "sgm_sw2": ours.get("sw2") if ours else None,
-                          "sw2_floor": (ours or theirs or {}).get("sw2_floor")})
+                          "sw2_floor": (ours or theirs or {}).get("sw2_floor"),
+                          **{f"{side}_strong": _strong(row) for side, row in (("peer", theirs), ("sgm", ours))
+                             if row and "strong_error" in row}})
     return table
+
+
+def _strong(row: dict | None) -> str | None:
+    """A stochastic row's strong error with its reference's steps, ``"0.012 (ref 500)"``; ``"n/a"`` where it has
+    none (diffusers: no shared Brownian path); None off the stochastic leg."""
+    if row is None or "strong_error" not in row:
+        return None
+    value = row["strong_error"]
+    return "n/a" if value is None or math.isnan(value) else f"{_number(value)} (ref {row['strong_reference_steps']})"
 
 
 def _with_calibration(row: dict) -> str:
@@ -181,15 +194,18 @@ def goal_markdown(table: list[dict], peer: str = "diffusers", metric: str = "map
     """``goal_table`` as markdown (``metric`` names the error column; with ``floors``, ``{"target / sde": value}``,
     a column of each problem's Monte-Carlo floor of it); the last column each side's SW₂ and the exact map's."""
     floor_head, floor_rule = (" floor |", "---|") if floors is not None else ("", "")
+    strong = any(r.get("sgm_strong") or r.get("peer_strong") for r in table)  # the stochastic leg's strong errors
+    strong_head, strong_rule = (f" strong error {peer} / sgm |", "---|") if strong else ("", "")
     lines = [f"| target | SDE | NFE | best {peer} configuration | {metric} | best sgm configuration | {metric} "
-             f"|{floor_head} sgm / peer | ≤ {GOAL_RATIO} | SW₂ {peer} / sgm / floor |",
-             "|---|---|---|---|---|---|---|" + floor_rule + "---|---|---|"]
+             f"|{floor_head} sgm / peer | ≤ {GOAL_RATIO} | SW₂ {peer} / sgm / floor |{strong_head}",
+             "|---|---|---|---|---|---|---|" + floor_rule + "---|---|---|" + strong_rule]
     for r in table:
         floor = "" if floors is None else f" {_number(floors.get(r['target'] + ' / ' + r['sde']))} |"
         sw2 = " / ".join(_number(r.get(k)) for k in ("peer_sw2", "sgm_sw2", "sw2_floor"))
+        errors = f" {r.get('peer_strong') or '—'} / {r.get('sgm_strong') or '—'} |" if strong else ""
         lines.append(f"| {r['target']} | {r['sde'].upper()} | {r['nfe']} | {r['peer'] or '—'} | {_number(r['peer_error'])} "
                      f"| {r['sgm'] or '—'} | {_number(r['sgm_error'])} |{floor} {_number(r['ratio'])} | "
-                     f"{'yes' if r['met'] else 'no'} | {sw2} |")
+                     f"{'yes' if r['met'] else 'no'} | {sw2} |{errors}")
     return "\n".join(lines)
 
 

@@ -19,6 +19,7 @@ from .peers import PEERS, peer_rows, stochastic_peer_rows
 from .problems import PATHS, TARGETS, Problem, make_problem, make_targets
 from .calibrated import CORRECTIONS, OPTIMIZERS, Draws, calibrated_rows, check_methods
 from .runs import checkpoint_rows, curve_rows, sgm_rows, stochastic_configs
+from .strong import with_strong_errors
 
 __all__ = ["NFE_GRID", "QUICK_NFE", "TOLERANCES", "QUICK_TOLERANCES", "COMPARE_NFE", "QUICK_COMPARE_NFE", "PATH_NFE",
            "STOCHASTIC_NFE", "QUICK_STOCHASTIC_NFE", "STOCHASTIC_N", "CURVE_SDES", "COMPARE_SDES", "STOCHASTIC_SDES",
@@ -75,11 +76,11 @@ def _peer_names(peers) -> tuple:
     return PEERS if peers is True else tuple(peers or ())
 
 
-def stochastic_rows(problem: Problem, nfes, seed: int = 0, peers=True) -> list[dict]:
+def stochastic_rows(problem: Problem, nfes, seed: int = 0, peers=True, strong: bool = True) -> list[dict]:
     """The stochastic leg on ``problem``: sgm's ``stochastic_configs`` on every spacing and the stochastic
     configurations of the installed peers (``peers`` as in ``compare_rows``), each run from the problem's start, its
     noise seeded ``seed + 10``, scored by ``judge_stochastic`` against one target sample of the problem's size drawn
-    from ``seed + 2``."""
+    from ``seed + 2``; with ``strong``, each row's strong error (``strong.with_strong_errors``)."""
     target = problem.target
     reference = target.sample(problem.z.shape[0], generator=torch.Generator().manual_seed(seed + 2))
 
@@ -87,22 +88,24 @@ def stochastic_rows(problem: Problem, nfes, seed: int = 0, peers=True) -> list[d
         return judge_stochastic(x, reference, target, seed)
 
     rows, names = sgm_rows(problem, nfes, stochastic_configs(), judge, seed), _peer_names(peers)
-    return rows + (stochastic_peer_rows(problem, nfes, judge, seed + 10, names) if names else [])
+    rows += stochastic_peer_rows(problem, nfes, judge, seed + 10, names) if names else []
+    return with_strong_errors(problem, rows, seed) if strong else rows
 
 
 def run_sweep(out_dir: str, quick: bool = False, n: int | None = None, seed: int = 0,
               checkpoint: str | None = None, peers=True, progress: bool = True, curves: bool = True,
               compare: bool = True, n_compare: int | None = None, targets=None, paths: bool = False,
               sdes=None, stochastic: bool = True, n_stochastic: int | None = None, stochastic_nfe=None,
-              optimizers=OPTIMIZERS, corrections=CORRECTIONS) -> list[dict]:
+              optimizers=OPTIMIZERS, corrections=CORRECTIONS, strong: bool = True) -> list[dict]:
     """Run the sweep, write its report to ``out_dir`` and return the curve rows (the comparison's rows, the goal
     table, the cross-path rows and table, the stochastic leg's rows and goal table are in ``results.json``).
     ``sdes``: the paths to run (default: all of ``problems.PATHS``; the curves run on those of ``CURVE_SDES``, the
     comparison on those of ``COMPARE_SDES``, the stochastic leg on those of ``STOCHASTIC_SDES``); ``paths``: the
     cross-path comparison on each of them; ``optimizers``, ``corrections``: the comparison's calibrated methods
-    (``calibrated``; default all). Seeds: the problem's draw ``seed``, the floors ``seed + 1``, the target
-    sample the curves, the comparison and the stochastic leg are judged against ``seed + 2``, the curves' SW₂
-    directions ``seed + 3``, stochastic samplers' noise ``seed + 10``, the calibrated methods' draws
+    (``calibrated``; default all); ``strong``: the stochastic leg's strong-error column (``bench.strong``). Seeds:
+    the problem's draw ``seed``, the floors ``seed + 1``, the target sample the curves, the comparison and the
+    stochastic leg are judged against ``seed + 2``, the curves' SW₂ directions ``seed + 3``, stochastic samplers'
+    noise ``seed + 10`` (the strong error's per-sample seeds ``(seed + 10)·2²⁰ + i``), the calibrated methods' draws
     ``seed + 20``."""
     optimizers, corrections = check_methods(optimizers, corrections)
     os.makedirs(out_dir, exist_ok=True)
@@ -138,7 +141,7 @@ def run_sweep(out_dir: str, quick: bool = False, n: int | None = None, seed: int
             if stochastic and sde_name in STOCHASTIC_SDES:
                 stochastic_floor_metrics[key] = stochastic_floors(target, n_stochastic, seed + 1)
                 stochastic_runs += stochastic_rows(make_problem(target_name, target, sde_name, n_stochastic, seed),
-                                                   stochastic_nfe, seed, peers)
+                                                   stochastic_nfe, seed, peers, strong)
             print(f"{key}: {time.perf_counter() - t_start:.0f}s so far", flush=True)
         for path_name in [p for p in PATHS if p in sdes] if paths else ():
             done = [r for r in compared if (r["target"], r["sde"], r["side"]) == (target_name, path_name, "sgm")]
@@ -188,6 +191,8 @@ def add_arguments(parser) -> None:
                         "optimised grids)")
     parser.add_argument("--corrections", nargs="*", default=list(CORRECTIONS), metavar="NAME",
                         help=f"the comparison's learned corrections (default all: {' '.join(CORRECTIONS)})")
+    parser.add_argument("--no-strong", action="store_true", help="the stochastic leg without its strong-error column "
+                        "(a fine-step reference run per configuration, of bench.strong.STRONG_SAMPLES draws)")
     parser.add_argument("--only", nargs="+", choices=JOBS, default=None,
                         help="run only these jobs (default: curves, compare and, without --quick, stochastic): the "
                         "curves (all metrics), the sgm-vs-peers comparison (map error, SW₂), the stochastic leg "
@@ -221,7 +226,7 @@ def run_from_args(args) -> int:
                      peers=not args.no_peers and (args.peers or True), progress=args.progress, curves="curves" in jobs,
                      compare="compare" in jobs, targets=args.targets, paths="paths" in jobs, sdes=args.sdes,
                      stochastic="stochastic" in jobs, stochastic_nfe=args.stochastic_nfe,
-                     optimizers=args.optimizers, corrections=args.corrections)
+                     optimizers=args.optimizers, corrections=args.corrections, strong=not args.no_strong)
     with open(os.path.join(args.out, "results.json")) as f:
         results = json.load(f)
     goal, across = results["goal"], results["path_table"]

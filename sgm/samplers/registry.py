@@ -147,10 +147,12 @@ SAMPLERS: dict[str, Entry] = {
                                 spacing={"vp": "quadratic", "ve": "karras", "rf": "flow"}, steps=100),
     "heun": Entry(Heun, "EDM's sampler: Heun's method in σ on x/α with optional churn (Algorithm 2)",
                   spacing={"vp": "uniform", "ve": "karras", "rf": "uniform"}, steps=100, stochastic=({"churn": 1.0},)),
+    # every corrector order: diffusers' SA-Solver pairs (1, 1), (2, 2), (3, 3) run in the stochastic leg, and (1, 1),
+    # (3, 3) were sgm's best at 16-D, 20 NFE once swept (docs/benchmark.md)
     "sa_solver": Entry(SASolver, "SA-Solver: stochastic Adams predictor and corrector on x̂₀, orders 1–4, "
                                  "stochasticity τ(t)", spacing={"vp": "quadratic", "ve": "logsnr", "rf": "logsnr"},
                        steps=100,
-                       sweep={"predictor_order": (1, 2, 3, 4), "corrector_order": (0, 2, 4)}),
+                       sweep={"predictor_order": (1, 2, 3, 4), "corrector_order": (0, 1, 2, 3, 4)}),
     "er_sde": Entry(ERSDE, "ER-SDE-Solver: the extended reverse-time SDE of a noise-scale function, orders 1–3",
                     spacing={"vp": "uniform", "ve": "karras", "rf": "flow"}, steps=100, smoke={"order": 1},
                     sweep={"order": (1, 2, 3), "noise_scale": ("er_sde_5", "er_sde_1", "reverse_sde")}),

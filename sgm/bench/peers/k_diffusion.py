@@ -16,6 +16,10 @@ seeded ``seed`` — the default of its SDE samplers; the ancestral ones use it t
 disjoint intervals, are then independent normals, as their default ``randn_like``), so every run is reproducible.
 The steps for a budget are the most whose run makes at most ``nfe`` denoiser calls (``calls``, counted on a dry run:
 a second-order step costs 2, a last step to ``σ = 0`` 1).
+
+**The strong error** (``strong_error``, ``bench.strong``): a run of the first ``m`` draws against the same sampler and
+schedule within the reference budget, both with the tree of one seed over those ``m`` draws: the tree spans the
+chain's ``[σ_min, σ_max]`` whatever the step count, so both runs see one Brownian path.
 """
 from __future__ import annotations
 
@@ -31,11 +35,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..judge import STOCHASTIC_METRICS, failed
+from ..judge import STOCHASTIC_METRICS, failed, rms_distance
 from ..problems import Problem
 
 __all__ = ["ENV", "SAMPLERS", "SCHEDULES", "Config", "sampling_file", "available", "load", "configs", "sigmas",
-           "calls", "steps_for_nfe", "denoiser", "run", "stochastic_rows"]
+           "calls", "steps_for_nfe", "denoiser", "run", "stochastic_rows", "strong_error"]
 
 ENV = "SGM_K_DIFFUSION"
 SAMPLERS = ("euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde")
@@ -202,3 +206,17 @@ def stochastic_rows(problem: Problem, nfes, judge, seed: int) -> list[dict]:
                 continue
             out.append({**row, "steps": steps, "nfe": spent, "seconds": time.perf_counter() - t0, **judge(x)})
     return out
+
+
+def strong_error(config: Config, problem: Problem, nfe: int, seed: int, samples: int, reference_nfe: int,
+                 cache: dict | None = None) -> dict:
+    """``strong_error`` (``bench.strong.rms_distance``) and ``strong_reference_steps`` of ``config`` within ``nfe``
+    calls: the first ``samples`` draws against the run within ``reference_nfe`` calls, one tree seeded ``seed``;
+    ``cache`` keeps each reference for the other budgets."""
+    z, cache = problem.z[:samples], {} if cache is None else cache
+    key = ("k-diffusion", config.label)
+    if key not in cache:
+        cache[key] = run(config, problem, reference_nfe, seed, z)[:2]
+    ref, steps = cache[key]
+    x = run(config, problem, nfe, seed, z)[0]
+    return {"strong_error": rms_distance(x, ref), "strong_reference_steps": steps}

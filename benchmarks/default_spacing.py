@@ -119,7 +119,7 @@ def main(argv=None) -> int:
         overall[name] = ranked
         print(f"{name:<18}{'all':<5}" + "".join(f"{score[s]:>11.3f}" for s in SPACINGS)
               + f"   {ranked[0]} (then {ranked[1]} {score[ranked[1]] / score[ranked[0]]:.2f}×)", flush=True)
-    print(f"\nrecommended defaults: " + ", ".join(f"{n}: {r[0]}" for n, r in overall.items()))
+    print("\nrecommended defaults: " + ", ".join(f"{n}: {r[0]}" for n, r in overall.items()))
     print(f"({time.perf_counter() - t0:.0f} s)")
     return 0
 

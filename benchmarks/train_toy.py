@@ -51,7 +51,7 @@ def mean_sd(values: list[float]) -> str:
 
 def report(args, samplers, runs, minutes, floors) -> None:
     """Writes ``result.json`` and the Markdown table ``table.md`` for the runs finished so far, and prints the table."""
-    results, lines = {}, [f"| set | seeds | SW₂ floor | steps | " + " | ".join(samplers) + " |",
+    results, lines = {}, ["| set | seeds | SW₂ floor | steps | " + " | ".join(samplers) + " |",
                           "|---|---|---|---|" + "---|" * len(samplers)]
     for name, sw in runs.items():
         if not minutes[name]:

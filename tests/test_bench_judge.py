@@ -43,7 +43,8 @@ def test_a_finite_run_has_every_metric():
 
 def test_the_pairwise_metrics_use_the_first_samples_only():
     gm = mixture()
-    x, reference = gm.sample(judge.PAIRWISE_N + 20, generator=gen(0)), gm.sample(judge.PAIRWISE_N + 20, generator=gen(1))
+    x = gm.sample(judge.PAIRWISE_N + 20, generator=gen(0))
+    reference = gm.sample(judge.PAIRWISE_N + 20, generator=gen(1))
     tail_changed = torch.cat([x[:judge.PAIRWISE_N], x[judge.PAIRWISE_N:] + 5])
     a, b = (judge.distribution_metrics(v, reference, gm, gen(3)) for v in (x, tail_changed))
     assert a["mmd2"] == b["mmd2"] and a["energy"] == b["energy"]

@@ -69,8 +69,8 @@ def test_every_comparison_run_counts_what_its_solver_declares(bench_problems, sd
 def test_rectified_flow_rows_run_on_both_clocks_against_the_exact_map(bench_problems):
     """On the RF problem every configuration runs on every spacing of RectifiedFlow() and RectifiedFlow(3) (the
     flow-matching schedulers' ``flow`` grid among them, which the VP and VE problems do not sweep) from the exact top
-    t = 1 (``flow``: t = 0.999), and a row's scores are its run's map error against the exact flow map of the same x_T = z and
-    SW₂ against the problem's target sample (recomputed here from sgm.sample)."""
+    t = 1 (``flow``: σ = 1 - 10⁻⁶), and a row's scores are its run's map error against the exact flow map of the same
+    x_T = z and SW₂ against the problem's target sample (recomputed here from sgm.sample)."""
     p = bench_problems["rf"]
     rows = runs.sgm_rows(p, (10,))
     keys = {(r["name"], tuple(r["options"].items()), r["spacing"], r["variant"]) for r in rows}

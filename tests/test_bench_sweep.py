@@ -12,7 +12,8 @@ from sgm.bench.peers import diffusers_flow as flow_peer
 
 
 def test_import_sgm_does_not_load_the_bench():
-    code = "import sys, sgm; sgm.samplers.optimize_grid; print(sorted(m for m in sys.modules if m.startswith('sgm.bench')))"
+    code = ("import sys, sgm; sgm.samplers.optimize_grid; "
+            "print(sorted(m for m in sys.modules if m.startswith('sgm.bench')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import sgm
-from sgm.checkpoint import CheckpointError, export, load_checkpoint, model_from_checkpoint
+from sgm.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from sgm.cli import main
 from sgm.train import TrainConfig, Trainer
 

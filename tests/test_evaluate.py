@@ -1,7 +1,6 @@
 """FID/KID/IS: the maths against closed forms and independent formulas, the plumbing (folders, .npz, shards,
 statistics, the FID Inception network's shape and weight loading) with randomly initialised weights."""
 import math
-import os
 
 import numpy as np
 import pytest

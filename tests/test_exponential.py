@@ -7,7 +7,7 @@ import torch
 
 import sgm
 from sgm.bench.problems import eps_at
-from sgm.samplers import TimeGrid, ddim, dpm_solver, time_grid, unipc
+from sgm.samplers import TimeGrid, ddim, dpm_solver, time_grid
 from sgm.samplers.dpm import singlestep_orders
 from sgm.samplers.exponential import phi
 from conftest import SDES, gen, mixture

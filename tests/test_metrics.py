@@ -8,7 +8,6 @@ import scipy.linalg
 import torch
 from scipy.stats import norm
 
-import sgm
 from sgm import metrics
 from conftest import gen, mixture
 

@@ -19,7 +19,7 @@ from sgm.samplers.optimize.common import Positions
 from sgm.samplers.optimize.dmn import dmn_bound, dmn_coefficients, prediction_weight
 from sgm.samplers.optimize.gits import gits
 from sgm.samplers.optimize.ld3 import positions_of, soft_teacher_loss
-from conftest import SDES, gen, mixture
+from conftest import gen, mixture
 
 D = torch.float64
 PATHS = {"vp": sgm.VPSDE, "ve": sgm.VESDE, "rf": sgm.RectifiedFlow}

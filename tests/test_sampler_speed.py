@@ -13,7 +13,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks
 import sampler_speed  # noqa: E402
 
 
-@pytest.mark.parametrize("label,name,options,hand", sampler_speed.HAND_LOOPS, ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize("label,name,options,hand", sampler_speed.HAND_LOOPS,
+                         ids=lambda v: v if isinstance(v, str) else "")
 def test_hand_loop_is_the_samplers_update(label, name, options, hand):
     sde, x = sgm.VPSDE(), torch.randn(4, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     grid = time_grid(sde, 12, denoise=False)

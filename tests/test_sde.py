@@ -1,11 +1,9 @@
 """Forward SDEs: closed-form marginals, the discrete chains of DDPM and NCSN, and bad parameters."""
-import math
 
 import pytest
 import torch
 
 import sgm
-from conftest import SDES
 
 
 def linear_drift_coefficient(sde, t):

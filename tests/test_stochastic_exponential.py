@@ -238,7 +238,8 @@ def third_order_sign_fixed(original):
         lams = [torch.log(a) - torch.log(s) for a, s in (self._sigma_to_alpha_sigma_t(self.sigmas[i - k])
                                                          for k in (0, 1, 2))]
         lam_t = torch.log(alpha_t) - torch.log(sigma_t)
-        h, r0, r1 = lam_t - lams[0], (lams[0] - lams[1]) / (lam_t - lams[0]), (lams[1] - lams[2]) / (lam_t - lams[0])
+        h = lam_t - lams[0]
+        r0, r1 = (lams[0] - lams[1]) / h, (lams[1] - lams[2]) / h
         m0, m1, m2 = model_output_list[-1], model_output_list[-2], model_output_list[-3]
         d2 = ((m0 - m1) / r0 - (m1 - m2) / r1) / (r0 + r1)
         return x + alpha_t * d2

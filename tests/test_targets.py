@@ -1,5 +1,4 @@
 """The Gaussian mixture: exact density and score of p_t, checked against independent computations."""
-import math
 
 import numpy as np
 import pytest
@@ -7,7 +6,7 @@ import torch
 from scipy.stats import multivariate_normal
 
 import sgm
-from conftest import gen, mixture
+from conftest import gen
 
 
 @pytest.mark.parametrize("t", [1e-3, 0.1, 0.5, 1.0])

@@ -7,7 +7,6 @@ import pytest
 import torch
 from PIL import Image
 
-import sgm
 from sgm.checkpoint import CheckpointError, load_checkpoint
 from sgm.data import ImageFolder
 from sgm.loader import InMemory, StepBatches, Streamed

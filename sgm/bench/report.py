@@ -203,9 +203,9 @@ def goal_markdown(table: list[dict], peer: str = "diffusers", metric: str = "map
         floor = "" if floors is None else f" {_number(floors.get(r['target'] + ' / ' + r['sde']))} |"
         sw2 = " / ".join(_number(r.get(k)) for k in ("peer_sw2", "sgm_sw2", "sw2_floor"))
         errors = f" {r.get('peer_strong') or '—'} / {r.get('sgm_strong') or '—'} |" if strong else ""
-        lines.append(f"| {r['target']} | {r['sde'].upper()} | {r['nfe']} | {r['peer'] or '—'} | {_number(r['peer_error'])} "
-                     f"| {r['sgm'] or '—'} | {_number(r['sgm_error'])} |{floor} {_number(r['ratio'])} | "
-                     f"{'yes' if r['met'] else 'no'} | {sw2} |{errors}")
+        lines.append(f"| {r['target']} | {r['sde'].upper()} | {r['nfe']} | {r['peer'] or '—'} | "
+                     f"{_number(r['peer_error'])} | {r['sgm'] or '—'} | {_number(r['sgm_error'])} |{floor} "
+                     f"{_number(r['ratio'])} | {'yes' if r['met'] else 'no'} | {sw2} |{errors}")
     return "\n".join(lines)
 
 
@@ -219,7 +219,8 @@ def summary_table(rows: list[dict], budgets, metrics_shown=("sw2", "map_error"))
         values = []
         for m in metrics_shown:
             for b in budgets:
-                hit = [r.get(m) for r in rows if (r["target"], r["sde"], r["sampler"]) == key and r.get("nfe_budget") == b]
+                hit = [r.get(m) for r in rows
+                       if (r["target"], r["sde"], r["sampler"]) == key and r.get("nfe_budget") == b]
                 values.append(_number(hit[0] if hit else None))
         lines.append("| " + " | ".join(key) + " | " + " | ".join(values) + " |")
     return "\n".join(lines)

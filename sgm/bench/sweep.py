@@ -167,13 +167,13 @@ def run_sweep(out_dir: str, quick: bool = False, n: int | None = None, seed: int
 def add_arguments(parser) -> None:
     """``sgm bench``'s arguments on ``parser``."""
     parser.add_argument("--out", default="benchmarks/results", help="folder for results.csv/.json and figures")
-    parser.add_argument("--quick", action="store_true", help="2-D only, NFE up to 50, 500 samples, the comparison without "
-                        "optimised grids, no stochastic leg (unless --only stochastic: NFE 10, 20)")
+    parser.add_argument("--quick", action="store_true", help="2-D only, NFE up to 50, 500 samples, the comparison "
+                        "without optimised grids, no stochastic leg (unless --only stochastic: NFE 10, 20)")
     parser.add_argument("--n", type=int, default=None, help="samples per run (default 4000, the comparison 1000, the "
                         "stochastic leg 2000; 500 with --quick)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--checkpoint", default=None, help="a trained digits checkpoint to sweep as well (a network on a CPU: "
-                        "use with --quick, which took 9.4 min for the 8×8 U-Net on 2 cores)")
+    parser.add_argument("--checkpoint", default=None, help="a trained digits checkpoint to sweep as well (a network "
+                        "on a CPU: use with --quick, which took 9.4 min for the 8×8 U-Net on 2 cores)")
     parser.add_argument("--no-peers", action="store_true", help="skip the peer libraries (diffusers) even if installed")
     parser.add_argument("--peers", nargs="+", choices=PEERS, default=None,
                         help="only these peer modules (default: all installed; diffusers_flow: the flow schedulers)")

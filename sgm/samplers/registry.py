@@ -53,9 +53,8 @@ from .sa_solver import SASolver
 from .solver import Callback, Solver, check_run, integrate, run_checked
 from .uni_pc import UniPC
 
-__all__ = ["Entry", "SAMPLERS", "available", "entry", "configurations", "declaring", "get", "options", "solver", "sample",
-           "budget_grid",
-           "markdown_table"]
+__all__ = ["Entry", "SAMPLERS", "available", "entry", "configurations", "declaring", "get", "options", "solver",
+           "sample", "budget_grid", "markdown_table"]
 
 
 @dataclass(frozen=True)

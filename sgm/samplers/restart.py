@@ -33,7 +33,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..checks import integer, positive, real
+from ..checks import integer, positive
 from .edm import Heun
 from .grid import KARRAS_RHO, Node, TimeGrid
 from .solver import Model

@@ -56,7 +56,8 @@ FAMILIES = (
     ("DPM-Solver singlestep {solver_order}", "DPMSolverSinglestepScheduler",
      {"algorithm_type": ("dpmsolver",), "solver_order": (2, 3), "lower_order_final": (True,),
       "final_sigmas_type": ("sigma_min",)}),
-    ("UniPC {solver_type} {solver_order}", "UniPCMultistepScheduler", {"solver_type": ("bh2",), "solver_order": (2, 3)}),
+    ("UniPC {solver_type} {solver_order}", "UniPCMultistepScheduler",
+     {"solver_type": ("bh2",), "solver_order": (2, 3)}),
     # bh1's B(h) = h is infinite at σ = 0: diffusers' UniPC bh1 gives NaN ending there (final_sigmas_type="zero")
     ("UniPC {solver_type} {solver_order}", "UniPCMultistepScheduler",
      {"solver_type": ("bh1",), "solver_order": (2, 3), "final_sigmas_type": ("sigma_min",)}),

@@ -26,7 +26,6 @@ of the batch per step estimate — about ``(steps - 2)·sweeps·(evaluations of 
 """
 from __future__ import annotations
 
-import math
 
 import torch
 from scipy.optimize import minimize_scalar

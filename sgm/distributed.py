@@ -60,13 +60,20 @@ def teardown() -> None:
 
 @contextmanager
 def session(device: str = "auto"):
-    """``setup`` on entry, and on exit leave the group this call joined."""
+    """``setup`` on entry, and on exit leave the group this call joined: after a barrier when the body finished, so
+    that no process closes its gloo connections while another still reads them (a peer's closed socket aborts the
+    reading process); at once when the body raised, so that a failing process exits and ``torchrun`` stops the
+    others instead of waiting in a barrier."""
     joined = setup(device)
     try:
         yield world()
-    finally:
+    except BaseException:
         if joined:
             teardown()
+        raise
+    if joined:
+        barrier()
+        teardown()
 
 
 def barrier() -> None:

@@ -139,7 +139,7 @@ def torchrun(*args):
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            "-m", "sgm", *args, "--device", "cpu", "--no-progress"], cwd=ROOT, capture_output=True,
                           text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0, done.stderr[:3000] + "\n…\n" + done.stderr[-2000:]  # each rank's first error
     return done.stdout
 
 

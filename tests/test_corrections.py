@@ -507,6 +507,7 @@ def _bad(kind):
         "v3_ems": lambda: solver("dpm_solver_v3", ems="table"),
         "sde": lambda: pas(score, "vp", "ddim", grid=grid, **common),
         "method": lambda: Correction("lms", "ddim"),
+        "amed_v3": lambda: amed(score, sde, "dpm_solver_v3", grid=grid, **common),
     }
     return calls[kind]
 
@@ -524,6 +525,7 @@ def _bad(kind):
     ("afs_half", TypeError, "sde must be an sgm path"), ("sampler", TypeError, "sampler must be a sampler name"),
     ("v3_ems", TypeError, "ems must be an EMS"), ("sde", TypeError, "sde must be an sgm path"),
     ("method", ValueError, "method must be one of"),
+    ("amed_v3", ValueError, "AMED cannot correct sampler='dpm_solver_v3'"),
 ])
 def test_bad_arguments_name_themselves(kind, error, match):
     with pytest.raises(error, match=match):

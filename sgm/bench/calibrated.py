@@ -203,7 +203,7 @@ class _Leg:
                     c = afs(name, **options) if method == "afs" else \
                         afs(name, model, sde, **self.draws.kwargs(self.shape), **options)
             except Exception as e:  # noqa: BLE001 — any failure is a failed row with its error, and the run goes on:
-                # diverged, a sampler the correction refuses, or a bug (AMED on dpm_solver_v3: KeyError in v3's table)
+                # diverged, a sampler the correction refuses (AMED on dpm_solver_v3), or a bug, kept in the row
                 self.fail(base, nfe, base["steps"], "corrected", method, where, e, t0)
                 continue
             kw = {"correction": c}

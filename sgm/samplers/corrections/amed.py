@@ -243,6 +243,10 @@ def amed(score, sde, sampler: str = "ipndm", *, grid: TimeGrid | None = None, nf
     fitted intermediate nodes."""
     scale_dir, scale_time = real("scale_dir", scale_dir, 0.0, 0.5), real("scale_time", scale_time, 0.0, 0.5)
     maxfev = integer("maxfev", maxfev, 1)
+    if sampler == "dpm_solver_v3":
+        raise ValueError("AMED cannot correct sampler='dpm_solver_v3': AMED moves the intermediate nodes, and "
+                         "DPM-Solver-v3's statistics are tabulated at the grid's nodes when the run starts; use pas, "
+                         "or optimize_grid for v3's grid")
     s = setup(score, sde, sampler, options, grid=grid, nfe=nfe, spacing=spacing, shape=shape,
               generator=generator, afs=afs, reference_tol=reference_tol, dtype=dtype, device=device)
     if pairs_in(s.grid) < 1:

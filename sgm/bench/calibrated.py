@@ -138,6 +138,9 @@ class _Leg:
         row = {**row, "family": family, "method": method, "spacing": where if family == "corrected" else method,
                "calibration": cost}
         self.rows.append(row)
+        seconds = cost.get("seconds") or 0.0
+        print(f"  {self.problem.target_name} / {self.problem.sde_name}, {row['sampler']} at NFE {nfe}: map error "
+              f"{row.get('map_error', float('nan')):.4g} (calibration {seconds:.0f} s)", flush=True)  # minutes each
         return row
 
     def fail(self, base: dict, nfe: int, steps: int, family: str, method: str, where: str, error: Exception,
@@ -147,6 +150,8 @@ class _Leg:
                           "sampler": _label(base, family, method, where), "nfe_budget": nfe, "steps": steps,
                           "variant": base.get("variant", ""), "family": family, "method": method,
                           **failed(error, t0, f"{method}: ")})
+        print(f"  {self.problem.target_name} / {self.problem.sde_name}, {self.rows[-1]['sampler']} at NFE {nfe}: "
+              f"failed ({self.rows[-1]['error']})", flush=True)
 
     def score_on_select(self, row: dict, grid) -> float:
         """The map error that ranks an optimised grid: its row's own on the problem, else a run on ``select`` (kept

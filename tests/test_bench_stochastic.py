@@ -10,7 +10,7 @@ import torch
 
 import sgm
 from sgm import metrics
-from sgm.bench import judge, report, runs, strong, sweep
+from sgm.bench import judge, report, runs, stochastic, strong, sweep
 from sgm.bench.peers import diffusers as dpeer
 from sgm.bench.peers import k_diffusion as kpeer
 from conftest import gen
@@ -259,22 +259,61 @@ def test_stochastic_goal_takes_the_best_peer_of_all_libraries():
     assert md[2] == "| t | VE | 10 | k | 0.02 | s | 0.008 | 0.005 | 0.4 | yes | 0.2 / 0.08 / 0.03 |"
 
 
-def test_the_stochastic_sweep_writes_its_rows_and_goal(tmp_path, monkeypatch):
+def test_finalists_are_each_sides_best_distinct_rows_within_the_budget():
+    def row(side, err, nfe=10, spent=10, **extra):
+        return {"target": "t", "sde": "vp", "side": side, "sampler": f"{side} {err}", "nfe_budget": nfe, "nfe": spent,
+                "frechet_moments": err, "diverged": False, **extra}
+
+    rows = [row("sgm", 0.3), row("sgm", 0.1), row("sgm", 0.2), row("sgm", 0.05, spent=11), row("sgm", 0.4),
+            row("sgm", float("nan"), diverged=True), row("diffusers", 0.02, same_as="diffusers 0.5"),
+            row("diffusers", 0.5), row("sgm", 0.6, nfe=20, spent=20)]
+    chosen = [(r["side"], r["nfe_budget"], r["frechet_moments"]) for r in stochastic.finalists(rows, k=3)]
+    assert chosen == [("sgm", 10, 0.1), ("sgm", 10, 0.2), ("sgm", 10, 0.3), ("diffusers", 10, 0.5), ("sgm", 20, 0.6)]
+
+
+@needs_diffusers
+@needs_k_diffusion
+def test_the_stochastic_sweep_confirms_its_finalists_on_fresh_draws(tmp_path, monkeypatch):
+    """The goal is read from the confirmed rows: each finalist of the screening run again on the confirmation
+    problem (its own x_T, noise and target sample) gives there what a direct run on that problem gives, not its
+    screening value; the strong column is the confirmed rows'."""
     monkeypatch.setattr(sweep, "QUICK_STOCHASTIC_NFE", (10, 20))
-    monkeypatch.setattr(sweep, "stochastic_configs", lambda: [("euler_ancestral", {}), ("ancestral", {})])
+    monkeypatch.setattr(sweep, "QUICK_CONFIRM_N", 300)
+    monkeypatch.setattr(stochastic, "stochastic_configs", lambda: [("euler_ancestral", {}), ("ancestral", {})])
     ddpm = [c for c in dpeer.stochastic_configs() if c.label == "diffusers DDPM fixed_small, trailing"]
     monkeypatch.setattr(dpeer, "stochastic_configs", lambda: ddpm)
     euler = [c for c in kpeer.configs() if c.label == "k-diffusion euler_ancestral, karras"]
     monkeypatch.setattr(kpeer, "configs", lambda: euler)
-    monkeypatch.setattr(sweep, "with_strong_errors",  # the strong column of 8 draws against 40 evaluations
+    monkeypatch.setattr(stochastic, "with_strong_errors",  # the strong column of 8 draws against 40 evaluations
                         lambda problem, rows, seed: strong.with_strong_errors(problem, rows, seed, 8, 40))
     sweep.run_sweep(str(tmp_path), quick=True, n=200, progress=False, curves=False, compare=False)
     out = json.loads((tmp_path / "results.json").read_text())
-    assert {p.name for p in tmp_path.iterdir()} >= {"stochastic.csv", "stochastic_goal.md", "results.json"}
+    assert {p.name for p in tmp_path.iterdir()} >= {"stochastic.csv", "stochastic_confirmed.csv",
+                                                    "stochastic_goal.md", "results.json"}
+    assert out["meta"]["n_confirm"] == 300 and out["meta"]["n_stochastic"] == 200
     assert set(out["meta"]["stochastic_floors"]) == {"2d ring / vp", "2d ring / ve"}
     assert [(g["sde"], g["nfe"]) for g in out["stochastic_goal"]] == [("vp", 10), ("vp", 20), ("ve", 10), ("ve", 20)]
-    assert all(g["sgm_error"] > 0 for g in out["stochastic_goal"])
-    sides = {r["side"] for r in out["stochastic"]}
-    assert sides == {"sgm"} | ({"diffusers"} if ddpm else set()) | ({"k-diffusion"} if euler else set())
-    errors = {r["side"]: r["strong_error"] for r in out["stochastic"]}  # the strong column (tests/test_bench_strong.py)
-    assert errors["sgm"] > 0 and all(math.isnan(v) for side, v in errors.items() if side == "diffusers")
+    screened, confirmed = out["stochastic"], out["stochastic_confirmed"]
+    assert {r["side"] for r in screened} == {r["side"] for r in confirmed} == {"sgm", "diffusers", "k-diffusion"}
+    key = ("sde", "nfe_budget", "side")
+    for cell in {tuple(r[k] for k in key) for r in screened}:  # 3 finalists a side, the peers' only configuration
+        sides = [r for r in confirmed if tuple(r[k] for k in key) == cell]
+        assert len(sides) == (3 if cell[2] == "sgm" else 1)
+    for g in out["stochastic_goal"]:
+        best = min((r for r in confirmed if (r["sde"], r["nfe_budget"], r["side"]) == (g["sde"], g["nfe"], "sgm")),
+                   key=lambda r: r["frechet_moments"])
+        assert (g["sgm"], g["sgm_error"]) == (best["sampler"], best["frechet_moments"])
+    errors = {r["side"]: r["strong_error"] for r in confirmed}
+    assert errors["sgm"] > 0 and errors["k-diffusion"] > 0 and math.isnan(errors["diffusers"])
+    assert all("strong_error" not in r for r in screened)
+
+    row = next(r for r in confirmed if r["side"] == "sgm" and r["sde"] == "vp")
+    fresh = stochastic.CONFIRM_SEED
+    problem = sweep.make_problem("2d ring", sgm.ring_mixture(), "vp", 300, fresh, flow_map=False)
+    ref = problem.target.sample(300, generator=gen(fresh + 2))
+    score, path = problem.model_for(problem.variants[0], row["spacing"] in runs.CHAIN_SPACINGS)
+    direct = sgm.sample(score, path, (300, 2), sampler=row["name"], steps=row["steps"], spacing=row["spacing"],
+                        train_steps=1000, x_init=problem.x_T, generator=gen(fresh + 10), **row["options"]).x
+    value = judge.judge_stochastic(direct, ref, problem.target, fresh)["frechet_moments"]
+    assert row["frechet_moments"] == pytest.approx(value, rel=1e-12)
+    assert row["frechet_moments"] != row["screen_frechet_moments"]

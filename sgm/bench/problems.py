@@ -106,7 +106,7 @@ class Problem:
     chain: DiscreteChain
     z: Tensor
     x_T: Tensor
-    x_ref: Tensor
+    x_ref: Tensor | None
     variants: tuple = ()
     reference: Tensor | None = None
     sw2_floor: float = float("nan")
@@ -140,9 +140,11 @@ def _vp_paths() -> tuple[SDE, SDE]:
     return VPSDE(T=T), chain_sde
 
 
-def make_problem(target_name: str, target: GaussianMixture, sde_name: str, n: int, seed: int) -> Problem:
+def make_problem(target_name: str, target: GaussianMixture, sde_name: str, n: int, seed: int,
+                 flow_map: bool = True) -> Problem:
     """The problem of ``target`` under the path ``sde_name`` (one of ``PATHS``) with ``n`` draws ``z`` from ``seed``
-    and the target sample ``reference`` from ``seed + 2`` (the curves' reference sample)."""
+    and the target sample ``reference`` from ``seed + 2`` (the curves' reference sample); without ``flow_map`` no
+    exact map ``x_ref`` (None, ``sw2_floor`` NaN: a stochastic run is judged against the target, not a map)."""
     if sde_name not in PATHS:
         raise ValueError(f"sde_name must be one of {PATHS}, got {sde_name!r}")
     z = torch.randn((n, target.dim), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
@@ -151,17 +153,17 @@ def make_problem(target_name: str, target: GaussianMixture, sde_name: str, n: in
         paths = [RectifiedFlow(shift) for shift in RF_SHIFTS]
         variants = tuple(Variant("" if p.shift == 1 else f"shift {p.shift:g}", p, p) for p in paths)
         sde = chain_sde = paths[0]
-        x_T, x_ref = z.clone(), exact_rf_flow_map(target, z)
+        x_T, x_ref = z.clone(), exact_rf_flow_map(target, z) if flow_map else None
     else:
         sde, chain_sde = {"vp": _vp_paths, "ve": lambda: (VESDE(),) * 2, "edm": lambda: (EDMPath(),) * 2}[sde_name]()
         chain = chain_sde.discretize(TRAIN_STEPS)
         top = float(sde.noise_level(torch.tensor([sde.T], dtype=torch.float64)))
         assert math.isclose(top, float(chain.sigmas[-1]), rel_tol=1e-9), (top, float(chain.sigmas[-1]))
         x_T = sde.prior_std * z
-        x_ref = exact_flow_map(target, float(chain.sigmas[-1]), x_T / chain.scale[-1])
+        x_ref = exact_flow_map(target, float(chain.sigmas[-1]), x_T / chain.scale[-1]) if flow_map else None
         variants = ()
     return Problem(target_name, target, sde_name, sde, chain_sde, chain_sde.discretize(TRAIN_STEPS), z, x_T, x_ref,
-                   variants, reference, map_sw2(x_ref, reference))
+                   variants, reference, map_sw2(x_ref, reference) if flow_map else float("nan"))
 
 
 def exact_model(target: GaussianMixture, sde: SDE):

@@ -3,8 +3,9 @@
 - ``goal_table``: per target, SDE and budget, each side's configuration with the least map error (among finite
   runs that spent at most the budget) and the ratio sgm / peer; the goal (issue 9) is a ratio of at most
   ``GOAL_RATIO`` at every budget of ``GOAL_NFE``. The stochastic leg's goal (issue 17) is the same table of the
-  distribution error ``STOCHASTIC_GOAL_METRIC`` at ``STOCHASTIC_GOAL_NFE``, the best peer of all libraries, with each
-  best row's strong error and its reference's steps (``bench.strong``; "n/a" for diffusers, which shares no path).
+  distribution error ``STOCHASTIC_GOAL_METRIC`` at ``STOCHASTIC_GOAL_NFE`` of the confirmed rows
+  (``bench.stochastic``), the best peer of all libraries, with each best row's strong error and its reference's
+  steps (``bench.strong``; "n/a" for diffusers, which shares no path).
 - ``path_table``: per target and budget, each path's best sgm configuration (least map error against that path's
   own exact map, finite, within the budget) and which path's is lowest.
 - ``method_table``: per target, SDE and budget, the best run of sgm's fixed grids and of each calibrated method
@@ -18,7 +19,8 @@
   {sde}.png`` (the comparison's best run per budget of each peer and of each of sgm's families: fixed grids,
   optimised grids, learned corrections, ``compare_best_curves``; and the goal, ``GOAL_RATIO`` × each peer's),
   ``scatter_{target}_{sde}.png`` (``scatter_figure``) and ``digits_frechet.png`` — names from ``figure_name``;
-  with a stochastic leg, ``stochastic.csv`` and ``stochastic_goal.md``.
+  with a stochastic leg, ``stochastic.csv`` (the screening rows), ``stochastic_confirmed.csv`` (the finalists on
+  fresh draws, ``bench.stochastic``) and ``stochastic_goal.md`` (read from the confirmed rows).
 """
 from __future__ import annotations
 
@@ -275,11 +277,11 @@ def stochastic_markdown(goal: list[dict], floors: dict) -> str:
 
 def write(out_dir: str, rows: list[dict], meta: dict, compared: list[dict] = (), goal: list[dict] = (),
           across: list[dict] = (), paths: list[dict] = (), stochastic: list[dict] = (),
-          stochastic_goal: list[dict] = ()) -> None:
+          confirmed: list[dict] = (), stochastic_goal: list[dict] = ()) -> None:
     """Every file of the report (see the module docstring) to ``out_dir``; ``meta`` holds the floors and the flow
     map's metrics per ``"target / sde"`` (and the stochastic leg's floors, ``stochastic_floors``); ``across`` and
-    ``paths`` are the cross-path rows and ``path_table``, ``stochastic`` and ``stochastic_goal`` the stochastic
-    leg's rows and goal table."""
+    ``paths`` are the cross-path rows and ``path_table``, ``stochastic``, ``confirmed`` and ``stochastic_goal`` the
+    stochastic leg's screening rows, confirmed rows and goal table."""
     write_csv(os.path.join(out_dir, "results.csv"), RESULT_COLUMNS, rows)
     write_csv(os.path.join(out_dir, "compare.csv"), COMPARE_COLUMNS, compared)
     with open(os.path.join(out_dir, "goal.md"), "w") as f:
@@ -293,11 +295,14 @@ def write(out_dir: str, rows: list[dict], meta: dict, compared: list[dict] = (),
             f.write(path_markdown(paths) + "\n")
     if stochastic:
         write_csv(os.path.join(out_dir, "stochastic.csv"), STOCHASTIC_COLUMNS, stochastic)
+        write_csv(os.path.join(out_dir, "stochastic_confirmed.csv"),
+                  STOCHASTIC_COLUMNS + [f"screen_{STOCHASTIC_GOAL_METRIC}"], confirmed)
         with open(os.path.join(out_dir, "stochastic_goal.md"), "w") as f:
             f.write(stochastic_markdown(stochastic_goal, meta.get("stochastic_floors", {})) + "\n")
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump({"meta": meta, "rows": rows, "compare": list(compared), "goal": list(goal), "paths": list(across),
                    "path_table": list(paths), "stochastic": list(stochastic),
+                   "stochastic_confirmed": list(confirmed),
                    "stochastic_goal": list(stochastic_goal)}, f, indent=1, default=float)
     groups = sorted({(r["target"], r["sde"].split(" ")[0]) for r in rows if "sw2" in r})
     for target_name, sde_name in groups:

@@ -14,16 +14,16 @@ import time
 import torch
 
 from . import report
-from .judge import distribution_metrics, floors, judge_stochastic, stochastic_floors
-from .peers import PEERS, peer_rows, stochastic_peer_rows
+from .judge import distribution_metrics, floors
+from .peers import PEERS, peer_rows
 from .problems import PATHS, TARGETS, Problem, make_problem, make_targets
 from .calibrated import CORRECTIONS, OPTIMIZERS, Draws, calibrated_rows, check_methods
-from .runs import checkpoint_rows, curve_rows, sgm_rows, stochastic_configs
-from .strong import with_strong_errors
+from .runs import checkpoint_rows, curve_rows, sgm_rows
+from .stochastic import CONFIRM_N, run_leg
 
 __all__ = ["NFE_GRID", "QUICK_NFE", "TOLERANCES", "QUICK_TOLERANCES", "COMPARE_NFE", "QUICK_COMPARE_NFE", "PATH_NFE",
-           "STOCHASTIC_NFE", "QUICK_STOCHASTIC_NFE", "STOCHASTIC_N", "CURVE_SDES", "COMPARE_SDES", "STOCHASTIC_SDES",
-           "JOBS", "CALIBRATION_N", "compare_rows", "calibration_draws", "path_rows", "stochastic_rows", "run_sweep",
+           "STOCHASTIC_NFE", "QUICK_STOCHASTIC_NFE", "STOCHASTIC_N", "QUICK_CONFIRM_N", "CURVE_SDES", "COMPARE_SDES", "STOCHASTIC_SDES",
+           "JOBS", "CALIBRATION_N", "compare_rows", "calibration_draws", "path_rows", "run_sweep",
            "add_arguments", "check_checkpoint", "run_from_args", "main"]
 
 NFE_GRID = (5, 10, 20, 50, 100, 200, 500, 1000)
@@ -34,7 +34,8 @@ COMPARE_NFE = QUICK_COMPARE_NFE = (5, 10, 20)
 PATH_NFE = COMPARE_NFE  # the cross-path comparison's budgets (the same: it reuses the comparison's sgm runs)
 STOCHASTIC_NFE = (5, 10, 20, 50)
 QUICK_STOCHASTIC_NFE = (10, 20)  # the goal's budgets
-STOCHASTIC_N = 2000  # samples per stochastic run (quick: 500)
+STOCHASTIC_N = 2000  # draws per screening run of the stochastic leg (quick: 500)
+QUICK_CONFIRM_N = 1000  # draws per confirmation run with --quick (else stochastic.CONFIRM_N)
 CURVE_SDES = ("vp", "ve")  # the paths the curves run on
 COMPARE_SDES = ("vp", "ve", "rf")  # the paths sgm is compared with its peers on
 STOCHASTIC_SDES = ("vp", "ve")  # the paths of the stochastic leg
@@ -76,46 +77,33 @@ def _peer_names(peers) -> tuple:
     return PEERS if peers is True else tuple(peers or ())
 
 
-def stochastic_rows(problem: Problem, nfes, seed: int = 0, peers=True, strong: bool = True) -> list[dict]:
-    """The stochastic leg on ``problem``: sgm's ``stochastic_configs`` on every spacing and the stochastic
-    configurations of the installed peers (``peers`` as in ``compare_rows``), each run from the problem's start, its
-    noise seeded ``seed + 10``, scored by ``judge_stochastic`` against one target sample of the problem's size drawn
-    from ``seed + 2``; with ``strong``, each row's strong error (``strong.with_strong_errors``)."""
-    target = problem.target
-    reference = target.sample(problem.z.shape[0], generator=torch.Generator().manual_seed(seed + 2))
-
-    def judge(x):
-        return judge_stochastic(x, reference, target, seed)
-
-    rows, names = sgm_rows(problem, nfes, stochastic_configs(), judge, seed), _peer_names(peers)
-    rows += stochastic_peer_rows(problem, nfes, judge, seed + 10, names) if names else []
-    return with_strong_errors(problem, rows, seed) if strong else rows
-
-
 def run_sweep(out_dir: str, quick: bool = False, n: int | None = None, seed: int = 0,
               checkpoint: str | None = None, peers=True, progress: bool = True, curves: bool = True,
               compare: bool = True, n_compare: int | None = None, targets=None, paths: bool = False,
-              sdes=None, stochastic: bool = True, n_stochastic: int | None = None, stochastic_nfe=None,
+              sdes=None, stochastic: bool = True, n_stochastic: int | None = None, n_confirm: int | None = None,
+              stochastic_nfe=None,
               optimizers=OPTIMIZERS, corrections=CORRECTIONS, strong: bool = True) -> list[dict]:
     """Run the sweep, write its report to ``out_dir`` and return the curve rows (the comparison's rows, the goal
     table, the cross-path rows and table, the stochastic leg's rows and goal table are in ``results.json``).
     ``sdes``: the paths to run (default: all of ``problems.PATHS``; the curves run on those of ``CURVE_SDES``, the
     comparison on those of ``COMPARE_SDES``, the stochastic leg on those of ``STOCHASTIC_SDES``); ``paths``: the
     cross-path comparison on each of them; ``optimizers``, ``corrections``: the comparison's calibrated methods
-    (``calibrated``; default all); ``strong``: the stochastic leg's strong-error column (``bench.strong``). Seeds:
-    the problem's draw ``seed``, the floors ``seed + 1``, the target sample the curves, the comparison and the
-    stochastic leg are judged against ``seed + 2``, the curves' SW₂ directions ``seed + 3``, stochastic samplers'
-    noise ``seed + 10`` (the strong error's per-sample seeds ``(seed + 10)·2²⁰ + i``), the calibrated methods' draws
-    ``seed + 20``."""
+    (``calibrated``; default all); ``n_stochastic``, ``n_confirm``: the stochastic leg's screening and confirmation
+    draws (``bench.stochastic``); ``strong``: the confirmed rows' strong-error column (``bench.strong``). Seeds: the
+    problem's draw ``seed``, the floors ``seed + 1``, the target sample the curves, the comparison and the stochastic
+    leg are judged against ``seed + 2``, the curves' SW₂ directions ``seed + 3``, stochastic samplers' noise
+    ``seed + 10`` (the strong error's per-sample seeds ``(seed + 10)·2²⁰ + i``), the calibrated methods' draws
+    ``seed + 20``; the stochastic confirmation is the same from ``seed + stochastic.CONFIRM_SEED``."""
     optimizers, corrections = check_methods(optimizers, corrections)
     os.makedirs(out_dir, exist_ok=True)
     n_stochastic = n_stochastic or (min(n, STOCHASTIC_N) if n else (500 if quick else STOCHASTIC_N))
+    n_confirm = n_confirm or (QUICK_CONFIRM_N if quick else CONFIRM_N)
     n = n or (500 if quick else 4000)
     n_compare = n_compare or min(n, 1000)
     nfes, tolerances = (QUICK_NFE, QUICK_TOLERANCES) if quick else (NFE_GRID, TOLERANCES)
     compare_nfes = QUICK_COMPARE_NFE if quick else COMPARE_NFE
     rows, compared, across, floor_metrics, flow_maps, t_start = [], [], [], {}, {}, time.perf_counter()
-    stochastic_runs, stochastic_floor_metrics = [], {}
+    stochastic_runs, confirmed, stochastic_floor_metrics = [], [], {}
     stochastic_nfe = tuple(stochastic_nfe or (QUICK_STOCHASTIC_NFE if quick else STOCHASTIC_NFE))
     sdes = tuple(sdes or PATHS)
     for target_name, target in make_targets(quick, targets).items():
@@ -139,9 +127,11 @@ def run_sweep(out_dir: str, quick: bool = False, n: int | None = None, seed: int
                 compared += compare_rows(make_problem(target_name, target, sde_name, n_compare, seed), compare_nfes,
                                          seed, peers, not quick, optimizers, corrections)
             if stochastic and sde_name in STOCHASTIC_SDES:
-                stochastic_floor_metrics[key] = stochastic_floors(target, n_stochastic, seed + 1)
-                stochastic_runs += stochastic_rows(make_problem(target_name, target, sde_name, n_stochastic, seed),
-                                                   stochastic_nfe, seed, peers, strong)
+                leg = run_leg(target_name, target, sde_name, stochastic_nfe, n_stochastic, n_confirm, seed,
+                              _peer_names(peers), strong)
+                stochastic_runs += leg.screened
+                confirmed += leg.confirmed
+                stochastic_floor_metrics[key] = leg.floors
             print(f"{key}: {time.perf_counter() - t_start:.0f}s so far", flush=True)
         for path_name in [p for p in PATHS if p in sdes] if paths else ():
             done = [r for r in compared if (r["target"], r["sde"], r["side"]) == (target_name, path_name, "sgm")]
@@ -151,16 +141,17 @@ def run_sweep(out_dir: str, quick: bool = False, n: int | None = None, seed: int
     if checkpoint:
         rows.extend(checkpoint_rows(checkpoint, nfes, seed, progress))
     goal = report.goal_table(compared) if compared else []
-    stochastic_goal = report.goal_table(stochastic_runs, report.STOCHASTIC_GOAL_NFE, ("diffusers", "k-diffusion"),
-                                        report.STOCHASTIC_GOAL_METRIC) if stochastic_runs else []
-    meta = {"seed": seed, "n": n, "n_compare": n_compare, "n_stochastic": n_stochastic, "quick": quick,
+    stochastic_goal = report.goal_table(confirmed, report.STOCHASTIC_GOAL_NFE, ("diffusers", "k-diffusion"),
+                                        report.STOCHASTIC_GOAL_METRIC) if confirmed else []
+    meta = {"seed": seed, "n": n, "n_compare": n_compare, "n_stochastic": n_stochastic,
+            "n_confirm": n_confirm, "quick": quick,
             "nfe_grid": list(nfes), "compare_nfe": list(compare_nfes), "path_nfe": list(PATH_NFE) if paths else [],
             "stochastic_nfe": list(stochastic_nfe), "optimizers": list(optimizers),
             "corrections": list(corrections), "tolerances": list(tolerances), "floors": floor_metrics,
             "flow_map": flow_maps, "stochastic_floors": stochastic_floor_metrics,
             "seconds": time.perf_counter() - t_start, "versions": report.versions()}
     report.write(out_dir, rows, meta, compared, goal, across, report.path_table(across, PATH_NFE) if across else [],
-                 stochastic_runs, stochastic_goal)
+                 stochastic_runs, confirmed, stochastic_goal)
     return rows
 
 
@@ -183,6 +174,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--sdes", nargs="+", choices=PATHS, default=None,
                         help="the paths to run (default: all; the curves and the stochastic leg run on vp and ve, the "
                         "comparison on vp, ve and rf, the cross-path comparison on all four)")
+    parser.add_argument("--n-stochastic", type=int, default=None,
+                        help=f"samples per stochastic run (default min(--n, {STOCHASTIC_N}); 500 with --quick): the "
+                        "goal's distribution errors need n of 10⁴ or more to stand above the exact sample's floor")
+    parser.add_argument("--n-confirm", type=int, default=None,
+                        help=f"draws per confirmation run of the stochastic leg's finalists (default {CONFIRM_N}; "
+                        f"{QUICK_CONFIRM_N} with --quick), on draws disjoint from the screening's")
     parser.add_argument("--stochastic-nfe", type=int, nargs="+", default=None,
                         help=f"the stochastic leg's budgets (default {' '.join(map(str, STOCHASTIC_NFE))}; "
                         f"{' '.join(map(str, QUICK_STOCHASTIC_NFE))} with --quick)")
@@ -215,6 +212,10 @@ def run_from_args(args) -> int:
     """Run the sweep the parsed ``args`` ask for and print its summary and goal tables."""
     if args.n is not None and args.n < 1:
         raise ValueError(f"--n must be an integer >= 1, got {args.n}")
+    if args.n_stochastic is not None and args.n_stochastic < 2:
+        raise ValueError(f"--n-stochastic must be an integer >= 2, got {args.n_stochastic}")
+    if args.n_confirm is not None and args.n_confirm < 2:
+        raise ValueError(f"--n-confirm must be an integer >= 2, got {args.n_confirm}")
     if args.stochastic_nfe is not None and min(args.stochastic_nfe) < 1:
         raise ValueError(f"--stochastic-nfe must be integers >= 1, got {args.stochastic_nfe}")
     check_methods(args.optimizers, args.corrections)
@@ -225,7 +226,8 @@ def run_from_args(args) -> int:
     rows = run_sweep(args.out, quick=args.quick, n=args.n, seed=args.seed, checkpoint=args.checkpoint,
                      peers=not args.no_peers and (args.peers or True), progress=args.progress, curves="curves" in jobs,
                      compare="compare" in jobs, targets=args.targets, paths="paths" in jobs, sdes=args.sdes,
-                     stochastic="stochastic" in jobs, stochastic_nfe=args.stochastic_nfe,
+                     stochastic="stochastic" in jobs, n_stochastic=args.n_stochastic,
+                     n_confirm=args.n_confirm, stochastic_nfe=args.stochastic_nfe,
                      optimizers=args.optimizers, corrections=args.corrections, strong=not args.no_strong)
     with open(os.path.join(args.out, "results.json")) as f:
         results = json.load(f)

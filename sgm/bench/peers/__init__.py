@@ -5,13 +5,14 @@ installed) and the legs it runs: ``rows(problem, nfes)`` (the comparison rows, `
 error of every deterministic configuration a user could pick at each budget), ``stochastic_rows(problem, nfes,
 judge, seed)`` (every stochastic configuration at each budget, scored by ``judge(x)``, noise seeded ``seed``) and,
 with ``rows``, ``rerun(row, problem)`` (the configuration and budget of one of its rows on another problem: the
-same configuration on another batch of draws). A new library is a new module and its entry in ``PEERS``.
+same configuration on another batch of draws), with ``stochastic_rows``, ``stochastic_rerun(row, problem, judge,
+seed)`` (the same for a stochastic row). A new library is a new module and its entry in ``PEERS``.
 """
 from __future__ import annotations
 
 from importlib import import_module
 
-__all__ = ["PEERS", "installed", "peer_rows", "stochastic_peer_rows", "rerun"]
+__all__ = ["PEERS", "installed", "peer_rows", "stochastic_peer_rows", "rerun", "stochastic_rerun"]
 
 PEERS = ("diffusers", "diffusers_flow", "k_diffusion")
 
@@ -41,3 +42,9 @@ def rerun(row: dict, problem) -> dict | None:
     """The comparison row ``row`` of a peer run again on ``problem`` (``row["side"]`` names its module: the
     comparison's peer rows are ``diffusers``')."""
     return import_module(f"{__name__}.{row['side']}").rerun(row, problem)
+
+
+def stochastic_rerun(row: dict, problem, judge, seed: int) -> dict | None:
+    """The stochastic row ``row`` of a peer run again on ``problem``, scored by ``judge``, noise seeded ``seed``
+    (``row["side"]`` names its library: ``"k-diffusion"`` is the module ``k_diffusion``)."""
+    return import_module(f"{__name__}.{row['side'].replace('-', '_')}").stochastic_rerun(row, problem, judge, seed)

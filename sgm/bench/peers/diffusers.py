@@ -315,6 +315,14 @@ def stochastic_rows(problem: Problem, nfes, judge, seed: int) -> list[dict]:
     return _rows(problem, nfes, stochastic_configs(), judge, seed)
 
 
+def stochastic_rerun(done: dict, problem: Problem, judge, seed: int) -> dict | None:
+    """The configuration and budget of the stochastic row ``done`` (by its label) run again on ``problem``, scored by
+    ``judge(x)``, its noise seeded ``seed``."""
+    config = next(c for c in stochastic_configs() if c.label == done["sampler"])
+    with quiet():
+        return row(config, problem, done["nfe_budget"], judge=judge, seed=seed)
+
+
 def rerun(done: dict, problem) -> dict | None:
     """The configuration and budget of the comparison row ``done`` (by its label) run again on ``problem``."""
     config = next(c for c in configs() if c.label == done["sampler"])

@@ -39,7 +39,7 @@ from ..judge import STOCHASTIC_METRICS, failed, rms_distance
 from ..problems import Problem
 
 __all__ = ["ENV", "SAMPLERS", "SCHEDULES", "Config", "sampling_file", "available", "load", "configs", "sigmas",
-           "calls", "steps_for_nfe", "denoiser", "run", "stochastic_rows", "strong_error"]
+           "calls", "steps_for_nfe", "denoiser", "run", "stochastic_rows", "stochastic_rerun", "strong_error"]
 
 ENV = "SGM_K_DIFFUSION"
 SAMPLERS = ("euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde")
@@ -193,19 +193,24 @@ def stochastic_rows(problem: Problem, nfes, judge, seed: int) -> list[dict]:
     off VP and VE (rectified flow's chain ends at σ = ∞, no level for ``x̃ = σ_max·z``)."""
     if problem.sde_name not in ("vp", "ve"):
         return []
-    out = []
-    for config in configs():
-        for nfe in nfes:
-            row = {"target": problem.target_name, "sde": problem.sde_name, "side": "k-diffusion",
-                   "sampler": config.label, "nfe_budget": nfe}
-            t0 = time.perf_counter()
-            try:
-                x, steps, spent = run(config, problem, nfe, seed)
-            except Exception as e:  # a run that breaks down is a row, not a crash
-                out.append({**row, **failed(e, t0, keys=STOCHASTIC_METRICS)})
-                continue
-            out.append({**row, "steps": steps, "nfe": spent, "seconds": time.perf_counter() - t0, **judge(x)})
-    return out
+    return [_stochastic_row(config, problem, nfe, judge, seed) for config in configs() for nfe in nfes]
+
+
+def stochastic_rerun(done: dict, problem: Problem, judge, seed: int) -> dict:
+    """The configuration and budget of the stochastic row ``done`` (by its label) run again on ``problem``."""
+    config = next(c for c in configs() if c.label == done["sampler"])
+    return _stochastic_row(config, problem, done["nfe_budget"], judge, seed)
+
+
+def _stochastic_row(config: Config, problem: Problem, nfe: int, judge, seed: int) -> dict:
+    row = {"target": problem.target_name, "sde": problem.sde_name, "side": "k-diffusion", "sampler": config.label,
+           "nfe_budget": nfe}
+    t0 = time.perf_counter()
+    try:
+        x, steps, spent = run(config, problem, nfe, seed)
+    except Exception as e:  # a run that breaks down is a row, not a crash
+        return {**row, **failed(e, t0, keys=STOCHASTIC_METRICS)}
+    return {**row, "steps": steps, "nfe": spent, "seconds": time.perf_counter() - t0, **judge(x)}
 
 
 def strong_error(config: Config, problem: Problem, nfe: int, seed: int, samples: int, reference_nfe: int,

@@ -372,6 +372,20 @@ def test_dpm_solver_v3_is_exact_on_a_gaussian_up_to_its_table():
     assert errors[1] < 1e-2 * plain and 3.5 < errors[0] / errors[1] < 4.5, (errors, plain)
 
 
+def test_ems_runs_on_its_default_grid_on_every_path_family():
+    """A user who calibrates EMS and samples without naming a spacing gets ``dpm_solver_v3``'s default grid, which
+    lies inside the table on VP, VE and rectified flow (on rectified flow the flow grid's first node, σ = 1 − 10⁻⁶,
+    is above the table's top: the default there is uniform, the best measured with EMS)."""
+    gm = sgm.random_mixture(2, k=3, seed=17)
+    for sde in (sgm.VPSDE(), sgm.VESDE(), sgm.RectifiedFlow()):
+        model = gm.prediction_fn(sde, "x0")
+        c = ems(model, sde, (16, 2), steps=20, generator=gen(3), dtype=D, reference_tol=1e-5)
+        out = sgm.sample(model, sde, (8, 2), correction=c, nfe=6, generator=gen(4), dtype=D)
+        assert out.nfe == 6 and bool(torch.isfinite(out.x).all())
+    with pytest.raises(ValueError, match="outside the EMS"):  # the flow grid's top lies above the table
+        sgm.sample(model, sde, (8, 2), correction=c, nfe=6, spacing="flow", generator=gen(4), dtype=D)
+
+
 def test_dpm_solver_v3_without_ems_is_ddim_at_order_one_and_matches_a_flat_table():
     gm, sde, score, x, _ = problem(3, 5, "vp")
     grid = time_grid(sde, 8, "logsnr")

@@ -97,6 +97,8 @@ class Entry:
 # family at 5–50 NFE on mixtures no test uses (OMP_NUM_THREADS=1 python benchmarks/default_spacing.py;
 # docs/samplers.md has the table). The samplers that need α > 0 keep uniform on rectified flow: their drift
 # α'/α = -10⁶ at flow's first node would blow up, and from the exact top they are refused by name (give t_max).
+# dpm_solver_v3's defaults are measured with its EMS (benchmarks/default_spacing.py --ems): on rectified flow the
+# EMS table starts below the flow grid's first node, and of the grids inside it uniform is best.
 SAMPLERS: dict[str, Entry] = {
     "euler_maruyama": Entry(EulerMaruyama, "Euler–Maruyama on the reverse SDE", steps=500,
                             spacing={"vp": "quadratic", "ve": "karras", "rf": "uniform"}),
@@ -126,7 +128,7 @@ SAMPLERS: dict[str, Entry] = {
                                "prediction": ("x0", "eps")}),
     "dpm_solver_v3": Entry(DPMSolverV3, "DPM-Solver-v3: the ODE in the parameterisation of the model's empirical "
                            "statistics (`ems`; without: DPM-Solver++'s), multistep predictor–corrector",
-                           spacing={"vp": "quadratic", "ve": "logsnr", "rf": "flow"}, steps=50,
+                           spacing={"vp": "quadratic", "ve": "logsnr", "rf": "uniform"}, steps=50,
                            sweep={"order": (1, 2, 3)}),
     "unipc": Entry(UniPC, "UniPC: the UniP predictor and the UniC corrector at no extra evaluation",
                    spacing={"vp": "quadratic", "ve": "logsnr", "rf": "flow"}, steps=50,

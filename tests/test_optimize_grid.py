@@ -86,6 +86,8 @@ def test_each_optimizer_beats_the_best_fixed_spacing_on_held_out_draws(optimizer
     fixed, optimised = held_out(model, sde, name, options, steps, grid, dim)
     assert optimised < min(fixed.values()), (optimised, fixed)
     assert grid.info["optimizer"] == optimizer and len(grid.noisy) == steps and grid.denoise
+    last, before = grid.noisy[-1].t, grid.noisy[-2].t  # free (the descent's, GITS's, LD3's default): in [eps, t_{-2})
+    assert (sde.default_eps <= last < before) if grid.info["free_end"] else last == sde.default_eps
     if optimizer == "dmn":  # the paper's own claim: better than uniform steps in λ, its start
         assert optimised < fixed["logsnr"]
 

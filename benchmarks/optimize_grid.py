@@ -13,8 +13,9 @@ and the calibration's cost (``grid.info["cost"]``: evaluations of a batch of ``n
         [--variants] [--json out.json] [--markdown out.md]
 
 ``--variants [NAME ...]`` adds the measured alternatives to the defaults (all of them when no name is given): each
-optimiser with its first node free and pinned, GITS with the code's ``dev`` metric, LD3 started uniformly in ``u`` (the
-paper's start) and from the best fixed spacing on its calibration draws.
+optimiser with its first node free and pinned, with its last noisy node free and pinned, GITS with the code's ``dev``
+metric, LD3 started uniformly in ``u`` (the paper's start) and from the best fixed spacing on its calibration draws.
+The fixed spacings are ``start_spacings(sde)`` (``flow`` too on rectified flow).
 """
 from __future__ import annotations
 
@@ -27,18 +28,19 @@ import torch
 
 from calibration_common import add_arguments, cells
 from sgm.samplers import SamplerDiverged, integrate, optimize_grid, solver, time_grid
-from sgm.samplers.optimize import FIXED_SPACINGS, map_error
+from sgm.samplers.optimize import map_error, start_spacings
 
 SAMPLERS = {"ddim": ("ddim", {}), "dpm_solver": ("dpm_solver", {}), "unipc": ("unipc", {}), "ipndm": ("ipndm", {}),
             "heun2": ("ode", {"method": "heun2"}), "deis": ("deis", {}), "rk4": ("ode", {"method": "rk4"})}
 VARIANTS = {  # explicit settings, whatever the defaults
     "descent free": ("descent", {"free_start": True}), "descent pinned": ("descent", {"free_start": False}),
     "gits free": ("gits", {"free_start": True}), "gits pinned": ("gits", {"free_start": False}),
-    "gits dev": ("gits", {"free_start": False, "optimizer_options": {"metric": "dev"}}),
+    "gits dev": ("gits", {"free_start": False, "free_end": False, "optimizer_options": {"metric": "dev"}}),
     "ld3 uniform pinned": ("ld3", {"free_start": False, "optimizer_options": {"init": "uniform"}}),
     "ld3 uniform free": ("ld3", {"free_start": True, "optimizer_options": {"init": "uniform"}}),
     "ld3 best pinned": ("ld3", {"free_start": False, "optimizer_options": {"init": "best"}}),
     "ld3 best free": ("ld3", {"free_start": True, "optimizer_options": {"init": "best"}}),
+    **{f"{o} {e} end": (o, {"free_end": e == "free"}) for o in ("descent", "gits", "ld3") for e in ("free", "pinned")},
 }
 
 
@@ -71,7 +73,8 @@ def main(argv=None) -> list[dict]:
                 steps = method.steps_for_nfe(nfe)
                 if steps is None:
                     continue
-                fixed = {s: run(method, model, sde, x, time_grid(sde, steps, s), reference) for s in FIXED_SPACINGS}
+                fixed = {s: run(method, model, sde, x, time_grid(sde, steps, s), reference)
+                         for s in start_spacings(sde)}
                 best = min(fixed, key=fixed.get)
                 row = {"target": target_name, "path": path, "sampler": sampler, "nfe": method.nfe(steps),
                        "steps": steps, "fixed": fixed, "best_fixed": best, "optimisers": {}}

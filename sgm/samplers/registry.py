@@ -147,7 +147,7 @@ SAMPLERS: dict[str, Entry] = {
     "dpmpp_2s_ancestral": Entry(DPMPP2SAncestral, "k-diffusion's DPM-Solver++(2S) ancestral: 2S down to σ↓, noise up",
                                 spacing={"vp": "quadratic", "ve": "karras", "rf": "flow"}, steps=100),
     "heun": Entry(Heun, "EDM's sampler: Heun's method in σ on x/α with optional churn (Algorithm 2)",
-                  spacing={"vp": "uniform", "ve": "karras", "rf": "uniform"}, steps=100, stochastic=({"churn": 1.0},)),
+                  spacing={"vp": "uniform", "ve": "karras", "rf": "flow"}, steps=100, stochastic=({"churn": 1.0},)),
     # every corrector order: diffusers' SA-Solver pairs (1, 1), (2, 2), (3, 3) run in the stochastic leg, and (1, 1),
     # (3, 3) were sgm's best at 16-D, 20 NFE once swept (docs/benchmark.md)
     "sa_solver": Entry(SASolver, "SA-Solver: stochastic Adams predictor and corrector on x̂₀, orders 1–4, "
@@ -158,7 +158,7 @@ SAMPLERS: dict[str, Entry] = {
                     spacing={"vp": "uniform", "ve": "karras", "rf": "flow"}, steps=100, smoke={"order": 1},
                     sweep={"order": (1, 2, 3), "noise_scale": ("er_sde_5", "er_sde_1", "reverse_sde")}),
     "restart": Entry(Restart, "Restart sampling: EDM's Heun with forward re-noising jumps and Heun inner steps over "
-                              "restart intervals", spacing={"vp": "uniform", "ve": "karras", "rf": "uniform"},
+                              "restart intervals", spacing={"vp": "uniform", "ve": "karras", "rf": "flow"},
                      steps=200, smoke={"repeats": 1, "inner_steps": 3},
                      sweep={"intervals": ("cifar10_vp", "cifar10_edm", "stable_diffusion")}),
 }

@@ -13,9 +13,10 @@ and the main process continues from the node. With the exact score each jump lea
 and the ODE brings it back to ``σ_min``; the jumps contract the error the main ODE has accumulated (the paper's
 argument), at the cost of the inner steps.
 
-Evaluations: the main Heun steps (``2·steps - 1`` with the final denoising; one fewer from ``α = 0``) plus
-``Σ_i K_i·2(n_i - 1)`` for the restart segments (``segment_evals``, spent inside the steps that reach their nodes),
-whatever the grid (with at least two noisy nodes).
+Evaluations: the main Heun steps (``2·steps - 1`` with the final denoising; one fewer per Euler step, from ``α = 0``
+or over more than two decades of ``σ``: ``sgm.samplers.edm``) plus
+``Σ_i K_i·2(n_i - 1)`` for the restart segments (``segment_evals``, spent inside the steps that reach their nodes;
+their inner steps are always Heun's), whatever the grid (with at least two noisy nodes).
 
 Noise: one draw per jump. The first jump over an interval is the increment of the sample's Brownian path over that
 interval of path time, named ``(t(σ_max), t(σ_min))``; a repeat, or an interval overlapping one already named, is an
@@ -168,5 +169,5 @@ class Restart(Heun):
             # x̂ = α_max (x/α_min + s_noise √(σ_max² - σ_min²) ξ)
             x = x.mul(top.scale / node.scale).add_(z, alpha=top.scale * self.s_noise * math.sqrt(hi**2 - lo**2))
             for a, b in zip(levels[:-1], levels[1:]):
-                x, _ = super().step(model, x, a, b, 0.0, noise)
+                x = self.trapezoid(model, x, a, b)
         return x

@@ -16,13 +16,16 @@ the step optimiser (each module's docstring states its objective as an equation,
 
 Positions are in a bounded coordinate ``u`` of λ that keeps the exact top of every path representable
 (``common.Positions``: rectified flow's ``t = 1``, where ``λ = -∞``, is ``u = 0``). ``free_start=True`` lets the first
-node leave ``T`` (the sampler then starts from the prior draw at ``t_0 < T``); ``None`` takes each optimiser's
-measured default (``FREE_START``). Every grid records in ``grid.info`` how it was made (``optimizer``, the sampler and
-options, the method's own record), its calibration cost (``info["cost"]``: evaluations of the batch of ``n`` calibration
-draws, ``shape = (n, *dims)``, ``draws``, ``sample_evaluations``, ``backward`` passes, ``seconds``) and the fingerprint
-of the model it was calibrated for (``info["model"]``, see ``sgm.samplers.fingerprint``; ``None`` for DMN, whose grid
-does not depend on the model); ``grid.save(path)`` writes it, ``TimeGrid.load(path, sde, model=…)`` refuses another path
-or model, and ``sgm.sample`` refuses a grid calibrated for another model or made for another path.
+node leave ``T`` (the sampler then starts from the prior draw at ``t_0 < T``), ``free_end=True`` the last noisy node
+leave ``eps`` (to ``t ∈ [eps, t_{steps-2})``; the data node follows it); ``None`` takes each optimiser's measured
+default (``FREE_START``, ``FREE_END``). The descent and LD3 start from ``common.start_spacings``: on rectified flow and
+its shifts diffusers' ``flow`` grid is among them. Every grid records in ``grid.info`` how it was made
+(``optimizer``, the sampler and options, the method's own record), its calibration cost (``info["cost"]``: evaluations
+of the batch of ``n`` calibration draws, ``shape = (n, *dims)``, ``draws``, ``sample_evaluations``, ``backward``
+passes, ``seconds``) and the fingerprint of the model it was calibrated for (``info["model"]``, see
+``sgm.samplers.fingerprint``; ``None`` for DMN, whose grid does not depend on the model); ``grid.save(path)`` writes
+it, ``TimeGrid.load(path, sde, model=…)`` refuses another path or model, and ``sgm.sample`` refuses a grid calibrated
+for another model or made for another path.
 """
 from __future__ import annotations
 
@@ -39,20 +42,25 @@ from ..grid import TimeGrid, check_eps, time_grid
 from ..solver import integrate
 from .ays import KLUB, ays
 from .common import (FIXED_SPACINGS, Cost, Counted, MapError, Positions, check_solver, flow_map,
-                     map_error, ode_order)
+                     map_error, ode_order, start_spacings)
 from .descent import MIN_MOVE, cheapest_path, descend
 from .dmn import dmn
 from .gits import GITS_DEFAULTS, gits
 from .ld3 import LD3_DEFAULTS, ld3
 
 __all__ = ["optimize_grid", "flow_map", "map_error", "cheapest_path", "OPTIMIZERS",
-           "FIXED_SPACINGS", "FREE_START", "MIN_MOVE"]
+           "FIXED_SPACINGS", "FREE_START", "FREE_END", "MIN_MOVE", "start_spacings"]
 
 OPTIMIZERS = ("descent", "gits", "dmn", "ays", "ld3")
 # free_start=None takes these (benchmarks/optimize_grid.py --variants measures both; docs/samplers.md has the
 # descent's and GITS's numbers, free equal or better in every cell); DMN's and AYS's objectives have no term for the
 # mismatch of starting below T, so they cannot free it.
 FREE_START = {"descent": True, "gits": True, "dmn": False, "ays": False, "ld3": True}
+# free_end=None takes these (benchmarks/optimize_grid.py --variants "descent pinned end" "gits pinned end" "ld3 free
+# end", VP, VE and RF: median held-out ratio to the best fixed spacing free / pinned 0.46 / 0.63 for the descent and
+# 1.08 / 2.26 for GITS in 54 cells, LD3 0.33 / 0.46 on RF's 2-D ring (9 cells) and within 0.03 on VP and VE,
+# docs/samplers.md); DMN's and AYS's objectives integrate to eps and have no term for the last step into the data node.
+FREE_END = {"descent": True, "gits": True, "dmn": False, "ays": False, "ld3": True}
 OPTIONS = {"descent": {}, "gits": {k: v for k, v in GITS_DEFAULTS.items() if k != "candidates"},
            "dmn": {"maxiter": 1000}, "ays": {"xatol": 1e-3}, "ld3": LD3_DEFAULTS}
 DESCRIPTIONS = {
@@ -92,16 +100,18 @@ def _ld3_options(o: dict) -> dict:
 
 def optimize_grid(score, sde: GaussianPath, steps: int, sampler: str = "ddim", *, shape,
                   generator: torch.Generator | None = None, eps: float | None = None, optimizer: str = "descent",
-                  free_start: bool | None = None, start: str | None = None, dp: bool = False,
-                  candidates: int | None = None, sweeps: int = 6, tol: float = 1e-3, reference_tol: float = 1e-8,
-                  dtype: torch.dtype = torch.float64, device=None, progress: bool = False,
+                  free_start: bool | None = None, free_end: bool | None = None, start: str | None = None,
+                  dp: bool = False, candidates: int | None = None, sweeps: int = 6, tol: float = 1e-3,
+                  reference_tol: float = 1e-8, dtype: torch.dtype = torch.float64, device=None, progress: bool = False,
                   optimizer_options: dict | None = None, **options) -> TimeGrid:
-    """The grid of ``steps`` noisy nodes from ``T`` (or, with ``free_start``, below it) to ``eps`` plus the data node
+    """The grid of ``steps`` noisy nodes from ``T`` (or, with ``free_start``, below it) to ``eps`` (or, with
+    ``free_end``, above it) plus the data node
     for the fixed-step ``sampler`` with ``options``, chosen by ``optimizer`` (see the package docstring) for the model
     ``score(x, t)`` on the prior draws of the batch ``shape = (n, *dims)`` (``sgm.sample``'s; 256 draws are typical)
     from ``generator`` in ``dtype`` on ``device``.
 
-    ``start``: the initial spacing (default: the best of ``FIXED_SPACINGS`` by the optimiser's objective, for LD3 by
+    ``start``: the initial spacing (default: the best of ``start_spacings(sde)`` — ``FIXED_SPACINGS`` for DMN and AYS
+    — by the optimiser's objective, for LD3 by
     the map error on its calibration draws unless ``optimizer_options={"init": "uniform"}``, uniform in ``u``; DMN:
     ``logsnr``); ``dp``, ``candidates``, ``sweeps``, ``tol``: the descent's options (``candidates`` is also GITS's
     fine-grid size, 61; ``sweeps`` and ``tol`` also AYS's); ``reference_tol``: dopri5's tolerance for ``Φ``;
@@ -124,8 +134,10 @@ def optimize_grid(score, sde: GaussianPath, steps: int, sampler: str = "ddim", *
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     eps = check_eps(eps, sde)
-    if start is not None and start not in FIXED_SPACINGS:
-        raise ValueError(f"start must be None (the optimiser's default) or one of {FIXED_SPACINGS}, got {start!r}")
+    starts = start_spacings(sde) if optimizer in ("descent", "ld3") else FIXED_SPACINGS
+    if start is not None and start not in starts:
+        raise ValueError(f"start must be None (the optimiser's default) or one of {starts} for optimizer={optimizer!r}"
+                         f" on this path, got {start!r}")
     flag("dp", dp)
     if dp and optimizer != "descent":
         raise ValueError(f"dp=True is the descent's second start; optimizer={optimizer!r} has none")
@@ -135,6 +147,12 @@ def optimize_grid(score, sde: GaussianPath, steps: int, sampler: str = "ddim", *
     if free and optimizer in ("dmn", "ays"):
         raise ValueError(f"free_start=True is not available with optimizer={optimizer!r}: its objective has no "
                          "term for the mismatch of starting below T (use 'descent', 'gits' or 'ld3')")
+    if free_end is not None:
+        flag("free_end", free_end)
+    free_end = FREE_END[optimizer] if free_end is None else free_end
+    if free_end and optimizer in ("dmn", "ays"):
+        raise ValueError(f"free_end=True is not available with optimizer={optimizer!r}: its objective integrates "
+                         "to eps and has no term for the step into the data node (use 'descent', 'gits' or 'ld3')")
     if candidates is None:
         candidates = GITS_DEFAULTS["candidates"] if optimizer == "gits" else min(max(3 * steps, 24), 64)
     candidates = integer("candidates", candidates, max(steps, 3))
@@ -167,13 +185,14 @@ def optimize_grid(score, sde: GaussianPath, steps: int, sampler: str = "ddim", *
     try:
         if optimizer == "descent":
             objective = MapError(method, counted, sde, x_T, reference, bar)
-            grid, record = descend(objective, positions, steps, start=start, free_start=free, dp=dp,
+            grid, record = descend(objective, positions, steps, start=start, free_start=free, free_end=free_end, dp=dp,
                                    candidates=candidates, sweeps=sweeps, tol=tol, reference_tol=reference_tol,
                                    spent=lambda: _number(counted.evaluations / n))
             error = record.pop("error")
             record["runs"] = objective.runs
         elif optimizer == "gits":
-            grid, record = gits(counted, sde, steps, x_T, eps, free_start=free, candidates=candidates, **settings)
+            grid, record = gits(counted, sde, steps, x_T, eps, free_start=free, free_end=free_end,
+                                candidates=candidates, **settings)
         elif optimizer == "dmn":
             grid, record = dmn(sde, steps, eps, ode_order(method), counted.predicts, positions,
                                start=start or "logsnr", **settings)
@@ -182,15 +201,17 @@ def optimize_grid(score, sde: GaussianPath, steps: int, sampler: str = "ddim", *
             grid, record = ays(klub, positions, steps, start=start, sweeps=sweeps, tol=tol, **settings)
         else:
             settings = dict(settings)
+            fitted = lambda name: positions.fit(time_grid(sde, steps, name, eps), free, free_end)  # noqa: E731
             if settings.pop("init") == "best" and start is None:  # the best fixed spacing on the calibration draws
                 check = MapError(method, counted, sde, x_T, reference)
-                record["fixed_errors"] = {s: check(time_grid(sde, steps, s, eps)) for s in FIXED_SPACINGS}
+                record["fixed_errors"] = {s: check(fitted(s)) for s in starts}
                 start = min(record["fixed_errors"], key=record["fixed_errors"].get)
-            init = positions.of_grid(time_grid(sde, steps, start, eps)) if start is not None else \
-                [k / (steps - 1) for k in range(steps)]
-            init[0], init[-1] = (max(init[0], 0.01 * init[1]) if free else 0.0), 1.0
-            grid, found = ld3(method, counted, sde, steps, x_T, reference, positions, free_start=free, init=init,
-                              generator=generator, bar=bar, **settings)
+            init = positions.of_grid(fitted(start)) if start is not None else [k / (steps - 1) for k in range(steps)]
+            # every softmax weight positive: a free end 1 % of its interval inside its bound, a pinned one on it
+            init[0] = max(init[0], 0.01 * init[1]) if free else 0.0
+            init[-1] = min(init[-1], 1.0 - 0.01 * (1.0 - init[-2])) if free_end else 1.0
+            grid, found = ld3(method, counted, sde, steps, x_T, reference, positions, free_start=free,
+                              free_end=free_end, init=init, generator=generator, bar=bar, **settings)
             record.update(found, start=start)
     finally:
         bar.close()
@@ -204,8 +225,9 @@ def optimize_grid(score, sde: GaussianPath, steps: int, sampler: str = "ddim", *
         bill["draws"], bill["evaluations"] = 0, 0
     info = {"optimizer": optimizer, "method": DESCRIPTIONS[optimizer], "sampler": sampler, "options": dict(options),
             "steps": steps, "eps": eps, "n": n if x_T is not None else 0, "shape": list(shape),
-            "dtype": str(dtype).replace("torch.", ""), "free_start": free, "settings": _jsonable(settings),
-            **record, "error": error, "cost": bill, "nfe": _number(bill["evaluations"]),
+            "dtype": str(dtype).replace("torch.", ""), "free_start": free, "free_end": free_end,
+            "settings": _jsonable(settings), **record, "error": error, "cost": bill,
+            "nfe": _number(bill["evaluations"]),
             "reference_nfe": _number(reference_evaluations) if reference is not None else None,
             "seconds": bill["seconds"], "model": calibrated_for}
     return TimeGrid(grid.nodes, grid.sde, _jsonable(info))

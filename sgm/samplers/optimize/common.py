@@ -6,7 +6,14 @@ half log-SNR ``λ`` that keeps the exact top representable: ``u = (φ(λ) - φ(�
 ``φ(λ) = λ`` on a path whose ``λ(T)`` is finite (VP, VE, cosine, EDM) and ``φ(λ) = log(1 + e^λ)`` where ``α(T) = 0``
 (``λ(T) = -∞``: rectified flow, a zero-terminal-SNR table), so that ``u = 0`` is the top ``t = T`` exactly, and on
 rectified flow ``φ = -log t``, ``u = log t/log eps``. ``u_0 = 0`` pins the first node at ``T``; a free first node has
-``u_0 > 0`` and starts the sampler from the prior draw at ``t(u_0) < T``.
+``u_0 > 0`` and starts the sampler from the prior draw at ``t(u_0) < T``. ``u_{steps-1} = 1`` pins the last noisy node
+at ``eps``; a free last node has ``u_{steps-1} ∈ (u_{steps-2}, 1]``, i.e. ``t ∈ [eps, t_{steps-2})``, and the data node
+(Tweedie's ``x̂_0``) follows it unchanged.
+
+**Starts.** An optimiser that can free both ends starts from ``start_spacings(sde)``: ``FIXED_SPACINGS``, and on the
+paths where diffusers' flow-matching grid is a default (rectified flow and its shifts, ``path_family = "rf"``)
+``flow`` too, whose first node is just below ``T`` and whose last is about ``1/steps``; ``Positions.fit`` moves the
+ends that are pinned.
 """
 from __future__ import annotations
 
@@ -20,14 +27,19 @@ from torch import Tensor
 from ...paths import GaussianPath
 from ...predictions import predicts
 from ..base import SamplerDiverged, check_state
-from ..grid import TimeGrid, time_grid
+from ..grid import TimeGrid, path_family, time_grid
 from ..registry import solver as make_solver
 from ..solver import Solver, integrate
 
-__all__ = ["FIXED_SPACINGS", "Positions", "Counted", "flow_map", "map_error", "MapError",
+__all__ = ["FIXED_SPACINGS", "start_spacings", "Positions", "Counted", "flow_map", "map_error", "MapError",
            "check_solver", "ode_order", "Cost"]
 
 FIXED_SPACINGS = ("uniform", "quadratic", "logsnr", "karras")
+
+
+def start_spacings(sde: GaussianPath) -> tuple[str, ...]:
+    """``FIXED_SPACINGS``, with ``flow`` on rectified flow and its shifts (module docstring)."""
+    return FIXED_SPACINGS + (("flow",) if path_family(sde) == "rf" else ())
 
 
 class Positions:
@@ -67,6 +79,14 @@ class Positions:
 
     def grid(self, u: Sequence[float]) -> TimeGrid:
         return TimeGrid.from_times(self.sde, self.times(u))
+
+    def fit(self, grid: TimeGrid, free_start: bool, free_end: bool) -> TimeGrid:
+        """``grid`` with its first noisy node moved to ``T`` unless ``free_start`` and its last to ``eps`` unless
+        ``free_end`` (the other nodes kept exactly); ``grid`` itself when its ends are already there."""
+        times = [n.t for n in grid.noisy]
+        fitted = [self.sde.T if not free_start and k == 0 else self.eps if not free_end and k == len(times) - 1
+                  else t for k, t in enumerate(times)]
+        return grid if fitted == times else TimeGrid.from_times(self.sde, fitted, grid.denoise)
 
 
 class Counted:

@@ -14,7 +14,11 @@ Regularity of ODE-based Diffusion Sampling", ICML; the diff-sampler repository's
 
 With a free first node the path may start at any candidate ``j``: the prior draw is used as the state there, at the
 cost ``s_j = mean_n ‖(x_T - X_j)/scale_j‖`` of that jump (no evaluation), and the DP minimises ``s_j`` plus the path's
-cost. Cost: the teacher's ``K`` evaluations of the batch; the costs and the DP need none.
+cost. With a free last node the path may end at any candidate ``j``, followed by the step to the data node, which is
+Euler's step to ``σ = 0`` (``x̃ = D_j``): its local cost is ``e_j = mean_n ‖D_j - D_{K-1}‖`` against the teacher's
+output ``D_{K-1}`` (0 at ``j = K-1``), weighed as the edge after the path's last, ``coeff^(steps-1) e_j``
+(``metric="dev"`` has no such cost and refuses it). Cost: the teacher's ``K`` evaluations of the batch; the costs and
+the DP need none.
 """
 from __future__ import annotations
 
@@ -58,8 +62,10 @@ def _norm(v: Tensor, metric: str) -> Tensor:
     return v.flatten(1).abs().sum(1) if metric == "l1" else v.flatten(1).norm(dim=1)
 
 
-def gits_costs(states: list[Tensor], predictions: list, nodes, metric: str) -> tuple[list[list[float]], list[float]]:
-    """``c_ij`` for ``i < j`` (``inf`` elsewhere) and the jump costs ``s_j`` from the first state (module docstring)."""
+def gits_costs(states: list[Tensor], predictions: list, nodes,
+               metric: str) -> tuple[list[list[float]], list[float], list[float] | None]:
+    """``c_ij`` for ``i < j`` (``inf`` elsewhere), the jump costs ``s_j`` from the first state and the end costs ``e_j``
+    into the data node (``None`` for ``metric="dev"``; module docstring)."""
     K = len(nodes)
     cost = [[math.inf] * K for _ in range(K)]
     edm = [x / n.scale if n.scale > 0 else None for x, n in zip(states, nodes)]
@@ -82,12 +88,16 @@ def gits_costs(states: list[Tensor], predictions: list, nodes, metric: str) -> t
             b = nodes[j]
             cost[i][j] = score(p.combine(x0=b.scale, eps=b.std) / b.scale, j)
     jump = [0.0] + [score(states[0] / nodes[j].scale, j) for j in range(1, K)]
-    return cost, jump
+    if metric == "dev":
+        return cost, jump, None
+    denoised = [p.x0 for p in predictions]
+    end = [float(_norm(d - denoised[-1], metric).mean()) for d in denoised]
+    return cost, jump, end
 
 
-def gits(model, sde, steps: int, x_T: Tensor, eps: float, *, free_start: bool, candidates: int = 61,
-         coeff: float = 1.15, metric: str = "l2", teacher: str = "ipndm", teacher_options: dict | None = None,
-         spacing: str = "karras") -> tuple[TimeGrid, dict]:
+def gits(model, sde, steps: int, x_T: Tensor, eps: float, *, free_start: bool, free_end: bool,
+         candidates: int = 61, coeff: float = 1.15, metric: str = "l2", teacher: str = "ipndm",
+         teacher_options: dict | None = None, spacing: str = "karras") -> tuple[TimeGrid, dict]:
     """The GITS grid of ``steps`` noisy nodes (module docstring) and its record."""
     candidates = integer("candidates", candidates, max(steps, 3))
     coeff = positive("coeff", coeff)
@@ -96,17 +106,22 @@ def gits(model, sde, steps: int, x_T: Tensor, eps: float, *, free_start: bool, c
     if not isinstance(teacher, str):
         raise TypeError(f"teacher must be a sampler name (str), got {type(teacher).__name__}")
     method = check_solver(teacher, teacher_options)
+    if metric == "dev" and free_end:
+        raise ValueError("free_end=True needs GITS's cost of the step into the data node, which metric='dev' (a "
+                         "deviation from the line x_T -> x_0) does not have; use metric='l2' or 'l1' or "
+                         "free_end=False")
     fine = time_grid(sde, candidates, spacing, eps)
     if metric == "dev" and fine.noisy[0].scale == 0:
         raise ValueError("metric='dev' measures the deviation from the line x_T/α(T) -> x_0 in EDM's units, which is "
                          "infinite where α(T) = 0 (this path's top); use metric='l2' or 'l1'")
     states, predictions = _teacher(model, sde, x_T, fine, method)
-    cost, jump = gits_costs(states, predictions, fine.noisy, metric)
-    path = cheapest_path(cost, steps, coeff, jump if free_start else None)
+    cost, jump, end = gits_costs(states, predictions, fine.noisy, metric)
+    path = cheapest_path(cost, steps, coeff, jump if free_start else None, end if free_end else None)
     if path is None:
         raise ValueError("GITS found no path of finite cost (the teacher or the Euler steps diverged)")
     total = (jump[path[0]] if free_start else 0.0) + sum(
-        coeff**e * cost[a][b] for e, (a, b) in enumerate(zip(path, path[1:])))
+        coeff**e * cost[a][b] for e, (a, b) in enumerate(zip(path, path[1:]))) + (
+        coeff ** (steps - 1) * end[path[-1]] if free_end else 0.0)
     grid = TimeGrid((*(fine.noisy[k] for k in path), *fine.nodes[len(fine.noisy):]), fine.sde)
     return grid, {"candidates": candidates, "coeff": coeff, "metric": metric, "spacing": spacing,
                   "teacher": {"sampler": teacher, "options": teacher_options}, "path": path, "objective": total}

@@ -2,11 +2,12 @@
 Niepert, ICLR 2025; code ``vinhsuhi/LD3``): the grid learned by gradient descent on the soft teacher loss.
 
 Parameters ``ξ``: the grid's positions are ``u = cumsum(softmax(ξ))`` between ``u = 0`` (the top, or with a free first
-node ``u_0 = softmax(ξ)_0 > 0``) and ``u = 1`` (``eps``), monotone by construction (LD3's λ mode). ``ξ`` starts at
-the best fixed spacing on the calibration draws (``init="best"``, measured better than LD3's uniform start
-``ξ = const``, ``init="uniform"``: the uniform grid in ``u``, i.e. in λ on VP and VE). With the student ``Ψ_ξ`` (the
-sampler on that grid) and the teacher ``Φ`` (dopri5, the reference), the **soft teacher loss** of a draw
-``x_T = s z`` (``s`` the prior std) is
+node ``u_0 = softmax(ξ)_0 > 0``) and ``u = 1`` (``eps``, or with a free last node ``u_{steps-1} = 1 - softmax(ξ)_{-1}
+< 1``: the last weight is the gap to ``eps``), monotone by construction (LD3's λ mode). ``ξ`` starts at the best
+fixed spacing on the calibration draws (``init="best"``, among ``common.start_spacings``, measured better than LD3's
+uniform start ``ξ = const``, ``init="uniform"``: the uniform grid in ``u``, i.e. in λ on VP and VE). With the
+student ``Ψ_ξ`` (the sampler on that grid) and the teacher ``Φ`` (dopri5, the reference), the **soft teacher loss**
+of a draw ``x_T = s z`` (``s`` the prior std) is
 
     ℓ(ξ; z) = min_{‖z' - z‖ ≤ r} ‖Ψ_ξ(s z') - Φ(s z)‖,    L(ξ) = mean over the training draws,
 
@@ -48,19 +49,23 @@ LD3_DEFAULTS = {"init": "best", "rounds": 2, "batch": 2, "lr": 0.005, "momentum"
 _run_with_graph = inspect.unwrap(run_checked)  # integrate's loop without its no_grad decorator
 
 
-def positions_of(xi: Tensor, free_start: bool) -> list[float]:
+def positions_of(xi: Tensor, free_start: bool, free_end: bool = False) -> list[float]:
     """``u = cumsum(softmax(ξ))`` with ``u_0 = 0`` (``ξ`` has ``steps - 1`` entries) or, with a free first node,
-    ``u_0 = softmax(ξ)_0`` (``steps`` entries); the last position is 1."""
+    ``u_0 = softmax(ξ)_0`` (one entry more); the last position is 1, or with a free last node ``1 - softmax(ξ)_{-1}``
+    (one entry more, the gap to ``eps``)."""
     w = torch.softmax(xi.detach().to(torch.float64), 0)
     u = torch.cumsum(w, 0)
     u = u if free_start else torch.cat([u.new_zeros(1), u])
+    if free_end:
+        return u[:-1].tolist()
     u[-1] = 1.0
     return u.tolist()
 
 
-def _xi_of(u: list[float], free_start: bool) -> Tensor:
+def _xi_of(u: list[float], free_start: bool, free_end: bool) -> Tensor:
     """The ``ξ`` whose positions are ``u`` (``log`` of the increments)."""
-    inc = torch.diff(torch.tensor(([0.0] if free_start else []) + list(u), dtype=torch.float64))
+    inc = torch.diff(torch.tensor(([0.0] if free_start else []) + list(u) + ([1.0] if free_end else []),
+                                  dtype=torch.float64))
     return torch.log(inc.clamp_min(1e-12))
 
 
@@ -84,10 +89,10 @@ def soft_teacher_loss(method: Solver, model, sde, grid: TimeGrid, z: Tensor, tar
 
 
 def ld3(method: Solver, model, sde, steps: int, x_T: Tensor, reference: Tensor, positions: Positions, *,
-        free_start: bool, init: list[float], generator: torch.Generator | None, bar=None, rounds: int = 2,
-        batch: int = 2, lr: float = 0.005, momentum: float = 0.9, clip: float = 1.0, radius: float | None = None,
-        shift_lr: float | None = None, patience: int = 5, lr_decay: float = 0.8, min_lr: float = 5e-5,
-        fd_step: float | None = None, validation: float = 0.5) -> tuple[TimeGrid, dict]:
+        free_start: bool, free_end: bool, init: list[float], generator: torch.Generator | None, bar=None,
+        rounds: int = 2, batch: int = 2, lr: float = 0.005, momentum: float = 0.9, clip: float = 1.0,
+        radius: float | None = None, shift_lr: float | None = None, patience: int = 5, lr_decay: float = 0.8,
+        min_lr: float = 5e-5, fd_step: float | None = None, validation: float = 0.5) -> tuple[TimeGrid, dict]:
     """The LD3 grid of ``steps`` noisy nodes from the positions ``init`` (module docstring) and its record."""
     n, d = x_T.shape[0], x_T[0].numel()
     n_valid = min(n - 1, max(1, round(validation * n)))
@@ -98,11 +103,11 @@ def ld3(method: Solver, model, sde, steps: int, x_T: Tensor, reference: Tensor, 
     fd_step = (1e-4 if x_T.dtype == torch.float64 else 1e-3) if fd_step is None else fd_step
     z0 = x_T / prior_std
     z = z0.clone()
-    xi = torch.nn.Parameter(_xi_of(init, free_start))
+    xi = torch.nn.Parameter(_xi_of(init, free_start, free_end))
     optimizer = torch.optim.RMSprop([xi], lr=lr, momentum=momentum)
 
     def grid_of(v: Tensor) -> TimeGrid:
-        return positions.grid(positions_of(v, free_start))
+        return positions.grid(positions_of(v, free_start, free_end))
 
     def loss(v: Tensor, idx: Tensor, latents: Tensor, graph: bool = False) -> Tensor:
         return soft_teacher_loss(method, model, sde, grid_of(v), latents, reference[idx], prior_std, graph)

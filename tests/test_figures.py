@@ -4,6 +4,7 @@ import matplotlib.pyplot as plt
 import pytest
 import torch
 
+import sgm
 from sgm import plotting
 
 
@@ -39,11 +40,19 @@ def test_a_diverged_sampler_is_clipped_and_marked(figures):
     assert "bad (clipped)" in [t.get_text() for t in ax.get_legend().get_texts()]
 
 
-def test_demo_figure_names_the_sde_and_the_floor(figures, capsys, tmp_path):
+def test_demo_figure_names_the_sde_and_the_floor(figures, capsys, tmp_path, monkeypatch):
+    """Every sampler's panel, each at most 10 steps: the figure's names and axes do not depend on the steps (the
+    demo's runs read the registry: test_solver_contract.py::test_adding_a_solver_is_one_module_and_one_entry), and
+    the registry's steps made this one test 16 s."""
+    from sgm import cli
     from sgm.cli import main
 
+    runs = cli.demo_runs
+    monkeypatch.setattr(cli, "demo_runs", lambda forward: {name: {**run, "steps": min(run["steps"], 10)}
+                                                           for name, run in runs(forward).items()})
     assert main(["demo", "--sde", "ve", "--n", "50", "--out", str(tmp_path / "d.png")]) == 0
     fig = figures[0]
     assert "VE SDE" in fig._suptitle.get_text() and "floor" in fig._suptitle.get_text()
     assert "SW₂ floor" in fig.axes[0].get_title() and fig.axes[1].get_xticks().size > 0
-    assert "SW2 floor" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "SW2 floor" in out and all(f"\n{name}, " in out for name in runs(sgm.VESDE()))  # a row per sampler

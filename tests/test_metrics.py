@@ -46,6 +46,21 @@ def test_sliced_wasserstein_of_shifted_gaussians():
     assert metrics.sliced_wasserstein(x, x, 100, gen(2)) == 0.0
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_sliced_wasserstein_is_the_sorted_projections_to_the_last_bit(dtype):
+    """At equal sizes ``SW₂ = √mean_{j,θ}(sort(x·θ)_j - sort(y·θ)_j)²`` with torch's sort, bit for bit (the metric
+    sorts by numpy on the CPU): on integer-valued samples, whose projections tie, and on a non-contiguous ``x``."""
+    for seed in range(3):
+        g = gen(seed)
+        x = torch.randint(-3, 4, (4, 500), generator=g).to(dtype).T  # (500, 4), transposed: not contiguous
+        y = torch.randn(500, 4, generator=g, dtype=dtype)
+        theta = torch.randn((4, 64), generator=gen(10 + seed), dtype=dtype)
+        theta = theta / theta.norm(dim=0, keepdim=True)
+        qx, qy = (x @ theta).sort(dim=0).values, (y @ theta).sort(dim=0).values
+        expected = float((qx - qy).pow(2).mean().sqrt())
+        assert metrics.sliced_wasserstein(x, y, 64, gen(10 + seed)) == expected
+
+
 def test_mmd_of_two_gaussians_is_the_closed_form():
     """E k(X, Y) = (h²/(h² + s₁² + s₂²))^{D/2} exp(-‖μ₁ - μ₂‖²/(2(h² + s₁² + s₂²))) for the RBF kernel of width h."""
     d, h, m = 2, 1.0, torch.tensor([1.0, 0.0], dtype=D)

@@ -1,7 +1,5 @@
 """Every stochastic sampler in the registry draws exact-score mixtures that no default was chosen on within 3× the
-SW₂ Monte-Carlo floor, on VP and VE: one path per family of default grids (``sgm.samplers.grid.path_family``).
-Sub-VP, of VP's family, ran the same grids and the same code in every sampler (none branches on the path), so its
-runs repeated VP's on other mixtures (the 24 cases still draw 24 mixtures).
+SW₂ Monte-Carlo floor, on VP, sub-VP and VE.
 
 The cases are read from the registry: every entry whose solver, with its entry's options, is stochastic, run at the
 entry's steps and options on its default grid (annealed Langevin's entry is its defaults at 400 levels, the setting
@@ -40,7 +38,7 @@ def test_every_stochastic_entry_is_covered():
     assert not {"ddim", "dpm_solver", "heun", "ode"} & set(STOCHASTIC)
 
 
-@pytest.mark.parametrize("sde_name", ["vp", "ve"])
+@pytest.mark.parametrize("sde_name", list(SDES))
 @pytest.mark.parametrize("name", STOCHASTIC)
 def test_samples_random_mixtures_within_3x_the_floor(name, sde_name):
     gm, sde, entry = sgm.random_mixture(3, seed=1000 + zlib.crc32(f"{name} {sde_name}".encode()) % 10_000), \

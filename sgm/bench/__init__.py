@@ -13,11 +13,14 @@ One module per job, data flowing down the list:
 - ``peers``: other libraries, one module each (``peers.diffusers``, ``peers.diffusers_flow``,
   ``peers.k_diffusion``), driven by the exact model from the same ``z``;
 - ``trained``: the trained-network leg: a network's own flow map as reference, screening, finalists, classifier FD;
+- ``stochastic``: the stochastic leg: every stochastic configuration of both sides screened, each side's finalists
+  confirmed on fresh, larger draws (the goal's rows);
 - ``judge``: how any run is scored: map error (and SW₂ in the comparison), the distribution metrics (and the
   stochastic leg's) and their floors, diverged rows;
 - ``strong``: the stochastic leg's strong error, against a fine-step run on the same Brownian paths;
 - ``report``: the goal, cross-path and summary tables, ``results.csv`` / ``compare.csv`` / ``goal.md`` /
-  ``paths.md`` / ``stochastic.csv`` / ``stochastic_goal.md`` / ``results.json``, figures;
+  ``paths.md`` / ``stochastic.csv`` / ``stochastic_confirmed.csv`` / ``stochastic_goal.md`` / ``results.json``,
+  figures;
 - ``sweep``: the loop over problems, runs and peers, and the command's arguments.
 
 A new problem family is an entry of ``problems.TARGETS`` (or a maker beside ``make_problem``), a new peer library

@@ -22,8 +22,8 @@ from .runs import checkpoint_rows, curve_rows, sgm_rows
 from .stochastic import CONFIRM_N, run_leg
 
 __all__ = ["NFE_GRID", "QUICK_NFE", "TOLERANCES", "QUICK_TOLERANCES", "COMPARE_NFE", "QUICK_COMPARE_NFE", "PATH_NFE",
-           "STOCHASTIC_NFE", "QUICK_STOCHASTIC_NFE", "STOCHASTIC_N", "QUICK_CONFIRM_N", "CURVE_SDES", "COMPARE_SDES", "STOCHASTIC_SDES",
-           "JOBS", "CALIBRATION_N", "compare_rows", "calibration_draws", "path_rows", "run_sweep",
+           "STOCHASTIC_NFE", "QUICK_STOCHASTIC_NFE", "STOCHASTIC_N", "QUICK_CONFIRM_N", "CURVE_SDES", "COMPARE_SDES",
+           "STOCHASTIC_SDES", "JOBS", "CALIBRATION_N", "compare_rows", "calibration_draws", "path_rows", "run_sweep",
            "add_arguments", "check_checkpoint", "run_from_args", "main"]
 
 NFE_GRID = (5, 10, 20, 50, 100, 200, 500, 1000)

@@ -98,6 +98,18 @@ def _ld3_options(o: dict) -> dict:
     return o
 
 
+def _free_node(name: str, given: bool | None, defaults: dict, optimizer: str, why: str) -> bool:
+    """Whether an end node is free: ``given``, else the optimiser's default; refused (naming ``name``) for the
+    optimisers whose objective cannot move it (DMN, AYS: theirs ``why``)."""
+    if given is not None:
+        flag(name, given)
+    free = defaults[optimizer] if given is None else given
+    if free and optimizer in ("dmn", "ays"):
+        raise ValueError(f"{name}=True is not available with optimizer={optimizer!r}: its objective {why} (use "
+                         "'descent', 'gits' or 'ld3')")
+    return free
+
+
 def optimize_grid(score, sde: GaussianPath, steps: int, sampler: str = "ddim", *, shape,
                   generator: torch.Generator | None = None, eps: float | None = None, optimizer: str = "descent",
                   free_start: bool | None = None, free_end: bool | None = None, start: str | None = None,
@@ -141,18 +153,10 @@ def optimize_grid(score, sde: GaussianPath, steps: int, sampler: str = "ddim", *
     flag("dp", dp)
     if dp and optimizer != "descent":
         raise ValueError(f"dp=True is the descent's second start; optimizer={optimizer!r} has none")
-    if free_start is not None:
-        flag("free_start", free_start)
-    free = FREE_START[optimizer] if free_start is None else free_start
-    if free and optimizer in ("dmn", "ays"):
-        raise ValueError(f"free_start=True is not available with optimizer={optimizer!r}: its objective has no "
-                         "term for the mismatch of starting below T (use 'descent', 'gits' or 'ld3')")
-    if free_end is not None:
-        flag("free_end", free_end)
-    free_end = FREE_END[optimizer] if free_end is None else free_end
-    if free_end and optimizer in ("dmn", "ays"):
-        raise ValueError(f"free_end=True is not available with optimizer={optimizer!r}: its objective integrates "
-                         "to eps and has no term for the step into the data node (use 'descent', 'gits' or 'ld3')")
+    free = _free_node("free_start", free_start, FREE_START, optimizer,
+                      "has no term for the mismatch of starting below T")
+    free_end = _free_node("free_end", free_end, FREE_END, optimizer,
+                          "integrates to eps and has no term for the step into the data node")
     if candidates is None:
         candidates = GITS_DEFAULTS["candidates"] if optimizer == "gits" else min(max(3 * steps, 24), 64)
     candidates = integer("candidates", candidates, max(steps, 3))

@@ -317,3 +317,26 @@ def test_the_stochastic_sweep_confirms_its_finalists_on_fresh_draws(tmp_path, mo
     value = judge.judge_stochastic(direct, ref, problem.target, fresh)["frechet_moments"]
     assert row["frechet_moments"] == pytest.approx(value, rel=1e-12)
     assert row["frechet_moments"] != row["screen_frechet_moments"]
+    screening = {r["frechet_moments"] for r in screened}  # the finalists were chosen on the shortlist's draws
+    assert not {r["screen_frechet_moments"] for r in confirmed} & screening
+
+
+def test_finalists_are_the_best_of_the_shortlist_on_its_own_draws(monkeypatch):
+    """With a shortlist the finalists are the ``k`` best of the ``shortlist`` best screening rows, rescored on fresh
+    draws (seed + SHORTLIST_SEED); without one (shortlist <= k) the screening's ``k`` best."""
+    rows = [{"target": "t", "sde": "vp", "side": "sgm", "sampler": f"s{i}", "nfe_budget": 10, "nfe": 10,
+             "frechet_moments": 0.1 * (i + 1), "diverged": False} for i in range(5)]
+    rescored = {"s0": 0.9, "s1": 0.5, "s2": 0.1, "s3": 0.2, "s4": 0.0}
+    seen = {}
+
+    def confirm(chosen, problem, seed, strong):
+        seen.update(seed=seed, n=problem.z.shape[0], strong=strong, names=[r["sampler"] for r in chosen])
+        return [{**r, "frechet_moments": rescored[r["sampler"]]} for r in chosen]
+
+    monkeypatch.setattr(stochastic, "confirm_rows", confirm)
+    picked = stochastic.choose_finalists(rows, "2d ring", sgm.ring_mixture(), "vp", 50, 7, k=2, shortlist=4)
+    assert [r["sampler"] for r in picked] == ["s2", "s3"]  # s4, best on fresh draws, was not shortlisted
+    assert seen == {"seed": 7 + stochastic.SHORTLIST_SEED, "n": 50, "strong": False,
+                    "names": ["s0", "s1", "s2", "s3"]}
+    assert [r["sampler"] for r in stochastic.choose_finalists(rows, "2d ring", sgm.ring_mixture(), "vp", 50, 7, k=2,
+                                                               shortlist=2)] == ["s0", "s1"]

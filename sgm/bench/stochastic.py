@@ -6,7 +6,10 @@ and the finalists confirmed on a fresh, larger one.
    seeded ``seed + 10``, scored by ``judge.judge_stochastic`` against one target sample drawn from ``seed + 2``.
 2. **Finalists** (``finalists``): per target, path, budget and side (sgm, diffusers, k-diffusion) the ``k`` finite
    rows within the budget of least ``report.STOCHASTIC_GOAL_METRIC`` (a diffusers row that repeats another's
-   schedule, ``same_as``, is not distinct).
+   schedule, ``same_as``, is not distinct). With a ``shortlist`` of more than ``k``, the ``shortlist`` best are first
+   run again on ``n_confirm`` fresh draws from ``seed + SHORTLIST_SEED`` and the ``k`` finalists are the best there:
+   at the screening's ``n`` the errors of the good configurations lie within the floor of each other, so its ``k``
+   best are partly its luckiest.
 3. **Confirmation** (``confirm_rows``): each finalist run again on a fresh problem of ``n_confirm`` draws from
    ``seed + CONFIRM_SEED`` (its own ``x_T``, noise and target sample) and scored there, with its strong error
    (``strong.with_strong_errors``). The goal table is read from these rows alone: the least of ~1400 sgm errors
@@ -29,11 +32,14 @@ from .report import STOCHASTIC_GOAL_METRIC
 from .runs import CHAIN_SPACINGS, sgm_row, sgm_rows, stochastic_configs
 from .strong import with_strong_errors
 
-__all__ = ["FINALISTS", "CONFIRM_N", "CONFIRM_SEED", "Leg", "screen_rows", "finalists", "confirm_rows", "run_leg"]
+__all__ = ["FINALISTS", "SHORTLIST", "CONFIRM_N", "CONFIRM_SEED", "SHORTLIST_SEED", "Leg", "screen_rows", "finalists", "confirm_rows", "choose_finalists",
+           "run_leg"]
 
 FINALISTS = 3  # configurations per target, path, budget and side confirmed on fresh draws
+SHORTLIST = 10  # configurations per target, path, budget and side rescored on fresh draws to choose the finalists
 CONFIRM_N = 20000  # draws of the confirmation problem
 CONFIRM_SEED = 1000  # its seed is the leg's seed + CONFIRM_SEED
+SHORTLIST_SEED = 500  # the shortlist's draws: the leg's seed + SHORTLIST_SEED
 
 
 def _judge(problem, seed: int):
@@ -91,13 +97,24 @@ class Leg(NamedTuple):
     floors: dict
 
 
+def choose_finalists(screened: list[dict], target_name: str, target: GaussianMixture, sde_name: str, n: int,
+                     seed: int, k: int = FINALISTS, shortlist: int = SHORTLIST) -> list[dict]:
+    """Step 2 of the module docstring: the ``k`` finalists of the ``screened`` rows, through the ``shortlist``
+    rescored on ``n`` draws from ``seed + SHORTLIST_SEED`` when ``shortlist > k``."""
+    if shortlist <= k:
+        return finalists(screened, k)
+    fresh = seed + SHORTLIST_SEED
+    problem = make_problem(target_name, target, sde_name, n, fresh, flow_map=False)
+    return finalists(confirm_rows(finalists(screened, shortlist), problem, fresh, strong=False), k)
+
+
 def run_leg(target_name: str, target: GaussianMixture, sde_name: str, nfes, n: int, n_confirm: int, seed: int = 0,
-            peers=(), strong: bool = True, k: int = FINALISTS) -> Leg:
+            peers=(), strong: bool = True, k: int = FINALISTS, shortlist: int = SHORTLIST) -> Leg:
     """The three steps of the module docstring for ``target`` on the path ``sde_name``: screening on ``n`` draws from
-    ``seed``, confirmation of ``k`` finalists per side and budget on ``n_confirm`` draws from ``seed +
-    CONFIRM_SEED``, and the floors of ``n_confirm`` exact samples (from that seed + 1)."""
+    ``seed``, ``k`` finalists per side and budget (through the ``shortlist``), their confirmation on ``n_confirm``
+    draws from ``seed + CONFIRM_SEED``, and the floors of ``n_confirm`` exact samples (from that seed + 1)."""
     screened = screen_rows(make_problem(target_name, target, sde_name, n, seed, flow_map=False), nfes, seed, peers)
+    chosen = choose_finalists(screened, target_name, target, sde_name, n_confirm, seed, k, shortlist)
     fresh = seed + CONFIRM_SEED
     problem = make_problem(target_name, target, sde_name, n_confirm, fresh, flow_map=False)
-    return Leg(screened, confirm_rows(finalists(screened, k), problem, fresh, strong),
-               stochastic_floors(target, n_confirm, fresh + 1))
+    return Leg(screened, confirm_rows(chosen, problem, fresh, strong), stochastic_floors(target, n_confirm, fresh + 1))

@@ -266,9 +266,11 @@ def test_finalists_are_each_sides_best_distinct_rows_within_the_budget():
 
     rows = [row("sgm", 0.3), row("sgm", 0.1), row("sgm", 0.2), row("sgm", 0.05, spent=11), row("sgm", 0.4),
             row("sgm", float("nan"), diverged=True), row("diffusers", 0.02, same_as="diffusers 0.5"),
-            row("diffusers", 0.5), row("sgm", 0.6, nfe=20, spent=20)]
+            row("diffusers", 0.5), row("k-diffusion", 0.7), row("diffusers", 0.6), row("k-diffusion", 0.8),
+            row("sgm", 0.6, nfe=20, spent=20)]
     chosen = [(r["side"], r["nfe_budget"], r["frechet_moments"]) for r in stochastic.finalists(rows, k=3)]
-    assert chosen == [("sgm", 10, 0.1), ("sgm", 10, 0.2), ("sgm", 10, 0.3), ("diffusers", 10, 0.5), ("sgm", 20, 0.6)]
+    assert chosen == [("sgm", 10, 0.1), ("sgm", 10, 0.2), ("sgm", 10, 0.3),  # as many for the peers together
+                      ("diffusers", 10, 0.5), ("diffusers", 10, 0.6), ("k-diffusion", 10, 0.7), ("sgm", 20, 0.6)]
 
 
 @needs_diffusers
@@ -296,7 +298,7 @@ def test_the_stochastic_sweep_confirms_its_finalists_on_fresh_draws(tmp_path, mo
     screened, confirmed = out["stochastic"], out["stochastic_confirmed"]
     assert {r["side"] for r in screened} == {r["side"] for r in confirmed} == {"sgm", "diffusers", "k-diffusion"}
     key = ("sde", "nfe_budget", "side")
-    for cell in {tuple(r[k] for k in key) for r in screened}:  # 3 finalists a side, the peers' only configuration
+    for cell in {tuple(r[k] for k in key) for r in screened}:  # 3 of sgm's, both peers' only configurations
         sides = [r for r in confirmed if tuple(r[k] for k in key) == cell]
         assert len(sides) == (3 if cell[2] == "sgm" else 1)
     for g in out["stochastic_goal"]:

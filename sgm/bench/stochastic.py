@@ -4,16 +4,16 @@ and the finalists confirmed on a fresh, larger one.
 1. **Screening** (``screen_rows``): every configuration of ``runs.stochastic_configs`` on every spacing and every
    stochastic configuration of the installed peers, at each budget, from the problem's ``x_T`` (``n`` draws), noise
    seeded ``seed + 10``, scored by ``judge.judge_stochastic`` against one target sample drawn from ``seed + 2``.
-2. **Finalists** (``finalists``): per target, path, budget and side (sgm, diffusers, k-diffusion) the ``k`` finite
-   rows within the budget of least ``report.STOCHASTIC_GOAL_METRIC`` (a diffusers row that repeats another's
-   schedule, ``same_as``, is not distinct). With a ``shortlist`` of more than ``k``, the ``shortlist`` best are first
+2. **Finalists** (``finalists``): per target, path, budget and side of the goal (sgm; the peers, all libraries
+   together) the ``k`` finite rows within the budget of least ``report.STOCHASTIC_GOAL_METRIC`` (a diffusers row
+   that repeats another's schedule, ``same_as``, is not distinct). With a ``shortlist`` of more than ``k``, the ``shortlist`` best are first
    run again on ``n_confirm`` fresh draws from ``seed + SHORTLIST_SEED`` and the ``k`` finalists are the best there:
    at the screening's ``n`` the errors of the good configurations lie within the floor of each other, so its ``k``
    best are partly its luckiest.
 3. **Confirmation** (``confirm_rows``): each finalist run again on a fresh problem of ``n_confirm`` draws from
    ``seed + CONFIRM_SEED`` (its own ``x_T``, noise and target sample) and scored there, with its strong error
-   (``strong.with_strong_errors``). The goal table is read from these rows alone: the least of ~1400 sgm errors
-   against the least of ~80 peer errors, each scored on the draws that chose it, is a minimum of noisy values biased
+   (``strong.with_strong_errors``). The goal table is read from these rows alone: the least of ~270 sgm errors
+   against the least of ~160 peer errors per cell, each scored on the draws that chose it, is a minimum of noisy values biased
    down by the number of candidates (on the 2-D ring at n = 2000 every side's best lay below the error of 2000 exact
    samples), while a finalist's error on fresh draws is an unbiased draw of its own. The floor beside it
    (``judge.stochastic_floors`` at ``n_confirm``) is the error of exact samples: the part of a value that is noise.
@@ -58,12 +58,17 @@ def screen_rows(problem, nfes, seed: int = 0, peers=()) -> list[dict]:
     return rows + (stochastic_peer_rows(problem, nfes, judge, seed + 10, peers) if peers else [])
 
 
+def _group(row: dict) -> str:
+    return "sgm" if row["side"] == "sgm" else "peers"
+
+
 def finalists(rows: list[dict], k: int = FINALISTS) -> list[dict]:
-    """Step 2 of the module docstring: at each target, path, budget and side the ``k`` distinct finite rows of least
-    ``STOCHASTIC_GOAL_METRIC`` that spent at most the budget."""
+    """Step 2 of the module docstring: at each target, path and budget the ``k`` distinct finite rows of least
+    ``STOCHASTIC_GOAL_METRIC`` that spent at most the budget of sgm's side and ``k`` of the peers' together (the
+    goal's two sides: as many finalists each, so that neither confirmed minimum is taken over more draws)."""
     chosen = []
-    for key in dict.fromkeys((r["target"], r["sde"], r["nfe_budget"], r["side"]) for r in rows):
-        hits = [r for r in rows if (r["target"], r["sde"], r["nfe_budget"], r["side"]) == key and not r["diverged"]
+    for key in dict.fromkeys((r["target"], r["sde"], r["nfe_budget"], _group(r)) for r in rows):
+        hits = [r for r in rows if (r["target"], r["sde"], r["nfe_budget"], _group(r)) == key and not r["diverged"]
                 and "same_as" not in r and r["nfe"] is not None and r["nfe"] <= r["nfe_budget"]]
         chosen += sorted(hits, key=lambda r: r[STOCHASTIC_GOAL_METRIC])[:k]
     return chosen

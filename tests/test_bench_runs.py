@@ -68,15 +68,14 @@ def test_every_comparison_run_counts_what_its_solver_declares(bench_problems, sd
 
 def test_rectified_flow_rows_run_on_both_clocks_against_the_exact_map(bench_problems):
     """On the RF problem every configuration runs on every spacing of RectifiedFlow() and RectifiedFlow(3) (the
-    flow-matching schedulers' ``flow`` grid among them, which the VP and VE problems do not sweep) from the exact top
+    flow-matching schedulers' ``flow`` grid among them) from the exact top
     t = 1 (``flow``: σ = 1 - 10⁻⁶), and a row's scores are its run's map error against the exact flow map of the same
     x_T = z and SW₂ against the problem's target sample (recomputed here from sgm.sample)."""
     p = bench_problems["rf"]
     rows = runs.sgm_rows(p, (10,))
     keys = {(r["name"], tuple(r["options"].items()), r["spacing"], r["variant"]) for r in rows}
     every = {(n, tuple(o.items()), s, v) for n, o in runs.sgm_configs()
-             for s in runs.continuous_spacings(p.sde) + runs.CHAIN_SPACINGS for v in ("", "shift 3")}
-    assert runs.continuous_spacings(p.sde) == runs.CONTINUOUS_SPACINGS + ("flow",)
+             for s in runs.CONTINUOUS_SPACINGS + runs.CHAIN_SPACINGS for v in ("", "shift 3")}
     assert {k for k in every if k[2] not in runs.CHAIN_SPACINGS} <= keys <= every
     on_chain = {v: {k[:3] for k in keys if k[2] in runs.CHAIN_SPACINGS and k[3] == v} for v in ("", "shift 3")}
     assert on_chain[""] == on_chain["shift 3"] and ("ddim", (), "trailing") in on_chain[""]  # no Runge–Kutta there

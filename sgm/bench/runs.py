@@ -35,7 +35,7 @@ from ..samplers.grid import path_family
 from .judge import STOCHASTIC_METRICS, classifier_scores, failed, judge_curve
 from .problems import TRAIN_STEPS, OffChain, Problem, exact_model
 
-__all__ = ["Run", "CONTINUOUS_SPACINGS", "FLOW_SPACINGS", "CHAIN_SPACINGS", "continuous_spacings", "curve_runs",
+__all__ = ["Run", "CONTINUOUS_SPACINGS", "CHAIN_SPACINGS", "curve_runs",
            "budgeted", "Curves", "curve_rows", "sgm_configs", "stochastic_configs", "label", "sgm_row", "sgm_rows",
            "checkpoint_rows"]
 
@@ -60,15 +60,11 @@ class Run:
 
 Judge = Callable[[Tensor], dict]  # a run's samples -> its metrics and ``diverged``
 
-CONTINUOUS_SPACINGS = ("uniform", "quadratic", "logsnr", "karras")
-FLOW_SPACINGS = ("flow",)  # the flow-matching schedulers' grid, swept on the rectified-flow family only
+# the fixed continuous spacings swept on every path. ``flow`` (the uniform grid of steps + 1 levels without its last) is
+# the flow-matching schedulers' grid on rectified flow and, on VP, the grid of diffusers' multistep schedulers'
+# ``leading`` timesteps (last timestep N/(steps + 1), not DDIM's 0)
+CONTINUOUS_SPACINGS = ("uniform", "quadratic", "logsnr", "karras", "flow")
 CHAIN_SPACINGS = ("trailing", "leading")
-
-
-def continuous_spacings(sde) -> tuple[str, ...]:
-    """The continuous spacings swept on path ``sde``: ``CONTINUOUS_SPACINGS``, and ``FLOW_SPACINGS`` on the
-    rectified-flow family (``grid.path_family``)."""
-    return CONTINUOUS_SPACINGS + (FLOW_SPACINGS if path_family(sde) == "rf" else ())
 
 
 # --- the curves: each sampler over the NFE grid, all metrics ----------------------------------------
@@ -217,7 +213,7 @@ def sgm_rows(problem: Problem, nfes, configs=None, judge: Judge | None = None, s
         models = {on_chain: problem.model_for(variant, on_chain) for on_chain in (False, True)}
         for name, options in configs:
             solver = samplers.solver(name, **options)
-            for spacing, nfe in itertools.product(continuous_spacings(variant.sde) + CHAIN_SPACINGS, nfes):
+            for spacing, nfe in itertools.product(CONTINUOUS_SPACINGS + CHAIN_SPACINGS, nfes):
                 steps = solver.steps_for_nfe(nfe)
                 if steps is None:
                     continue

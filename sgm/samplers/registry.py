@@ -158,7 +158,7 @@ SAMPLERS: dict[str, Entry] = {
                     spacing={"vp": "uniform", "ve": "karras", "rf": "flow"}, steps=100, smoke={"order": 1},
                     sweep={"order": (1, 2, 3), "noise_scale": ("er_sde_5", "er_sde_1", "reverse_sde")}),
     "restart": Entry(Restart, "Restart sampling: EDM's Heun with forward re-noising jumps and Heun inner steps over "
-                              "restart intervals", spacing={"vp": "uniform", "ve": "karras", "rf": "flow"},
+                              "restart intervals", spacing={"vp": "uniform", "ve": "karras", "rf": "uniform"},
                      steps=200, smoke={"repeats": 1, "inner_steps": 3},
                      sweep={"intervals": ("cifar10_vp", "cifar10_edm", "stable_diffusion")}),
 }

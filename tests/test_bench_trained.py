@@ -108,7 +108,7 @@ def test_the_leg_screens_on_disjoint_draws_and_reruns_the_finalists(monkeypatch)
     screened, final = trained.run_leg(evaluation, screen, (5, 10), k=1, configs=configs, calibrated=[calibrated],
                                       log=lambda s: None)
     assert seen == [(True, True, [r["sampler"] for r in final])]
-    assert {r["side"] for r in screened} == {"sgm", "diffusers"} and len(screened) == 2 * 2 * 6 + 2 * 2
+    assert {r["side"] for r in screened} == {"sgm", "diffusers"} and len(screened) == 2 * 2 * len(runs.CONTINUOUS_SPACINGS + runs.CHAIN_SPACINGS) + 2 * 2
     assert all("frechet_classifier" not in r for r in screened) and all("frechet_classifier" in r for r in final)
     for side in ("sgm", "diffusers"):
         for nfe in (5, 10):

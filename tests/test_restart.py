@@ -132,3 +132,35 @@ def test_an_interval_above_the_grid_is_refused_before_any_work():
     with pytest.raises(ValueError, match="sigma_max=60.0, above the grid's first noise level"):
         sgm.sample(score, sgm.VESDE(), (4, 2), "restart", steps=10, intervals=[(0.1, 60.0, 1, 3)])
     assert calls == []
+
+
+def test_an_interval_snaps_to_a_node_below_its_top():
+    """The jump goes up from the node to σ_max: where the node nearest σ_min lies above σ_max (a coarse grid), the
+    interval snaps to the nearest node below σ_max, and the run is the published one with σ_min at that node."""
+    gm, sde = mixture(), sgm.VESDE()
+    x_T = sde.prior_sample((16, 2), generator=gen(1), dtype=D)
+    grid = time_grid(sde, 6, "karras")
+    levels = [n.noise_level for n in grid.noisy]
+    lo, hi = levels[3] * 0.9, levels[3] * 0.95  # nearest node to σ_min: levels[3], above σ_max
+    solver = sgm.samplers.solver("restart", intervals=[(lo, hi, 1, 3)])
+    noise = RecordedNoise(gen(2), x_T)
+    ours = integrate(solver, gm.score_fn(sde), sde, x_T, grid, noise=noise)
+    ref = published(gm, sde, x_T, grid, [(levels[4], hi, 1, 3)], [z for *_, z in noise.draws])
+    assert torch.allclose(ours.x, ref * grid.nodes[-1].scale, rtol=1e-10, atol=1e-10)
+
+
+def test_an_interval_below_every_node_is_refused_before_any_work():
+    """On SD3's shifted clock a 4-level flow grid's lowest node has σ/α ≈ 1.0, above the interval's σ_max = 0.3: no node to jump up from, refused by name before any evaluation (it
+    was a failed noise draw over an inverted interval)."""
+    calls = []
+    gm = mixture()
+    sde = sgm.RectifiedFlow(3.0)
+
+    def model(x, t):
+        calls.append(t)
+        return gm.denoise(x, t, sde)
+
+    with pytest.raises(ValueError, match="sigma_max=0.3, but no noisy node after the first lies below it"):
+        sgm.sample(sgm.ScoreModel(model, sde, "x0"), sde, (4, 2), "restart", steps=4, spacing="flow",
+                   intervals=[(0.06, 0.3, 1, 3)])
+    assert calls == []

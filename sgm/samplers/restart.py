@@ -14,7 +14,7 @@ and the ODE brings it back to ``σ_min``; the jumps contract the error the main 
 argument), at the cost of the inner steps.
 
 Evaluations: the main Heun steps (``2·steps - 1`` with the final denoising; one fewer per Euler step, from ``α = 0``
-or over more than two decades of ``σ``: ``sgm.samplers.edm``) plus
+or over more than four decades of ``σ``: ``sgm.samplers.edm``) plus
 ``Σ_i K_i·2(n_i - 1)`` for the restart segments (``segment_evals``, spent inside the steps that reach their nodes;
 their inner steps are always Heun's), whatever the grid (with at least two noisy nodes).
 
@@ -121,20 +121,26 @@ class Restart(Heun):
 
     def check(self, grid: TimeGrid) -> None:
         super().check(grid)
-        top = grid.noisy[0].noise_level
+        top, lowest = grid.noisy[0].noise_level, grid.noisy[-1].noise_level
         for i in self.intervals:
             if i.repeats and i.sigma_max > top:
                 raise ValueError(f"a restart interval reaches sigma_max={i.sigma_max}, above the grid's first noise "
                                  f"level {top:.4g}; lower it or start the grid higher")
+            if i.repeats and (len(grid.noisy) < 2 or lowest >= i.sigma_max):
+                raise ValueError(f"a restart interval ends at sigma_max={i.sigma_max}, but no noisy node after the "
+                                 f"first lies below it (the lowest: {lowest:.4g}); give more steps or a grid that "
+                                 "reaches lower")
 
     def init(self, x, grid: TimeGrid) -> RestartPlan:
-        """Snap each interval's ``σ_min`` to the nearest noisy node after the first (in ``σ``); name the first jump of
-        each interval that overlaps no interval named before it."""
+        """Snap each interval's ``σ_min`` to the nearest noisy node after the first (in ``σ``) below its ``σ_max`` (a
+        jump goes up: a coarse grid's nearest node may lie above ``σ_max``); name the first jump of each interval that
+        overlaps no interval named before it."""
         noisy = grid.noisy[1:]
         at: dict[int, list[Interval]] = {}
         for i in self.intervals:
-            if i.repeats and noisy:
-                k = min(range(len(noisy)), key=lambda j: abs(noisy[j].noise_level - i.sigma_min))
+            below = [j for j in range(len(noisy)) if noisy[j].noise_level < i.sigma_max]
+            if i.repeats and below:
+                k = min(below, key=lambda j: abs(noisy[j].noise_level - i.sigma_min))
                 at.setdefault(k, []).append(i)
         plan, named = [], []
         for k in sorted(at):

@@ -32,10 +32,16 @@ def main(argv=None) -> int:
                         help="configurations per side rescored on --n fresh draws (seed --seed - 1000 + 500) to choose "
                         "the --k finalists (no rescoring when <= --k)")
     args = parser.parse_args(argv)
-    with open(args.results) as f:
-        screened = json.load(f)["stochastic"]
+    for name, value, least in (("--n", args.n, 2), ("--k", args.k, 1), ("--shortlist", args.shortlist, 0)):
+        if value < least:
+            parser.error(f"{name} must be an integer >= {least}, got {value}")
+    try:
+        with open(args.results) as f:
+            screened = json.load(f).get("stochastic", [])
+    except (OSError, ValueError) as e:
+        parser.error(f"results: cannot read {args.results}: {e}")
     if not screened:
-        raise SystemExit(f"{args.results}: no stochastic rows")
+        parser.error(f"results: {args.results} has no stochastic rows (run sgm bench --only stochastic)")
     t0, confirmed, floors = time.perf_counter(), [], {}
     for target_name, sde_name in dict.fromkeys((r["target"], r["sde"]) for r in screened):
         target = TARGETS[target_name]()

@@ -106,4 +106,4 @@ def test_bad_arguments_are_named(kwargs, err, match):
 def test_bad_scores_are_caught_at_the_first_bad_call(score, err, match, name):
     with pytest.raises(err, match=match):
         good(score=score, sampler=name, steps=6, spacing="uniform", eps=0.1,
-             **({"method": "euler"} if name == "ode" else {}))
+             **{"ode": {"method": "euler"}, "restart": {"intervals": [(0.4, 1.0, 1, 3)]}}.get(name, {}))

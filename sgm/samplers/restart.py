@@ -128,8 +128,8 @@ class Restart(Heun):
                                  f"level {top:.4g}; lower it or start the grid higher")
             if i.repeats and (len(grid.noisy) < 2 or lowest >= i.sigma_max):
                 raise ValueError(f"a restart interval ends at sigma_max={i.sigma_max}, but no noisy node after the "
-                                 f"first lies below it (the lowest: {lowest:.4g}); give more steps or a grid that "
-                                 "reaches lower")
+                                 f"first lies below it (the lowest: {lowest:.4g}); give a grid that reaches lower (more "
+                                 "steps, a smaller eps) or intervals= of a larger sigma_max")
 
     def init(self, x, grid: TimeGrid) -> RestartPlan:
         """Snap each interval's ``σ_min`` to the nearest noisy node after the first (in ``σ``) below its ``σ_max`` (a

@@ -9,10 +9,10 @@ cell's best; a spacing's score is the geometric mean of its ratios over the cell
 the spacing of least score (printed with the runner-up, so a near tie is visible). With ``--ems``
 ``dpm_solver_v3`` runs with its empirical model statistics (``corrections.ems`` of 256 prior draws per target and
 path, as its users run it); a grid outside the statistics' λ range (the flow grid's top on rectified flow) is
-refused and scores as diverged.
+refused and scores as diverged, as does a grid restart refuses (no node below an interval's ``σ_max``).
 
     OMP_NUM_THREADS=1 python benchmarks/default_spacing.py [--n 400] [--n-stochastic 4000] [--samplers NAME ...]
-        [--paths vp ve rf] [--ems]
+        [--paths vp ve rf] [--ems] [--budgets 5 10 20 50]
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from sgm.samplers.corrections import ems
 from sgm.samplers.optimize import flow_map, map_error
 
 SPACINGS = ("uniform", "quadratic", "logsnr", "karras", "flow")
-BUDGETS = (5, 10, 20, 50)
+BUDGETS = (5, 10, 20, 50)  # --budgets
 D = torch.float64
 
 
@@ -65,9 +65,7 @@ def error(name, solver, gm, path, nfe, spacing, x_T, reference, n_stochastic, se
         return map_error(x, reference)
     except SamplerDiverged:
         return math.inf
-    except ValueError:  # a correction refusing a grid outside its range
-        if "correction" not in options:
-            raise
+    except ValueError:  # a grid refused before any work: outside a correction's range, below restart's intervals
         return math.inf
 
 
@@ -84,6 +82,8 @@ def main(argv=None) -> int:
     parser.add_argument("--samplers", nargs="*", default=None)
     parser.add_argument("--paths", nargs="*", choices=("vp", "ve", "rf"), default=None, help="default: all three")
     parser.add_argument("--ems", action="store_true", help="dpm_solver_v3 with its EMS (as its users run it)")
+    parser.add_argument("--budgets", type=int, nargs="+", default=list(BUDGETS),
+                        help="NFE budgets (default 5 10 20 50)")
     args = parser.parse_args(argv)
     names = args.samplers or [n for n in sgm.samplers.available()
                               if sgm.samplers.solver(n, **_options(n)).evals_per_step]
@@ -99,7 +99,7 @@ def main(argv=None) -> int:
         mean, cov = gm.moments()
         floors[tname] = metrics.gaussian_frechet(x.mean(0), torch.cov(x.T), mean, cov)
     print("Fréchet floor of exact samples:", ", ".join(f"{k} {v:.4f}" for k, v in floors.items()))
-    print(f"{'sampler':<18}{'path':<5}" + "".join(f"{s:>11}" for s in SPACINGS)
+    print(f"{'sampler':<20}{'path':<5}" + "".join(f"{s:>11}" for s in SPACINGS)
           + "   best (geo-mean ratio to the cell's best)")
     overall = {}
     for name in names:
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
             if args.ems and name == "dpm_solver_v3":
                 options = {"correction": ems(gm.prediction_fn(path, "x0"), path, (256, gm.dim), dtype=D,
                                              generator=torch.Generator().manual_seed(20))}
-            for nfe in BUDGETS:
+            for nfe in args.budgets:
                 if solver.steps_for_nfe(nfe) is None:
                     continue
                 errs = {s: error(name, solver, gm, path, nfe, s, x_T, reference, args.n_stochastic, 11, options)
@@ -127,10 +127,10 @@ def main(argv=None) -> int:
         score = {s: math.exp(sum(v) / len(v)) for s, v in ratios.items()}
         for pname, table in per_path.items():
             pscore = {s: math.exp(sum(v) / len(v)) for s, v in table.items()}
-            print(f"{name:<18}{pname:<5}" + "".join(f"{pscore[s]:>11.3f}" for s in SPACINGS))
+            print(f"{name:<20}{pname:<5}" + "".join(f"{pscore[s]:>11.3f}" for s in SPACINGS))
         ranked = sorted(score, key=score.get)
         overall[name] = ranked
-        print(f"{name:<18}{'all':<5}" + "".join(f"{score[s]:>11.3f}" for s in SPACINGS)
+        print(f"{name:<20}{'all':<5}" + "".join(f"{score[s]:>11.3f}" for s in SPACINGS)
               + f"   {ranked[0]} (then {ranked[1]} {score[ranked[1]] / score[ranked[0]]:.2f}×)", flush=True)
     print("\nrecommended defaults: " + ", ".join(f"{n}: {r[0]}" for n, r in overall.items()))
     print(f"({time.perf_counter() - t0:.0f} s)")

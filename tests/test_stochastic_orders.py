@@ -30,7 +30,10 @@ STEPS = [64, 128, 256]
 CASES = [("sa_solver", {}), ("sa_solver", {"tau_window": None}),
          ("sa_solver", {"tau_window": None, "predictor_order": 1, "corrector_order": 0}),
          ("sa_solver", {"tau_window": None, "predictor_order": 1, "corrector_order": 2}),
-         ("sa_solver", {"tau_window": None, "predictor_order": 2, "corrector_order": 2, "lower_order_final": False}),
+         # diffusers' h/2 condition: with the exact one this pair's O(h²) weak error term vanishes on a Gaussian
+         # target (measured 2.96–2.99 at 64–1024 steps), while its ODE order on a mixture is 2 (2.3–2.7 at 32–256)
+         ("sa_solver", {"tau_window": None, "predictor_order": 2, "corrector_order": 2, "lower_order_final": False,
+                        "few_step_modification": True}),
          ("er_sde", {}), ("er_sde", {"order": 1}), ("er_sde", {"order": 2}), ("er_sde", {"noise_scale": "er_sde_1"})]
 
 

@@ -93,22 +93,25 @@ class Entry:
         return not self.factory().stochastic
 
 
-# Default grids: the best of uniform / quadratic / logsnr / karras (and flow on rectified flow) measured per path
-# family at 5–50 NFE on mixtures no test uses (OMP_NUM_THREADS=1 python benchmarks/default_spacing.py;
-# docs/samplers.md has the table). The samplers that need α > 0 keep uniform on rectified flow: their drift
-# α'/α = -10⁶ at flow's first node would blow up, and from the exact top they are refused by name (give t_max).
-# dpm_solver_v3's defaults are measured with its EMS (benchmarks/default_spacing.py --ems): on rectified flow the
-# EMS table starts below the flow grid's first node, and of the grids inside it uniform is best.
+# Default grids: the best of uniform / quadratic / logsnr / karras / flow measured per path family at 5–200 NFE on
+# mixtures no test uses (OMP_NUM_THREADS=1 python benchmarks/default_spacing.py --budgets 5 10 20 50 100 200; a
+# spacing replaces the former default where it is at least 5% ahead; docs/samplers.md has the table).
+# - The ve family (α ≡ 1) keeps its grids off flow: on EDM's σ = t the flow grid is uniform in σ and ends at
+#   σ = T/steps (1.6 at 50 steps), though on VE, whose σ is geometric in t, it measured ahead for eight samplers.
+# - The samplers that need α > 0 keep uniform on rectified flow: their drift α'/α = -10⁶ at flow's first node would
+#   blow up, and from the exact top they are refused by name (give t_max).
+# - dpm_solver_v3's defaults are measured with its EMS (benchmarks/default_spacing.py --ems): on rectified flow the
+#   EMS table starts below the flow grid's first node, and of the grids inside it uniform is best.
 SAMPLERS: dict[str, Entry] = {
     "euler_maruyama": Entry(EulerMaruyama, "Euler–Maruyama on the reverse SDE", steps=500,
-                            spacing={"vp": "quadratic", "ve": "karras", "rf": "uniform"}),
+                            spacing={"vp": "flow", "ve": "karras", "rf": "uniform"}),
     "reverse_diffusion": Entry(ReverseDiffusion, "Song et al.'s reverse-diffusion predictor", steps=500,
-                               spacing={"vp": "uniform", "ve": "karras", "rf": "uniform"}),
+                               spacing={"vp": "flow", "ve": "karras", "rf": "uniform"}),
     "ancestral": Entry(Ancestral, "ancestral sampling (DDPM, SMLD): β̃, β or Analytic-DPM's variance", steps=500,
-                       spacing={"vp": "uniform", "ve": "karras", "rf": "flow"},
+                       spacing={"vp": "flow", "ve": "karras", "rf": "flow"},
                        sweep={"variance": ("posterior", "beta")}),
     "ddim": Entry(DDIM, "DDIM (η = 0: the first-order exponential integrator of the probability-flow ODE)",
-                  steps=500, spacing={"vp": "uniform", "ve": "karras", "rf": "flow"}, stochastic=({"eta": 0.5},)),
+                  steps=500, spacing={"vp": "flow", "ve": "karras", "rf": "flow"}, stochastic=({"eta": 0.5},)),
     "ode": Entry(ode_solver, "the probability-flow ODE: torchdiffeq's adaptive methods or fixed-step Runge–Kutta",
                  steps=2, options={"rtol": 1e-6, "atol": 1e-6}, smoke={"method": "heun2"},
                  spacing={"vp": "quadratic", "ve": "karras", "rf": "flow"},
@@ -121,7 +124,7 @@ SAMPLERS: dict[str, Entry] = {
     "langevin": Entry(AnnealedLangevin, "annealed Langevin dynamics over the grid's noise levels (NCSN)",
                       spacing="geometric", steps=400, smoke={"n_steps_each": 2}),
     "pc": Entry(PredictorCorrector, "predictor–corrector: a one-step predictor, then Langevin corrector steps",
-                steps=500, spacing={"vp": "uniform", "ve": "karras", "rf": "uniform"}),
+                steps=500, spacing={"vp": "flow", "ve": "karras", "rf": "uniform"}),
     "dpm_solver": Entry(DPMSolver, "DPM-Solver (ε̂) / DPM-Solver++ (x̂₀), orders 1–3, multistep or singlestep",
                         spacing={"vp": "quadratic", "ve": "logsnr", "rf": "flow"}, steps=50,
                         sweep={"order": (1, 2, 3), "method": ("multistep", "singlestep"),
@@ -139,19 +142,19 @@ SAMPLERS: dict[str, Entry] = {
                    spacing={"vp": "quadratic", "ve": "karras", "rf": "flow"}, steps=100,
                    sweep={"max_order": (1, 2, 3, 4)}),
     "dpm_solver_sde": Entry(DPMSolverSDE, "SDE-DPM-Solver++ 1/2M/3M (η-scaled exponent) and DPM-Solver++(2S) SDE",
-                            spacing={"vp": "quadratic", "ve": "logsnr", "rf": "flow"}, steps=100,
+                            spacing={"vp": "flow", "ve": "logsnr", "rf": "flow"}, steps=100,
                             sweep={"order": (1, 2, 3), "method": ("multistep", "singlestep"),
                                    "solver_type": ("midpoint", "heun")}),
     "euler_ancestral": Entry(EulerAncestral, "k-diffusion's Euler–ancestral: Euler in σ down to σ↓, noise up",
-                             spacing={"vp": "uniform", "ve": "karras", "rf": "flow"}, steps=500),
+                             spacing={"vp": "flow", "ve": "karras", "rf": "flow"}, steps=500),
     "dpmpp_2s_ancestral": Entry(DPMPP2SAncestral, "k-diffusion's DPM-Solver++(2S) ancestral: 2S down to σ↓, noise up",
-                                spacing={"vp": "quadratic", "ve": "karras", "rf": "flow"}, steps=100),
+                                spacing={"vp": "flow", "ve": "karras", "rf": "flow"}, steps=100),
     "heun": Entry(Heun, "EDM's sampler: Heun's method in σ on x/α with optional churn (Algorithm 2)",
-                  spacing={"vp": "uniform", "ve": "karras", "rf": "flow"}, steps=100, stochastic=({"churn": 1.0},)),
+                  spacing={"vp": "flow", "ve": "karras", "rf": "flow"}, steps=100, stochastic=({"churn": 1.0},)),
     # every corrector order: diffusers' SA-Solver pairs (1, 1), (2, 2), (3, 3) run in the stochastic leg, and (1, 1),
     # (3, 3) were sgm's best at 16-D, 20 NFE once swept (docs/benchmark.md)
     "sa_solver": Entry(SASolver, "SA-Solver: stochastic Adams predictor and corrector on x̂₀, orders 1–4, "
-                                 "stochasticity τ(t)", spacing={"vp": "quadratic", "ve": "logsnr", "rf": "logsnr"},
+                                 "stochasticity τ(t)", spacing={"vp": "flow", "ve": "logsnr", "rf": "flow"},
                        steps=100,
                        sweep={"predictor_order": (1, 2, 3, 4), "corrector_order": (0, 1, 2, 3, 4)}),
     "er_sde": Entry(ERSDE, "ER-SDE-Solver: the extended reverse-time SDE of a noise-scale function, orders 1–3",

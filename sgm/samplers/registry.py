@@ -158,7 +158,7 @@ SAMPLERS: dict[str, Entry] = {
                        steps=100,
                        sweep={"predictor_order": (1, 2, 3, 4), "corrector_order": (0, 1, 2, 3, 4)}),
     "er_sde": Entry(ERSDE, "ER-SDE-Solver: the extended reverse-time SDE of a noise-scale function, orders 1–3",
-                    spacing={"vp": "uniform", "ve": "karras", "rf": "flow"}, steps=100, smoke={"order": 1},
+                    spacing={"vp": "uniform", "ve": "karras", "rf": "karras"}, steps=100, smoke={"order": 1},
                     sweep={"order": (1, 2, 3), "noise_scale": ("er_sde_5", "er_sde_1", "reverse_sde")}),
     "restart": Entry(Restart, "Restart sampling: EDM's Heun with forward re-noising jumps and Heun inner steps over "
                               "restart intervals", spacing={"vp": "uniform", "ve": "karras", "rf": "uniform"},

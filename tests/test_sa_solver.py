@@ -39,7 +39,7 @@ def test_sa_solver_is_diffusers(p, c, tau, window, lower_order_final, monkeypatc
     score = sgm.ScoreModel(lambda y, i: eps(y, int(i[0])), sde, "eps", chain=chain)
     grid = TimeGrid.from_chain(chain, TRAILING + [0], denoise=False)
     solver = sgm.samplers.solver("sa_solver", predictor_order=p, corrector_order=c, tau=tau, tau_window=window,
-                                 lower_order_final=lower_order_final, few_step_modification=True)
+                                 lower_order_final=lower_order_final, few_step_modification=max(p, c) > 1)
     noise = RecordedNoise(gen(5), x_T)
     ours = integrate(solver, score, sde, x_T, grid, noise=noise)
     assert ours.nfe == STEPS
@@ -153,6 +153,7 @@ def test_draws_name_their_steps_and_none_where_tau_is_zero():
     ({"tau_window": (0.2, 1.5)}, ValueError, "tau_window"), ({"tau_window": 0.5}, TypeError, "tau_window"),
     ({"lower_order_final": 1}, TypeError, "lower_order_final"),
     ({"few_step_modification": "yes"}, TypeError, "few_step_modification"),
+    ({"few_step_modification": True, "predictor_order": 1, "corrector_order": 1}, ValueError, "few_step_modification"),
 ])
 def test_bad_options_are_named(options, error, match):
     with pytest.raises(error, match=match):

@@ -96,6 +96,9 @@ class SASolver(Solver):
         self.tau_window = tau_window
         self.lower_order_final = flag("lower_order_final", lower_order_final)
         self.few_step_modification = flag("few_step_modification", few_step_modification)
+        if few_step_modification and max(self.predictor_order, self.corrector_order) < 2:
+            raise ValueError("few_step_modification changes the weights of two nodes only: it needs predictor_order "
+                             f"or corrector_order >= 2, got {predictor_order} and {corrector_order}")
         self.stochastic = self.tau > 0
         if self.stochastic:
             # In law every τ(t) has the path's marginals, so the steps' τ(s), which moves a window's edges onto nodes,

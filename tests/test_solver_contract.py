@@ -162,7 +162,10 @@ def test_runs_from_the_exact_top_of_rectified_flow_or_is_refused_by_name(name, o
     else:
         out = run()
     assert bool(torch.isfinite(out.x).all())
-    if solver.ode_order is not None or solver.weak_order is not None:  # a convergent method lands near the data
+    # a convergent method lands near the data; not diffusers' h/2 SA condition, which overshoots the last step of a
+    # grid ending at eps (Δλ ≈ 2 here: max |x| 22–25 at 8 steps; docs/samplers.md, SA-Solver)
+    convergent = solver.ode_order is not None or solver.weak_order is not None
+    if convergent and not getattr(solver, "few_step_modification", False):
         assert float(out.x.abs().max()) < 20
 
 

@@ -12,12 +12,13 @@ path, as its users run it); a grid outside the statistics' λ range (the flow gr
 refused and scores as diverged, as does a grid restart refuses (no node below an interval's ``σ_max``).
 
     OMP_NUM_THREADS=1 python benchmarks/default_spacing.py [--n 400] [--n-stochastic 4000] [--samplers NAME ...]
-        [--paths vp ve rf] [--ems] [--budgets 5 10 20 50]
+        [--paths vp ve rf edm] [--ems] [--budgets 5 10 20 50]
 """
 from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 from collections import defaultdict
 
@@ -41,9 +42,10 @@ def targets():
 
 
 def paths(names=None):
-    """The paths measured: VP, VE and rectified flow (or those of ``names``)."""
-    every = {"vp": sgm.VPSDE(), "ve": sgm.VESDE(), "rf": sgm.RectifiedFlow()}
-    return {k: v for k, v in every.items() if names is None or k in names}
+    """The paths measured: VP, VE and rectified flow, or those of ``names`` (``edm``: EDM's ``σ = t``, of VE's
+    family, run only when named)."""
+    every = {"vp": sgm.VPSDE(), "ve": sgm.VESDE(), "rf": sgm.RectifiedFlow(), "edm": sgm.EDMPath()}
+    return {k: v for k, v in every.items() if (k in names if names else k != "edm")}
 
 
 def _t_max(solver, path):
@@ -65,7 +67,8 @@ def error(name, solver, gm, path, nfe, spacing, x_T, reference, n_stochastic, se
         return map_error(x, reference)
     except SamplerDiverged:
         return math.inf
-    except ValueError:  # a grid refused before any work: outside a correction's range, below restart's intervals
+    except ValueError as e:  # a grid refused before any work: outside a correction's range, below restart's intervals
+        print(f"refused, scored as diverged: {name} on {spacing} at {nfe} NFE: {e}", file=sys.stderr)
         return math.inf
 
 
@@ -80,11 +83,14 @@ def main(argv=None) -> int:
     parser.add_argument("--n", type=int, default=400, help="prior draws per deterministic cell")
     parser.add_argument("--n-stochastic", type=int, default=4000, help="samples per stochastic cell")
     parser.add_argument("--samplers", nargs="*", default=None)
-    parser.add_argument("--paths", nargs="*", choices=("vp", "ve", "rf"), default=None, help="default: all three")
+    parser.add_argument("--paths", nargs="*", choices=("vp", "ve", "rf", "edm"), default=None,
+                        help="default: vp ve rf")
     parser.add_argument("--ems", action="store_true", help="dpm_solver_v3 with its EMS (as its users run it)")
     parser.add_argument("--budgets", type=int, nargs="+", default=list(BUDGETS),
                         help="NFE budgets (default 5 10 20 50)")
     args = parser.parse_args(argv)
+    if any(k < 1 for k in args.budgets):
+        parser.error(f"--budgets must be positive integers, got {args.budgets}")
     names = args.samplers or [n for n in sgm.samplers.available()
                               if sgm.samplers.solver(n, **_options(n)).evals_per_step]
     t0 = time.perf_counter()

@@ -97,7 +97,8 @@ class Entry:
 # mixtures no test uses (OMP_NUM_THREADS=1 python benchmarks/default_spacing.py --budgets 5 10 20 50 100 200; a
 # spacing replaces the former default where it is at least 5% ahead; docs/samplers.md has the table).
 # - The ve family (α ≡ 1) keeps its grids off flow: on EDM's σ = t the flow grid is uniform in σ and ends at
-#   σ = T/steps (1.6 at 50 steps), though on VE, whose σ is geometric in t, it measured ahead for eight samplers.
+#   σ = T/steps (1.6 at 50 steps; 6.4–97× the best there, --paths edm), though on VE, whose σ is geometric in t,
+#   it measured ahead for eight samplers.
 # - The samplers that need α > 0 keep uniform on rectified flow: their drift α'/α = -10⁶ at flow's first node would
 #   blow up, and from the exact top they are refused by name (give t_max).
 # - dpm_solver_v3's defaults are measured with its EMS (benchmarks/default_spacing.py --ems): on rectified flow the

@@ -11,6 +11,8 @@ evaluations), on the sampler's default fixed spacing and on ``optimize_grid``'s 
 - ``pas``: PAS (guarded, no AFS) on the same grid;
 - ``amed``: AMED-Plugin without AFS on the same grid, and ``amed_m``: with the moments AFS on the budget's grid
   (fixed spacings only);
+- ``s4s``: S4S (learned coefficients of the last 3 directions, fitted on all the draws) on the same grid, and
+  ``s4s_v``: the same with half the draws held out to choose the iterate (``validation=0.5``);
 - ``v3`` (the dpm_solver rows): DPM-Solver-v3 with EMS (120 intervals) on dpm_solver_v3's grid for the budget
   (``logsnr``, or ``optimize_grid``'s for it with those EMS);
 
@@ -30,11 +32,11 @@ import torch
 import sgm
 from calibration_common import add_arguments, cells
 from sgm.samplers import budget_grid, entry, integrate, optimize_grid, solver
-from sgm.samplers.corrections import AFS, afs, amed, ems, pas
+from sgm.samplers.corrections import AFS, afs, amed, ems, pas, s4s
 from sgm.samplers.optimize import map_error
 
 SAMPLERS = ("ddim", "dpm_solver", "unipc", "ipndm")
-COLUMNS = ("uncorrected", "afs", "afs_m", "pas", "amed", "amed_m", "v3")
+COLUMNS = ("uncorrected", "afs", "afs_m", "pas", "amed", "amed_m", "s4s", "s4s_v", "v3")
 
 
 def timed(fn):
@@ -106,6 +108,10 @@ def main(argv=None) -> list[dict]:
                         corrected, seconds = timed(lambda: amed(score, sde, name, nfe=nfe, **cal()))
                         record("amed_m", *error(corrected.solver(), corrected.grid),
                                corrected.info["evaluations"], seconds)
+                    for column, validation in (("s4s", 0.0), ("s4s_v", 0.5)):
+                        corrected, seconds = timed(lambda: s4s(score, sde, name, grid=grid, validation=validation,
+                                                               **cal()))
+                        record(column, *error(corrected.solver(), grid), corrected.info["evaluations"], seconds)
                     if name == "dpm_solver":
                         record("v3", *error(statistics.solver(), v3_grid), statistics.info["evaluations"],
                                v3_seconds)

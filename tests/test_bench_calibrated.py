@@ -36,8 +36,9 @@ def leg(bench_problems):
 
 
 def test_each_optimiser_and_correction_is_a_row_with_its_cost(leg):
-    """One grid per optimiser for the best fixed configuration; PAS, AMED, the analytical first steps and v3 on the
-    best fixed grid; PAS, AMED and v3 again on the best optimised grid (the composition). Each ran from x_T within
+    """One grid per optimiser for the best fixed configuration; PAS, AMED, S4S, the analytical first steps and v3 on
+    the best fixed grid; PAS, AMED and S4S again on every optimised grid and v3 on its own descent grid (the
+    composition). Each ran from x_T within
     the budget and carries its calibration cost (DMN's bound needs no draws: zero evaluations)."""
     problem, fixed, rows, _ = leg
     best = min((r for r in fixed if r["spacing"] not in runs.CHAIN_SPACINGS), key=lambda r: r["map_error"])
@@ -52,13 +53,15 @@ def test_each_optimiser_and_correction_is_a_row_with_its_cost(leg):
         assert (r["calibration"]["nfe"] > 0) == (method != "dmn")
     corrected = [r for r in rows if r["family"] == "corrected"]
     on_fixed = {r["method"]: r for r in corrected if not r["spacing"].endswith("grid")}
-    composed = {r["method"]: r for r in corrected if r["spacing"].endswith("grid")}
-    assert set(on_fixed) == set(calibrated.CORRECTIONS) and set(composed) == {"pas", "amed", "v3"}
-    winner = min(optimised.values(), key=lambda r: r["map_error"])  # select is the problem: its own map error
-    for method, r in composed.items():  # on the winner's grid (v3: on its own descent grid), billed both
-        assert r["spacing"] == ("descent grid" if method == "v3" else f"{winner['method']} grid"), method
-        assert r["calibration"]["nfe"] > winner["calibration"]["nfe"]
-        assert r["calibration"]["seconds"] > winner["calibration"]["seconds"]
+    composed = {(r["method"], r["spacing"]): r for r in corrected if r["spacing"].endswith("grid")}
+    assert set(on_fixed) == set(calibrated.CORRECTIONS)
+    assert set(composed) == {(c, f"{m} grid") for c in ("pas", "amed", "s4s") for m in OPTIMIZERS} | {
+        ("v3", "descent grid")}
+    for (method, where), r in composed.items():  # on each optimiser's grid, billed both (v3: EMS and its own grid)
+        assert r["calibration"]["nfe"] > 0
+        if method != "v3":
+            grid = optimised[where.removesuffix(" grid")]["calibration"]
+            assert r["calibration"]["nfe"] > grid["nfe"] and r["calibration"]["seconds"] > grid["seconds"]
     for r in corrected:
         assert not r["diverged"] and r["nfe"] <= 5 and r["sampler"].endswith(f" + {r['method']}")
         assert r["calibration"]["seconds"] >= 0 and r["calibration"]["draws"] == (0 if r["method"] == "afs" else 16)
@@ -117,8 +120,8 @@ def test_unknown_methods_are_refused_by_name_before_any_work(monkeypatch):
     monkeypatch.setattr(sweep, "make_problem", lambda *a, **k: pytest.fail("worked on bad input"))
     with pytest.raises(ValueError, match=r"optimizers: unknown \['newton'\]"):
         calibrated.check_methods(("descent", "newton"), ())
-    with pytest.raises(ValueError, match=r"corrections: unknown \['s4s'\]"):
-        calibrated.check_methods((), ("pas", "s4s"))
+    with pytest.raises(ValueError, match=r"corrections: unknown \['lms'\]"):
+        calibrated.check_methods((), ("pas", "lms"))
     with pytest.raises(TypeError, match="optimizers"):
         calibrated.check_methods("descent", ())
     with pytest.raises(ValueError, match="newton"):

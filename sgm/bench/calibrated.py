@@ -3,7 +3,8 @@
 A *method* is a step optimiser of ``optimize_grid`` (``OPTIMIZERS``: descent, gits, dmn, ays, ld3) or a learned
 correction (``CORRECTIONS``):
 
-- ``pas`` (PAS) and ``amed`` (AMED-Plugin, without the analytical first step) on a grid of the uncorrected sampler;
+- ``pas`` (PAS), ``amed`` (AMED-Plugin, without the analytical first step) and ``s4s`` (S4S's learned multistep
+  coefficients) on a grid of the uncorrected sampler;
 - ``afs`` (Zhou et al.'s analytical first step) and ``afs_m`` (with the model's moments): one evaluation fewer on the
   same grid, so they run on the budget's grid of the corrected solver (one node more), on a fixed spacing only;
 - ``v3``: DPM-Solver-v3 with the model's empirical statistics (EMS, once per problem) on ``dpm_solver_v3``'s
@@ -12,8 +13,9 @@ correction (``CORRECTIONS``):
 ``calibrated_rows(problem, nfes, fixed, draws)`` at each budget ranks the distinct sampler-with-options-and-path of
 the ``fixed`` rows (finite, on a continuous spacing) by map error; each optimiser calibrates a grid for its
 ``TOP[optimizer]`` best that it accepts (one it refuses, a ``ValueError``, is a failed row and passes to the next); each
-correction is calibrated on the best fixed run's grid and on the best optimised grid (composition; the best by map
-error on ``select``, the problem whose rows ranked ``fixed``). Every method calibrates on ``draws`` — ``n`` prior
+correction is calibrated on the best fixed run's grid and on every optimised grid (composition: which grid a
+correction gains most on is not the best grid's, e.g. S4S on the 16-D mixture; v3, which makes its own descent grid,
+once, beside the best by map error on ``select``, the problem whose rows ranked ``fixed``). Every method calibrates on ``draws`` — ``n`` prior
 draws from a generator seeded apart from the problem's ``x_T`` — and then runs from ``x_T`` (``runs.sgm_row``).
 Each row carries ``family`` (``"optimised"`` or ``"corrected"``), ``method`` and ``calibration``: its cost in
 evaluations of the batch (``nfe``), ``draws`` and ``seconds``, spent once before sampling and not in the NFE (a
@@ -35,7 +37,7 @@ import torch
 
 from .. import samplers
 from ..samplers import SamplerDiverged, budget_grid, optimize_grid, time_grid
-from ..samplers.corrections import AFS, afs, amed, ems, pas
+from ..samplers.corrections import AFS, afs, amed, ems, pas, s4s
 from ..samplers.optimize import OPTIMIZERS
 from .judge import failed
 from .runs import CHAIN_SPACINGS, label, sgm_row
@@ -43,7 +45,7 @@ from .runs import CHAIN_SPACINGS, label, sgm_row
 __all__ = ["CORRECTIONS", "OPTIMIZERS", "TOP", "Draws", "check_methods", "calibrate_grid", "calibrated_rows",
            "leg_family"]
 
-CORRECTIONS = ("pas", "amed", "afs", "afs_m", "v3")
+CORRECTIONS = ("pas", "amed", "s4s", "afs", "afs_m", "v3")
 TOP = {"descent": 3, "ld3": 1, "gits": 1, "dmn": 1, "ays": 1}  # configurations per budget (module docstring)
 
 
@@ -201,6 +203,8 @@ class _Leg:
                     c = pas(model, sde, name, grid=grid, **self.draws.kwargs(self.shape), **options)
                 elif method == "amed":
                     c = amed(model, sde, name, grid=grid, afs=False, **self.draws.kwargs(self.shape), **options)
+                elif method == "s4s":
+                    c = s4s(model, sde, name, grid=grid, **self.draws.kwargs(self.shape), **options)
                 elif method == "v3":
                     self.v3(base, optimised, where, nfe)
                     continue
@@ -250,7 +254,7 @@ def calibrated_rows(problem, nfes, fixed: list[dict], draws: Draws, optimizers=O
                     corrections=CORRECTIONS, top: dict | None = None, select=None) -> list[dict]:
     """The rows of the module docstring on ``problem`` at each budget of ``nfes``: the grids of ``optimizers`` (the
     ``top`` best configurations of ``fixed`` each, default ``TOP``) and ``corrections`` on the best fixed grid and
-    on the best optimised grid, all calibrated on ``draws`` and run from ``problem.x_T``. ``select`` (default:
+    on every optimised grid, all calibrated on ``draws`` and run from ``problem.x_T``. ``select`` (default:
     ``problem``): the problem whose rows ``fixed`` are, on which the best optimised grid is chosen."""
     optimizers, corrections = check_methods(optimizers, corrections)
     top = {**TOP, **(top or {})}
@@ -263,10 +267,10 @@ def calibrated_rows(problem, nfes, fixed: list[dict], draws: Draws, optimizers=O
         best = ranked[0]
         model, sde = leg.model(best.get("variant", ""))
         leg.correct(best, time_grid(sde, best["steps"], best["spacing"]), best["spacing"], nfe, corrections, False)
-        made = [m for m in made if m[1] is not None]
-        if made:
-            _, row, grid = min(made, key=lambda m: m[0])
-            leg.correct(row, grid, f"{row['method']} grid", nfe, corrections, True)
+        made = sorted((m for m in made if m[1] is not None), key=lambda m: m[0])
+        for rank, (_, row, grid) in enumerate(made):  # v3 makes its own descent grid: once, beside the best
+            leg.correct(row, grid, f"{row['method']} grid", nfe,
+                        [c for c in corrections if rank == 0 or c != "v3"], True)
     return leg.rows
 
 

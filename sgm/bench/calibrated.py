@@ -8,7 +8,7 @@ correction (``CORRECTIONS``):
 - ``afs`` (Zhou et al.'s analytical first step) and ``afs_m`` (with the model's moments): one evaluation fewer on the
   same grid, so they run on the budget's grid of the corrected solver (one node more), on a fixed spacing only;
 - ``v3``: DPM-Solver-v3 with the model's empirical statistics (EMS, once per problem) on ``dpm_solver_v3``'s
-  default spacing for the budget and, composed, on the descent's grid for it.
+  default spacing for the budget and, composed, on the descent's grid for it (with ``s4s`` too: S4S over it there).
 
 ``calibrated_rows(problem, nfes, fixed, draws)`` at each budget ranks the distinct sampler-with-options-and-path of
 the ``fixed`` rows (finite, on a continuous spacing) by map error; each optimiser calibrates a grid for its
@@ -206,7 +206,7 @@ class _Leg:
                 elif method == "s4s":
                     c = s4s(model, sde, name, grid=grid, **self.draws.kwargs(self.shape), **options)
                 elif method == "v3":
-                    self.v3(base, optimised, where, nfe)
+                    self.v3(base, optimised, where, nfe, "s4s" in corrections)
                     continue
                 else:
                     c = afs(name, **options) if method == "afs" else \
@@ -222,9 +222,10 @@ class _Leg:
             cost = _plus(base["calibration"], _cost(c.info)) if optimised else _cost(c.info)
             self.run(base, nfe, steps, "corrected", method, where, cost, kw)
 
-    def v3(self, base: dict, optimised: bool, where: str, nfe: int) -> None:
+    def v3(self, base: dict, optimised: bool, where: str, nfe: int, s4s_too: bool = False) -> None:
         """DPM-Solver-v3 with the EMS of ``base``'s path (calibrated once) on its default spacing for the budget, or
-        (``optimised``: the composition) on the descent's grid for it (``where`` names a failure)."""
+        (``optimised``: the composition) on the descent's grid for it, and with ``s4s_too`` S4S over it there
+        (``where`` names a failure)."""
         variant = base.get("variant", "")
         model, sde = self.model(variant)
         if variant not in self.statistics:
@@ -246,8 +247,18 @@ class _Leg:
         except ValueError as e:
             self.fail(v3_base, nfe, steps, "corrected", "v3", where, e, t0)
             return
-        self.run(v3_base, nfe, steps, "corrected", "v3", "descent grid", _plus(cost, _cost(grid.info)),
-                 {"correction": c, "grid": grid})
+        cost = _plus(cost, _cost(grid.info))
+        self.run(v3_base, nfe, steps, "corrected", "v3", "descent grid", cost, {"correction": c, "grid": grid})
+        if not s4s_too:
+            return
+        t0 = time.perf_counter()
+        try:
+            over = s4s(model, sde, "dpm_solver_v3", grid=grid, ems=c.solver().ems, **self.draws.kwargs(self.shape))
+        except Exception as e:  # noqa: BLE001 — as in correct(): a failed row with its error
+            self.fail(v3_base, nfe, steps, "corrected", "s4s", "descent grid + v3", e, t0)
+            return
+        self.run(v3_base, nfe, steps, "corrected", "s4s", "descent grid + v3", _plus(cost, _cost(over.info)),
+                 {"correction": over})
 
 
 def calibrated_rows(problem, nfes, fixed: list[dict], draws: Draws, optimizers=OPTIMIZERS,

@@ -26,7 +26,8 @@ by default none is held out and it is the fit's own minimum, measured better (be
 against ``s4s_v``, half the draws held out). S4S-Alt alternates the fit with a search over the time
 steps; here the grid is ``optimize_grid``'s (descent, LD3, …) and the coefficients are fitted on it. The coefficients
 are kept only where they lower ``L`` below the base solver's.
-From an ``α = 0`` node (rectified flow's top) ``y`` is undefined: that step stays the base's and adds no direction.
+The base may be ``dpm_solver_v3`` with its EMS (``ems=`` an ``EMS``, e.g. ``ems(...).solver().ems``): the record keeps
+the table in its params, so it saves as JSON like every correction. From an ``α = 0`` node (rectified flow's top) ``y`` is undefined: that step stays the base's and adds no direction.
 
 Cost: the teacher, then per L-BFGS function evaluation one differentiated run of the base solver on the batch
 (``nfe`` counts the forward evaluations).
@@ -41,6 +42,7 @@ from torch import Tensor
 
 from ...checks import integer, real
 from ..base import SamplerDiverged
+from ..dpm_v3 import EMS
 from ..grid import TimeGrid
 from ..noise import make_noise
 from ..registry import solver as make_solver
@@ -50,6 +52,15 @@ from .base import Correction, Corrected, finish_record, flat, moments_from, mome
 __all__ = ["S4S", "s4s", "initial_coefficients"]
 
 _run_with_graph = inspect.unwrap(run_checked)  # integrate's loop without its no_grad decorator (as LD3's)
+
+
+def _split_ems(options: dict) -> tuple[dict, dict]:
+    """``options`` without DPM-Solver-v3's ``ems`` table, and the table as JSON params (``{}`` without one)."""
+    table = options.get("ems")
+    if not isinstance(table, EMS):
+        return dict(options), {}
+    rest = {k: v for k, v in options.items() if k != "ems"}
+    return rest, {"ems": {k: getattr(table, k).tolist() for k in ("lams", "l", "s", "b")}}
 
 
 def initial_coefficients(grid: TimeGrid, window: int) -> list[list[float]]:
@@ -175,15 +186,17 @@ def s4s(score, sde, sampler: str = "ipndm", *, grid: TimeGrid | None = None, nfe
     info.update(method="S4S (Frankel et al. 2025): learned multistep coefficients of the base's directions",
                 window=window, train=n - n_valid, valid=n_valid, loss_before=before, loss_after=best, kept=kept,
                 iterations=len(history) - 1, validation_history=history, parameters=sum(len(c) for c in start))
-    return Correction("s4s", sampler, options, {"coefficients": fitted, "window": window,
+    options, table = _split_ems(options)
+    return Correction("s4s", sampler, options, {"coefficients": fitted, "window": window, **table,
                                                 **moments_params(s.moments)},
                       s.grid, bool(afs), repr(sde), s.model, info)
 
 
 def build(correction: Correction) -> S4S:
-    p = correction.params
-    return S4S(make_solver(correction.sampler, **correction.options), p["coefficients"], correction.afs,
-               moments_from(p))
+    p, options = correction.params, dict(correction.options)
+    if "ems" in p:
+        options["ems"] = EMS(**p["ems"])
+    return S4S(make_solver(correction.sampler, **options), p["coefficients"], correction.afs, moments_from(p))
 
 
 register_method("s4s", build)

@@ -652,3 +652,13 @@ def test_sample_with_a_correction_refuses_what_it_would_ignore():
     v3 = saved_corrections()["ems"]
     with pytest.raises(ValueError, match="outside the EMS's half log-SNR range"):
         sgm.sample(score, sde, (4, 2), correction=v3, steps=5, eps=1e-4)
+
+
+def test_s4s_on_a_network_leaves_its_weights_alone():
+    """S4S differentiates through the model for its coefficients only: a network's weights get no gradient."""
+    sde = sgm.VPSDE()
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = sgm.ScoreModel(sgm.nets.MLP(2, width=16, depth=1).to(D), sde, prediction="eps")
+    c = s4s(net, sde, "ddim", grid=time_grid(sde, 4, "uniform"), shape=(16, 2), generator=gen(0), iterations=3)
+    assert c.info["iterations"] >= 1 and all(p.grad is None for p in net.net.parameters())

@@ -158,7 +158,9 @@ def s4s(score, sde, sampler: str = "ipndm", *, grid: TimeGrid | None = None, nfe
             value = None
         if value is None or not torch.isfinite(value):  # a trial that diverged: a large loss, no gradient
             return torch.tensor(1e300, dtype=s.x_T.dtype)
-        value.backward()
+        grads = torch.autograd.grad(value, params, allow_unused=True)  # the coefficients' alone: a network's weights
+        for p, g in zip(params, grads):                                  # get no .grad from the calibration
+            p.grad = torch.zeros_like(p) if g is None else g
         return value
 
     def checked_loss(part: slice) -> float:

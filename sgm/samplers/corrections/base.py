@@ -8,8 +8,11 @@ every solver, at no extra evaluations (one fewer with the analytical first step)
 
 The teacher of every calibration is the model's own probability-flow map: the states ``X_k`` of dopri5 (the ``ode``
 sampler's adaptive step) at ``rtol = atol = reference_tol`` from ``T`` to each noisy node in turn, and the final target
-``D(X_last)``, Tweedie's denoiser at the exact state of the last noisy node — on a grid ending at ``eps`` this is
-``optimize.flow_map``'s reference, the one every map error in sgm is measured against.
+``Φ(x_T) = D(X_eps)``, Tweedie's denoiser at the exact state at the path's ``default_eps`` — ``optimize.flow_map``'s
+reference, the one every map error in sgm is measured against. On a grid that ends at ``eps`` that is ``D(X_last)``;
+on one that stops short of it (an optimised grid with a free last node) the flow is carried on from the last node,
+since ``D(X_last)`` there is ``O(σ_last)`` from ``Φ``: S4S fitted to it on rectified flow's 2-D ring at 20 NFE
+landed 9.6× farther from ``Φ`` than its base solver.
 """
 from __future__ import annotations
 
@@ -327,7 +330,8 @@ class Teacher(NamedTuple):
 @torch.no_grad()
 def teacher(score, sde: GaussianPath, x_T: Tensor, grid: TimeGrid, tol: float = 1e-8) -> Teacher:
     """The probability-flow states from ``x_T`` at ``T`` at every noisy node of ``grid`` (``ode``'s dopri5 at
-    ``rtol = atol = tol`` from node to node) and Tweedie's ``x̂_0`` at the last (see the module docstring)."""
+    ``rtol = atol = tol`` from node to node) and Tweedie's ``x̂_0`` at the last, or past it at the path's
+    ``default_eps`` (see the module docstring)."""
     checked = CheckedScore(score)
     model, flow = Model(checked, sde), AdaptiveODE("dopri5", tol, tol)
     nodes = grid.noisy
@@ -335,8 +339,10 @@ def teacher(score, sde: GaussianPath, x_T: Tensor, grid: TimeGrid, tol: float = 
     states = [x]
     for a, b in zip(nodes, nodes[1:]):
         states.append(flow.step(model, states[-1], a, b, None, None)[0])
-    x0 = model(states[-1], nodes[-1]).x0
-    return Teacher(tuple(states), x0, checked.nfe)
+    last, end = states[-1], nodes[-1]
+    if end.t > sde.default_eps:  # a grid that stops short of eps (a free-ended optimised grid): the flow goes on
+        end, last = model.node(sde.default_eps), flow.step(model, last, end, model.node(sde.default_eps), None, None)[0]
+    return Teacher(tuple(states), model(last, end).x0, checked.nfe)
 
 
 # --- calibration set-up ----------------------------------------------------------------------------------------------

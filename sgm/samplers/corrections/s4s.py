@@ -34,6 +34,7 @@ Cost: the teacher, then per L-BFGS function evaluation one differentiated run of
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 
@@ -69,6 +70,17 @@ def initial_coefficients(grid: TimeGrid, window: int) -> list[list[float]]:
     steps = len(grid.noisy) - (0 if grid.denoise else 1)
     offset = sum(1 for node in grid.noisy[:steps] if node.scale == 0)  # the α = 0 top adds no direction
     return [[1.0] + [0.0] * (min(i + 1, window) - 1) for i in range(steps - offset)]
+
+
+def step_scales(grid: TimeGrid) -> list[float]:
+    """The fit's preconditioner: per step (as ``initial_coefficients``) ``min(1, √(1 + σ_b²)/|h|)``, the coefficients
+    moving by that times the optimiser's variables. A coefficient of a step ``σ_a → σ_b`` moves ``y_b`` by ``h·d``
+    per unit, against a state of size ``√(1 + σ_b²)``: from rectified flow's top at ``t = 1 - 10⁻⁶`` (σ = 10⁶) that is
+    10⁵ times the later steps', which leaves L-BFGS's curvature model to a single coefficient."""
+    nodes = [node for node in grid.noisy if node.scale > 0]
+    ends = [node.noise_level for node in nodes[1:]] + [0.0]
+    scales = [min(1.0, math.sqrt(1 + b**2) / abs(b - a.noise_level)) for a, b in zip(nodes, ends)]
+    return scales[:len(initial_coefficients(grid, 1))]
 
 
 class S4S(Corrected):
@@ -139,13 +151,19 @@ def s4s(score, sde, sampler: str = "ipndm", *, grid: TimeGrid | None = None, nfe
     n_valid = min(n - 1, round(validation * n))
     train, valid = slice(0, n - n_valid), slice(n - n_valid, n) if n_valid > 0 else slice(0, n)
     start = initial_coefficients(s.grid, window)
-    params = [torch.tensor(c, dtype=s.x_T.dtype, device=s.x_T.device, requires_grad=True) for c in start]
-    learner = S4S(s.method, params, bool(afs), s.moments)
+    as_tensor = functools.partial(torch.tensor, dtype=s.x_T.dtype, device=s.x_T.device)
+    origin, scales = [as_tensor(c) for c in start], step_scales(s.grid)
+    params = [torch.zeros_like(c, requires_grad=True) for c in origin]
+    learner = S4S(s.method, origin, bool(afs), s.moments)
     spent, target = [0], flat(s.teacher.x0)
+
+    def coefficients() -> list[Tensor]:
+        return [c + scale * u for c, scale, u in zip(origin, scales, params)]
 
     def loss(part: slice, graph: bool) -> Tensor:
         x_T = s.x_T[part]
         with torch.enable_grad() if graph else torch.no_grad():
+            learner.coefficients = coefficients()
             out = _run_with_graph(learner, score, sde, x_T, s.grid, make_noise(None, None, None, x_T, sde.T))
         spent[0] += out.nfe
         return (flat(out.x) - target[part]).norm(dim=1).mean()
@@ -178,7 +196,7 @@ def s4s(score, sde, sampler: str = "ipndm", *, grid: TimeGrid | None = None, nfe
         optimizer.step(closure)
         history.append(checked_loss(valid))
         if history[-1] < best:
-            best, fitted, stale = history[-1], [p.detach().tolist() for p in params], 0
+            best, fitted, stale = history[-1], [c.detach().tolist() for c in coefficients()], 0
         else:
             stale += 1
             if stale >= patience:

@@ -16,6 +16,16 @@ SAMPLEWISE = [(c, i) for c, i in _STOCHASTIC if sgm.samplers.solver(c[0], **c[1]
 COUPLED = [(c, i) for c, i in _STOCHASTIC if not sgm.samplers.solver(c[0], **c[1]).samplewise]
 
 
+# Equal to rounding: the noise of a sample is bit for bit its own, but a CPU with AVX-512 rounds the mixture's
+# vectorised exp and log sums differently in a batch's body and its tail, so a sample moves by a few ulps with its batch
+# (measured at most 2.3e-14 over these solvers; on AVX2 machines 0), against >= 0.1 where the batch is coupled.
+SAME = {"rtol": 0.0, "atol": 1e-12}
+
+
+def same(a, b) -> bool:
+    return a.shape == b.shape and bool(((a - b).abs() <= SAME["atol"]).all())
+
+
 def _run(sampler, options, seeds, noise):
     return sgm.sample(SCORE, SDE, (len(seeds), 2), sampler=sampler, steps=6, seeds=seeds, noise=noise,
                       dtype=torch.float64, **options).x
@@ -26,15 +36,16 @@ def _run(sampler, options, seeds, noise):
                          ids=[i for _, i in SAMPLEWISE] + ["ode-method=heun2"])
 def test_seeds_in_one_batch_equal_seeds_in_batches_of_21(sampler, options, noise):
     """Seeds 0–63 at once, in batches of 21, 21, 21 and 1 (each seed at another row of a batch of another size, the
-    last alone), and reversed: equal element by element. Batches of 7 took 10 runs for the same proof."""
+    last alone), and reversed: equal element by element to rounding (``SAME``). Batches of 7 took 10 runs for the same
+    proof."""
     seeds = list(range(64))
     whole = _run(sampler, options, seeds, noise)
     parts = torch.cat([_run(sampler, options, seeds[i:i + 21], noise) for i in range(0, 64, 21)])
-    # the exact mixture score is computed row by row, so equality is exact (no batch-size-dependent reduction)
-    assert torch.equal(whole, parts)
+    # the exact mixture score is computed row by row: no batch-size-dependent reduction, only the kernels' rounding
+    torch.testing.assert_close(whole, parts, **SAME)
     assert len(torch.unique(whole[:, 0])) == 64
     reordered = _run(sampler, options, seeds[::-1], noise)
-    assert torch.equal(reordered.flip(0), whole)  # order in the batch does not matter either
+    torch.testing.assert_close(reordered.flip(0), whole, **SAME)  # order in the batch does not matter either
 
 
 @pytest.mark.parametrize("sampler,options", [c for c, _ in COUPLED], ids=[i for _, i in COUPLED])
@@ -44,7 +55,7 @@ def test_a_solver_that_couples_the_batch_declares_it(sampler, options):
     seeds = list(range(14))
     whole = _run(sampler, options, seeds, None)
     parts = torch.cat([_run(sampler, options, seeds[i:i + 7], None) for i in range(0, 14, 7)])
-    assert not torch.equal(whole, parts)
+    assert not same(whole, parts)
 
 
 def test_x_T_is_the_first_draw_of_each_seeds_stream_and_noise_is_drawn():
@@ -58,9 +69,9 @@ def test_x_T_is_the_first_draw_of_each_seeds_stream_and_noise_is_drawn():
     torch.testing.assert_close(seeded, ode, rtol=0, atol=0)
     em = sgm.sample(SCORE, SDE, (2, 2), "euler_maruyama", 4, seeds=[5, 6], dtype=torch.float64).x
     assert not torch.equal(em[0], em[1])
-    same = sgm.sample(SCORE, SDE, (2, 2), "euler_maruyama", 4, seeds=[5, 5], noise="brownian", dtype=torch.float64).x
+    twin = sgm.sample(SCORE, SDE, (2, 2), "euler_maruyama", 4, seeds=[5, 5], noise="brownian", dtype=torch.float64).x
     plain = sgm.sample(SCORE, SDE, (2, 2), "euler_maruyama", 4, seeds=[5, 5], dtype=torch.float64).x
-    assert torch.equal(same[0], same[1]) and not torch.equal(same, plain)
+    assert torch.equal(twin[0], twin[1]) and not torch.equal(twin, plain)
 
 
 def test_bad_seeds():

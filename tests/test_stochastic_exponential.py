@@ -469,4 +469,6 @@ def test_per_sample_seeds_do_not_depend_on_the_batch(name, options):
     run = lambda s: sgm.sample(gm.score_fn(path), path, (len(s), 2), name, steps=6, seeds=s, dtype=D,  # noqa: E731
                                **options).x
     seeds = list(range(12))
-    assert torch.equal(run(seeds), torch.cat([run(seeds[i:i + 5]) for i in range(0, 12, 5)]))
+    # to rounding: AVX-512 kernels round a batch's body and tail differently (test_seeds.SAME)
+    parts = torch.cat([run(seeds[i:i + 5]) for i in range(0, 12, 5)])
+    torch.testing.assert_close(run(seeds), parts, rtol=0, atol=1e-12)

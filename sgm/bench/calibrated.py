@@ -12,14 +12,14 @@ correction (``CORRECTIONS``):
 
 ``calibrated_rows(problem, nfes, fixed, draws)`` at each budget ranks the distinct sampler-with-options-and-path of
 the ``fixed`` rows (finite, on a continuous spacing) by map error; each optimiser calibrates a grid for its
-``TOP[optimizer]`` best that it accepts (one it refuses, a ``ValueError``, is a failed row and passes to the next); each
-correction is calibrated on the best fixed run's grid and on every optimised grid (composition: which grid a
+``TOP[optimizer]`` best that it accepts (one it refuses, a ``ValueError``, is a failed row and passes to the next);
+each correction is calibrated on the best fixed run's grid and on every optimised grid (composition: which grid a
 correction gains most on is not the best grid's, e.g. S4S on the 16-D mixture; v3, which makes its own descent grid,
-once, beside the best by map error on ``select``, the problem whose rows ranked ``fixed``). Every method calibrates on ``draws`` — ``n`` prior
-draws from a generator seeded apart from the problem's ``x_T`` — and then runs from ``x_T`` (``runs.sgm_row``).
-Each row carries ``family`` (``"optimised"`` or ``"corrected"``), ``method`` and ``calibration``: its cost in
-evaluations of the batch (``nfe``), ``draws`` and ``seconds``, spent once before sampling and not in the NFE (a
-correction on an optimised grid: both calibrations; v3 on the descent's grid: the EMS and that grid).
+once, beside the best by map error on ``select``, the problem whose rows ranked ``fixed``). Every method calibrates on
+``draws`` — ``n`` prior draws from a generator seeded apart from the problem's ``x_T`` — and then runs from ``x_T``
+(``runs.sgm_row``). Each row carries ``family`` (``"optimised"`` or ``"corrected"``), ``method`` and ``calibration``:
+its cost in evaluations of the batch (``nfe``), ``draws`` and ``seconds``, spent once before sampling and not in the
+NFE (a correction on an optimised grid: both calibrations; v3 on the descent's grid: the EMS and that grid).
 
 The budget (``TOP``): one calibration of each, measured with ``calibrated_rows`` (top 1 each) on the 16-D mixture,
 VP, 10 NFE, 256 draws, on 2 shared cores: descent 1.9 s, GITS 0.3 s, DMN 3.6 s, AYS 7.9 s, LD3 34 s, PAS 0.7 s,
@@ -42,10 +42,14 @@ from ..samplers.optimize import OPTIMIZERS
 from .judge import failed
 from .runs import CHAIN_SPACINGS, label, sgm_row
 
-__all__ = ["CORRECTIONS", "OPTIMIZERS", "TOP", "Draws", "check_methods", "calibrate_grid", "calibrated_rows",
+__all__ = ["CORRECTIONS", "TRAINED_CORRECTIONS", "OPTIMIZERS", "TOP", "Draws", "check_methods", "calibrate_grid",
+           "calibrated_rows",
            "leg_family"]
 
 CORRECTIONS = ("pas", "amed", "s4s", "afs", "afs_m", "v3")
+# the trained leg's: the corrections that won a cell on the digits network (S4S every cell of the last run; AMED and
+# PAS the run before); AFS and v3 won none on the exact targets and cost a flow map or EMS of the network
+TRAINED_CORRECTIONS = ("pas", "amed", "s4s")
 TOP = {"descent": 3, "ld3": 1, "gits": 1, "dmn": 1, "ays": 1}  # configurations per budget (module docstring)
 
 
@@ -285,7 +289,7 @@ def calibrated_rows(problem, nfes, fixed: list[dict], draws: Draws, optimizers=O
     return leg.rows
 
 
-def leg_family(draws: Draws, optimizers=OPTIMIZERS, corrections=("pas", "amed"), top: dict | None = None):
+def leg_family(draws: Draws, optimizers=OPTIMIZERS, corrections=TRAINED_CORRECTIONS, top: dict | None = None):
     """A calibrated family for the trained leg (``trained.run_leg(calibrated=[...])``): ``f(evaluation, screen,
     chosen)`` returns ``calibrated_rows`` on ``evaluation`` ranked by sgm's screening finalists ``chosen`` (and the
     best optimised grid chosen on ``screen``), calibrated on ``draws`` — the screening batch itself."""

@@ -31,7 +31,6 @@ from torch import Tensor
 
 from .. import samplers
 from ..samplers import SamplerDiverged, sample
-from ..samplers.grid import path_family
 from .judge import STOCHASTIC_METRICS, classifier_scores, failed, judge_curve
 from .problems import TRAIN_STEPS, OffChain, Problem, exact_model
 

@@ -43,7 +43,7 @@ from ..predictions import predict
 from ..samplers.grid import path_family
 from ..samplers.optimize import flow_map, map_error
 from . import peers, report
-from .calibrated import CORRECTIONS, OPTIMIZERS, Draws, check_methods, leg_family
+from .calibrated import CORRECTIONS, OPTIMIZERS, TRAINED_CORRECTIONS, Draws, check_methods, leg_family
 from .judge import classifier_scores, judge_map
 from .problems import TRAIN_STEPS, Variant
 from .runs import CHAIN_SPACINGS, sgm_configs, sgm_row, sgm_rows
@@ -320,8 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-peers", action="store_true")
     parser.add_argument("--optimizers", nargs="*", default=list(OPTIMIZERS), metavar="NAME",
                         help=f"step optimisers calibrated on the screening batch (default all: {' '.join(OPTIMIZERS)})")
-    parser.add_argument("--corrections", nargs="*", default=["pas", "amed"], metavar="NAME",
-                        help=f"learned corrections calibrated on the screening batch (default: pas amed; of "
+    parser.add_argument("--corrections", nargs="*", default=list(TRAINED_CORRECTIONS), metavar="NAME",
+                        help=f"learned corrections calibrated on the screening batch (default: "
+                        f"{' '.join(TRAINED_CORRECTIONS)}; of "
                         f"{' '.join(CORRECTIONS)})")
     args = parser.parse_args(argv)
     for nfe in args.nfe:

@@ -50,7 +50,7 @@ from ..registry import solver as make_solver
 from ..solver import run_checked
 from .base import Correction, Corrected, finish_record, flat, moments_from, moments_params, register_method, setup
 
-__all__ = ["S4S", "s4s", "initial_coefficients"]
+__all__ = ["S4S", "s4s", "initial_coefficients", "step_scales"]
 
 _run_with_graph = inspect.unwrap(run_checked)  # integrate's loop without its no_grad decorator (as LD3's)
 

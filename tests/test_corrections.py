@@ -632,6 +632,8 @@ def _bad(kind):
         "amed_v3": lambda: amed(score, sde, "dpm_solver_v3", grid=grid, **common),
         "window": lambda: s4s(score, sde, "ddim", grid=grid, window=0, **common),
         "validation": lambda: s4s(score, sde, "ddim", grid=grid, validation=1.0, **common),
+        "patience": lambda: s4s(score, sde, "ddim", grid=grid, patience=0, **common),
+        "s4s_progress": lambda: s4s(score, sde, "ddim", grid=grid, progress="yes", **common),
         "s4s_grid": lambda: integrate(S4S(solver("ddim"), [[1.0], [1.0, 0.0]]), score, sde,
                                       torch.zeros(2, 2, dtype=D), grid),
     }
@@ -653,6 +655,7 @@ def _bad(kind):
     ("method", ValueError, "method must be one of"),
     ("amed_v3", ValueError, "AMED cannot correct sampler='dpm_solver_v3'"),
     ("window", ValueError, "window"), ("validation", ValueError, "validation must be <= 0.9"),
+    ("patience", ValueError, "patience"), ("s4s_progress", TypeError, "progress"),
     ("s4s_grid", ValueError, "S4S coefficients for 2 steps do not fit a grid of 5 noisy nodes"),
 ])
 def test_bad_arguments_name_themselves(kind, error, match):

@@ -54,7 +54,8 @@ from .base import CheckedScore, SamplerDiverged, SamplerOutput, check_state
 from .grid import Node, TimeGrid, path_nodes
 from .noise import Noise, make_noise
 
-__all__ = ["Prediction", "Model", "Solver", "integrate", "check_run", "run_checked", "Callback", "NEEDS", "PLAUSIBLE"]
+__all__ = ["Prediction", "Model", "Solver", "integrate", "check_run", "run_checked", "run_differentiable", "Callback",
+           "NEEDS", "PLAUSIBLE"]
 
 NEEDS = ("positive_alpha",)
 PLAUSIBLE = 1e6  # a state beyond PLAUSIBLE·max(1, prior_std) in magnitude has diverged
@@ -222,6 +223,20 @@ def check_run(solver: Solver, grid: TimeGrid, callback: Callback | None) -> None
 def run_checked(solver: Solver, score, sde: GaussianPath, x: Tensor, grid: TimeGrid, noise: Noise,
                 progress: bool = False, callback: Callback | None = None) -> SamplerOutput:
     """``integrate``'s loop on arguments an entry point has checked (``integrate`` itself, ``sgm.sample``)."""
+    return _loop(solver, score, sde, x, grid, noise, progress, callback)
+
+
+def run_differentiable(solver: Solver, score, sde: GaussianPath, x: Tensor, grid: TimeGrid) -> SamplerOutput:
+    """``integrate``'s loop for a deterministic ``solver`` with autograd on: the output keeps the graph back to ``x``,
+    to the model's weights and to any tensor the solver's steps use (the calibrations that differentiate through a
+    run: LD3's latents, S4S's coefficients)."""
+    check_run(solver, grid, None)
+    with torch.enable_grad():
+        return _loop(solver, score, sde, x, grid, make_noise(None, None, None, x, sde.T))
+
+
+def _loop(solver: Solver, score, sde: GaussianPath, x: Tensor, grid: TimeGrid, noise: Noise,
+          progress: bool = False, callback: Callback | None = None) -> SamplerOutput:
     total = solver.grid_nfe(grid)
     with tqdm(total=total, desc=solver.name, unit="nfe", disable=not progress, leave=False) as bar:
         model = Model(score, sde, bar)

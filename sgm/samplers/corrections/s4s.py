@@ -27,7 +27,8 @@ against ``s4s_v``, half the draws held out). S4S-Alt alternates the fit with a s
 steps; here the grid is ``optimize_grid``'s (descent, LD3, …) and the coefficients are fitted on it. The coefficients
 are kept only where they lower ``L`` below the base solver's.
 The base may be ``dpm_solver_v3`` with its EMS (``ems=`` an ``EMS``, e.g. ``ems(...).solver().ems``): the record keeps
-the table in its params, so it saves as JSON like every correction. From an ``α = 0`` node (rectified flow's top) ``y`` is undefined: that step stays the base's and adds no direction.
+the table in its params, so it saves as JSON like every correction. From an ``α = 0`` node (rectified flow's top)
+``y`` is undefined: that step stays the base's and adds no direction.
 
 Cost: the teacher, then per L-BFGS function evaluation one differentiated run of the base solver on the batch
 (``nfe`` counts the forward evaluations).
@@ -35,25 +36,21 @@ Cost: the teacher, then per L-BFGS function evaluation one differentiated run of
 from __future__ import annotations
 
 import functools
-import inspect
 import math
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
-from ...checks import integer, real
+from ...checks import flag, integer, real
 from ..base import SamplerDiverged
 from ..dpm_v3 import EMS
 from ..grid import TimeGrid
-from ..noise import make_noise
 from ..registry import solver as make_solver
-from ..solver import run_checked
+from ..solver import integrate, run_differentiable
 from .base import Correction, Corrected, finish_record, flat, moments_from, moments_params, register_method, setup
 
 __all__ = ["S4S", "s4s", "initial_coefficients", "step_scales"]
-
-_run_with_graph = inspect.unwrap(run_checked)  # integrate's loop without its no_grad decorator (as LD3's)
-
 
 def _split_ems(options: dict) -> tuple[dict, dict]:
     """``options`` without DPM-Solver-v3's ``ems`` table, and the table as JSON params (``{}`` without one)."""
@@ -136,15 +133,16 @@ class S4S(Corrected):
 def s4s(score, sde, sampler: str = "ipndm", *, grid: TimeGrid | None = None, nfe: int | None = None,
         spacing: str | None = None, shape, generator: torch.Generator | None = None, window: int = 3,
         iterations: int = 100, validation: float = 0.0, patience: int = 10, afs=False, reference_tol: float = 1e-8,
-        dtype: torch.dtype = torch.float64, device=None, **options) -> Correction:
+        dtype: torch.dtype = torch.float64, device=None, progress: bool = False, **options) -> Correction:
     """Calibrate S4S for the deterministic ``sampler`` (with ``options``) on ``grid`` (any ``TimeGrid``) or on the
     budget ``nfe`` (the sampler's default ``spacing`` unless given), with the prior draws of the batch ``shape =
     (n, *dims)`` from ``generator`` (see the module docstring: ``window`` directions per step, at most ``iterations``
     L-BFGS iterations on the training draws, the ``validation`` fraction held out to choose the iterate and stop
     after ``patience`` iterations without gain; ``afs``: the analytical first step, ``False``, ``True`` or
-    ``"moments"``). Returns a ``Correction`` (``method="s4s"``)."""
+    ``"moments"``; ``progress``: a bar over the iterations). Returns a ``Correction`` (``method="s4s"``)."""
     window, iterations = integer("window", window, 1), integer("iterations", iterations, 1)
     validation, patience = real("validation", validation, 0.0, 0.9), integer("patience", patience, 1)
+    progress = flag("progress", progress)
     s = setup(score, sde, sampler, options, grid=grid, nfe=nfe, spacing=spacing, shape=shape,
               generator=generator, afs=afs, reference_tol=reference_tol, dtype=dtype, device=device)
     n = s.x_T.shape[0]
@@ -161,10 +159,8 @@ def s4s(score, sde, sampler: str = "ipndm", *, grid: TimeGrid | None = None, nfe
         return [c + scale * u for c, scale, u in zip(origin, scales, params)]
 
     def loss(part: slice, graph: bool) -> Tensor:
-        x_T = s.x_T[part]
-        with torch.enable_grad() if graph else torch.no_grad():
-            learner.coefficients = coefficients()
-            out = _run_with_graph(learner, score, sde, x_T, s.grid, make_noise(None, None, None, x_T, sde.T))
+        learner.coefficients = coefficients()
+        out = (run_differentiable if graph else integrate)(learner, score, sde, s.x_T[part], s.grid)
         spent[0] += out.nfe
         return (flat(out.x) - target[part]).norm(dim=1).mean()
 
@@ -192,7 +188,7 @@ def s4s(score, sde, sampler: str = "ipndm", *, grid: TimeGrid | None = None, nfe
                                   tolerance_grad=1e-12, tolerance_change=1e-12, history_size=20)
     before = best = checked_loss(valid)
     fitted, history, stale = start, [before], 0
-    for _ in range(iterations):
+    for _ in tqdm(range(iterations), desc=f"s4s ({sampler})", unit="iteration", disable=not progress, leave=False):
         optimizer.step(closure)
         history.append(checked_loss(valid))
         if history[-1] < best:

@@ -20,8 +20,8 @@ training draws in mini-batches of 2, each step (i) moves the batch's latents ``z
 after 5 steps without improvement it returns to the best ``ξ`` and decays the rate ×0.8 (to at least 5e-5). A pass
 over the validation draws moves their latents likewise. The result is the best ``ξ`` on validation.
 
-Gradients: ``∂ℓ/∂z'`` by autograd through the sampler (``integrate``'s loop ``run_checked`` with the graph kept: its
-undecorated function under ``torch.enable_grad()``, so sampling itself stays under ``no_grad``); ``∂L/∂ξ`` by central
+Gradients: ``∂ℓ/∂z'`` by autograd through the sampler (``solver.run_differentiable``: ``integrate``'s loop with the
+graph kept, while sampling itself stays under ``no_grad``); ``∂L/∂ξ`` by central
 differences of the same runs (``2·dim ξ`` runs of the mini-batch), because a grid's nodes are Python floats that the
 solvers' step coefficients are computed from, outside autograd. LD3's second phase (a second, decoupled set of
 model-input times) needs solvers that evaluate the model off the grid and is not implemented. Cost: per step
@@ -29,7 +29,6 @@ model-input times) needs solvers that evaluate the model off the grid and is not
 """
 from __future__ import annotations
 
-import inspect
 import math
 
 import torch
@@ -37,17 +36,13 @@ from torch import Tensor
 
 from ..base import SamplerDiverged
 from ..grid import TimeGrid
-from ..noise import make_noise
-from ..solver import Solver, integrate, run_checked
+from ..solver import Solver, integrate, run_differentiable
 from .common import Positions
 
 __all__ = ["ld3", "soft_teacher_loss", "LD3_DEFAULTS", "positions_of"]
 
 LD3_DEFAULTS = {"init": "best", "rounds": 2, "batch": 2, "lr": 0.005, "momentum": 0.9, "clip": 1.0, "radius": None,
                 "shift_lr": None, "patience": 5, "lr_decay": 0.8, "min_lr": 5e-5, "fd_step": None, "validation": 0.5}
-
-_run_with_graph = inspect.unwrap(run_checked)  # integrate's loop without its no_grad decorator
-
 
 def positions_of(xi: Tensor, free_start: bool, free_end: bool = False) -> list[float]:
     """``u = cumsum(softmax(ξ))`` with ``u_0 = 0`` (``ξ`` has ``steps - 1`` entries) or, with a free first node,
@@ -75,14 +70,7 @@ def soft_teacher_loss(method: Solver, model, sde, grid: TimeGrid, z: Tensor, tar
     autograd graph with ``graph``; ``inf`` where the sampler diverges."""
     x = prior_std * z
     try:
-        if graph:
-            with torch.enable_grad():
-                out = _run_with_graph(method, model, sde, x, grid, make_noise(None, None, None, x, sde.T)).x
-            if z.requires_grad and not out.requires_grad:
-                raise RuntimeError("run_checked no longer runs its loop in the autograd graph when undecorated; "
-                                   "LD3 needs its undecorated loop (inspect.unwrap(run_checked)) to keep the graph")
-        else:
-            out = integrate(method, model, sde, x, grid).x
+        out = (run_differentiable if graph else integrate)(method, model, sde, x, grid).x
     except SamplerDiverged:
         return torch.full((z.shape[0],), math.inf, dtype=z.dtype, device=z.device)
     return (out - target).flatten(1).norm(dim=1)

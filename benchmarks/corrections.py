@@ -11,7 +11,8 @@ evaluations), on the sampler's default fixed spacing and on ``optimize_grid``'s 
 - ``pas``: PAS (guarded, no AFS) on the same grid;
 - ``amed``: AMED-Plugin without AFS on the same grid, and ``amed_m``: with the moments AFS on the budget's grid
   (fixed spacings only);
-- ``s4s``: S4S (learned coefficients of the last 3 directions, fitted on all the draws) on the same grid, and
+- ``s4s``: S4S (learned coefficients of the last ``--s4s-window`` directions, 3, fitted on all the draws) on the same
+  grid, and
   ``s4s_v``: the same with half the draws held out to choose the iterate (``validation=0.5``);
 - ``v3`` (the dpm_solver rows): DPM-Solver-v3 with EMS (120 intervals) on dpm_solver_v3's grid for the budget
   (``logsnr``, or ``optimize_grid``'s for it with those EMS);
@@ -19,7 +20,8 @@ evaluations), on the sampler's default fixed spacing and on ``optimize_grid``'s 
 each calibrated on ``--n`` prior draws of seed 0, with its calibration cost (evaluations of a batch × draws, seconds).
 
     python benchmarks/corrections.py [--n 256] [--n-test 2000] [--nfe 5 10 20] [--paths vp ve rf]
-                                     [--targets ring 16d] [--no-optimised] [--json out.json] [--markdown out.md]
+                                     [--targets ring 16d] [--no-optimised] [--s4s-window 3] [--json out.json]
+                                     [--markdown out.md]
 """
 from __future__ import annotations
 
@@ -49,6 +51,7 @@ def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser, n=256, n_test=2000, samplers=SAMPLERS)
     parser.add_argument("--no-optimised", action="store_true", help="fixed spacings only")
+    parser.add_argument("--s4s-window", type=int, default=3, help="S4S's window (its default 3)")
     parser.add_argument("--json", help="write the rows here")
     parser.add_argument("--markdown", help="write the tables (docs/samplers.md's) here")
     args = parser.parse_args(argv)
@@ -110,7 +113,7 @@ def main(argv=None) -> list[dict]:
                                corrected.info["evaluations"], seconds)
                     for column, validation in (("s4s", 0.0), ("s4s_v", 0.5)):
                         corrected, seconds = timed(lambda: s4s(score, sde, name, grid=grid, validation=validation,
-                                                               **cal()))
+                                                               window=args.s4s_window, **cal()))
                         record(column, *error(corrected.solver(), grid), corrected.info["evaluations"], seconds)
                     if name == "dpm_solver":
                         record("v3", *error(statistics.solver(), v3_grid), statistics.info["evaluations"],

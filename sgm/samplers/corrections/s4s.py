@@ -13,7 +13,9 @@ so that the corrected sampler is a linear multistep method whose coefficients ar
 ``d_{i-j} = ε̂(x_{i-j})`` and ``c`` are exactly S4S's coefficients of the past model outputs; for a multistep base the
 directions span the same past outputs. ``c_{i,0} = 1``, ``c_{i,j>0} = 0`` is the base solver itself, where the
 calibration starts. The directions are the base solver's own on the corrected trajectory, and no step evaluates the
-model more than the base does.
+model more than the base does. ``window`` is 3 by default: over the 72 rows of ``benchmarks/corrections.py --n 64
+--n-test 400 --no-optimised`` with ``--s4s-window`` 2, 3 and 4, the geometric mean of S4S's held-out error over its
+base's was 0.160, 0.145 and 0.149, and each window was the best of the three in 19, 28 and 25 rows.
 
 **Objective** (S4S's global matching loss, with sgm's map error as the distance): all coefficients jointly,
 
